@@ -1,0 +1,644 @@
+"""Per-socket glue: bytes from the socket into the parser, bodies into spools,
+complete requests to the worker, responses back out without blocking.
+
+Strategy: a ``Connection`` is driven entirely by its worker's event loop: it is
+told when its socket is readable or writable, when its application call has
+finished, and when a second has passed (timeouts). It never blocks and never
+runs application code: handlers and response iterators run in the worker's
+handler pool, which hands results back through the loop. Output is a queue of
+buffers written with ``sendmsg`` (or ``sendfile`` for file bodies); the next
+part of a streamed response is only produced once the queue has drained below a
+low-water mark, so a slow reader costs a bounded buffer, not a whole response.
+This is the one module that holds both a socket and a parser.
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+import socket
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import IO, TYPE_CHECKING, Protocol
+
+from prefork.errors import InsufficientStorage, ProtocolError, RequestTimeout
+from prefork.handlers import CompleteRequest, ResponseStream
+from prefork.http.events import ConnectionClosed, Data, EndOfMessage, Request, Signal
+from prefork.http.headers import Headers
+from prefork.http.parser import ParserState, RequestParser
+from prefork.http.response import http_date, simple_error_response
+from prefork.limits import HttpLimits
+from prefork.logs import error_log, log_access
+from prefork.spool import BodySpool
+
+if TYPE_CHECKING:
+    from prefork.scoreboard import WorkerSlot
+
+# Output below this many bytes asks the handler pool for more of a streamed body;
+# above HIGH_WATER no more is queued. 256 KiB keeps a socket send buffer busy.
+LOW_WATER = 64 * 1024
+HIGH_WATER = 256 * 1024
+# Pipelined bytes buffered while a request is being handled, before we stop reading.
+MAX_PIPELINE_BUFFER = 256 * 1024
+# How long an errored connection keeps draining the client's bytes after our
+# answer, so the client reads the answer instead of a reset (nginx lingering_time).
+LINGER_SECONDS = 2.0
+CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+_EMPTY_HEADERS = Headers([])
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionSettings:
+    """What a connection needs to know of the configuration (plain values only)."""
+
+    http_limits: HttpLimits
+    header_timeout: float = 10.0
+    keepalive_timeout: float = 5.0
+    body_min_rate: int = 1024
+    body_rate_window: float = 30.0
+    staging_dir: str | None = None
+    memory_threshold: int = 1024 * 1024
+    min_free_disk: int = 0
+    url_scheme: str = "http"
+
+
+class LoopServices(Protocol):
+    """What the worker's loop provides to its connections."""
+
+    settings: ConnectionSettings
+    slot: WorkerSlot | None
+    draining: bool
+
+    def watch(self, conn: Connection, read: bool, write: bool) -> None:
+        """Set which readiness events the loop reports for this connection."""
+
+    def dispatch(self, conn: Connection, request: CompleteRequest) -> None:
+        """Run the application; later call ``conn.on_response``."""
+
+    def pull(self, conn: Connection, stream: ResponseStream, budget: int) -> None:
+        """Run ``stream.pull(budget)`` in the pool; later call ``conn.on_pulled``."""
+
+    def forget(self, conn: Connection) -> None:
+        """The connection is closed; drop it."""
+
+
+class Stage(enum.Enum):
+    """Where a connection is in its request cycle."""
+
+    HEAD = 1        # waiting for (the rest of) a request head
+    BODY = 2        # streaming a body into its sink
+    HANDLING = 3    # the application is running
+    RESPONDING = 4  # writing the response
+    LINGER = 5      # answered an error; draining the client's bytes before closing
+    HANDED_OFF = 6  # the socket belongs to another protocol now (WebSocket)
+    CLOSED = 7
+
+
+class Connection:
+    """One client connection, from accept to close.
+
+    Args:
+        sock: the accepted, non-blocking socket.
+        peer: the client address.
+        server: the local address.
+        loop: the worker's services.
+        recv_buffer: the worker's reusable receive buffer.
+    """
+
+    def __init__(self, sock: socket.socket, peer: tuple[str, int], server: tuple[str, int],
+                 loop: LoopServices, recv_buffer: memoryview) -> None:
+        self.sock = sock
+        self.peer = peer
+        self.server = server
+        self.loop = loop
+        self.settings = loop.settings
+        self._buffer = recv_buffer
+        self.parser = RequestParser(loop.settings.http_limits)
+        self.stage = Stage.HEAD
+        self.out: deque[bytes | memoryview] = deque()
+        self.out_bytes = 0
+        self.eof = False
+        self.close_after_write = False
+        self.reading = True
+        self.writing = False
+        now = time.monotonic()
+        self.deadline = now + self.settings.header_timeout
+        self.timeout_is_keepalive = False
+        self._reset_request(now)
+        self.upgrade_handler: Callable[[Connection, Request], bool] | None = None
+
+    # --- request state ------------------------------------------------------
+    def _reset_request(self, now: float) -> None:
+        self.request: Request | None = None
+        self.sink: BodySpool | None = None
+        self.body_received = 0
+        self.started = now
+        self.response: ResponseStream | None = None
+        self.status = 0
+        self.sent_body = 0
+        self.chunked = False
+        self.head_only = False
+        self.remaining: int | None = None
+        self.pulling = False
+        self.window_start = now
+        self.window_bytes = 0
+        self.uploading = False
+
+    def fileno(self) -> int:
+        """The socket's file descriptor."""
+        return self.sock.fileno()
+
+    # --- reading ------------------------------------------------------------
+    def on_readable(self) -> None:
+        """Receive what the socket has and advance the request cycle."""
+        try:
+            n = self.sock.recv_into(self._buffer)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            self.abort()
+            return
+        slot = self.loop.slot
+        if slot is not None and n:
+            slot.add_received(n)
+        if self.stage is Stage.LINGER:
+            if n == 0:
+                self.close()
+            return
+        if n == 0:
+            self.eof = True
+            self._set_reading(False)
+            self.parser.feed(b"")
+        else:
+            self.parser.feed(self._buffer[:n])
+        if self.stage in (Stage.HEAD, Stage.BODY):
+            self.process()
+        elif self.parser.buffered > MAX_PIPELINE_BUFFER:
+            self._set_reading(False)
+
+    def process(self) -> None:
+        """Turn buffered bytes into request events until the parser needs more or pauses."""
+        try:
+            while self.stage in (Stage.HEAD, Stage.BODY):
+                event = self.parser.next_event()
+                if isinstance(event, Data):
+                    self._on_body(event.data)
+                elif isinstance(event, Request):
+                    self._on_head(event)
+                elif isinstance(event, EndOfMessage):
+                    self._on_complete(event.trailers)
+                elif isinstance(event, ConnectionClosed):
+                    self.close()
+                elif event is Signal.NEED_DATA:
+                    if self.stage is Stage.HEAD and self.timeout_is_keepalive and self.parser.buffered:
+                        self._start_header_timer()
+                    return
+                else:
+                    return
+        except ProtocolError as exc:
+            self.fail(exc)
+
+    def _start_header_timer(self) -> None:
+        self.timeout_is_keepalive = False
+        self.deadline = time.monotonic() + self.settings.header_timeout
+
+    def _on_head(self, head: Request) -> None:
+        self.request = head
+        self.started = time.monotonic()
+        if head.upgrade is not None and self.upgrade_handler is not None:
+            if self.upgrade_handler(self, head):
+                return
+        declared = head.content_length
+        has_body = head.chunked or bool(declared)
+        if has_body:
+            self._check_free_disk(declared)
+            self.sink = BodySpool(self.settings.memory_threshold,
+                                  max_size=self.settings.http_limits.max_body_size,
+                                  dir=self.settings.staging_dir, budget=self.loop.slot,
+                                  on_disk_bytes=self.loop.slot.add_staged_disk if self.loop.slot else None)
+            if declared is None or declared > self.settings.memory_threshold:
+                self._track_upload(head, declared)
+            if head.expects_continue and head.http_version == b"1.1":
+                self.send(CONTINUE)
+        self.stage = Stage.BODY
+        self.deadline = self.started + self.settings.body_rate_window
+        self.window_start = self.started
+
+    def _check_free_disk(self, declared: int | None) -> None:
+        if declared is None or declared <= self.settings.memory_threshold or not self.settings.min_free_disk:
+            return
+        stats = os.statvfs(self.settings.staging_dir or _default_tmp())
+        free = stats.f_bavail * stats.f_frsize
+        if free - declared < self.settings.min_free_disk:
+            raise InsufficientStorage(
+                f"not enough disk space to stage a {declared}-byte body ({free} bytes free, "
+                f"{self.settings.min_free_disk} must stay free)")
+
+    def _track_upload(self, head: Request, declared: int | None) -> None:
+        if self.loop.slot is not None:
+            self.uploading = True
+            self.loop.slot.upload_started(id(self), head.target.decode("latin-1"), declared)
+
+    def _on_body(self, data: bytes) -> None:
+        assert self.sink is not None
+        self.sink.write(data)
+        self.body_received += len(data)
+        self.window_bytes += len(data)
+        if self.uploading and self.loop.slot is not None:
+            self.loop.slot.upload_progress(id(self), self.body_received)
+
+    def _on_complete(self, trailers: Headers) -> None:
+        assert self.request is not None
+        self._end_upload()
+        body: IO[bytes]
+        if self.sink is not None:
+            self.sink.seal()
+            body = self.sink  # type: ignore[assignment]
+        else:
+            body = _EmptyBody()
+        self.stage = Stage.HANDLING
+        self.deadline = float("inf")
+        request = CompleteRequest(self.request, body, self.body_received, trailers or _EMPTY_HEADERS,
+                                  self.peer, self.server, self.settings.url_scheme)
+        self.loop.dispatch(self, request)
+
+    def _end_upload(self) -> None:
+        if self.uploading and self.loop.slot is not None:
+            self.loop.slot.upload_finished(id(self))
+        self.uploading = False
+
+    # --- responding -----------------------------------------------------------
+    def on_response(self, result: ResponseStream | BaseException) -> None:
+        """The application finished: queue the response head and start the body."""
+        if self.stage is Stage.CLOSED:
+            if isinstance(result, ResponseStream):
+                result.close()
+            self._discard_body()
+            return
+        if isinstance(result, BaseException):
+            self._log_app_error(result)
+            result = ResponseStream(500, "Internal Server Error",
+                                    [("Content-Type", "text/plain; charset=utf-8")],
+                                    [b"Internal Server Error\n"])
+        self.response = result
+        self.stage = Stage.RESPONDING
+        self.send(self._response_head(result), flush=False)
+        self._pump()
+
+    def _log_app_error(self, exc: BaseException) -> None:
+        head = self.request
+        target = head.target.decode("latin-1") if head is not None else "?"
+        error_log.error("error handling request %s: %s", target, exc, exc_info=exc)
+
+    def _response_head(self, resp: ResponseStream) -> bytes:
+        head = self.request
+        assert head is not None
+        self.status = resp.status
+        keep_alive = (head.keep_alive and not resp.close_connection and not self.loop.draining
+                       and not self.eof)
+        self.head_only = head.method == b"HEAD" or resp.status in (204, 304) or resp.status < 200
+        lines = [f"HTTP/1.1 {resp.status} {resp.reason}\r\nDate: {http_date().decode('latin-1')}\r\nServer: prefork\r\n"]
+        lines.extend(f"{name}: {value}\r\n" for name, value in resp.headers)
+        if resp.content_length is not None:
+            self.remaining = 0 if self.head_only else resp.content_length
+        elif resp.file is not None:
+            self.remaining = resp.file.count
+            lines.append(f"Content-Length: {resp.file.count}\r\n")
+        elif resp.rest is None:
+            self.remaining = sum(len(c) for c in resp.chunks)
+            if not (resp.status in (204, 304) or resp.status < 200):
+                lines.append(f"Content-Length: {self.remaining}\r\n")
+        elif head.http_version == b"1.1" and not self.head_only:
+            self.chunked = True
+            lines.append("Transfer-Encoding: chunked\r\n")
+        else:
+            keep_alive = False  # HTTP/1.0 without a length: the close delimits the body
+        if self.head_only:
+            self.remaining = 0
+        if not keep_alive:
+            self.close_after_write = True
+            lines.append("Connection: close\r\n")
+        elif head.http_version == b"1.0":
+            lines.append("Connection: keep-alive\r\n")
+        lines.append("\r\n")
+        return "".join(lines).encode("latin-1")
+
+    def _pump(self) -> None:
+        """Move response body from the stream to the socket as far as it will go."""
+        resp = self.response
+        while resp is not None and self.stage is Stage.RESPONDING:
+            if resp.chunks:
+                self._queue_body(resp.chunks)
+                resp.chunks = []
+            if resp.rest is not None and not self.pulling and self.out_bytes < LOW_WATER:
+                self.pulling = True
+                self.loop.pull(self, resp, HIGH_WATER)
+            if not self._flush():
+                return
+            if resp.chunks:
+                continue
+            if resp.file is not None and resp.file.count > 0:
+                if not self._sendfile(resp):
+                    return
+                continue
+            if resp.rest is None and not self.pulling:
+                self._finish_response()
+            return
+
+    def on_pulled(self, error: BaseException | None) -> None:
+        """A pull job returned: more chunks are ready, or the iterator failed."""
+        self.pulling = False
+        if self.stage is not Stage.RESPONDING:
+            if self.response is not None:
+                self.response.close()
+            return
+        if error is not None:
+            self._log_app_error(error)
+            self.abort()
+            return
+        self._pump()
+
+    def _queue_body(self, chunks: list[bytes]) -> None:
+        if self.head_only:
+            return
+        if self.remaining is not None:
+            kept = []
+            for chunk in chunks:
+                if self.remaining <= 0:
+                    break
+                if len(chunk) > self.remaining:
+                    chunk = chunk[:self.remaining]
+                self.remaining -= len(chunk)
+                kept.append(chunk)
+            chunks = kept
+        for chunk in chunks:
+            self.sent_body += len(chunk)
+            if self.chunked:
+                self.send(b"%x\r\n" % len(chunk), flush=False)
+                self.send(chunk, flush=False)
+                self.send(b"\r\n", flush=False)
+            else:
+                self.send(chunk, flush=False)
+
+    def _sendfile(self, resp: ResponseStream) -> bool:
+        body = resp.file
+        assert body is not None
+        try:
+            sent = os.sendfile(self.sock.fileno(), body.file.fileno(), body.offset, min(body.count, 1 << 30))
+        except (BlockingIOError, InterruptedError):
+            self._set_writing(True)
+            return False
+        except OSError:
+            self.abort()
+            return False
+        if sent == 0:  # the file shrank under us: the promised length cannot be kept
+            self.abort()
+            return False
+        body.offset += sent
+        body.count -= sent
+        self.sent_body += sent
+        if self.remaining is not None:
+            self.remaining -= sent
+        return True
+
+    def _finish_response(self) -> None:
+        resp = self.response
+        assert resp is not None and self.request is not None
+        if self.chunked:
+            self.send(b"0\r\n\r\n", flush=False)
+        if self.remaining:  # the app promised more bytes than it produced
+            error_log.error("response to %s ended %d bytes short of its Content-Length; closing",
+                            self.request.target.decode("latin-1"), self.remaining)
+            self.close_after_write = True
+        resp.close()
+        self._log_request()
+        self._discard_body()
+        if self.close_after_write:
+            self.response = None
+            if self._flush():
+                self.close()
+            return
+        self._next_cycle()
+
+    def _log_request(self) -> None:
+        head = self.request
+        assert head is not None
+        if self.loop.slot is not None:
+            self.loop.slot.count_request()
+        log_access(self.peer[0], f"{head.method.decode('latin-1')} {head.target.decode('latin-1')} "
+                   f"HTTP/{head.http_version.decode('latin-1')}", self.status, self.sent_body,
+                   (head.headers.get(b"referer") or b"").decode("latin-1"),
+                   (head.headers.get(b"user-agent") or b"").decode("latin-1"),
+                   time.monotonic() - self.started)
+
+    def _discard_body(self) -> None:
+        self._end_upload()
+        if self.sink is not None:
+            self.sink.close()
+            self.sink = None
+
+    def _next_cycle(self) -> None:
+        now = time.monotonic()
+        self._reset_request(now)
+        self.parser.start_next_cycle()
+        self.stage = Stage.HEAD
+        self.timeout_is_keepalive = True
+        self.deadline = now + self.settings.keepalive_timeout
+        if not self.eof:
+            self._set_reading(True)
+        if self.loop.draining and not self.parser.buffered:
+            self.close()
+            return
+        self.process()
+
+    # --- errors and timeouts ---------------------------------------------------
+    def fail(self, exc: ProtocolError) -> None:
+        """Answer a protocol error with its status, log it, and close."""
+        head = self.request
+        what = f"{head.method.decode('latin-1')} {head.target.decode('latin-1')}" if head else "-"
+        error_log.info("%s:%s %s -> %d: %s", self.peer[0], self.peer[1], what, exc.status, exc)
+        self._discard_body()
+        if self.stage in (Stage.RESPONDING, Stage.CLOSED, Stage.LINGER):
+            self.abort()
+            return
+        self.status = exc.status
+        if head is not None:
+            self._log_request()
+        self.out.clear()
+        self.out_bytes = 0
+        self.send(simple_error_response(exc.status, str(exc)), flush=False)
+        self.stage = Stage.LINGER
+        self.deadline = time.monotonic() + LINGER_SECONDS
+        self._set_reading(not self.eof)
+        if self._flush():
+            self._linger()
+
+    def _linger(self) -> None:
+        try:
+            self.sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            self.close()
+            return
+        if self.eof:
+            self.close()
+
+    def check_timeouts(self, now: float) -> None:
+        """Apply header, keep-alive, body-rate and linger timeouts."""
+        if now < self.deadline:
+            return
+        if self.stage is Stage.HEAD:
+            if self.timeout_is_keepalive:
+                self.close()
+            else:
+                self.fail(RequestTimeout(
+                    f"request head not complete within {self.settings.header_timeout:g} s"))
+        elif self.stage is Stage.BODY:
+            self._check_body_rate(now)
+        elif self.stage is Stage.LINGER:
+            self.close()
+
+    def _check_body_rate(self, now: float) -> None:
+        window = now - self.window_start
+        rate = self.window_bytes / window if window > 0 else 0.0
+        if self.settings.body_min_rate and rate < self.settings.body_min_rate:
+            self.fail(RequestTimeout(
+                f"request body arrived at {rate:.0f} bytes/s over {window:.1f} s, "
+                f"below the minimum of {self.settings.body_min_rate} bytes/s"))
+            return
+        self.window_start, self.window_bytes = now, 0
+        self.deadline = now + self.settings.body_rate_window
+
+    def on_drain(self) -> None:
+        """The worker is stopping: idle keep-alive connections close now."""
+        if self.stage is Stage.HEAD and not self.parser.buffered and self.request is None:
+            self.close()
+
+    # --- output -------------------------------------------------------------------
+    def send(self, data: bytes | memoryview, flush: bool = True) -> None:
+        """Queue bytes for the client, and try to write them now unless told not to."""
+        if data:
+            self.out.append(data)
+            self.out_bytes += len(data)
+        if flush:
+            self._flush()
+
+    def _flush(self) -> bool:
+        """Write queued output; True when all of it went out."""
+        out = self.out
+        while out:
+            try:
+                if len(out) == 1:
+                    sent = self.sock.send(out[0])
+                else:
+                    sent = self.sock.sendmsg(list(out)[:64])
+            except (BlockingIOError, InterruptedError):
+                self._set_writing(True)
+                return False
+            except OSError:
+                self.abort()
+                return False
+            self.out_bytes -= sent
+            while sent:
+                first = out[0]
+                if sent >= len(first):
+                    sent -= len(first)
+                    out.popleft()
+                else:
+                    out[0] = memoryview(first)[sent:]
+                    sent = 0
+        self._set_writing(False)
+        return True
+
+    def on_writable(self) -> None:
+        """The socket has room again."""
+        if self.stage is Stage.RESPONDING:
+            if self.response is None:
+                if self._flush():
+                    self.close()
+                return
+            self._pump()
+        elif self._flush() and self.stage is Stage.LINGER:
+            self._linger()
+
+    def _set_reading(self, on: bool) -> None:
+        if on != self.reading and self.stage is not Stage.CLOSED:
+            self.reading = on
+            self.loop.watch(self, self.reading, self.writing)
+
+    def _set_writing(self, on: bool) -> None:
+        if on != self.writing and self.stage is not Stage.CLOSED:
+            self.writing = on
+            self.loop.watch(self, self.reading, self.writing)
+
+    # --- teardown -----------------------------------------------------------------
+    def abort(self) -> None:
+        """Close at once (peer gone, or a response cannot be completed)."""
+        self.close()
+
+    def close(self) -> None:
+        """Release everything the connection holds; idempotent."""
+        if self.stage is Stage.CLOSED and self.sock.fileno() < 0:
+            return
+        was_handling = self.stage is Stage.HANDLING or self.pulling
+        self.stage = Stage.CLOSED
+        self._end_upload()
+        if not was_handling:
+            self._discard_body()
+            if self.response is not None:
+                self.response.close()
+                self.response = None
+        self.out.clear()
+        self.loop.forget(self)
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+
+    def detach(self) -> socket.socket:
+        """Hand the socket to another protocol (after a WebSocket upgrade)."""
+        self.stage = Stage.HANDED_OFF
+        return self.sock
+
+
+class _EmptyBody:
+    """A zero-length body stream, cheaper than a spool for bodiless requests."""
+
+    def read(self, size: int = -1) -> bytes:
+        return b""
+
+    def readline(self, size: int = -1) -> bytes:
+        return b""
+
+    def readlines(self, hint: int = -1) -> list[bytes]:
+        return []
+
+    def readinto(self, buffer: bytearray | memoryview) -> int:
+        return 0
+
+    def __iter__(self) -> _EmptyBody:
+        return self
+
+    def __next__(self) -> bytes:
+        raise StopIteration
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        return 0
+
+    def tell(self) -> int:
+        return 0
+
+    def seekable(self) -> bool:
+        return True
+
+    def readable(self) -> bool:
+        return True
+
+    def close(self) -> None:
+        return None
+
+
+def _default_tmp() -> str:
+    import tempfile
+    return tempfile.gettempdir()

@@ -1,0 +1,116 @@
+"""What the I/O layer hands to an application, and what it gets back.
+
+Strategy: a request reaches an application only once it is complete, as a
+``CompleteRequest`` with a staged, seekable body. The application answers with
+a ``ResponseStream``: status and headers, the body chunks it has produced so
+far, and either an iterator for the rest or a file to ``sendfile``. The I/O
+layer pulls further chunks through the handler pool only when the socket has
+room, so neither a slow reader nor a large body is buffered whole in RAM.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import IO, Any, Protocol
+
+from prefork.http.events import Request
+from prefork.http.headers import Headers
+
+
+@dataclass(slots=True)
+class CompleteRequest:
+    """A request whose head and body have fully arrived.
+
+    Attributes:
+        head: the parsed request head.
+        body: the staged body, sealed and rewound (an empty stream when there was none).
+        body_size: the true body length (chunked bodies included).
+        trailers: trailer fields of a chunked body.
+        peer: the client address (host, port) or a Unix socket path.
+        server: the local address (host, port) the request arrived on.
+        url_scheme: "http" (TLS terminates in front of prefork).
+        form: the parsed multipart form, for routes that asked for one.
+    """
+
+    head: Request
+    body: IO[bytes]
+    body_size: int
+    trailers: Headers
+    peer: tuple[str, int]
+    server: tuple[str, int]
+    url_scheme: str = "http"
+    form: Any = None
+
+
+@dataclass(slots=True)
+class FileBody:
+    """A response body served from an open file with sendfile."""
+
+    file: IO[bytes]
+    offset: int
+    count: int
+
+
+@dataclass(slots=True)
+class ResponseStream:
+    """An application's answer, possibly still being produced.
+
+    Attributes:
+        status: the status code.
+        reason: the reason phrase.
+        headers: header fields as str pairs (no hop-by-hop framing fields).
+        chunks: body bytes produced so far.
+        rest: an iterator over further body chunks, or None when the body is complete.
+        file: a file body for sendfile, or None.
+        close_connection: the application asked for ``Connection: close``.
+        on_close: called once when the response is done or abandoned.
+    """
+
+    status: int
+    reason: str
+    headers: list[tuple[str, str]]
+    chunks: list[bytes] = field(default_factory=list)
+    rest: Iterator[bytes] | None = None
+    file: FileBody | None = None
+    close_connection: bool = False
+    content_length: int | None = None
+    on_close: Callable[[], None] | None = None
+
+    def pull(self, budget: int) -> None:
+        """Move up to about ``budget`` bytes from ``rest`` into ``chunks``.
+
+        Runs in a handler thread: it calls application code. When the iterator is
+        exhausted, ``rest`` becomes None and ``close()`` is called.
+        """
+        rest = self.rest
+        if rest is None:
+            return
+        produced = 0
+        try:
+            for chunk in rest:
+                if chunk:
+                    self.chunks.append(bytes(chunk))
+                    produced += len(chunk)
+                    if produced >= budget:
+                        return
+        except BaseException:
+            self.rest = None
+            self.close()
+            raise
+        self.rest = None
+        self.close()
+
+    def close(self) -> None:
+        """Call the application's close hook once (PEP 3333: always called)."""
+        hook, self.on_close = self.on_close, None
+        if hook is not None:
+            hook()
+
+
+class Application(Protocol):
+    """What the worker calls, in a handler thread, for each complete request."""
+
+    def __call__(self, request: CompleteRequest) -> ResponseStream:
+        """Handle one request and return its response stream."""
+        ...

@@ -1,0 +1,117 @@
+"""Logging set-up: an error log and an access log, each to a file or stderr.
+
+Strategy: two stdlib loggers, ``prefork.error`` and ``prefork.access``, with
+handlers that can reopen their files on SIGUSR1 (logrotate's ``copytruncate``
+is not needed). The access line is Apache's combined format plus the request
+duration in microseconds, built with one f-string per request.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+
+error_log = logging.getLogger("prefork.error")
+access_log = logging.getLogger("prefork.access")
+
+_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING,
+           "error": logging.ERROR, "critical": logging.CRITICAL}
+
+
+class ReopenableFileHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """A file handler whose file can be reopened (after log rotation) on demand."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        super().__init__(open(path, "a", encoding="utf-8", buffering=1))
+
+    def reopen(self) -> None:
+        """Close and reopen the file at the same path."""
+        self.acquire()
+        try:
+            old = self.stream
+            self.stream = open(self.path, "a", encoding="utf-8", buffering=1)
+            old.close()
+        finally:
+            self.release()
+
+
+def _handler(target: str, fmt: str) -> logging.Handler:
+    handler: logging.Handler
+    if target == "-":
+        handler = logging.StreamHandler(sys.stderr)
+    else:
+        handler = ReopenableFileHandler(target)
+    handler.setFormatter(logging.Formatter(fmt, "%Y-%m-%d %H:%M:%S %z"))
+    return handler
+
+
+def setup_logging(error_target: str, access_target: str, level: str) -> None:
+    """Configure both loggers, replacing any handlers set before.
+
+    Args:
+        error_target: a file path, or ``-`` for stderr.
+        access_target: a file path, ``-`` for stderr, or empty for no access log.
+        level: debug, info, warning, error or critical.
+    """
+    for logger in (error_log, access_log):
+        for handler in list(logger.handlers):
+            logger.removeHandler(handler)
+            handler.close()
+        logger.propagate = False
+    error_log.addHandler(_handler(error_target, "[%(asctime)s] [%(process)d] [%(levelname)s] %(message)s"))
+    error_log.setLevel(_LEVELS[level])
+    if access_target:
+        access_log.addHandler(_handler(access_target, "%(message)s"))
+        access_log.setLevel(logging.INFO)
+    else:
+        access_log.setLevel(logging.CRITICAL + 1)
+
+
+def reopen_logs() -> None:
+    """Reopen every log file (SIGUSR1)."""
+    for logger in (error_log, access_log):
+        for handler in logger.handlers:
+            if isinstance(handler, ReopenableFileHandler):
+                handler.reopen()
+
+
+_clf_cache: list[object] = [0, ""]
+
+
+def _clf_time(now: float) -> str:
+    second = int(now)
+    if _clf_cache[0] != second:
+        _clf_cache[0] = second
+        _clf_cache[1] = time.strftime("%d/%b/%Y:%H:%M:%S %z", time.localtime(second))
+    return str(_clf_cache[1])
+
+
+def log_access(peer: str, request_line: str, status: int, size: int, referer: str,
+               user_agent: str, duration: float) -> None:
+    """Write one access line: Apache combined format plus duration in microseconds.
+
+    Args:
+        peer: the client address.
+        request_line: method, target and version as received (latin-1 decoded).
+        status: the response status.
+        size: response body bytes sent.
+        referer: the Referer header or "".
+        user_agent: the User-Agent header or "".
+        duration: seconds from request head to response end.
+    """
+    if not access_log.isEnabledFor(logging.INFO):
+        return
+    now = time.time()
+    access_log.info(
+        f'{peer} - - [{_clf_time(now)}] "{_escape(request_line)}" {status} {size or "-"} '
+        f'"{_escape(referer) or "-"}" "{_escape(user_agent) or "-"}" {int(duration * 1e6)}'
+    )
+
+
+def _escape(text: str) -> str:
+    # Quotes and control bytes from the client must not forge log fields.
+    if text.isprintable() and '"' not in text and "\\" not in text:
+        return text
+    return text.encode("unicode_escape").decode("ascii").replace('"', '\\"')

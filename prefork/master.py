@@ -1,0 +1,342 @@
+"""The master process: bind, fork workers, supervise, reload, stop.
+
+Strategy: gunicorn's arbiter, kept small. Signal handlers do nothing but let
+``signal.set_wakeup_fd`` write the signal number into a pipe; the loop reads
+it and calls ``handle_<name>``. Children are reaped with ``waitpid(WNOHANG)``
+and their cause of death logged; a worker that exits with WORKER_BOOT_ERROR
+(it could not load the app) stops the master with that code instead of a
+respawn loop. Liveness comes from the heartbeat each worker writes into its
+scoreboard slot. The master never parses a request.
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import signal
+import socket
+import time
+from dataclasses import dataclass
+
+from prefork import systemd
+from prefork.config import Config, load_config
+from prefork.connection import ConnectionSettings
+from prefork.errors import ConfigError
+from prefork.logs import error_log, reopen_logs, setup_logging
+from prefork.scoreboard import Scoreboard, WorkerState
+from prefork.sockets import describe_listener
+from prefork.spool import remove_stale_files
+from prefork.worker import WORKER_BOOT_ERROR, Worker, WorkerSettings
+
+TICK = 0.5
+# Slots beyond the worker count: during a reload old and new workers overlap.
+SPARE_SLOTS = 2
+_HANDLED = ("HUP", "TERM", "INT", "QUIT", "TTIN", "TTOU", "USR1", "CHLD")
+
+
+@dataclass(slots=True)
+class WorkerInfo:
+    """The master's record of one worker."""
+
+    pid: int
+    slot: int
+    generation: int
+    started: float
+    stopping: bool = False
+
+
+def worker_settings(cfg: Config) -> WorkerSettings:
+    """Derive the plain settings a worker runs with from the configuration."""
+    limits = cfg.limits
+    connection = ConnectionSettings(
+        http_limits=limits.http_limits(),
+        header_timeout=limits.header_timeout,
+        keepalive_timeout=limits.keepalive_timeout,
+        body_min_rate=limits.body_min_rate,
+        body_rate_window=limits.body_rate_window,
+        staging_dir=cfg.staging.dir or None,
+        memory_threshold=cfg.staging.memory_threshold,
+        min_free_disk=cfg.staging.min_free_disk,
+    )
+    return WorkerSettings(connection=connection, app=cfg.server.app, threads=cfg.server.threads,
+                          max_connections=cfg.server.max_connections,
+                          max_requests=cfg.process.max_requests,
+                          max_requests_jitter=cfg.process.max_requests_jitter,
+                          max_worker_memory=cfg.process.max_worker_memory)
+
+
+class Master:
+    """Supervises the workers serving ``listeners``.
+
+    Args:
+        cfg: the loaded configuration.
+        listeners: bound, listening sockets (bound by the caller, before forking).
+    """
+
+    def __init__(self, cfg: Config, listeners: list[socket.socket], *, owns_unix_paths: bool = True) -> None:
+        self.cfg = cfg
+        self.listeners = listeners
+        self.owns_unix_paths = owns_unix_paths
+        self.num_workers = cfg.server.workers
+        self.generation = 1
+        self.workers: dict[int, WorkerInfo] = {}
+        self.stopping = False
+        self.stop_deadline = 0.0
+        self.exit_code = 0
+        self.ready_sent = False
+        self.reloading = False
+        self.board = Scoreboard(max(64, self.num_workers * 2 + SPARE_SLOTS), cfg.staging.memory_budget)
+
+    # --- main loop ----------------------------------------------------------
+    def run(self) -> int:
+        """Start the workers and supervise them until stopped; returns the exit code."""
+        self._write_pidfile()
+        self._install_signals()
+        names = ", ".join(describe_listener(s) for s in self.listeners)
+        error_log.info("prefork master %d listening on %s with %d workers", os.getpid(), names,
+                       self.num_workers)
+        try:
+            self._spawn_missing()
+            while self.workers or not self.stopping:
+                self._wait_for_signals(TICK)
+                self._reap()
+                if self.stopping:
+                    self._enforce_stop_deadline()
+                    continue
+                self._check_heartbeats()
+                self._spawn_missing()
+                self._advance_reload()
+                self._notify_ready()
+        finally:
+            self._cleanup()
+        return self.exit_code
+
+    def _install_signals(self) -> None:
+        self._sig_read, self._sig_write = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        signal.set_wakeup_fd(self._sig_write, warn_on_full_buffer=False)
+        for name in _HANDLED:
+            signal.signal(getattr(signal, "SIG" + name), lambda *_: None)
+
+    def _wait_for_signals(self, timeout: float) -> None:
+        ready, _, _ = select.select([self._sig_read], [], [], timeout)
+        if not ready:
+            return
+        try:
+            data = os.read(self._sig_read, 256)
+        except BlockingIOError:
+            return
+        for signum in data:
+            name = signal.Signals(signum).name[3:]
+            handler = getattr(self, "handle_" + name.lower(), None)
+            if handler is not None:
+                handler()
+
+    # --- workers ----------------------------------------------------------------
+    def _spawn_missing(self) -> None:
+        current = [w for w in self.workers.values() if w.generation == self.generation and not w.stopping]
+        for _ in range(self.num_workers - len(current)):
+            self._spawn()
+
+    def _spawn(self) -> None:
+        settings = worker_settings(self.cfg)
+        index = self.board.claim(0, self.generation)
+        pid = os.fork()
+        if pid == 0:
+            self._become_worker(settings, index)
+        self.board.set_pid(index, pid)
+        self.workers[pid] = WorkerInfo(pid, index, self.generation, time.monotonic())
+        error_log.debug("spawned worker %d (slot %d, generation %d)", pid, index, self.generation)
+
+    def _become_worker(self, settings: WorkerSettings, index: int) -> None:
+        code = 1
+        try:
+            signal.set_wakeup_fd(-1)
+            os.close(self._sig_read)
+            os.close(self._sig_write)
+            for name in _HANDLED:
+                signal.signal(getattr(signal, "SIG" + name), signal.SIG_DFL)
+            code = Worker(self.listeners, settings, self.board.slot(index)).run()
+        except BaseException as exc:
+            error_log.error("worker %d crashed: %s", os.getpid(), exc, exc_info=exc)
+        finally:
+            os._exit(code)
+
+    def _reap(self) -> None:
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            info = self.workers.pop(pid, None)
+            if info is None:
+                continue
+            self._log_exit(info, status)
+            view = self.board.view(info.slot)
+            self.board.add_retired(view.requests)
+            self.board.release(info.slot)
+            if self.cfg.staging.dir:
+                remove_stale_files(self.cfg.staging.dir, pid)
+            if os.WIFEXITED(status) and os.WEXITSTATUS(status) == WORKER_BOOT_ERROR and not self.stopping:
+                error_log.error("worker %d could not load the application; stopping", pid)
+                self.exit_code = WORKER_BOOT_ERROR
+                self.begin_stop(graceful=False)
+
+    def _log_exit(self, info: WorkerInfo, status: int) -> None:
+        if os.WIFSIGNALED(status):
+            sig = signal.Signals(os.WTERMSIG(status)).name
+            level = error_log.info if info.stopping and sig == "SIGKILL" else error_log.warning
+            level("worker %d was killed by %s", info.pid, sig)
+        else:
+            code = os.WEXITSTATUS(status)
+            level = error_log.info if code == 0 else error_log.warning
+            level("worker %d exited with code %d", info.pid, code)
+
+    def _check_heartbeats(self) -> None:
+        now = time.monotonic()
+        timeout = self.cfg.process.timeout
+        for info in list(self.workers.values()):
+            view = self.board.view(info.slot)
+            if now - max(view.heartbeat, info.started) > timeout:
+                error_log.error("worker %d missed its heartbeat for %.0f s (timeout %g s); killing",
+                                info.pid, now - view.heartbeat, timeout)
+                self._kill(info.pid, signal.SIGKILL)
+
+    def _kill(self, pid: int, sig: int) -> None:
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            pass
+
+    def _stop_worker(self, info: WorkerInfo) -> None:
+        info.stopping = True
+        self._kill(info.pid, signal.SIGTERM)
+
+    # --- readiness and reload ----------------------------------------------------------
+    def _generation_ready(self) -> bool:
+        current = [w for w in self.workers.values() if w.generation == self.generation]
+        return len(current) >= self.num_workers and all(
+            self.board.view(w.slot).state == WorkerState.READY for w in current)
+
+    def _notify_ready(self) -> None:
+        if not self.ready_sent and self._generation_ready():
+            self.ready_sent = True
+            systemd.notify(f"READY=1\nSTATUS=serving with {self.num_workers} workers\nMAINPID={os.getpid()}")
+
+    def _advance_reload(self) -> None:
+        # Old workers stop only once their replacements accept, so the backlog always drains.
+        if not self.reloading or not self._generation_ready():
+            return
+        self.reloading = False
+        for info in list(self.workers.values()):
+            if info.generation != self.generation and not info.stopping:
+                self._stop_worker(info)
+        systemd.notify(f"READY=1\nSTATUS=reloaded, serving with {self.num_workers} workers")
+        error_log.info("reload complete (generation %d)", self.generation)
+
+    # --- signals ------------------------------------------------------------------
+    def handle_hup(self) -> None:
+        """Reload the config and replace the workers gracefully."""
+        if self.stopping:
+            return
+        systemd.notify(f"RELOADING=1\nMONOTONIC_USEC={time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000}")
+        if self.cfg.source:
+            try:
+                new_cfg = load_config(self.cfg.source)
+            except ConfigError as exc:
+                error_log.error("reload failed, keeping the running configuration: %s", exc)
+                systemd.notify("READY=1\nSTATUS=reload failed: bad configuration")
+                return
+            if new_cfg.server.bind != self.cfg.server.bind:
+                error_log.warning("reload: bind addresses changed; a restart is needed to apply them")
+            self.cfg = new_cfg
+            self.num_workers = new_cfg.server.workers
+            setup_logging(new_cfg.logging.error_log, new_cfg.logging.access_log, new_cfg.logging.level)
+        self.generation += 1
+        self.reloading = True
+        error_log.info("reloading: starting generation %d", self.generation)
+        self._spawn_missing()
+
+    def handle_term(self) -> None:
+        """Graceful stop."""
+        self.begin_stop(graceful=True)
+
+    handle_int = handle_term
+
+    def handle_quit(self) -> None:
+        """Immediate stop."""
+        self.begin_stop(graceful=False)
+
+    def handle_ttin(self) -> None:
+        """One worker more."""
+        self.num_workers += 1
+        error_log.info("TTIN: %d workers", self.num_workers)
+
+    def handle_ttou(self) -> None:
+        """One worker less (the oldest of the current generation stops gracefully)."""
+        if self.num_workers <= 1:
+            return
+        self.num_workers -= 1
+        current = sorted((w for w in self.workers.values() if w.generation == self.generation
+                          and not w.stopping), key=lambda w: w.started)
+        if current:
+            self._stop_worker(current[0])
+        error_log.info("TTOU: %d workers", self.num_workers)
+
+    def handle_usr1(self) -> None:
+        """Reopen log files, and have the workers do the same."""
+        reopen_logs()
+        for pid in self.workers:
+            self._kill(pid, signal.SIGUSR1)
+
+    def handle_chld(self) -> None:
+        """A child exited: reaped in the loop right after."""
+
+    # --- stopping -------------------------------------------------------------------
+    def begin_stop(self, *, graceful: bool) -> None:
+        """Stop accepting; let workers finish (graceful) or end them now."""
+        if self.stopping and graceful:
+            return
+        self.stopping = True
+        systemd.notify("STOPPING=1")
+        for sock in self.listeners:
+            sock.close()  # new clients are refused, not queued where no one will accept
+        timeout = self.cfg.process.graceful_timeout if graceful else 1.0
+        self.stop_deadline = time.monotonic() + timeout
+        error_log.info("%s stop: %d workers", "graceful" if graceful else "immediate", len(self.workers))
+        for info in self.workers.values():
+            info.stopping = True
+            self._kill(info.pid, signal.SIGTERM if graceful else signal.SIGQUIT)
+
+    def _enforce_stop_deadline(self) -> None:
+        if self.workers and time.monotonic() > self.stop_deadline:
+            for pid in list(self.workers):
+                error_log.warning("worker %d did not stop in time; killing", pid)
+                self._kill(pid, signal.SIGKILL)
+            self.stop_deadline = time.monotonic() + 5.0
+
+    def _write_pidfile(self) -> None:
+        path = self.cfg.server.pidfile
+        if path:
+            with open(path, "w", encoding="ascii") as handle:
+                handle.write(f"{os.getpid()}\n")
+
+    def _cleanup(self) -> None:
+        for pid in list(self.workers):
+            self._kill(pid, signal.SIGKILL)
+        for sock in self.listeners:
+            sock.close()
+        if self.owns_unix_paths:
+            for bind in self.cfg.server.bind:
+                if bind.startswith("unix:"):
+                    try:
+                        os.unlink(bind[5:])
+                    except FileNotFoundError:
+                        pass
+        if self.cfg.server.pidfile:
+            try:
+                os.unlink(self.cfg.server.pidfile)
+            except OSError:
+                pass
+        error_log.info("master %d exiting with code %d", os.getpid(), self.exit_code)

@@ -1,0 +1,245 @@
+"""Shared-memory scoreboard: one fixed-size slot per worker.
+
+Strategy: the master maps an anonymous shared ``mmap`` before forking, so every
+worker inherits the same pages. Each worker writes only its own slot (plain
+``struct.pack_into`` on fields it alone owns, so no lock is needed); the master
+and the status page read all slots. The one cross-worker write is the global
+staging RAM budget, which takes a fork-inherited lock so that two workers
+cannot both claim the last megabytes.
+"""
+
+from __future__ import annotations
+
+import enum
+import mmap
+import multiprocessing
+import struct
+import time
+from dataclasses import dataclass
+
+# Slot header: pid, state, generation, heartbeat (monotonic), started (wall),
+# requests, http connections, ws connections, bytes received, staged RAM, staged disk,
+# uploads in flight.
+_HEAD = struct.Struct("<qiiddQIIQQQI4x")
+MAX_UPLOADS = 8
+_PATH_BYTES = 120
+# One upload: path, bytes so far, declared length (-1 unknown), start (wall clock).
+_UPLOAD = struct.Struct(f"<{_PATH_BYTES}sQqd")
+SLOT_SIZE = _HEAD.size + MAX_UPLOADS * _UPLOAD.size
+
+
+class WorkerState(enum.IntEnum):
+    """What a worker slot says about its worker."""
+
+    EMPTY = 0
+    BOOTING = 1
+    READY = 2
+    STOPPING = 3
+
+
+@dataclass(frozen=True, slots=True)
+class Upload:
+    """An upload in flight, as read from the scoreboard."""
+
+    path: str
+    received: int
+    declared: int | None
+    started: float
+
+
+@dataclass(frozen=True, slots=True)
+class SlotView:
+    """A snapshot of one worker slot."""
+
+    index: int
+    pid: int
+    state: WorkerState
+    generation: int
+    heartbeat: float
+    started: float
+    requests: int
+    connections: int
+    ws_connections: int
+    bytes_received: int
+    staged_ram: int
+    staged_disk: int
+    uploads: tuple[Upload, ...]
+
+
+class Scoreboard:
+    """A table of worker slots in anonymous shared memory.
+
+    Args:
+        slots: how many worker slots to allocate (workers plus room for reloads).
+        memory_budget: total bytes of staged request bodies allowed in RAM across workers.
+    """
+
+    def __init__(self, slots: int, memory_budget: int) -> None:
+        self.slots = slots
+        self.memory_budget = memory_budget
+        self._mem = mmap.mmap(-1, SLOT_SIZE * slots + 8)
+        self._lock = multiprocessing.get_context("fork").Lock()
+
+    # --- slot ownership (master) -------------------------------------------------
+    def claim(self, pid: int, generation: int) -> int:
+        """Find an empty slot, mark it booting for ``pid`` and return its index."""
+        for index in range(self.slots):
+            if self._read_head(index)[0] == 0:
+                self._mem[index * SLOT_SIZE:(index + 1) * SLOT_SIZE] = bytes(SLOT_SIZE)
+                _HEAD.pack_into(self._mem, index * SLOT_SIZE, pid, WorkerState.BOOTING, generation,
+                                time.monotonic(), time.time(), 0, 0, 0, 0, 0, 0, 0)
+                return index
+        raise RuntimeError(f"scoreboard full: all {self.slots} slots are in use")
+
+    def set_pid(self, index: int, pid: int) -> None:
+        """Record the pid of the worker forked for a claimed slot."""
+        struct.pack_into("<q", self._mem, index * SLOT_SIZE, pid)
+
+    def release(self, index: int) -> None:
+        """Free a dead worker's slot (its staged RAM reservation goes with it)."""
+        with self._lock:
+            self._mem[index * SLOT_SIZE:(index + 1) * SLOT_SIZE] = bytes(SLOT_SIZE)
+
+    def add_retired(self, requests: int) -> None:
+        """Add a dead worker's request count to the total kept across respawns."""
+        total = struct.unpack_from("<Q", self._mem, SLOT_SIZE * self.slots)[0]
+        struct.pack_into("<Q", self._mem, SLOT_SIZE * self.slots, total + requests)
+
+    @property
+    def retired_requests(self) -> int:
+        """Requests served by workers that are gone (so counters never go down)."""
+        return int(struct.unpack_from("<Q", self._mem, SLOT_SIZE * self.slots)[0])
+
+    # --- reading (master, status page) ---------------------------------------------
+    def _read_head(self, index: int) -> tuple[int, ...]:
+        return _HEAD.unpack_from(self._mem, index * SLOT_SIZE)
+
+    def view(self, index: int) -> SlotView:
+        """Return a snapshot of one slot."""
+        head = self._read_head(index)
+        uploads = []
+        base = index * SLOT_SIZE + _HEAD.size
+        for n in range(min(head[11], MAX_UPLOADS)):
+            path, received, declared, started = _UPLOAD.unpack_from(self._mem, base + n * _UPLOAD.size)
+            uploads.append(Upload(path.rstrip(b"\0").decode("utf-8", "replace"), received,
+                                  None if declared < 0 else declared, started))
+        return SlotView(index, head[0], WorkerState(head[1]), head[2], head[3], head[4], head[5],
+                        head[6], head[7], head[8], head[9], head[10], tuple(uploads))
+
+    def views(self) -> list[SlotView]:
+        """Snapshots of every occupied slot."""
+        return [self.view(i) for i in range(self.slots) if self._read_head(i)[0] != 0]
+
+    def staged_ram_total(self) -> int:
+        """Bytes of request bodies held in RAM across all workers."""
+        return sum(self._read_head(i)[9] for i in range(self.slots))
+
+    def slot(self, index: int) -> "WorkerSlot":
+        """The writer handle a worker uses for its own slot."""
+        return WorkerSlot(self, index)
+
+
+class WorkerSlot:
+    """A worker's handle on its own slot: heartbeat, counters, uploads, RAM budget."""
+
+    def __init__(self, board: Scoreboard, index: int) -> None:
+        self.board = board
+        self.index = index
+        self._base = index * SLOT_SIZE
+        self._uploads: dict[int, tuple[str, int, int | None, float]] = {}
+
+    def _add(self, field_offset: str, delta: int) -> None:
+        offset = self._base + _FIELD_OFFSETS[field_offset]
+        fmt = _FIELD_FORMATS[field_offset]
+        value = struct.unpack_from(fmt, self.board._mem, offset)[0] + delta
+        struct.pack_into(fmt, self.board._mem, offset, max(value, 0))
+
+    def heartbeat(self, now: float | None = None) -> None:
+        """Mark the worker alive (called each loop turn)."""
+        struct.pack_into("<d", self.board._mem, self._base + 16, time.monotonic() if now is None else now)
+
+    def set_state(self, state: WorkerState) -> None:
+        """Publish the worker's state."""
+        struct.pack_into("<i", self.board._mem, self._base + 8, int(state))
+
+    def count_request(self) -> None:
+        """One more request served."""
+        self._add("requests", 1)
+
+    def add_connections(self, http: int = 0, ws: int = 0) -> None:
+        """Adjust the open connection counters."""
+        if http:
+            self._add("connections", http)
+        if ws:
+            self._add("ws_connections", ws)
+
+    def add_received(self, nbytes: int) -> None:
+        """Add to the bytes-received counter."""
+        self._add("bytes_received", nbytes)
+
+    def add_staged_disk(self, nbytes: int) -> None:
+        """Adjust the bytes staged on disk (negative when a staging file goes away)."""
+        self._add("staged_disk", nbytes)
+
+    # --- the global RAM budget (MemoryBudget protocol used by BodySpool) ---
+    def try_reserve(self, nbytes: int) -> bool:
+        """Reserve staging RAM from the global budget; False when it would be exceeded."""
+        with self.board._lock:
+            if self.board.staged_ram_total() + nbytes > self.board.memory_budget:
+                return False
+            self._add("staged_ram", nbytes)
+        return True
+
+    def release(self, nbytes: int) -> None:
+        """Give back staging RAM reserved with try_reserve."""
+        with self.board._lock:
+            self._add("staged_ram", -nbytes)
+
+    # --- uploads in flight ---
+    def upload_started(self, key: int, path: str, declared: int | None) -> None:
+        """Publish an upload in flight (``key`` is the caller's id for it)."""
+        self._uploads[key] = (path, 0, declared, time.time())
+        self._publish_uploads()
+
+    def upload_progress(self, key: int, received: int) -> None:
+        """Update how many bytes of an upload have arrived."""
+        entry = self._uploads.get(key)
+        if entry is None:
+            return
+        self._uploads[key] = (entry[0], received, entry[2], entry[3])
+        position = list(self._uploads).index(key)
+        if position < MAX_UPLOADS:
+            offset = self._base + _HEAD.size + position * _UPLOAD.size + _PATH_BYTES
+            struct.pack_into("<Q", self.board._mem, offset, received)
+
+    def upload_finished(self, key: int) -> None:
+        """Remove an upload from the slot."""
+        if self._uploads.pop(key, None) is not None:
+            self._publish_uploads()
+
+    def _publish_uploads(self) -> None:
+        base = self._base + _HEAD.size
+        entries = list(self._uploads.values())[:MAX_UPLOADS]
+        for n, (path, received, declared, started) in enumerate(entries):
+            _UPLOAD.pack_into(self.board._mem, base + n * _UPLOAD.size, path.encode()[:_PATH_BYTES],
+                              received, -1 if declared is None else declared, started)
+        struct.pack_into("<I", self.board._mem, self._base + _FIELD_OFFSETS["uploads"], len(self._uploads))
+
+    def read(self) -> SlotView:
+        """A snapshot of this slot."""
+        return self.board.view(self.index)
+
+
+def _offsets() -> tuple[dict[str, int], dict[str, str]]:
+    names = ["pid", "state", "generation", "heartbeat", "started", "requests", "connections",
+             "ws_connections", "bytes_received", "staged_ram", "staged_disk", "uploads"]
+    codes = "qiiddQIIQQQI"
+    offsets, formats, position = {}, {}, 0
+    for name, code in zip(names, codes):
+        size = struct.calcsize("<" + code)
+        offsets[name], formats[name] = position, "<" + code
+        position += size
+    return offsets, formats
+
+
+_FIELD_OFFSETS, _FIELD_FORMATS = _offsets()

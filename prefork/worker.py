@@ -1,0 +1,360 @@
+"""A worker process: one event loop over many connections, plus a handler pool.
+
+Strategy: the loop thread owns every socket and the selector. It accepts,
+reads, feeds parsers and writes; it never runs application code (unless
+``threads = 0`` asks for handlers inline). Complete requests go to a pool of
+handler threads; their results come back through ``Wakeup`` — a queue plus a
+pipe byte — so pool threads never touch the selector (gunicorn gthread's
+PollableMethodQueue). Signal handlers only set flags and write the wakeup byte.
+Once a second the loop sweeps connection timeouts and writes its heartbeat.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import queue
+import random
+import selectors
+import signal
+import socket
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import psutil
+
+from prefork.connection import HIGH_WATER, Connection, ConnectionSettings, Stage
+from prefork.handlers import Application, CompleteRequest, ResponseStream
+from prefork.logs import error_log, reopen_logs
+from prefork.scoreboard import WorkerSlot, WorkerState
+
+WORKER_BOOT_ERROR = 3
+RECV_BUFFER_SIZE = 64 * 1024
+SWEEP_INTERVAL = 0.5
+ACCEPT_BURST = 64
+PR_SET_PDEATHSIG = 1
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerSettings:
+    """What a worker needs beyond the per-connection settings."""
+
+    connection: ConnectionSettings
+    app: str = ""
+    threads: int = 4
+    max_connections: int = 1000
+    max_requests: int = 0
+    max_requests_jitter: int = 0
+    max_worker_memory: int = 0
+
+
+class Wakeup:
+    """Runs callables on the loop thread, deferred from other threads or signal handlers."""
+
+    def __init__(self) -> None:
+        self._read_fd, self._write_fd = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self._queue: queue.SimpleQueue[tuple[Callable[..., None], tuple[Any, ...]]] = queue.SimpleQueue()
+        self._signalled = False
+
+    def fileno(self) -> int:
+        """The pipe end the selector watches."""
+        return self._read_fd
+
+    def defer(self, fn: Callable[..., None], *args: Any) -> None:
+        """Queue ``fn(*args)`` for the loop thread; thread-safe and signal-safe."""
+        self._queue.put((fn, args))
+        if not self._signalled:
+            self._signalled = True
+            try:
+                os.write(self._write_fd, b"\0")
+            except BlockingIOError:
+                pass  # the pipe is full, so the loop is already due to wake
+
+    def run_pending(self) -> None:
+        """Run everything deferred so far (on the loop thread)."""
+        try:
+            os.read(self._read_fd, 4096)
+        except BlockingIOError:
+            pass
+        self._signalled = False
+        get = self._queue.get_nowait
+        while True:
+            try:
+                fn, args = get()
+            except queue.Empty:
+                return
+            fn(*args)
+
+
+class HandlerPool:
+    """A fixed set of daemon threads running jobs and deferring results to the loop."""
+
+    def __init__(self, threads: int, wakeup: Wakeup) -> None:
+        self._jobs: queue.SimpleQueue[tuple[Callable[[], Any], Callable[[Any], None]] | None] = queue.SimpleQueue()
+        self._wakeup = wakeup
+        self.busy = 0
+        self._threads = [threading.Thread(target=self._run, name=f"handler-{n}", daemon=True)
+                         for n in range(threads)]
+        for thread in self._threads:
+            thread.start()
+
+    def submit(self, job: Callable[[], Any], done: Callable[[Any], None]) -> None:
+        """Run ``job()`` in a thread, then ``done(result or exception)`` on the loop."""
+        self.busy += 1
+        self._jobs.put((job, done))
+
+    def _run(self) -> None:
+        while (item := self._jobs.get()) is not None:
+            job, done = item
+            try:
+                result = job()
+            except BaseException as exc:  # handed to the loop, which logs it
+                result = exc
+            self._wakeup.defer(self._finished, done, result)
+
+    def _finished(self, done: Callable[[Any], None], result: Any) -> None:
+        self.busy -= 1
+        done(result)
+
+
+def _run_application(app: Application, request: CompleteRequest) -> ResponseStream:
+    stream = app(request)
+    # Finish small streamed bodies in the same hop, so they get a Content-Length.
+    stream.pull(HIGH_WATER)
+    return stream
+
+
+class Worker:
+    """One worker process's event loop.
+
+    Args:
+        listeners: the listening sockets inherited from the master.
+        settings: worker and connection settings.
+        slot: this worker's scoreboard slot, or None (tests).
+        app: an already loaded application, else ``settings.app`` is loaded in ``run``.
+    """
+
+    def __init__(self, listeners: Sequence[socket.socket], settings: WorkerSettings,
+                 slot: WorkerSlot | None = None, app: Application | None = None) -> None:
+        self.listeners = list(listeners)
+        self.settings = settings.connection
+        self.worker_settings = settings
+        self.slot = slot
+        self.app = app
+        self.draining = False
+        self.stopping_now = False
+        self.connections: set[Connection] = set()
+        self._registered: dict[Connection, int] = {}
+        self._accepting = False
+        jitter = random.randint(0, settings.max_requests_jitter) if settings.max_requests_jitter else 0
+        self._max_requests = settings.max_requests + jitter if settings.max_requests else 0
+        self.requests = 0
+
+    # --- start-up -------------------------------------------------------------
+    def run(self) -> int:
+        """Post-fork set-up, then the loop until stopped; returns the exit code."""
+        self._ppid = os.getppid()
+        _die_with_parent()
+        if self.app is None:
+            try:
+                from prefork.loader import load_application
+                self.app = load_application(self.worker_settings.app, threads=self.worker_settings.threads)
+            except BaseException as exc:
+                error_log.error("worker %d failed to load the application %r: %s",
+                                os.getpid(), self.worker_settings.app or "(demo)", exc, exc_info=exc)
+                return WORKER_BOOT_ERROR
+        self.wakeup = Wakeup()
+        self._install_signals()
+        self.pool = HandlerPool(self.worker_settings.threads, self.wakeup) if self.worker_settings.threads else None
+        self.selector = selectors.DefaultSelector()
+        self.selector.register(self.wakeup, selectors.EVENT_READ, lambda _fileobj: self.wakeup.run_pending())
+        self._recv_buffer = memoryview(bytearray(RECV_BUFFER_SIZE))
+        self._server_names = {lsock.fileno(): _local_address(lsock) for lsock in self.listeners}
+        self._set_accepting(True)
+        if self.slot is not None:
+            self.slot.set_state(WorkerState.READY)
+        error_log.debug("worker %d ready", os.getpid())
+        self._loop()
+        return 0
+
+    def _install_signals(self) -> None:
+        signal.signal(signal.SIGTERM, lambda *_: self.wakeup.defer(self.begin_drain))
+        signal.signal(signal.SIGINT, lambda *_: self.wakeup.defer(self.stop_now))
+        signal.signal(signal.SIGQUIT, lambda *_: self.wakeup.defer(self.stop_now))
+        signal.signal(signal.SIGUSR1, lambda *_: self.wakeup.defer(reopen_logs))
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+        signal.signal(signal.SIGTTIN, signal.SIG_IGN)
+        signal.signal(signal.SIGTTOU, signal.SIG_IGN)
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+
+    # --- the loop ---------------------------------------------------------------
+    def _loop(self) -> None:
+        select = self.selector.select
+        next_sweep = time.monotonic()
+        while not self.stopping_now:
+            for key, mask in select(SWEEP_INTERVAL):
+                target = key.data
+                if type(target) is Connection:
+                    if mask & selectors.EVENT_READ:
+                        target.on_readable()
+                    if mask & selectors.EVENT_WRITE and target.stage is not Stage.CLOSED:
+                        target.on_writable()
+                else:
+                    target(key.fileobj)
+            now = time.monotonic()
+            if now >= next_sweep:
+                next_sweep = now + SWEEP_INTERVAL
+                self._sweep(now)
+            if self.draining and not self.connections and not (self.pool and self.pool.busy):
+                break
+        self.selector.close()
+
+    def _sweep(self, now: float) -> None:
+        if self.slot is not None:
+            self.slot.heartbeat(now)
+        for conn in list(self.connections):
+            conn.check_timeouts(now)
+        if os.getppid() != self._ppid and not self.draining:
+            error_log.warning("worker %d: master is gone, stopping", os.getpid())
+            self.begin_drain()
+        if self.worker_settings.max_worker_memory and not self.draining:
+            rss = psutil.Process().memory_info().rss
+            if rss > self.worker_settings.max_worker_memory:
+                error_log.info("worker %d: RSS %d bytes over max_worker_memory, recycling", os.getpid(), rss)
+                self.begin_drain()
+
+    # --- accepting --------------------------------------------------------------
+    def _set_accepting(self, on: bool) -> None:
+        if on == self._accepting:
+            return
+        self._accepting = on
+        for lsock in self.listeners:
+            if on:
+                self.selector.register(lsock, selectors.EVENT_READ, self._accept)
+            else:
+                self.selector.unregister(lsock)
+
+    def _accept(self, lsock: socket.socket) -> None:
+        for _ in range(ACCEPT_BURST):
+            if len(self.connections) >= self.worker_settings.max_connections:
+                self._set_accepting(False)
+                return
+            try:
+                sock, peer = lsock.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:  # EMFILE, ECONNABORTED: log, keep serving the rest
+                error_log.warning("accept failed on %s: %s", self._server_names[lsock.fileno()], exc)
+                return
+            sock.setblocking(False)
+            if sock.family != socket.AF_UNIX:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            else:
+                peer = ("unix", 0)
+            conn = Connection(sock, peer, self._server_names[lsock.fileno()], self, self._recv_buffer)
+            self.connections.add(conn)
+            self.selector.register(sock, selectors.EVENT_READ, conn)
+            self._registered[conn] = selectors.EVENT_READ
+            if self.slot is not None:
+                self.slot.add_connections(http=1)
+
+    # --- LoopServices for connections --------------------------------------------------
+    def watch(self, conn: Connection, read: bool, write: bool) -> None:
+        """Set the readiness events reported for ``conn``."""
+        mask = (selectors.EVENT_READ if read else 0) | (selectors.EVENT_WRITE if write else 0)
+        current = self._registered.get(conn, 0)
+        if mask == current:
+            return
+        if not mask:
+            self.selector.unregister(conn.sock)
+            del self._registered[conn]
+        elif not current:
+            self.selector.register(conn.sock, mask, conn)
+            self._registered[conn] = mask
+        else:
+            self.selector.modify(conn.sock, mask, conn)
+            self._registered[conn] = mask
+
+    def dispatch(self, conn: Connection, request: CompleteRequest) -> None:
+        """Run the application for a complete request."""
+        assert self.app is not None
+        self.requests += 1
+        if self._max_requests and self.requests >= self._max_requests and not self.draining:
+            error_log.info("worker %d: served %d requests, recycling", os.getpid(), self.requests)
+            self.begin_drain()
+        app = self.app
+        if self.pool is None:
+            try:
+                result: ResponseStream | BaseException = _run_application(app, request)
+            except Exception as exc:
+                result = exc
+            conn.on_response(result)
+        else:
+            self.pool.submit(lambda: _run_application(app, request), conn.on_response)
+
+    def pull(self, conn: Connection, stream: ResponseStream, budget: int) -> None:
+        """Produce more of a streamed body in a handler thread."""
+        def job() -> None:
+            stream.pull(budget)
+
+        def done(result: Any) -> None:
+            conn.on_pulled(result if isinstance(result, BaseException) else None)
+
+        if self.pool is None:
+            try:
+                job()
+                done(None)
+            except Exception as exc:
+                done(exc)
+        else:
+            self.pool.submit(job, done)
+
+    def forget(self, conn: Connection) -> None:
+        """Drop a closed connection."""
+        if self._registered.pop(conn, 0):
+            self.selector.unregister(conn.sock)
+        if conn in self.connections:
+            self.connections.discard(conn)
+            if self.slot is not None:
+                self.slot.add_connections(http=-1)
+        if not self._accepting and not self.draining:
+            self._set_accepting(True)
+
+    # --- stopping -----------------------------------------------------------------
+    def begin_drain(self) -> None:
+        """Graceful stop: accept no more, finish what is in flight, then exit."""
+        if self.draining:
+            return
+        self.draining = True
+        if self.slot is not None:
+            self.slot.set_state(WorkerState.STOPPING)
+        self._set_accepting(False)
+        for lsock in self.listeners:
+            lsock.close()  # our copy only: the master's stays open, so queued clients wait for others
+        for conn in list(self.connections):
+            conn.on_drain()
+
+    def stop_now(self) -> None:
+        """Immediate stop: drop every connection."""
+        self.stopping_now = True
+        for conn in list(self.connections):
+            conn.close()
+
+
+def _local_address(lsock: socket.socket) -> tuple[str, int]:
+    name = lsock.getsockname()
+    if isinstance(name, str):
+        return (name or "unix", 0)
+    return (name[0], name[1])
+
+
+def _die_with_parent() -> None:
+    # A worker must never outlive its master: ask the kernel for SIGTERM when it dies.
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    except (OSError, AttributeError):
+        pass  # the getppid() check in the sweep still catches it

@@ -1,0 +1,26 @@
+"""Shared fixtures: a factory that starts real servers and always stops them."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.server import Server
+
+
+@pytest.fixture
+def start_server(tmp_path: Path) -> Iterator[Callable[..., Server]]:
+    """Start ``prefork-serve`` subprocesses; every one is stopped at teardown."""
+    started: list[Server] = []
+
+    def start(wait: bool = True, **kwargs: Any) -> Server:
+        server = Server(tmp_path, **kwargs)
+        started.append(server)
+        return server.wait_ready() if wait else server
+
+    yield start
+    for server in started:
+        server.stop()

@@ -1,0 +1,793 @@
+"""prefork benchmarks: parser micro-benchmarks, small GETs and a 1 GiB upload against peers.
+
+Usage (from the repo root)::
+
+    python scripts/bench.py all --quick            # smoke test, about a minute
+    python scripts/bench.py parse
+    python scripts/bench.py hello --runs 3 --duration 5
+    python scripts/bench.py upload --runs 2 --size 1GiB
+
+Strategy: client and servers share one small machine, so absolute figures are
+noise-prone; what counts is the ratio to a peer measured in the same run. Every
+scenario therefore runs its contenders alternately (A B C A B C ...), each run
+on a freshly started server on a free loopback port, and reports medians over
+``--runs``. Servers are subprocesses with their output in a log directory that
+is kept (its path is printed); each is stopped with TERM, a bounded wait and
+then KILL, by PID, in a ``finally``.
+
+Adding a scenario: write ``contenders(ws, args) -> list[ServerSpec]`` (see
+``prefork_server`` / ``gunicorn_server`` / ``ceiling_server``) and a
+``measure(server, args) -> {variant: {metric: value}}``, pass both to
+``alternate()``, then print rows with ``ratio_rows()`` / ``print_table()``
+and register the function in ``SCENARIOS``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime
+import http.client
+import json
+import os
+import re
+import shlex
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+SCRIPTS = REPO / "scripts"
+for _p in (str(REPO), str(SCRIPTS)):
+    if _p not in sys.path:
+        sys.path.insert(0, _p)
+
+HOST = "127.0.0.1"
+MiB = 1 << 20
+READY_TIMEOUT = 30.0  # seconds for a server to answer its first request
+STOP_TIMEOUT = 15.0  # seconds between TERM and KILL
+COMMAND_LINE = "python " + " ".join(shlex.quote(a) for a in sys.argv)
+
+Metrics = dict[str, float]
+Measurement = dict[str, Metrics]  # variant -> metric -> value
+Results = dict[str, dict[str, list[Metrics]]]  # contender -> variant -> one Metrics per run
+
+
+# --------------------------------------------------------------------------- servers
+
+
+@dataclass
+class Workspace:
+    """Where one invocation keeps its logs (kept) and scratch files (removed at exit)."""
+
+    logdir: Path
+    scratch: Path
+    starts: int = 0
+
+    def log_path(self, name: str) -> Path:
+        self.starts += 1
+        slug = re.sub(r"[^A-Za-z0-9]+", "-", name).strip("-")
+        return self.logdir / f"{self.starts:03d}-{slug}.log"
+
+
+@dataclass
+class ServerSpec:
+    """How to start one contender. ``argv(port, log)`` builds the command line."""
+
+    name: str
+    argv: Callable[[int, Path], list[str]]
+    cwd: Path = SCRIPTS
+    env: dict[str, str] = field(default_factory=dict)
+    ready_path: str = "/"
+
+
+@dataclass
+class RunningServer:
+    spec: ServerSpec
+    proc: subprocess.Popen[bytes]
+    port: int
+    log: Path
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    def workers(self) -> list[int]:
+        """PIDs of the processes that serve requests: the children, else the process itself."""
+        import psutil
+
+        try:
+            children = psutil.Process(self.proc.pid).children(recursive=True)
+        except psutil.NoSuchProcess:
+            return []
+        return [c.pid for c in children] or [self.proc.pid]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind((HOST, 0))
+        return int(s.getsockname()[1])
+
+
+def log_tail(path: Path, lines: int = 30) -> str:
+    try:
+        text = path.read_text(errors="replace").splitlines()
+    except OSError:
+        return "(no log)"
+    return "\n".join(text[-lines:])
+
+
+def _wait_ready(server: RunningServer) -> None:
+    deadline = time.monotonic() + READY_TIMEOUT
+    while time.monotonic() < deadline:
+        if server.proc.poll() is not None:
+            raise RuntimeError(f"{server.name} exited with {server.proc.returncode} before it was ready; "
+                               f"log {server.log}:\n{log_tail(server.log)}")
+        conn = http.client.HTTPConnection(HOST, server.port, timeout=1.0)
+        try:
+            conn.request("GET", server.spec.ready_path)
+            if conn.getresponse().status < 500:
+                return
+        except OSError:
+            pass
+        finally:
+            conn.close()
+        time.sleep(0.1)
+    raise RuntimeError(f"{server.name} not ready after {READY_TIMEOUT:.0f}s; log {server.log}:\n"
+                       f"{log_tail(server.log)}")
+
+
+def _stop(server: RunningServer) -> None:
+    """TERM the process, wait a bounded time, then KILL it and any child it left, by PID."""
+    import psutil
+
+    try:
+        children = psutil.Process(server.proc.pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        children = []
+    if server.proc.poll() is None:
+        server.proc.send_signal(signal.SIGTERM)
+        try:
+            server.proc.wait(STOP_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            print(f"  ! {server.name} (pid {server.proc.pid}) ignored TERM for {STOP_TIMEOUT:.0f}s: KILL",
+                  file=sys.stderr)
+            server.proc.kill()
+            server.proc.wait(5)
+    _, alive = psutil.wait_procs(children, timeout=5)
+    for child in alive:
+        print(f"  ! {server.name}: child {child.pid} outlived its parent: KILL", file=sys.stderr)
+        with contextlib.suppress(psutil.NoSuchProcess):
+            child.kill()
+    psutil.wait_procs(alive, timeout=5)
+
+
+@contextlib.contextmanager
+def running(spec: ServerSpec, ws: Workspace) -> Iterator[RunningServer]:
+    """Start ``spec`` on a free port, wait until it answers, and always stop it."""
+    port = free_port()
+    log = ws.log_path(spec.name)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), str(SCRIPTS)]),
+           "BENCH_UPLOAD_DIR": str(ws.scratch), **spec.env}
+    with open(log, "ab") as out:
+        proc = subprocess.Popen(spec.argv(port, log), cwd=spec.cwd, env=env, stdin=subprocess.DEVNULL,
+                                stdout=out, stderr=subprocess.STDOUT)
+    server = RunningServer(spec, proc, port, log)
+    try:
+        _wait_ready(server)
+        yield server
+    finally:
+        _stop(server)
+
+
+def prefork_config(ws: Workspace, log: Path, overrides: dict[str, dict[str, str]] | None = None) -> Path:
+    """conf/server.ini with the access log off, the error log to ``log``, plus ``overrides``.
+
+    The access log is off because gunicorn's is off by default; keeping it on
+    would measure log formatting rather than serving.
+    """
+    settings: dict[str, dict[str, str]] = {"logging": {"access_log": "", "error_log": str(log)}}
+    for section, values in (overrides or {}).items():
+        settings.setdefault(section, {}).update(values)
+    lines, section, seen = [], "", set()
+    for line in (REPO / "conf" / "server.ini").read_text().splitlines():
+        match = re.match(r"\s*\[([^\]]+)\]", line)
+        if match:
+            section = match.group(1).strip()
+        key = re.match(r"([A-Za-z_]+)\s*=", line)
+        if key and key.group(1) in settings.get(section, {}):
+            line = f"{key.group(1)} = {settings[section][key.group(1)]}"
+            seen.add((section, key.group(1)))
+        lines.append(line)
+    missing = [f"[{s}] {k}" for s, vals in settings.items() for k in vals if (s, k) not in seen]
+    if missing:
+        raise ValueError(f"conf/server.ini has no {', '.join(missing)}")
+    path = log.with_suffix(".ini")
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def prefork_server(ws: Workspace, app: str, *, workers: int = 2, threads: int = 4, name: str | None = None,
+                   overrides: dict[str, dict[str, str]] | None = None) -> ServerSpec:
+    def argv(port: int, log: Path) -> list[str]:
+        cfg = prefork_config(ws, log, overrides)
+        return [sys.executable, "-m", "prefork.cli", "-c", str(cfg), "-b", f"{HOST}:{port}",
+                "-w", str(workers), "--threads", str(threads), f"bench_apps:{app}"]
+
+    return ServerSpec(name or f"prefork threads={threads}", argv)
+
+
+def gunicorn_server(app: str, *, workers: int = 2, worker_class: str = "sync", threads: int = 1,
+                    name: str | None = None) -> ServerSpec:
+    def argv(port: int, log: Path) -> list[str]:
+        cmd = [sys.executable, "-m", "gunicorn", "--chdir", str(SCRIPTS), "-b", f"{HOST}:{port}",
+               "-w", str(workers), "-k", worker_class, "--timeout", "300", "--graceful-timeout", "10",
+               "--error-logfile", "-", "--log-level", "warning"]
+        if worker_class == "gthread":
+            cmd += ["--threads", str(threads)]
+        return cmd + [f"bench_apps:{app}"]
+
+    label = f"gunicorn {worker_class}" + (f" {workers}x{threads}" if worker_class == "gthread" else f" {workers}w")
+    return ServerSpec(name or label, argv)
+
+
+def ceiling_server(ws: Workspace) -> ServerSpec:
+    def argv(port: int, log: Path) -> list[str]:
+        return [sys.executable, str(Path(__file__).resolve()), "_ceiling", "--port", str(port),
+                "--dir", str(ws.scratch)]
+
+    return ServerSpec("ceiling (raw socket)", argv)
+
+
+# --------------------------------------------------------------------------- runs, medians, tables
+
+
+def alternate(contenders: list[ServerSpec], runs: int, ws: Workspace,
+              measure: Callable[[RunningServer], Measurement]) -> Results:
+    """Run every contender once per run, in turn (A B C A B C ...), each on a fresh server."""
+    results: Results = {spec.name: {} for spec in contenders}
+    for run in range(1, runs + 1):
+        for spec in contenders:
+            print(f"  run {run}/{runs}: {spec.name}", file=sys.stderr, flush=True)
+            with running(spec, ws) as server:
+                for variant, metrics in measure(server).items():
+                    results[spec.name].setdefault(variant, []).append(metrics)
+                    shown = ", ".join(f"{k}={v:,.4g}" for k, v in metrics.items())
+                    print(f"    {variant}: {shown}", file=sys.stderr, flush=True)
+    return results
+
+
+def median(results: Results, contender: str, variant: str, metric: str) -> float:
+    values = [m[metric] for m in results.get(contender, {}).get(variant, []) if metric in m]
+    return statistics.median(values) if values else float("nan")
+
+
+def fmt(value: float, unit: str = "") -> str:
+    if value != value:  # NaN
+        return "n/a"
+    if abs(value) >= 100:
+        text = f"{value:,.0f}"
+    elif abs(value) >= 10:
+        text = f"{value:.1f}"
+    else:
+        text = f"{value:.2f}"
+    return f"{text} {unit}".strip()
+
+
+def ratio(a: float, b: float) -> str:
+    if a != a or b != b or b == 0:
+        return "n/a"
+    return f"{a / b:.2f}x"
+
+
+def ratio_rows(results: Results, variants: list[str], metric: str, unit: str, primaries: list[str],
+               peers: list[str], label: Callable[[str], str] = str) -> list[list[str]]:
+    """One row per (variant, primary, peer): median of each and primary/peer."""
+    rows = []
+    for variant in variants:
+        for primary in primaries:
+            for peer in peers:
+                a, b = median(results, primary, variant, metric), median(results, peer, variant, metric)
+                rows.append([f"{label(variant)}: {primary} vs {peer}", fmt(a, unit), fmt(b, unit), ratio(a, b)])
+    return rows
+
+
+def print_table(title: str, rows: list[list[str]],
+                header: tuple[str, ...] = ("scenario", "prefork", "peer", "ratio"), note: str = "") -> None:
+    print()
+    print(f"### {title}")
+    print()
+    print(f"_{datetime.datetime.now().astimezone():%Y-%m-%d %H:%M %Z}, `{COMMAND_LINE}`_")
+    print()
+    print("| " + " | ".join(header) + " |")
+    print("|" + "|".join(":---" if i == 0 else "---:" for i in range(len(header))) + "|")
+    for row in rows:
+        print("| " + " | ".join(row) + " |")
+    if note:
+        print()
+        print(note)
+    print(flush=True)
+
+
+# --------------------------------------------------------------------------- load generators
+
+
+_WRK_UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3, "m": 60e3, "h": 3600e3}
+
+
+def parse_wrk(text: str) -> Metrics:
+    """req/s, p50/p99 latency (ms), socket error counters and non-2xx count from ``wrk --latency``."""
+    # wrk omits the error lines when there were none.
+    out: Metrics = {"err_connect": 0.0, "err_read": 0.0, "err_write": 0.0, "err_timeout": 0.0, "non2xx": 0.0}
+    if m := re.search(r"Requests/sec:\s*([\d.]+)", text):
+        out["req_s"] = float(m.group(1))
+    for pct in ("50", "99"):
+        if m := re.search(rf"^\s*{pct}(?:\.0+)?%\s+([\d.]+)(us|ms|s|m|h)\s*$", text, re.M):
+            out[f"p{pct}_ms"] = float(m.group(1)) * _WRK_UNITS[m.group(2)]
+    if m := re.search(r"(\d+) requests in", text):
+        out["requests"] = float(m.group(1))
+    if m := re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", text):
+        for name, value in zip(("connect", "read", "write", "timeout"), m.groups()):
+            out[f"err_{name}"] = float(value)
+    if m := re.search(r"Non-2xx or 3xx responses: (\d+)", text):
+        out["non2xx"] = float(m.group(1))
+    return out
+
+
+def run_wrk(port: int, conns: int, duration: float, close: bool, path: str = "/") -> tuple[Metrics, str]:
+    cmd = ["wrk", "-t2", f"-c{conns}", f"-d{max(1, round(duration))}s", "--latency"]
+    if close:
+        cmd += ["-H", "Connection: close"]
+    cmd.append(f"http://{HOST}:{port}{path}")
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=duration + 60)
+    text = proc.stdout + proc.stderr
+    metrics = parse_wrk(text)
+    if "req_s" not in metrics:
+        raise RuntimeError(f"could not parse wrk output:\n{text}")
+    return metrics, text
+
+
+def run_pyclient(port: int, conns: int, duration: float, close: bool, path: str = "/") -> tuple[Metrics, str]:
+    """Fallback when wrk is missing: ``conns`` threads, each a blocking keep-alive (or close) client.
+
+    Under the GIL this client saturates long before the servers do; its ratios are
+    only indicative.
+    """
+    request = (f"GET {path} HTTP/1.1\r\nHost: {HOST}:{port}\r\n"
+               + ("Connection: close\r\n" if close else "") + "\r\n").encode()
+    deadline = time.monotonic() + duration
+    latencies: list[list[float]] = [[] for _ in range(conns)]
+    errors = {"connect": 0, "read": 0, "write": 0, "timeout": 0, "non2xx": 0}
+    lock = threading.Lock()
+
+    def count(kind: str) -> None:
+        with lock:
+            errors[kind] += 1
+
+    def one_response(sock: socket.socket, buf: bytearray) -> tuple[int, bool]:
+        while b"\r\n\r\n" not in buf:
+            data = sock.recv(65536)
+            if not data:
+                raise ConnectionResetError("closed before the response head")
+            buf += data
+        head, _, rest = bytes(buf).partition(b"\r\n\r\n")
+        status = int(head.split(b" ", 2)[1])
+        m = re.search(rb"(?im)^content-length:\s*(\d+)", head)
+        length = int(m.group(1)) if m else 0
+        while len(rest) < length:
+            data = sock.recv(65536)
+            if not data:
+                raise ConnectionResetError("closed inside the body")
+            rest += data
+        buf[:] = rest[length:]
+        return status, bool(re.search(rb"(?im)^connection:\s*close", head))
+
+    def worker(slot: int) -> None:
+        sock: socket.socket | None = None
+        buf = bytearray()
+        while time.monotonic() < deadline:
+            if sock is None:
+                try:
+                    sock = socket.create_connection((HOST, port), timeout=2.0)
+                    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                    buf.clear()
+                except OSError:
+                    count("connect")
+                    time.sleep(0.01)
+                    continue
+            start = time.perf_counter()
+            try:
+                sock.sendall(request)
+            except OSError:
+                count("write")
+                sock.close()
+                sock = None
+                continue
+            try:
+                status, server_closes = one_response(sock, buf)
+            except socket.timeout:
+                count("timeout")
+                status, server_closes = 0, True
+            except (OSError, ValueError, IndexError):
+                count("read")
+                status, server_closes = 0, True
+            if status:
+                latencies[slot].append((time.perf_counter() - start) * 1e3)
+                if not 200 <= status < 400:
+                    count("non2xx")
+            if close or server_closes:
+                sock.close()
+                sock = None
+        if sock is not None:
+            sock.close()
+
+    started = time.monotonic()
+    threads = [threading.Thread(target=worker, args=(i,), daemon=True) for i in range(conns)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(duration + 30)
+    elapsed = time.monotonic() - started
+    lat = sorted(x for per in latencies for x in per)
+    metrics: Metrics = {"req_s": len(lat) / elapsed, "requests": float(len(lat))}
+    if lat:
+        metrics["p50_ms"] = lat[len(lat) // 2]
+        metrics["p99_ms"] = lat[min(len(lat) - 1, int(len(lat) * 0.99))]
+    for kind, n in errors.items():
+        metrics["non2xx" if kind == "non2xx" else f"err_{kind}"] = float(n)
+    return metrics, f"python client: {metrics}"
+
+
+# --------------------------------------------------------------------------- scenario: parse
+
+
+def scenario_parse(args: argparse.Namespace, ws: Workspace) -> None:
+    rows: list[list[str]] = []
+    try:
+        from bench_parse_http import bench_heads
+    except ImportError as exc:
+        print(f"scripts/bench_parse_http.py is missing or broken ({exc}): skipping heads/chunked")
+    else:
+        heads = bench_heads(quick=args.quick)
+        rows.append(["request heads/s: prefork vs h11", fmt(heads["prefork_heads_per_s"]),
+                     fmt(heads["h11_heads_per_s"]), f"{heads['ratio']:.2f}x"])
+        rows.append(["chunked decoding, 64 KiB pieces", fmt(heads["chunked_mib_per_s"], "MiB/s"), "—", "—"])
+    try:
+        from bench_parse_multipart import bench_multipart
+    except ImportError as exc:
+        print(f"scripts/bench_parse_multipart.py is missing or broken ({exc}): skipping multipart")
+    else:
+        rate = bench_multipart(128 * MiB if args.quick else 1024 * MiB)
+        rows.append(["multipart/form-data parse, 64 KiB pieces", fmt(rate, "MiB/s"), "—", "—"])
+    if rows:
+        print_table("Parsers (single thread, best of several rounds)", rows)
+
+
+# --------------------------------------------------------------------------- scenario: hello
+
+
+HELLO_VARIANTS = [(c, close) for close in (False, True) for c in (10, 100)]
+
+
+def hello_variant(conns: int, close: bool) -> str:
+    return f"{'close' if close else 'keep-alive'} c{conns}"
+
+
+def hello_contenders(ws: Workspace) -> tuple[list[ServerSpec], list[str], list[str]]:
+    primaries = [prefork_server(ws, "hello", threads=4), prefork_server(ws, "hello", threads=0)]
+    peers = [gunicorn_server("hello", worker_class="sync"),
+             gunicorn_server("hello", worker_class="gthread", threads=4)]
+    order = [primaries[0], peers[0], primaries[1], peers[1]]
+    return order, [p.name for p in primaries], [p.name for p in peers]
+
+
+def scenario_hello(args: argparse.Namespace, ws: Workspace) -> None:
+    client = run_wrk if (shutil.which("wrk") and args.client == "wrk") else run_pyclient
+    raw_errors: list[str] = []
+
+    def measure(server: RunningServer) -> Measurement:
+        if not args.quick:
+            client(server.port, 10, 1, False)  # warm-up, not recorded
+        out: Measurement = {}
+        for conns, close in HELLO_VARIANTS:
+            metrics, text = client(server.port, conns, args.duration, close)
+            errs = sum(v for k, v in metrics.items() if k.startswith("err_") or k == "non2xx")
+            if errs:
+                raw_errors.append(f"{server.name}, {hello_variant(conns, close)} (log {server.log}):\n{text}")
+            out[hello_variant(conns, close)] = metrics
+        return out
+
+    contenders, primaries, peers = hello_contenders(ws)
+    print(f"hello: {len(contenders)} servers x {args.runs} runs x {len(HELLO_VARIANTS)} variants of "
+          f"{args.duration:g}s, client {client.__name__}", file=sys.stderr)
+    results = alternate(contenders, args.runs, ws, measure)
+    variants = [hello_variant(c, close) for c, close in HELLO_VARIANTS]
+    rows = ratio_rows(results, variants, "req_s", "req/s", primaries, peers, lambda v: f"GET 100 B, {v}")
+    print_table(f"Small GET, req/s (2 workers each; median of {args.runs}; higher is better)", rows,
+                note=f"Client: {'wrk -t2 --latency' if client is run_wrk else 'Python threads'}, "
+                     f"{args.duration:g}s per variant; access logs off. gunicorn sync has no keep-alive.")
+    rows = ratio_rows(results, variants, "p99_ms", "ms", primaries, peers, lambda v: f"GET 100 B, {v}")
+    print_table(f"Small GET, p99 latency (median of {args.runs}; lower is better)", rows)
+    print_medians(results, variants, ["req_s", "p50_ms", "p99_ms", "err_connect", "err_read", "err_write",
+                                      "err_timeout", "non2xx"])
+    if raw_errors:
+        print(f"**Errors reported by the client ({len(raw_errors)} measurements)** — first ones:\n")
+        for text in raw_errors[:6]:
+            print("```\n" + text.strip() + "\n```")
+    save_json(args, "hello", results)
+
+
+def print_medians(results: Results, variants: list[str], metrics: list[str]) -> None:
+    rows = []
+    for variant in variants:
+        for contender in results:
+            rows.append([variant, contender] + [fmt(median(results, contender, variant, m)) for m in metrics])
+    print_table("Medians per server", rows, header=("variant", "server", *metrics))
+
+
+# --------------------------------------------------------------------------- scenario: upload
+
+
+class ProcessSampler:
+    """Samples RSS of some PIDs in a thread; also snapshots their /proc I/O counters."""
+
+    def __init__(self, pids: list[int], interval: float = 0.02) -> None:
+        import psutil
+
+        self.procs = [psutil.Process(p) for p in pids]
+        self.interval = interval
+        self.base_rss = {p.pid: self._rss(p) for p in self.procs}
+        self.peak_rss = dict(self.base_rss)
+        self.base_io = {p.pid: self._io(p) for p in self.procs}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    @staticmethod
+    def _rss(proc: Any) -> int:
+        try:
+            return int(proc.memory_info().rss)
+        except Exception:
+            return 0
+
+    @staticmethod
+    def _io(proc: Any) -> dict[str, int]:
+        try:
+            text = Path(f"/proc/{proc.pid}/io").read_text()
+        except OSError:
+            return {}
+        return {k: int(v) for k, v in (line.split(": ") for line in text.splitlines())}
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            for proc in self.procs:
+                self.peak_rss[proc.pid] = max(self.peak_rss[proc.pid], self._rss(proc))
+
+    def __enter__(self) -> ProcessSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(5)
+        self.end_io = {p.pid: self._io(p) for p in self.procs}
+
+    def rss_growth(self) -> int:
+        return max(self.peak_rss[p] - self.base_rss[p] for p in self.peak_rss)
+
+    def io_delta(self, key: str) -> int:
+        return sum(self.end_io[p].get(key, 0) - self.base_io[p].get(key, 0) for p in self.end_io)
+
+
+def post_body(port: int, size: int, block: memoryview, path: str = "/upload") -> tuple[float, float, bytes]:
+    """POST ``size`` bytes from ``block`` (repeated) with Content-Length.
+
+    Returns:
+        (seconds to send the body, seconds from the last byte sent to the full response, response body).
+    """
+    with socket.create_connection((HOST, port), timeout=600) as sock:
+        head = (f"POST {path} HTTP/1.1\r\nHost: {HOST}:{port}\r\nContent-Type: application/octet-stream\r\n"
+                f"Content-Length: {size}\r\nConnection: close\r\n\r\n").encode()
+        start = time.perf_counter()
+        sock.sendall(head)
+        remaining = size
+        while remaining > 0:
+            n = min(remaining, len(block))
+            sock.sendall(block[:n])
+            remaining -= n
+        sent = time.perf_counter()
+        response = bytearray()
+        while len(response) < 1 << 20:  # bounded; the apps answer a few bytes and close
+            data = sock.recv(65536)
+            if not data:
+                break
+            response += data
+        done = time.perf_counter()
+    return sent - start, done - sent, bytes(response)
+
+
+def parse_size(text: str) -> int:
+    m = re.fullmatch(r"\s*(\d+)\s*(B|KiB|MiB|GiB|K|M|G)?\s*", text)
+    if not m:
+        raise argparse.ArgumentTypeError(f"size {text!r}: expected e.g. 1GiB, 512MiB, 1048576")
+    unit = {"B": 1, None: 1, "K": 1 << 10, "KiB": 1 << 10, "M": 1 << 20, "MiB": 1 << 20,
+            "G": 1 << 30, "GiB": 1 << 30}[m.group(2)]
+    return int(m.group(1)) * unit
+
+
+def upload_contenders(ws: Workspace) -> list[ServerSpec]:
+    return [prefork_server(ws, "upload", threads=4, name="prefork"),
+            gunicorn_server("upload", worker_class="sync", name="gunicorn sync"),
+            ceiling_server(ws),
+            prefork_server(ws, "upload_move", threads=4, name="prefork move_to")]
+
+
+def scenario_upload(args: argparse.Namespace, ws: Workspace) -> None:
+    size = args.size
+    block = memoryview(os.urandom(4 * MiB))
+    failures: list[str] = []
+
+    def measure(server: RunningServer) -> Measurement:
+        with ProcessSampler(server.workers()) as sampler:
+            send_s, wait_s, response = post_body(server.port, size, block)
+        status_line = response.split(b"\r\n", 1)[0]
+        body = response.partition(b"\r\n\r\n")[2].strip()
+        ok = b" 200 " in status_line + b" " and body == str(size).encode()
+        if not ok:
+            failures.append(f"{server.name}: {status_line!r} body {body[:200]!r} (log {server.log}):\n"
+                            f"{log_tail(server.log, 15)}")
+        total = send_s + wait_s
+        return {"upload": {"mib_s": size / MiB / total, "send_s": send_s, "after_send_s": wait_s,
+                           "rss_growth_mib": sampler.rss_growth() / MiB,
+                           "disk_write_per_byte": sampler.io_delta("write_bytes") / size,
+                           "write_calls_per_mib": sampler.io_delta("syscw") / (size / MiB),
+                           "ok": float(ok)}}
+
+    contenders = upload_contenders(ws)
+    print(f"upload: {size / MiB:,.0f} MiB x {args.runs} runs x {len(contenders)} servers", file=sys.stderr)
+    results = alternate(contenders, args.runs, ws, measure)
+    label = f"POST {size / MiB:,.0f} MiB to a file"
+    ceiling = "ceiling (raw socket)"
+    rows = ratio_rows(results, ["upload"], "mib_s", "MiB/s", ["prefork", "prefork move_to"],
+                      [ceiling, "gunicorn sync"], lambda v: label)
+    print_table(f"Upload throughput, Content-Length body (median of {args.runs}; higher is better)", rows,
+                note="MiB/s = body size / (first byte sent .. response received). The app reads wsgi.input "
+                     "in 1 MiB pieces into a file in the same filesystem, then deletes it; `prefork move_to` "
+                     "links prefork's staged body into place instead. The ceiling is a raw-socket receiver "
+                     "(recv_into + write) fed by the same Python sendall client.")
+    print_medians(results, ["upload"], ["mib_s", "send_s", "after_send_s", "rss_growth_mib",
+                                        "disk_write_per_byte", "write_calls_per_mib", "ok"])
+    if failures:
+        print("**Failed uploads:**\n")
+        for text in failures[:6]:
+            print("```\n" + text.strip() + "\n```")
+    save_json(args, "upload", results)
+
+
+# --------------------------------------------------------------------------- the ceiling receiver
+
+
+def ceiling_main(port: int, directory: str) -> int:
+    """A minimal HTTP receiver: read the head, ``recv_into`` the body into a file, answer the count.
+
+    Serves one connection at a time until killed (or 10,000 connections, or an hour idle).
+    """
+    buf = bytearray(4 * MiB)
+    view = memoryview(buf)
+    with socket.create_server((HOST, port), backlog=128) as srv:
+        srv.settimeout(3600)
+        for _ in range(10_000):
+            try:
+                conn, _ = srv.accept()
+            except socket.timeout:
+                return 0
+            with conn:
+                conn.settimeout(600)
+                head = bytearray()
+                while b"\r\n\r\n" not in head and len(head) < 65536:
+                    data = conn.recv(65536)
+                    if not data:
+                        break
+                    head += data
+                raw, _, rest = bytes(head).partition(b"\r\n\r\n")
+                m = re.search(rb"(?im)^content-length:\s*(\d+)", raw)
+                remaining = int(m.group(1)) if m else 0
+                total = 0
+                if remaining:
+                    path = os.path.join(directory, f"ceiling-{os.getpid()}.bin")
+                    try:
+                        with open(path, "wb", buffering=0) as out:
+                            out.write(rest)
+                            total = len(rest)
+                            remaining -= len(rest)
+                            while remaining > 0:
+                                n = conn.recv_into(view, min(len(buf), remaining))
+                                if not n:
+                                    break
+                                out.write(view[:n])
+                                total += n
+                                remaining -= n
+                    finally:
+                        os.unlink(path)
+                body = b"%d\n" % total
+                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: %d\r\n"
+                             b"Connection: close\r\n\r\n%s" % (len(body), body))
+    return 0
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+def save_json(args: argparse.Namespace, scenario: str, results: Results) -> None:
+    if not args.json:
+        return
+    path = Path(args.json)
+    data = json.loads(path.read_text()) if path.exists() else {}
+    data[scenario] = {"date": datetime.datetime.now().astimezone().isoformat(), "command": COMMAND_LINE,
+                      "results": results}
+    path.write_text(json.dumps(data, indent=1))
+
+
+SCENARIOS: dict[str, Callable[[argparse.Namespace, Workspace], None]] = {
+    "parse": scenario_parse,
+    "hello": scenario_hello,
+    "upload": scenario_upload,
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    sub = parser.add_subparsers(dest="command", required=True)
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--runs", type=int, default=None, help="runs per contender (default 3; --quick: 1)")
+    common.add_argument("--duration", type=float, default=None,
+                        help="seconds per load-generator run (default 5; --quick: 1)")
+    common.add_argument("--size", type=parse_size, default=None, help="upload size (default 1GiB; --quick: 64MiB)")
+    common.add_argument("--quick", action="store_true", help="tiny runs: a smoke test, not a measurement")
+    common.add_argument("--client", choices=("wrk", "python"), default="wrk",
+                        help="load generator for hello (python is the fallback when wrk is missing)")
+    common.add_argument("--logdir", help="keep server logs here (default: a new /tmp/prefork-bench-* dir)")
+    common.add_argument("--json", help="also merge raw per-run results into this JSON file")
+    for name, help_text in [("parse", "parser micro-benchmarks (heads/s vs h11, chunked, multipart)"),
+                            ("hello", "small GETs vs gunicorn sync and gthread"),
+                            ("upload", "large Content-Length upload vs gunicorn sync and a raw-socket ceiling"),
+                            ("all", "parse, hello and upload")]:
+        sub.add_parser(name, parents=[common], help=help_text)
+    ceiling = sub.add_parser("_ceiling", help=argparse.SUPPRESS)
+    ceiling.add_argument("--port", type=int, required=True)
+    ceiling.add_argument("--dir", required=True)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "_ceiling":
+        return ceiling_main(args.port, args.dir)
+    args.runs = args.runs or (1 if args.quick else 3)
+    args.duration = args.duration or (1.0 if args.quick else 5.0)
+    args.size = args.size or (64 * MiB if args.quick else 1 << 30)
+    logdir = Path(args.logdir or tempfile.mkdtemp(prefix="prefork-bench-"))
+    logdir.mkdir(parents=True, exist_ok=True)
+    scratch = Path(tempfile.mkdtemp(prefix="prefork-bench-scratch-"))
+    ws = Workspace(logdir, scratch)
+    print(f"server logs: {logdir}", file=sys.stderr)
+    names = list(SCENARIOS) if args.command == "all" else [args.command]
+    try:
+        for name in names:
+            SCENARIOS[name](args, ws)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

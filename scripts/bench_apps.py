@@ -1,0 +1,111 @@
+"""The applications that ``scripts/bench.py`` serves, identical for every server.
+
+Strategy: plain WSGI callables with no dependency beyond the standard library,
+so prefork and gunicorn (and any later peer) run byte-for-byte the same code.
+Served as ``bench_apps:NAME`` with ``scripts/`` as the working directory (or on
+PYTHONPATH). The upload apps write into ``$BENCH_UPLOAD_DIR`` (default: the
+system temp directory) and delete the file before answering, so a run leaves
+nothing behind.
+
+Apps:
+    hello         any request -> 200 with a 100-byte body.
+    upload        reads ``wsgi.input`` in 1 MiB pieces into a file, answers the byte count.
+    upload_move   prefork's zero-copy path when ``wsgi.input`` has ``move_to`` (the staged
+                  body is linked into place), else the same as ``upload``.
+    flask_hello   the hello app as a Flask view (None when Flask is not installed).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import uuid
+from collections.abc import Callable, Iterable
+from typing import Any
+
+HELLO_BODY = (b"Hello from the prefork benchmark. " * 3)[:99] + b"\n"
+assert len(HELLO_BODY) == 100
+PIECE = 1 << 20
+
+StartResponse = Callable[..., Any]
+
+
+def hello(environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+    """200 with a 100-byte text body, whatever the request."""
+    start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(HELLO_BODY)))])
+    return [HELLO_BODY]
+
+
+def _upload_path() -> str:
+    directory = os.environ.get("BENCH_UPLOAD_DIR") or tempfile.gettempdir()
+    return os.path.join(directory, f"upload-{os.getpid()}-{uuid.uuid4().hex}.bin")
+
+
+def _copy_input(environ: dict[str, Any], path: str) -> int:
+    stream = environ["wsgi.input"]
+    remaining = int(environ.get("CONTENT_LENGTH") or 0)
+    total = 0
+    with open(path, "wb") as out:
+        while remaining > 0:
+            chunk = stream.read(min(PIECE, remaining))
+            if not chunk:
+                break
+            out.write(chunk)
+            total += len(chunk)
+            remaining -= len(chunk)
+    return total
+
+
+def _answer(start_response: StartResponse, total: int) -> list[bytes]:
+    body = b"%d\n" % total
+    start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])
+    return [body]
+
+
+def upload(environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+    """Save the request body to a file in 1 MiB reads, delete it, answer the byte count.
+
+    A request without a body (the readiness probe) is answered at once.
+    """
+    if environ.get("REQUEST_METHOD") != "POST":
+        return _answer(start_response, 0)
+    path = _upload_path()
+    try:
+        total = _copy_input(environ, path)
+    finally:
+        if os.path.exists(path):
+            os.unlink(path)
+    return _answer(start_response, total)
+
+
+def upload_move(environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+    """Like ``upload``, but through ``wsgi.input.move_to`` when the server offers it."""
+    stream = environ["wsgi.input"]
+    if environ.get("REQUEST_METHOD") != "POST" or not hasattr(stream, "move_to"):
+        return upload(environ, start_response)
+    path = _upload_path()
+    try:
+        stream.move_to(path)
+        total = os.path.getsize(path)
+    finally:
+        if os.path.exists(path):
+            os.unlink(path)
+    return _answer(start_response, total)
+
+
+def _make_flask_hello() -> Any:
+    try:
+        from flask import Flask, Response
+    except ImportError:
+        return None
+    flask_app = Flask("bench_apps")
+
+    @flask_app.route("/", defaults={"path": ""})
+    @flask_app.route("/<path:path>")
+    def index(path: str) -> Response:
+        return Response(HELLO_BODY, mimetype="text/plain")
+
+    return flask_app
+
+
+flask_hello = _make_flask_hello()

@@ -1,0 +1,449 @@
+"""The WebSocket connection state machine, sans I/O (RFC 6455 §5-§7).
+
+Strategy: the websockets-style triple ``receive_data`` / ``events_received``
+/ ``data_to_send``. Received bytes go to a ``FrameParser`` whose header hook
+checks message sequencing and the cumulative message size before a payload
+is buffered; data frames then stream in pieces as their bytes arrive and
+update the message in progress. TEXT payloads go through an incremental UTF-8
+decoder piece by piece, so invalid UTF-8 fails as soon as the bad bytes
+arrive, even mid-frame; compressed messages are inflated piece by piece with
+the remaining size as the cap. Every
+``WebSocketError`` ends up in ``_fail``, the one place that turns an error into
+its close frame; that frame, like the echo of a peer's close, is queued at the
+next ``data_to_send`` so the application's replies to earlier events in the
+same batch still precede it. No clocks or sockets here: keep-alive pings and
+timeouts are driven by the I/O layer through ``send_ping`` and ``Pong`` events.
+"""
+
+from __future__ import annotations
+
+import codecs
+import enum
+import struct
+from dataclasses import dataclass, field
+
+from prefork.errors import PreforkError, WebSocketError
+from prefork.limits import WsLimits
+from prefork.websocket.deflate import DeflateParams, PerMessageDeflate
+from prefork.websocket.frames import (
+    CloseCode,
+    Frame,
+    FrameHeader,
+    FrameParser,
+    Opcode,
+    serialize_frame,
+)
+
+__all__ = [
+    "BytesMessage",
+    "CloseReceived",
+    "ConnState",
+    "Event",
+    "InvalidState",
+    "Ping",
+    "Pong",
+    "TextMessage",
+    "WebSocketConnection",
+]
+
+#: A close reason fits in a control frame after the 2-byte code (§5.5.1).
+MAX_CLOSE_REASON = 123
+
+
+class ConnState(enum.Enum):
+    """Connection state (RFC 6455 §7): CLOSING = our close sent, or failed."""
+
+    OPEN = 1
+    CLOSING = 2
+    CLOSED = 3
+
+
+@dataclass(frozen=True, slots=True)
+class TextMessage:
+    """A complete, valid UTF-8 text message."""
+
+    data: str
+
+
+@dataclass(frozen=True, slots=True)
+class BytesMessage:
+    """A complete binary message."""
+
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Ping:
+    """A ping from the peer; the pong has already been queued."""
+
+    payload: bytes = b""
+
+
+@dataclass(frozen=True, slots=True)
+class Pong:
+    """A pong from the peer (keep-alive bookkeeping is the I/O layer's)."""
+
+    payload: bytes = b""
+
+
+@dataclass(frozen=True, slots=True)
+class CloseReceived:
+    """The connection ended (or is ending); the last event of a connection.
+
+    Attributes:
+        code: the peer's close code (1005 if it sent none); 1006 on EOF without
+            a close frame; on a protocol error, the code we closed with.
+        reason: the peer's reason, or the error message when we failed.
+    """
+
+    code: int
+    reason: str = ""
+
+
+Event = TextMessage | BytesMessage | Ping | Pong | CloseReceived
+
+
+class InvalidState(PreforkError):
+    """The application tried to send in a state that forbids it."""
+
+
+def _valid_close_code(code: int) -> bool:
+    """Codes a peer may send (§7.4.1-2, IANA registry); 1004-1006 and 1015 never."""
+    return code in (1000, 1001, 1002, 1003) or 1007 <= code <= 1014 or 3000 <= code <= 4999
+
+
+def _close_payload(code: int, reason: str) -> bytes:
+    """Encode a close frame's payload: 2-byte code, then UTF-8 reason (§5.5.1)."""
+    return struct.pack("!H", code) + reason.encode("utf-8")
+
+
+def _parse_close(payload: bytes) -> tuple[int, str]:
+    """Decode a close frame's payload (§5.5.1), raising 1002/1007 when invalid."""
+    if not payload:
+        return CloseCode.NO_STATUS_RCVD, ""
+    if len(payload) == 1:
+        raise WebSocketError("close frame with a 1-byte payload")
+    (code,) = struct.unpack_from("!H", payload)
+    if not _valid_close_code(code):
+        raise WebSocketError(f"invalid close code {code}")
+    try:
+        reason = payload[2:].decode("utf-8")
+    except UnicodeDecodeError:
+        raise WebSocketError("close reason is not valid UTF-8", close_code=1007) from None
+    return code, reason
+
+
+@dataclass(slots=True)
+class _Message:
+    """A data message being reassembled."""
+
+    opcode: Opcode
+    compressed: bool
+    size: int = 0  # wire bytes so far (uncompressed) or inflated bytes (compressed)
+    parts: list[bytes] = field(default_factory=list)
+    text: list[str] = field(default_factory=list)
+    decoder: codecs.IncrementalDecoder | None = None
+
+
+class WebSocketConnection:
+    """One server-side WebSocket connection after a successful handshake.
+
+    Attributes:
+        state: OPEN, CLOSING (our close sent, or the connection failed) or CLOSED.
+        last_error: the error that failed the connection, if any.
+    """
+
+    def __init__(
+        self,
+        limits: WsLimits = WsLimits(),
+        trailing_data: bytes = b"",
+        *,
+        deflate: DeflateParams | None = None,
+    ) -> None:
+        """Create the connection.
+
+        Args:
+            limits: message and frame size limits.
+            trailing_data: bytes received after the handshake request; they are
+                the first frame bytes and are processed now.
+            deflate: negotiated permessage-deflate parameters, if any.
+        """
+        self.limits = limits
+        self.state = ConnState.OPEN
+        self.last_error: WebSocketError | None = None
+        self._codec = PerMessageDeflate(deflate) if deflate is not None else None
+        self._parser = FrameParser(
+            require_mask=True,
+            max_payload=limits.max_frame_size,
+            allow_rsv1=deflate is not None,
+            stream_data=True,  # validate text as it arrives (Autobahn 6.4.3-4)
+            on_header=self._check_header,
+        )
+        self._message: _Message | None = None
+        self._events: list[Event] = []
+        self._out = bytearray()
+        # Our close frame (echo or failure) waits here until data_to_send(), so
+        # replies to the events that preceded it still go out before it.
+        self._pending_close: bytes | None = None
+        self._close_sent = False
+        self._close_received = False
+        if trailing_data:
+            self.receive_data(trailing_data)
+
+    # -- input ---------------------------------------------------------------
+
+    def receive_data(self, data: bytes) -> None:
+        """Process bytes from the peer; ``b""`` means EOF.
+
+        Args:
+            data: received bytes, or ``b""`` at end of stream.
+        """
+        if not data:
+            self._receive_eof()
+            return
+        if self.last_error is not None or self.state is ConnState.CLOSED:
+            return  # §7.1.7/§5.5.1: nothing is processed after failure or close
+        self._parser.feed(data)
+        try:
+            while (frame := self._parser.next_frame()) is not None:
+                self._handle_frame(frame)
+                if self._close_received:
+                    return  # §5.5.1: no data frames follow a close
+        except WebSocketError as err:
+            self._fail(err)
+
+    def _receive_eof(self) -> None:
+        """The peer closed TCP; abrupt (1006) unless the close handshake finished."""
+        if self.state is ConnState.CLOSED:
+            return
+        self.state = ConnState.CLOSED
+        if self.last_error is None and not self._close_received:
+            self._events.append(CloseReceived(CloseCode.ABNORMAL_CLOSURE, ""))
+
+    def events_received(self) -> list[Event]:
+        """Return and clear the events produced since the last call.
+
+        Returns:
+            Messages, pings, pongs and at most one final ``CloseReceived``.
+        """
+        events, self._events = self._events, []
+        return events
+
+    def _check_header(self, header: FrameHeader) -> None:
+        """Refuse bad sequencing (§5.4) or an oversized message (1009) early."""
+        if header.opcode.is_control:
+            return  # control frames may interleave and are capped at 125 bytes
+        msg = self._message
+        if header.opcode is Opcode.CONT:
+            if msg is None:
+                raise WebSocketError("continuation frame without a message in progress")
+            compressed, size = msg.compressed, msg.size
+        else:
+            if msg is not None:
+                raise WebSocketError(
+                    f"{header.opcode.name} frame while a fragmented message is in progress"
+                )
+            compressed, size = header.rsv1, 0
+        # Compressed messages are capped on their inflated size instead (deflate.py).
+        limit = self.limits.max_message_size
+        if not compressed and size + header.length > limit:
+            raise WebSocketError(
+                f"message of at least {size + header.length} bytes exceeds limit of "
+                f"{limit} bytes",
+                close_code=CloseCode.MESSAGE_TOO_BIG,
+            )
+
+    def _handle_frame(self, frame: Frame) -> None:
+        """Dispatch one validated frame."""
+        if frame.opcode is Opcode.PING:
+            if not self._close_sent:
+                self._send_frame(Frame(Opcode.PONG, frame.payload))  # §5.5.2
+            self._events.append(Ping(frame.payload))
+        elif frame.opcode is Opcode.PONG:
+            self._events.append(Pong(frame.payload))
+        elif frame.opcode is Opcode.CLOSE:
+            self._handle_close(frame.payload)
+        else:
+            self._handle_data(frame)
+
+    def _handle_data(self, frame: Frame) -> None:
+        """Add a data frame to the message in progress; emit it when final."""
+        msg = self._message
+        if msg is None:
+            msg = self._message = _Message(frame.opcode, frame.rsv1)
+            if frame.opcode is Opcode.TEXT:
+                msg.decoder = codecs.getincrementaldecoder("utf-8")()
+        payload = frame.payload
+        if msg.compressed:
+            assert self._codec is not None  # RSV1 is only accepted with deflate
+            remaining = self.limits.max_message_size - msg.size
+            payload = self._codec.decompress(payload, fin=frame.fin, limit=remaining)
+        msg.size += len(payload)
+        if msg.decoder is not None:
+            try:
+                msg.text.append(msg.decoder.decode(payload, frame.fin))
+            except UnicodeDecodeError as exc:
+                raise WebSocketError(f"invalid UTF-8 in text message: {exc.reason}",
+                                     close_code=CloseCode.INVALID_PAYLOAD) from None
+        else:
+            msg.parts.append(payload)
+        if frame.fin:
+            self._message = None
+            if msg.decoder is not None:
+                self._events.append(TextMessage("".join(msg.text)))
+            else:
+                data = msg.parts[0] if len(msg.parts) == 1 else b"".join(msg.parts)
+                self._events.append(BytesMessage(data))
+
+    def _handle_close(self, payload: bytes) -> None:
+        """Answer or complete the closing handshake (§5.5.1, §7.1.2-3)."""
+        code, reason = _parse_close(payload)
+        self._close_received = True
+        if not self._close_sent:
+            # Echo the peer's code; an empty close is answered with an empty one.
+            self._pending_close = serialize_frame(Frame(Opcode.CLOSE, payload[:2]))
+            self._close_sent = True
+        self.state = ConnState.CLOSED
+        self._events.append(CloseReceived(code, reason))
+
+    def _fail(self, err: WebSocketError) -> None:
+        """_Fail the WebSocket Connection_ (§7.1.7): send a close, stop reading."""
+        self.last_error = err
+        reason = str(err).encode("utf-8")[:MAX_CLOSE_REASON].decode("utf-8", "ignore")
+        if not self._close_sent:
+            payload = _close_payload(err.close_code, reason)
+            self._pending_close = serialize_frame(Frame(Opcode.CLOSE, payload))
+            self._close_sent = True
+        if self.state is ConnState.OPEN:
+            self.state = ConnState.CLOSING
+        self._message = None
+        self._events.append(CloseReceived(err.close_code, reason))
+
+    # -- output --------------------------------------------------------------
+
+    def data_to_send(self) -> bytes:
+        """Return and clear the bytes to write to the transport.
+
+        A close frame owed to the peer (an echo, or the one that fails the
+        connection) is appended here, after whatever the application sent in
+        reply to the events before it (Autobahn 3.2, 4.1.3, 5.15 expect those
+        replies first).
+
+        Returns:
+            The queued bytes (possibly empty).
+        """
+        if self._pending_close is not None:
+            self._out += self._pending_close
+            self._pending_close = None
+        out = bytes(self._out)
+        self._out.clear()
+        return out
+
+    def close_expected(self) -> bool:
+        """Whether to close TCP once ``data_to_send()`` is flushed.
+
+        True after the closing handshake, after EOF, and after a protocol
+        error. RFC 6455 §7.1.1: the server closes the TCP connection first.
+
+        Returns:
+            Whether the transport should be closed after flushing.
+        """
+        return self.state is ConnState.CLOSED or self.last_error is not None
+
+    def send_text(self, text: str) -> None:
+        """Queue a text message.
+
+        Args:
+            text: the message.
+
+        Raises:
+            InvalidState: if the connection is not OPEN.
+        """
+        self._send_message(Opcode.TEXT, text.encode("utf-8"))
+
+    def send_binary(self, data: bytes) -> None:
+        """Queue a binary message.
+
+        Args:
+            data: the message.
+
+        Raises:
+            InvalidState: if the connection is not OPEN.
+        """
+        self._send_message(Opcode.BINARY, bytes(data))
+
+    def send_ping(self, payload: bytes = b"") -> None:
+        """Queue a ping; the peer's answer arrives as a ``Pong`` event.
+
+        Args:
+            payload: at most 125 bytes, e.g. a counter to match the pong.
+
+        Raises:
+            InvalidState: if the connection is not OPEN.
+            ValueError: if the payload is over 125 bytes.
+        """
+        self._send_control(Opcode.PING, payload)
+
+    def send_pong(self, payload: bytes = b"") -> None:
+        """Queue an unsolicited pong (a unidirectional heartbeat, §5.5.3).
+
+        Args:
+            payload: at most 125 bytes.
+
+        Raises:
+            InvalidState: if the connection is not OPEN.
+            ValueError: if the payload is over 125 bytes.
+        """
+        self._send_control(Opcode.PONG, payload)
+
+    def send_close(self, code: int = CloseCode.NORMAL, reason: str = "") -> None:
+        """Start the closing handshake; a no-op once a close was sent or received.
+
+        Args:
+            code: the close code (1000, 1001, 1003, 1007-1014 or 3000-4999).
+            reason: at most 123 bytes of UTF-8.
+
+        Raises:
+            ValueError: for a code that must not be sent, or a reason too long.
+        """
+        if not _valid_close_code(code):
+            raise ValueError(f"close code {code} must not be sent")
+        if len(reason.encode("utf-8")) > MAX_CLOSE_REASON:
+            raise ValueError(f"close reason longer than {MAX_CLOSE_REASON} bytes")
+        if self._close_sent or self.state is not ConnState.OPEN:
+            return
+        self._send_close_frame(code, reason)
+        self.state = ConnState.CLOSING
+
+    def _send_message(self, opcode: Opcode, payload: bytes) -> None:
+        """Queue a data message, compressed when deflate was negotiated."""
+        self._require_open(opcode.name)
+        if self._codec is not None:
+            self._send_frame(Frame(opcode, self._codec.compress(payload), rsv1=True))
+        else:
+            self._send_frame(Frame(opcode, payload))
+
+    def _send_control(self, opcode: Opcode, payload: bytes) -> None:
+        """Queue a ping or pong after checking the §5.5 size rule."""
+        self._require_open(opcode.name)
+        if len(payload) > 125:
+            raise ValueError(f"{opcode.name} payload of {len(payload)} bytes exceeds 125")
+        self._send_frame(Frame(opcode, bytes(payload)))
+
+    def _send_close_frame(self, code: int, reason: str) -> None:
+        """Queue a close frame and remember that no more frames may follow (§5.5.1)."""
+        self._send_frame(Frame(Opcode.CLOSE, _close_payload(code, reason)))
+        self._close_sent = True
+
+    def _send_frame(self, frame: Frame) -> None:
+        """Serialise a server frame (unmasked, §5.1) into the output buffer."""
+        self._out += serialize_frame(frame)
+
+    def _require_open(self, what: str) -> None:
+        """Refuse to send after our close frame was queued (§5.5.1).
+
+        While our close is pending (see ``data_to_send``) sends are still
+        allowed: they answer events that arrived before the close or error.
+        """
+        if self._pending_close is None and (self._close_sent or self.state is not ConnState.OPEN):
+            raise InvalidState(f"can't send {what} in state {self.state.name}")

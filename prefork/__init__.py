@@ -3,6 +3,19 @@
 Version and re-exports only; importing this package has no side effects.
 """
 
+from __future__ import annotations
+
+from typing import Any
+
 __version__ = "0.1.0"
 
-__all__ = ["__version__"]
+__all__ = ["App", "HTTPError", "Request", "Response", "__version__"]
+
+
+def __getattr__(name: str) -> Any:
+    # Lazy so that importing prefork (e.g. for __version__) loads no server code.
+    if name in ("App", "HTTPError", "Request", "Response"):
+        from prefork import app
+
+        return getattr(app, name)
+    raise AttributeError(f"module 'prefork' has no attribute {name!r}")

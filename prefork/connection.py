@@ -15,6 +15,7 @@ This is the one module that holds both a socket and a parser.
 from __future__ import annotations
 
 import enum
+import itertools
 import os
 import socket
 import time
@@ -31,6 +32,8 @@ from prefork.http.parser import ParserState, RequestParser
 from prefork.http.response import http_date, simple_error_response
 from prefork.limits import HttpLimits
 from prefork.logs import error_log, log_access
+from prefork.forms import FormSink
+from prefork.limits import FormLimits
 from prefork.spool import BodySpool
 
 if TYPE_CHECKING:
@@ -62,6 +65,8 @@ class ConnectionSettings:
     memory_threshold: int = 1024 * 1024
     min_free_disk: int = 0
     url_scheme: str = "http"
+    form_limits: FormLimits = FormLimits()
+    max_file_size: int | None = None
 
 
 class LoopServices(Protocol):
@@ -79,6 +84,9 @@ class LoopServices(Protocol):
 
     def pull(self, conn: Connection, stream: ResponseStream, budget: int) -> None:
         """Run ``stream.pull(budget)`` in the pool; later call ``conn.on_pulled``."""
+
+    def wants_form(self, head: Request) -> bool:
+        """Whether the application wants this body parsed as a form while it arrives."""
 
     def forget(self, conn: Connection) -> None:
         """The connection is closed; drop it."""
@@ -132,7 +140,7 @@ class Connection:
     # --- request state ------------------------------------------------------
     def _reset_request(self, now: float) -> None:
         self.request: Request | None = None
-        self.sink: BodySpool | None = None
+        self.sink: BodySpool | FormSink | None = None
         self.body_received = 0
         self.started = now
         self.response: ResponseStream | None = None
@@ -214,10 +222,7 @@ class Connection:
         has_body = head.chunked or bool(declared)
         if has_body:
             self._check_free_disk(declared)
-            self.sink = BodySpool(self.settings.memory_threshold,
-                                  max_size=self.settings.http_limits.max_body_size,
-                                  dir=self.settings.staging_dir, budget=self.loop.slot,
-                                  on_disk_bytes=self.loop.slot.add_staged_disk if self.loop.slot else None)
+            self.sink = self._make_sink(head)
             if declared is None or declared > self.settings.memory_threshold:
                 self._track_upload(head, declared)
             if head.expects_continue and head.http_version == b"1.1":
@@ -225,6 +230,18 @@ class Connection:
         self.stage = Stage.BODY
         self.deadline = self.started + self.settings.body_rate_window
         self.window_start = self.started
+
+    def _make_sink(self, head: Request) -> BodySpool | FormSink:
+        slot = self.loop.slot
+        on_disk = slot.add_staged_disk if slot is not None else None
+        if self.loop.wants_form(head):
+            return FormSink(head.headers.get(b"content-type") or b"", limits=self.settings.form_limits,
+                            spool_threshold=self.settings.memory_threshold,
+                            spool_dir=self.settings.staging_dir,
+                            max_size=self.settings.http_limits.max_body_size,
+                            max_file_size=self.settings.max_file_size, budget=slot, on_disk_bytes=on_disk)
+        return BodySpool(self.settings.memory_threshold, max_size=self.settings.http_limits.max_body_size,
+                         dir=self.settings.staging_dir, budget=slot, on_disk_bytes=on_disk)
 
     def _check_free_disk(self, declared: int | None) -> None:
         if declared is None or declared <= self.settings.memory_threshold or not self.settings.min_free_disk:
@@ -252,16 +269,19 @@ class Connection:
     def _on_complete(self, trailers: Headers) -> None:
         assert self.request is not None
         self._end_upload()
-        body: IO[bytes]
-        if self.sink is not None:
+        if self.parser.state is ParserState.UPGRADED:
+            self.parser.decline_upgrade()  # nobody took the upgrade: answer it as plain HTTP
+        body: IO[bytes] = _EmptyBody()  # type: ignore[assignment]
+        form = None
+        if isinstance(self.sink, FormSink):
+            form = self.sink.seal()
+        elif self.sink is not None:
             self.sink.seal()
             body = self.sink  # type: ignore[assignment]
-        else:
-            body = _EmptyBody()
         self.stage = Stage.HANDLING
         self.deadline = float("inf")
         request = CompleteRequest(self.request, body, self.body_received, trailers or _EMPTY_HEADERS,
-                                  self.peer, self.server, self.settings.url_scheme)
+                                  self.peer, self.server, self.settings.url_scheme, form)
         self.loop.dispatch(self, request)
 
     def _end_upload(self) -> None:
@@ -332,6 +352,9 @@ class Connection:
             if resp.chunks:
                 self._queue_body(resp.chunks)
                 resp.chunks = []
+            if resp.rest is not None and self.head_only and not self.pulling:
+                resp.rest = None  # HEAD/204/304: the body is never sent, so never produce it
+                resp.close()
             if resp.rest is not None and not self.pulling and self.out_bytes < LOW_WATER:
                 self.pulling = True
                 self.loop.pull(self, resp, HIGH_WATER)
@@ -339,7 +362,9 @@ class Connection:
                 return
             if resp.chunks:
                 continue
-            if resp.file is not None and resp.file.count > 0:
+            if resp.rest is not None and not self.pulling:
+                continue  # the queue drained in one write: ask the stream for more now
+            if resp.file is not None and resp.file.count > 0 and not self.head_only:
                 if not self._sendfile(resp):
                     return
                 continue
@@ -373,7 +398,11 @@ class Connection:
                 self.remaining -= len(chunk)
                 kept.append(chunk)
             chunks = kept
+        if self.chunked and len(chunks) > 1:
+            chunks = [b"".join(chunks)]  # one chunk per batch, not one per (tiny) app chunk
         for chunk in chunks:
+            if not chunk:
+                continue  # an empty chunk would read as the end of a chunked body
             self.sent_body += len(chunk)
             if self.chunked:
                 self.send(b"%x\r\n" % len(chunk), flush=False)
@@ -413,16 +442,17 @@ class Connection:
                             self.request.target.decode("latin-1"), self.remaining)
             self.close_after_write = True
         resp.close()
-        self._log_request()
+        self.log_request()
         self._discard_body()
         if self.close_after_write:
             self.response = None
             if self._flush():
                 self.close()
             return
+        self._flush()  # the last chunk marker is still queued
         self._next_cycle()
 
-    def _log_request(self) -> None:
+    def log_request(self) -> None:
         head = self.request
         assert head is not None
         if self.loop.slot is not None:
@@ -454,8 +484,8 @@ class Connection:
         self.process()
 
     # --- errors and timeouts ---------------------------------------------------
-    def fail(self, exc: ProtocolError) -> None:
-        """Answer a protocol error with its status, log it, and close."""
+    def fail(self, exc: ProtocolError, *, response: bytes | None = None) -> None:
+        """Answer a protocol error with its status (or ``response``), log it, and close."""
         head = self.request
         what = f"{head.method.decode('latin-1')} {head.target.decode('latin-1')}" if head else "-"
         error_log.info("%s:%s %s -> %d: %s", self.peer[0], self.peer[1], what, exc.status, exc)
@@ -465,10 +495,10 @@ class Connection:
             return
         self.status = exc.status
         if head is not None:
-            self._log_request()
+            self.log_request()
         self.out.clear()
         self.out_bytes = 0
-        self.send(simple_error_response(exc.status, str(exc)), flush=False)
+        self.send(response or simple_error_response(exc.status, str(exc)), flush=False)
         self.stage = Stage.LINGER
         self.deadline = time.monotonic() + LINGER_SECONDS
         self._set_reading(not self.eof)
@@ -511,9 +541,15 @@ class Connection:
         self.deadline = now + self.settings.body_rate_window
 
     def on_drain(self) -> None:
-        """The worker is stopping: idle keep-alive connections close now."""
-        if self.stage is Stage.HEAD and not self.parser.buffered and self.request is None:
-            self.close()
+        """The worker is stopping: idle keep-alive connections close now.
+
+        A connection accepted but not yet read is not idle: its client has sent (or is
+        sending) a request, which is answered with ``Connection: close``.
+        """
+        if self.stage is Stage.HEAD and self.timeout_is_keepalive and not self.parser.buffered:
+            self.on_readable()  # a request may already wait in the socket: serve it, don't drop it
+            if self.stage is Stage.HEAD and self.timeout_is_keepalive and not self.parser.buffered:
+                self.close()
 
     # --- output -------------------------------------------------------------------
     def send(self, data: bytes | memoryview, flush: bool = True) -> None:
@@ -532,7 +568,7 @@ class Connection:
                 if len(out) == 1:
                     sent = self.sock.send(out[0])
                 else:
-                    sent = self.sock.sendmsg(list(out)[:64])
+                    sent = self.sock.sendmsg(list(itertools.islice(out, 64)))  # not list(out): O(n) per call
             except (BlockingIOError, InterruptedError):
                 self._set_writing(True)
                 return False
@@ -553,6 +589,8 @@ class Connection:
 
     def on_writable(self) -> None:
         """The socket has room again."""
+        if self.stage in (Stage.CLOSED, Stage.HANDED_OFF):
+            return
         if self.stage is Stage.RESPONDING:
             if self.response is None:
                 if self._flush():

@@ -24,10 +24,10 @@ from typing import BinaryIO, Generic, TypeVar, cast
 
 from prefork.errors import BodyTooLarge, MultipartError
 from prefork.limits import FormLimits
-from prefork.multipart import MultipartParser, PartData, PartEnd, PartStart, parse_options_header
+from prefork.multipart import MultipartParser, PartData, PartEnd, PartStart, parse_boundary, parse_options_header
 from prefork.spool import BodySpool, MemoryBudget
 
-__all__ = ["FormData", "FormParser", "MultiDict", "UploadedFile"]
+__all__ = ["FormData", "FormParser", "FormSink", "MultiDict", "UploadedFile"]
 
 T = TypeVar("T")
 
@@ -285,3 +285,54 @@ def _known_charset(name: str, default: str) -> str:
         return default
     # Bytes-to-bytes codecs ("hex", "zlib") are not text encodings.
     return info.name if getattr(info, "_is_text_encoding", True) else default
+
+
+class FormSink:
+    """A request-body sink that parses ``multipart/form-data`` while it arrives.
+
+    The connection writes body bytes into it exactly as into a ``BodySpool``;
+    ``seal()`` returns the finished ``FormData``. Used for native routes, so that
+    each file part is written to disk once, as it streams in.
+
+    Args:
+        content_type: the request's Content-Type (carries the boundary).
+        limits: part, header and field limits.
+        spool_threshold: bytes of one file kept in RAM before it goes to disk.
+        spool_dir: directory for staging files.
+        max_size: the largest accepted body; None means unlimited (413).
+        max_file_size: the largest accepted file part; None means unlimited (413).
+        budget: the worker's global RAM budget.
+        on_disk_bytes: staging-bytes accounting callback.
+    """
+
+    def __init__(self, content_type: bytes, *, limits: FormLimits, spool_threshold: int,
+                 spool_dir: str | None, max_size: int | None = None, max_file_size: int | None = None,
+                 budget: MemoryBudget | None = None,
+                 on_disk_bytes: Callable[[int], None] | None = None) -> None:
+        self._parser = FormParser(parse_boundary(content_type), limits=limits,
+                                  spool_threshold=spool_threshold, spool_dir=spool_dir,
+                                  max_file_size=max_file_size, budget=budget, on_disk_bytes=on_disk_bytes)
+        self._max_size = max_size
+        self.size = 0
+        self.form: FormData | None = None
+
+    def write(self, data: bytes | bytearray | memoryview) -> int:
+        """Parse more body bytes (raises the parser's errors, 413 past ``max_size``)."""
+        self.size += len(data)
+        if self._max_size is not None and self.size > self._max_size:
+            self._parser.abort()
+            raise BodyTooLarge(f"request body exceeds the limit of {self._max_size} bytes")
+        self._parser.feed(data)
+        return len(data)
+
+    def seal(self) -> FormData:
+        """End of body: the parsed form (raises MultipartError if it was incomplete)."""
+        self.form = self._parser.finish()
+        return self.form
+
+    def close(self) -> None:
+        """Remove every upload that was not saved."""
+        if self.form is not None:
+            self.form.close()
+        else:
+            self._parser.abort()

@@ -19,6 +19,7 @@ import time
 from dataclasses import dataclass
 
 from prefork import systemd
+from prefork.broadcast import Hub
 from prefork.config import Config, load_config
 from prefork.connection import ConnectionSettings
 from prefork.errors import ConfigError
@@ -27,8 +28,10 @@ from prefork.scoreboard import Scoreboard, WorkerState
 from prefork.sockets import describe_listener
 from prefork.spool import remove_stale_files
 from prefork.worker import WORKER_BOOT_ERROR, Worker, WorkerSettings
+from prefork.wsconn import UpgradeSettings, WsSettings
 
 TICK = 0.5
+STATUS_INTERVAL = 5.0
 # Slots beyond the worker count: during a reload old and new workers overlap.
 SPARE_SLOTS = 2
 _HANDLED = ("HUP", "TERM", "INT", "QUIT", "TTIN", "TTOU", "USR1", "CHLD")
@@ -57,12 +60,23 @@ def worker_settings(cfg: Config) -> WorkerSettings:
         staging_dir=cfg.staging.dir or None,
         memory_threshold=cfg.staging.memory_threshold,
         min_free_disk=cfg.staging.min_free_disk,
+        max_file_size=cfg.uploads.max_file_size or None,
+    )
+    ws = cfg.websocket
+    websocket = UpgradeSettings(
+        limits=ws.ws_limits(),
+        session=WsSettings(ping_interval=ws.ping_interval, ping_timeout=ws.ping_timeout,
+                           close_timeout=ws.close_timeout, send_buffer=ws.send_buffer),
+        compression=ws.compression,
+        allowed_origins=ws.allowed_origins,
     )
     return WorkerSettings(connection=connection, app=cfg.server.app, threads=cfg.server.threads,
                           max_connections=cfg.server.max_connections,
                           max_requests=cfg.process.max_requests,
                           max_requests_jitter=cfg.process.max_requests_jitter,
-                          max_worker_memory=cfg.process.max_worker_memory)
+                          max_worker_memory=cfg.process.max_worker_memory,
+                          websocket=websocket, uploads_dir=cfg.uploads.dir,
+                          status_path=cfg.status.path.encode("latin-1"), status_allow=cfg.status.allow)
 
 
 class Master:
@@ -86,6 +100,10 @@ class Master:
         self.ready_sent = False
         self.reloading = False
         self.board = Scoreboard(max(64, self.num_workers * 2 + SPARE_SLOTS), cfg.staging.memory_budget)
+        self.hub = Hub(on_error=error_log.error)
+        self.watchdog_interval = systemd.watchdog_interval()
+        self.next_watchdog = 0.0
+        self.next_status = time.monotonic() + STATUS_INTERVAL
 
     # --- main loop ----------------------------------------------------------
     def run(self) -> int:
@@ -107,6 +125,7 @@ class Master:
                 self._spawn_missing()
                 self._advance_reload()
                 self._notify_ready()
+                self._notify_systemd()
         finally:
             self._cleanup()
         return self.exit_code
@@ -118,8 +137,14 @@ class Master:
             signal.signal(getattr(signal, "SIG" + name), lambda *_: None)
 
     def _wait_for_signals(self, timeout: float) -> None:
-        ready, _, _ = select.select([self._sig_read], [], [], timeout)
-        if not ready:
+        readers = self.hub.readers()
+        ready, writable, _ = select.select([self._sig_read, *readers], self.hub.writers(), [], timeout)
+        for link in writable:
+            self.hub.on_writable(link)
+        for link in ready:
+            if link is not self._sig_read:
+                self.hub.on_readable(link)
+        if self._sig_read not in ready:
             return
         try:
             data = os.read(self._sig_read, 256)
@@ -140,14 +165,19 @@ class Master:
     def _spawn(self) -> None:
         settings = worker_settings(self.cfg)
         index = self.board.claim(0, self.generation)
+        master_end, worker_end = self.hub.pair()
         pid = os.fork()
         if pid == 0:
-            self._become_worker(settings, index)
+            master_end.close()
+            self.hub.close_inherited()
+            self._become_worker(settings, index, worker_end)
+        worker_end.close()
+        self.hub.attach(pid, master_end)
         self.board.set_pid(index, pid)
         self.workers[pid] = WorkerInfo(pid, index, self.generation, time.monotonic())
         error_log.debug("spawned worker %d (slot %d, generation %d)", pid, index, self.generation)
 
-    def _become_worker(self, settings: WorkerSettings, index: int) -> None:
+    def _become_worker(self, settings: WorkerSettings, index: int, link: socket.socket) -> None:
         code = 1
         try:
             signal.set_wakeup_fd(-1)
@@ -155,7 +185,7 @@ class Master:
             os.close(self._sig_write)
             for name in _HANDLED:
                 signal.signal(getattr(signal, "SIG" + name), signal.SIG_DFL)
-            code = Worker(self.listeners, settings, self.board.slot(index)).run()
+            code = Worker(self.listeners, settings, self.board.slot(index), link=link).run()
         except BaseException as exc:
             error_log.error("worker %d crashed: %s", os.getpid(), exc, exc_info=exc)
         finally:
@@ -173,8 +203,9 @@ class Master:
             if info is None:
                 continue
             self._log_exit(info, status)
+            self.hub.detach(pid)
             view = self.board.view(info.slot)
-            self.board.add_retired(view.requests)
+            self.board.add_retired(view.requests, view.bytes_received)
             self.board.release(info.slot)
             if self.cfg.staging.dir:
                 remove_stale_files(self.cfg.staging.dir, pid)
@@ -223,6 +254,29 @@ class Master:
         if not self.ready_sent and self._generation_ready():
             self.ready_sent = True
             systemd.notify(f"READY=1\nSTATUS=serving with {self.num_workers} workers\nMAINPID={os.getpid()}")
+
+    def _healthy(self) -> bool:
+        """All current workers are up and their heartbeats are fresh."""
+        now = time.monotonic()
+        current = [w for w in self.workers.values() if w.generation == self.generation and not w.stopping]
+        return len(current) >= self.num_workers and all(
+            now - self.board.view(w.slot).heartbeat < self.cfg.process.timeout for w in current)
+
+    def _notify_systemd(self) -> None:
+        # WATCHDOG=1 only while the workers are healthy, so systemd restarts a server
+        # whose workers are stuck, not merely one whose master is alive (sd_watchdog_enabled(3)).
+        now = time.monotonic()
+        if self.watchdog_interval and now >= self.next_watchdog and self._healthy():
+            self.next_watchdog = now + self.watchdog_interval
+            systemd.notify("WATCHDOG=1")
+        if now >= self.next_status:
+            self.next_status = now + STATUS_INTERVAL
+            views = self.board.views()
+            systemd.notify(
+                f"STATUS={len(self.workers)} workers, "
+                f"{self.board.retired_requests + sum(v.requests for v in views)} requests, "
+                f"{sum(v.connections + v.ws_connections for v in views)} connections, "
+                f"{sum(len(v.uploads) for v in views)} uploads in progress")
 
     def _advance_reload(self) -> None:
         # Old workers stop only once their replacements accept, so the backlog always drains.

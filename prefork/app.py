@@ -1,0 +1,386 @@
+"""The native application API: ``prefork.App``.
+
+Strategy: a small router in the Flask mould — ``@app.route(path, methods)``
+for HTTP handlers that take a ``Request`` and return a ``Response`` (or str,
+bytes, dict), ``@app.websocket(path)`` for WebSocket handler classes, and
+``app.broadcast`` to reach subscribers on every worker. What sets it apart
+from WSGI is the body: a native route's ``multipart/form-data`` body is parsed
+while it arrives, so ``request.files[name]`` is an ``UploadedFile`` already on
+disk and ``save()`` is a rename. The worker finds the native adapter through
+the ``prefork_application`` hook.
+"""
+
+from __future__ import annotations
+
+import json as jsonlib
+import re
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from http import HTTPStatus
+from http.cookies import SimpleCookie
+from typing import IO, Any
+from urllib.parse import parse_qsl, quote, unquote
+
+from prefork import broadcast
+from prefork.forms import FormData, MultiDict, UploadedFile
+from prefork.handlers import CompleteRequest, FileBody, ResponseStream
+from prefork.http.events import Request as RequestHead
+
+Handler = Callable[["Request"], Any]
+_PARAM = re.compile(r"<(?:(?P<kind>path|int):)?(?P<name>[A-Za-z_][A-Za-z0-9_]*)>")
+
+
+class HTTPError(Exception):
+    """Raise from a handler to answer with ``status`` (and an optional message)."""
+
+    def __init__(self, status: int, message: str = "") -> None:
+        super().__init__(message or HTTPStatus(status).phrase)
+        self.status = status
+
+
+class Request:
+    """A complete request as a native handler sees it.
+
+    Attributes:
+        method: the method, e.g. "GET".
+        path: the percent-decoded path.
+        query_string: the raw query string.
+        args: query parameters (MultiDict of str).
+        headers: case-insensitive lookups via ``headers.get(name)``.
+        body: the staged body stream (seekable).
+        path_params: values captured by ``<name>`` segments of the route.
+    """
+
+    def __init__(self, complete: CompleteRequest, path_params: dict[str, Any]) -> None:
+        head = complete.head
+        self._complete = complete
+        self.method = head.method.decode("latin-1")
+        self.path = unquote(head.path.decode("latin-1"))
+        self.query_string = head.query.decode("latin-1")
+        self.args: MultiDict[str] = MultiDict()
+        for name, value in parse_qsl(self.query_string, keep_blank_values=True):
+            self.args.add(name, value)
+        self.headers = _Headers(head.headers.raw)
+        self.body: IO[bytes] = complete.body
+        self.content_length = complete.body_size
+        self.path_params = path_params
+        self.remote_addr = complete.peer[0]
+        self._form: FormData | None = complete.form
+
+    @property
+    def cookies(self) -> dict[str, str]:
+        """Cookies sent with the request."""
+        jar: SimpleCookie = SimpleCookie()
+        for value in self.headers.get_all("cookie"):
+            jar.load(value)
+        return {name: morsel.value for name, morsel in jar.items()}
+
+    def json(self) -> Any:
+        """The body parsed as JSON (raises HTTPError 400 when it is not)."""
+        self.body.seek(0)
+        try:
+            return jsonlib.loads(self.body.read() or b"null")
+        except ValueError as exc:
+            raise HTTPError(400, f"request body is not valid JSON: {exc}") from None
+
+    @property
+    def form(self) -> MultiDict[str]:
+        """Text fields of a multipart or urlencoded form."""
+        if self._form is not None:
+            return self._form.fields
+        fields: MultiDict[str] = MultiDict()
+        if self.headers.get("content-type", "").startswith("application/x-www-form-urlencoded"):
+            self.body.seek(0)
+            for name, value in parse_qsl(self.body.read().decode("utf-8", "replace"), keep_blank_values=True):
+                fields.add(name, value)
+        return fields
+
+    @property
+    def files(self) -> MultiDict[UploadedFile]:
+        """Uploaded files of a multipart form, already staged on disk."""
+        return self._form.files if self._form is not None else MultiDict()
+
+
+class _Headers:
+    """Read-only, case-insensitive view of the request's header fields."""
+
+    def __init__(self, raw: list[tuple[bytes, bytes]]) -> None:
+        self.raw = [(n.decode("latin-1"), v.decode("latin-1")) for n, v in raw]
+
+    def get(self, name: str, default: str = "") -> str:
+        """The first value of ``name``."""
+        name = name.lower()
+        for key, value in self.raw:
+            if key.lower() == name:
+                return value
+        return default
+
+    def get_all(self, name: str) -> list[str]:
+        """Every value of ``name``, in order."""
+        name = name.lower()
+        return [value for key, value in self.raw if key.lower() == name]
+
+    def __contains__(self, name: object) -> bool:
+        return isinstance(name, str) and any(k.lower() == name.lower() for k, _ in self.raw)
+
+
+class Response:
+    """An HTTP response from a native handler.
+
+    Args:
+        body: str (UTF-8), bytes, an iterable of bytes, or a binary file object.
+        status: the status code.
+        headers: extra header fields.
+        content_type: the Content-Type (default text/html for str, octet-stream otherwise).
+    """
+
+    def __init__(self, body: str | bytes | Iterable[bytes] | IO[bytes] = b"", status: int = 200,
+                 headers: dict[str, str] | list[tuple[str, str]] | None = None,
+                 content_type: str | None = None) -> None:
+        self.status = status
+        self.headers: list[tuple[str, str]] = list(headers.items()) if isinstance(headers, dict) else list(headers or [])
+        if isinstance(body, str):
+            body = body.encode("utf-8")
+            content_type = content_type or "text/html; charset=utf-8"
+        self.body = body
+        if content_type is None and not self._has("content-type"):
+            content_type = "application/octet-stream" if body else None
+        if content_type:
+            self.headers.append(("Content-Type", content_type))
+
+    def _has(self, name: str) -> bool:
+        return any(k.lower() == name for k, _ in self.headers)
+
+    @classmethod
+    def json(cls, data: Any, status: int = 200) -> Response:
+        """A JSON response."""
+        return cls(jsonlib.dumps(data).encode("utf-8"), status, content_type="application/json")
+
+    @classmethod
+    def redirect(cls, location: str, status: int = 303) -> Response:
+        """A redirect to ``location``."""
+        return cls(b"", status, [("Location", quote(location, safe="/:?=&#%"))])
+
+    def set_cookie(self, name: str, value: str, *, path: str = "/", max_age: int | None = None,
+                   http_only: bool = True, same_site: str = "Lax") -> None:
+        """Add a Set-Cookie header."""
+        cookie: SimpleCookie = SimpleCookie()
+        cookie[name] = value
+        morsel = cookie[name]
+        morsel["path"] = path
+        morsel["samesite"] = same_site
+        if max_age is not None:
+            morsel["max-age"] = max_age
+        if http_only:
+            morsel["httponly"] = True
+        self.headers.append(("Set-Cookie", morsel.OutputString()))
+
+    def to_stream(self) -> ResponseStream:
+        """Convert to the I/O layer's ResponseStream."""
+        reason = _reason(self.status)
+        body = self.body
+        if isinstance(body, bytes):
+            return ResponseStream(self.status, reason, self.headers, [body] if body else [])
+        if hasattr(body, "read"):
+            return _file_stream(self.status, reason, self.headers, body)  # type: ignore[arg-type]
+        iterator = iter(body)  # type: ignore[arg-type]
+        close = getattr(body, "close", None)
+        return ResponseStream(self.status, reason, self.headers, [], iterator, on_close=close)
+
+
+def _file_stream(status: int, reason: str, headers: list[tuple[str, str]], handle: IO[bytes]) -> ResponseStream:
+    import os
+
+    try:
+        fd = handle.fileno()
+        offset = handle.tell()
+        count = os.fstat(fd).st_size - offset
+    except (OSError, AttributeError, ValueError):
+        data = handle.read()
+        handle.close()
+        return ResponseStream(status, reason, headers, [data])
+    return ResponseStream(status, reason, headers, file=FileBody(handle, offset, count), on_close=handle.close)
+
+
+def _reason(status: int) -> str:
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return "Unknown"
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """One compiled route."""
+
+    pattern: re.Pattern[str]
+    methods: frozenset[str]
+    handler: Any
+    converters: tuple[tuple[str, str], ...]
+    template: str
+
+
+def _compile(template: str) -> tuple[re.Pattern[str], tuple[tuple[str, str], ...]]:
+    regex, converters, position = "", [], 0
+    for match in _PARAM.finditer(template):
+        regex += re.escape(template[position:match.start()])
+        kind = match["kind"] or "str"
+        regex += {"path": f"(?P<{match['name']}>.+)", "int": f"(?P<{match['name']}>[0-9]+)"}.get(
+            kind, f"(?P<{match['name']}>[^/]+)")
+        converters.append((match["name"], kind))
+        position = match.end()
+    regex += re.escape(template[position:])
+    return re.compile(f"^{regex}$"), tuple(converters)
+
+
+class App:
+    """A native prefork application.
+
+    Example::
+
+        app = App()
+
+        @app.route("/hello/<name>")
+        def hello(request):
+            return f"hello {request.path_params['name']}"
+    """
+
+    def __init__(self) -> None:
+        self.routes: list[Route] = []
+        self.ws_routes: list[Route] = []
+        self.error_handlers: dict[int, Handler] = {}
+
+    def route(self, path: str, methods: Iterable[str] = ("GET",)) -> Callable[[Handler], Handler]:
+        """Register an HTTP handler for ``path`` (``<name>``, ``<int:n>``, ``<path:p>`` capture)."""
+        def register(handler: Handler) -> Handler:
+            pattern, converters = _compile(path)
+            allowed = frozenset(m.upper() for m in methods)
+            if "GET" in allowed:
+                allowed |= {"HEAD"}
+            self.routes.append(Route(pattern, allowed, handler, converters, path))
+            return handler
+        return register
+
+    def websocket(self, path: str) -> Callable[[type], type]:
+        """Register a WebSocket handler class: one instance per connection, with
+        ``on_open(ws)``, ``on_message(ws, message)`` and ``on_close(ws, code, reason)``."""
+        def register(handler: type) -> type:
+            pattern, converters = _compile(path)
+            self.ws_routes.append(Route(pattern, frozenset({"GET"}), handler, converters, path))
+            return handler
+        return register
+
+    def errorhandler(self, status: int) -> Callable[[Handler], Handler]:
+        """Register a handler for responses with ``status`` (404, 405, 500, ...)."""
+        def register(handler: Handler) -> Handler:
+            self.error_handlers[status] = handler
+            return handler
+        return register
+
+    @staticmethod
+    def broadcast(channel: str, message: str | bytes) -> None:
+        """Send ``message`` to every WebSocket subscribed to ``channel``, on every worker."""
+        broadcast.publish(channel, message)
+
+    # --- dispatch ---------------------------------------------------------------
+    def match(self, path: str, method: str) -> tuple[Route | None, dict[str, Any], list[str]]:
+        """Find the route for a path and method; returns (route, params, allowed methods)."""
+        allowed: list[str] = []
+        for route in self.routes:
+            found = route.pattern.match(path)
+            if found is None:
+                continue
+            if method in route.methods:
+                return route, _convert(found, route.converters), []
+            allowed.extend(sorted(route.methods))
+        return None, {}, allowed
+
+    def match_websocket(self, path: str) -> tuple[type | None, dict[str, Any]]:
+        """The WebSocket handler class for ``path``, if any, and its path parameters."""
+        for route in self.ws_routes:
+            found = route.pattern.match(path)
+            if found is not None:
+                return route.handler, _convert(found, route.converters)
+        return None, {}
+
+    def prefork_application(self) -> NativeApplication:
+        """The adapter the worker calls (the hook ``prefork.loader`` looks for)."""
+        return NativeApplication(self)
+
+
+def _convert(found: re.Match[str], converters: tuple[tuple[str, str], ...]) -> dict[str, Any]:
+    return {name: int(found[name]) if kind == "int" else unquote(found[name]) for name, kind in converters}
+
+
+class NativeApplication:
+    """Adapts an ``App`` to the worker's Application protocol."""
+
+    def __init__(self, app: App) -> None:
+        self.app = app
+
+    def wants_form(self, head: RequestHead) -> bool:
+        """Whether this request's multipart body should be parsed while it arrives."""
+        content_type = head.headers.get(b"content-type") or b""
+        if not content_type.lower().startswith(b"multipart/form-data"):
+            return False
+        route, _, _ = self.app.match(unquote(head.path.decode("latin-1")), head.method.decode("latin-1"))
+        return route is not None
+
+    def websocket_handler(self, path: bytes) -> tuple[type | None, dict[str, Any]]:
+        """The WebSocket handler class for a request path."""
+        return self.app.match_websocket(unquote(path.decode("latin-1")))
+
+    def __call__(self, complete: CompleteRequest) -> ResponseStream:
+        path = unquote(complete.head.path.decode("latin-1"))
+        method = complete.head.method.decode("latin-1")
+        route, params, allowed = self.app.match(path, method)
+        request = Request(complete, params)
+        try:
+            if route is None:
+                if allowed:
+                    raise _MethodNotAllowed(allowed)
+                raise HTTPError(404)
+            response = _to_response(route.handler(request))
+        except _MethodNotAllowed as exc:
+            response = self._error(request, 405)
+            response.headers.append(("Allow", ", ".join(sorted(set(exc.allowed)))))
+        except HTTPError as exc:
+            response = self._error(request, exc.status, str(exc))
+        stream = response.to_stream()
+        if method == "HEAD":
+            stream.chunks = []
+        return stream
+
+    def _error(self, request: Request, status: int, message: str = "") -> Response:
+        handler = self.app.error_handlers.get(status)
+        if handler is not None:
+            response = _to_response(handler(request))
+            response.status = status
+            return response
+        text = message or _reason(status)
+        return Response(f"{status} {_reason(status)}: {text}\n" if message else f"{status} {text}\n",
+                        status, content_type="text/plain; charset=utf-8")
+
+
+class _MethodNotAllowed(Exception):
+    def __init__(self, allowed: list[str]) -> None:
+        super().__init__("method not allowed")
+        self.allowed = allowed
+
+
+def _to_response(result: Any) -> Response:
+    if isinstance(result, Response):
+        return result
+    if isinstance(result, (str, bytes)):
+        return Response(result)
+    if isinstance(result, (dict, list)):
+        return Response.json(result)
+    if isinstance(result, tuple) and len(result) == 2:
+        response = _to_response(result[0])
+        response.status = int(result[1])
+        return response
+    if result is None:
+        return Response(b"", 204)
+    if isinstance(result, Iterator):
+        return Response(result)
+    raise TypeError(f"handler returned {type(result).__name__}; expected Response, str, bytes or dict")

@@ -1,0 +1,400 @@
+"""Per-socket glue for WebSocket connections after the HTTP upgrade.
+
+Strategy: a ``WebSocketSession`` owns the socket once the 101 is sent. The
+loop feeds received bytes to the sans-IO ``WebSocketConnection`` and writes
+what it wants to send; complete messages go to the handler object in the
+worker's pool, one call at a time per connection, in order. Handlers talk to
+the connection through ``WebSocket``, a thread-safe façade whose calls are
+deferred to the loop thread. Output is bounded by ``send_buffer``: a peer
+that does not read is closed (1008) instead of growing RAM. Pings every
+``ping_interval`` detect dead peers; a close that the peer never answers ends
+the TCP connection after ``close_timeout``.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import socket
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from prefork.http.events import Request
+from prefork.limits import WsLimits
+from prefork.logs import error_log
+from prefork.websocket.deflate import negotiate
+from prefork.websocket.handshake import build_accept_response, validate_upgrade
+from prefork.websocket.protocol import (
+    BytesMessage,
+    CloseReceived,
+    ConnState,
+    InvalidState,
+    Pong,
+    TextMessage,
+    WebSocketConnection,
+)
+
+_ids = itertools.count(1)
+CLOSE_POLICY = 1008
+CLOSE_GOING_AWAY = 1001
+CLOSE_INTERNAL_ERROR = 1011
+
+
+@dataclass(frozen=True, slots=True)
+class WsSettings:
+    """Plain WebSocket settings for sessions."""
+
+    ping_interval: float = 20.0
+    ping_timeout: float = 20.0
+    close_timeout: float = 10.0
+    send_buffer: int = 16 * 1024 * 1024
+
+
+class WsLoopServices(Protocol):
+    """What the worker's loop provides to WebSocket sessions."""
+
+    def watch(self, conn: Any, read: bool, write: bool) -> None:
+        """Set the readiness events for a session."""
+
+    def run_handler(self, session: WebSocketSession, call: Callable[[], None]) -> None:
+        """Run ``call`` in the pool; then ``session.on_handler_done(error)`` on the loop."""
+
+    def defer(self, fn: Callable[..., None], *args: Any) -> None:
+        """Run ``fn(*args)`` on the loop thread (thread-safe)."""
+
+    def subscribe(self, session: WebSocketSession, channel: str) -> None:
+        """Add a session to a broadcast channel."""
+
+    def unsubscribe(self, session: WebSocketSession, channel: str | None) -> None:
+        """Remove a session from one channel, or all (None)."""
+
+    def forget(self, conn: Any) -> None:
+        """The session is closed."""
+
+
+class WebSocket:
+    """What a handler holds: send, close, subscribe. Safe to call from any thread.
+
+    Attributes:
+        id: a number unique within this worker.
+        path: the request path.
+        path_params: values captured by the route.
+        headers: the handshake request's header fields as (str, str) pairs.
+        subprotocol: the negotiated subprotocol, or None.
+        remote_addr: the client address.
+    """
+
+    def __init__(self, session: WebSocketSession, request: Request, path_params: dict[str, Any],
+                 subprotocol: str | None) -> None:
+        self._session = session
+        self.id = next(_ids)
+        self.path = request.path.decode("latin-1")
+        self.path_params = path_params
+        self.headers = [(n.decode("latin-1"), v.decode("latin-1")) for n, v in request.headers.raw]
+        self.subprotocol = subprotocol
+        self.remote_addr = session.peer[0]
+        self.state: dict[str, Any] = {}
+
+    def send(self, message: str | bytes) -> None:
+        """Send a text (str) or binary (bytes) message."""
+        self._session.loop.defer(self._session.send_message, message)
+
+    def close(self, code: int = 1000, reason: str = "") -> None:
+        """Start the close handshake."""
+        self._session.loop.defer(self._session.close_with, code, reason)
+
+    def subscribe(self, channel: str) -> None:
+        """Receive what is broadcast on ``channel`` (from any worker)."""
+        self._session.loop.defer(self._session.loop.subscribe, self._session, channel)
+
+    def unsubscribe(self, channel: str) -> None:
+        """Stop receiving ``channel``."""
+        self._session.loop.defer(self._session.loop.unsubscribe, self._session, channel)
+
+
+class WebSocketSession:
+    """One upgraded connection, driven by the worker's loop.
+
+    Args:
+        sock: the socket, taken over from the HTTP connection.
+        peer: the client address.
+        loop: the worker's services.
+        protocol: the sans-IO connection (created with the bytes that followed the handshake).
+        handler: the application's handler object for this connection.
+        settings: ping, close and buffer settings.
+        recv_buffer: the worker's reusable receive buffer.
+    """
+
+    def __init__(self, sock: socket.socket, peer: tuple[str, int], loop: WsLoopServices,
+                 protocol: WebSocketConnection, handler: Any, settings: WsSettings,
+                 recv_buffer: memoryview) -> None:
+        self.sock = sock
+        self.peer = peer
+        self.loop = loop
+        self.protocol = protocol
+        self.handler = handler
+        self.settings = settings
+        self._buffer = recv_buffer
+        self.ws: WebSocket | None = None
+        self.out: deque[bytes | memoryview] = deque()
+        self.out_bytes = 0
+        self.closed = False
+        self.writing = False
+        self._calls: deque[Callable[[], None]] = deque()
+        self._busy = False
+        self._close_delivered = False
+        now = time.monotonic()
+        self._next_ping = now + settings.ping_interval
+        self._pong_deadline: float | None = None
+        self._close_deadline: float | None = None
+        self._ping_payload = b""
+        self.pending_input = b""
+
+    def start(self, ws: WebSocket, handshake_response: bytes) -> None:
+        """Send the 101, schedule ``on_open`` and process any bytes that came with the request."""
+        self.ws = ws
+        self._write(handshake_response)
+        self._call("on_open", ws)
+        if self.pending_input:
+            self.protocol.receive_data(self.pending_input)
+            self.pending_input = b""
+        self._after_input()
+
+    # --- input -------------------------------------------------------------------
+    def on_readable(self) -> None:
+        """Receive frames."""
+        if self.closed:
+            return
+        try:
+            n = self.sock.recv_into(self._buffer)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            n = 0
+        if n == 0:
+            self.protocol.receive_data(b"")
+            self._after_input()
+            self.close()
+            return
+        self.protocol.receive_data(bytes(self._buffer[:n]))
+        self._after_input()
+
+    def _after_input(self) -> None:
+        for event in self.protocol.events_received():
+            if isinstance(event, (TextMessage, BytesMessage)):
+                self._call("on_message", self.ws, event.data)
+            elif isinstance(event, Pong):
+                if event.payload == self._ping_payload:
+                    self._pong_deadline = None
+            elif isinstance(event, CloseReceived):
+                self._deliver_close(event.code, event.reason)
+        self._pump_protocol()
+
+    def _deliver_close(self, code: int, reason: str) -> None:
+        if not self._close_delivered:
+            self._close_delivered = True
+            self.loop.unsubscribe(self, None)
+            self._call("on_close", self.ws, code, reason)
+
+    # --- handler calls, one at a time, in order ----------------------------------------
+    def _call(self, name: str, *args: Any) -> None:
+        method = getattr(self.handler, name, None)
+        if method is None:
+            return
+        self._calls.append(lambda: method(*args))
+        self._next_call()
+
+    def _next_call(self) -> None:
+        if self._busy or not self._calls:
+            return
+        self._busy = True
+        self.loop.run_handler(self, self._calls.popleft())
+
+    def on_handler_done(self, error: BaseException | None) -> None:
+        """A handler call returned (on the loop thread)."""
+        self._busy = False
+        if error is not None:
+            error_log.error("WebSocket handler %s failed: %s", type(self.handler).__name__, error,
+                            exc_info=error)
+            self.close_with(CLOSE_INTERNAL_ERROR, "internal error")
+        self._next_call()
+        if not self._busy:
+            self._pump_protocol()
+        self._maybe_forget()
+
+    # --- output ---------------------------------------------------------------------
+    def send_message(self, message: str | bytes) -> None:
+        """Queue a message (loop thread), unless the connection is closing."""
+        if self.closed:
+            return
+        size = len(message)
+        if self.out_bytes + size > self.settings.send_buffer:
+            error_log.warning("WebSocket %s:%s: send buffer over %d bytes (peer not reading); closing",
+                              self.peer[0], self.peer[1], self.settings.send_buffer)
+            self.close_with(CLOSE_POLICY, "send buffer overflow")
+            return
+        try:
+            if isinstance(message, str):
+                self.protocol.send_text(message)
+            else:
+                self.protocol.send_binary(message)
+        except InvalidState:
+            return  # our close went out already: late messages are dropped (RFC 6455 §5.5.1)
+        self._pump_protocol()
+
+    def close_with(self, code: int, reason: str = "") -> None:
+        """Start the close handshake (loop thread)."""
+        if self.closed:
+            return
+        if self.protocol.state is ConnState.OPEN:
+            self.protocol.send_close(code, reason)
+            self._close_deadline = time.monotonic() + self.settings.close_timeout
+        self._pump_protocol()
+
+    def _pump_protocol(self) -> None:
+        closing = self.protocol.state is not ConnState.OPEN
+        if closing and self._close_deadline is None:
+            self._close_deadline = time.monotonic() + self.settings.close_timeout
+        if closing and (self._busy or self._calls):
+            return  # replies to messages that arrived before the close go out first
+        data = self.protocol.data_to_send()
+        if data:
+            self._write(data)
+        if self.protocol.close_expected() and not self.out:
+            self.close()
+
+    def _write(self, data: bytes) -> None:
+        if self.closed:
+            return
+        self.out.append(data)
+        self.out_bytes += len(data)
+        self._flush()
+
+    def _flush(self) -> None:
+        out = self.out
+        while out:
+            try:
+                sent = self.sock.send(out[0]) if len(out) == 1 else self.sock.sendmsg(list(out)[:64])
+            except (BlockingIOError, InterruptedError):
+                self._set_writing(True)
+                return
+            except OSError:
+                self.close()
+                return
+            self.out_bytes -= sent
+            while sent:
+                if sent >= len(out[0]):
+                    sent -= len(out[0])
+                    out.popleft()
+                else:
+                    out[0] = memoryview(out[0])[sent:]
+                    sent = 0
+        self._set_writing(False)
+
+    def on_writable(self) -> None:
+        """The socket has room again."""
+        if self.closed:
+            return
+        self._flush()
+        if not self.out and self.protocol.close_expected():
+            self.close()
+
+    def _set_writing(self, on: bool) -> None:
+        if on != self.writing and not self.closed:
+            self.writing = on
+            self.loop.watch(self, True, on)
+
+    # --- timers -----------------------------------------------------------------------
+    def check_timeouts(self, now: float) -> None:
+        """Keep-alive pings, ping timeout, close timeout."""
+        if self.closed:
+            return
+        if self._close_deadline is not None and now >= self._close_deadline:
+            self.close()
+            return
+        if self._pong_deadline is not None and now >= self._pong_deadline:
+            error_log.info("WebSocket %s:%s: no pong within %g s; closing", self.peer[0], self.peer[1],
+                           self.settings.ping_timeout)
+            self.close_with(CLOSE_INTERNAL_ERROR, "keepalive ping timeout")
+            return
+        if now >= self._next_ping and self.protocol.state is ConnState.OPEN:
+            self._next_ping = now + self.settings.ping_interval
+            if self._pong_deadline is None:
+                self._ping_payload = os.urandom(4)
+                self._pong_deadline = now + self.settings.ping_timeout
+                self.protocol.send_ping(self._ping_payload)
+                self._pump_protocol()
+
+    def on_drain(self) -> None:
+        """The worker is stopping: tell the client we are going away."""
+        self.close_with(CLOSE_GOING_AWAY, "server shutting down")
+
+    # --- teardown -------------------------------------------------------------------------
+    def close(self) -> None:
+        """Close the TCP connection; ``on_close`` still reaches the handler."""
+        if self.closed:
+            return
+        self.closed = True
+        self._deliver_close(1006, "connection closed")
+        self.out.clear()
+        self.loop.watch(self, False, False)
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+        self._maybe_forget()
+
+    def _maybe_forget(self) -> None:
+        # The session stays known to the loop until its last handler call has run,
+        # so a graceful stop waits for on_close.
+        if self.closed and not self._busy and not self._calls:
+            self.loop.forget(self)
+
+
+@dataclass(frozen=True, slots=True)
+class UpgradeSettings:
+    """What the handshake needs: limits, extension policy, origins, session settings."""
+
+    limits: WsLimits
+    session: WsSettings
+    compression: bool = True
+    allowed_origins: tuple[str, ...] = ()
+
+
+def accept_upgrade(head: Request, handler_cls: Any, path_params: dict[str, Any],
+                   settings: UpgradeSettings, trailing: bytes,
+                   make_session: Callable[[WebSocketConnection, Any], WebSocketSession]) -> tuple[WebSocketSession, WebSocket, bytes]:
+    """Validate a handshake and build the session that will own the socket.
+
+    Args:
+        head: the upgrade request.
+        handler_cls: the route's handler class (instantiated once per connection).
+        path_params: values captured by the route.
+        settings: handshake and session settings.
+        trailing: bytes that arrived after the request: the first frame bytes.
+        make_session: builds the session around the protocol and handler object.
+
+    Returns:
+        The session, the handler's façade and the 101 response to send.
+
+    Raises:
+        HandshakeError: the request is not an acceptable handshake (400/403/426).
+    """
+    request = validate_upgrade(head.method, head.http_version, head.headers.raw,
+                               allowed_origins=settings.allowed_origins or None)
+    deflate = negotiate(request.extensions) if settings.compression else None
+    subprotocol = None
+    chooser = getattr(handler_cls, "select_subprotocol", None)
+    if chooser is not None and request.subprotocols:
+        subprotocol = chooser(list(request.subprotocols))
+        if subprotocol not in request.subprotocols:
+            subprotocol = None
+    response = build_accept_response(request, subprotocol=subprotocol, deflate=deflate)
+    protocol = WebSocketConnection(settings.limits, deflate=deflate)
+    session = make_session(protocol, handler_cls())
+    ws = WebSocket(session, head, path_params, subprotocol)
+    session.pending_input = trailing
+    return session, ws, response

@@ -77,7 +77,7 @@ class Scoreboard:
     def __init__(self, slots: int, memory_budget: int) -> None:
         self.slots = slots
         self.memory_budget = memory_budget
-        self._mem = mmap.mmap(-1, SLOT_SIZE * slots + 8)
+        self._mem = mmap.mmap(-1, SLOT_SIZE * slots + 16)
         self._lock = multiprocessing.get_context("fork").Lock()
 
     # --- slot ownership (master) -------------------------------------------------
@@ -100,15 +100,21 @@ class Scoreboard:
         with self._lock:
             self._mem[index * SLOT_SIZE:(index + 1) * SLOT_SIZE] = bytes(SLOT_SIZE)
 
-    def add_retired(self, requests: int) -> None:
-        """Add a dead worker's request count to the total kept across respawns."""
-        total = struct.unpack_from("<Q", self._mem, SLOT_SIZE * self.slots)[0]
-        struct.pack_into("<Q", self._mem, SLOT_SIZE * self.slots, total + requests)
+    def add_retired(self, requests: int, bytes_received: int = 0) -> None:
+        """Add a dead worker's counters to the totals kept across respawns."""
+        offset = SLOT_SIZE * self.slots
+        total, received = struct.unpack_from("<QQ", self._mem, offset)
+        struct.pack_into("<QQ", self._mem, offset, total + requests, received + bytes_received)
 
     @property
     def retired_requests(self) -> int:
         """Requests served by workers that are gone (so counters never go down)."""
         return int(struct.unpack_from("<Q", self._mem, SLOT_SIZE * self.slots)[0])
+
+    @property
+    def retired_bytes_received(self) -> int:
+        """Bytes received by workers that are gone."""
+        return int(struct.unpack_from("<Q", self._mem, SLOT_SIZE * self.slots + 8)[0])
 
     # --- reading (master, status page) ---------------------------------------------
     def _read_head(self, index: int) -> tuple[int, ...]:

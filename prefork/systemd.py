@@ -62,3 +62,20 @@ def listen_fds(*, unset: bool = True) -> list[socket.socket]:
         sock.set_inheritable(True)
         sockets.append(sock)
     return sockets
+
+
+def watchdog_interval(environ: dict[str, str] | None = None) -> float:
+    """Seconds between WATCHDOG=1 pings: half of WATCHDOG_USEC, or 0 when not asked for.
+
+    Args:
+        environ: the environment (default os.environ).
+    """
+    env = os.environ if environ is None else environ
+    try:
+        usec = int(env.get("WATCHDOG_USEC", ""))
+    except ValueError:
+        return 0.0
+    pid = env.get("WATCHDOG_PID", "")
+    if usec <= 0 or (pid and pid != str(os.getpid())):
+        return 0.0
+    return usec / 2e6

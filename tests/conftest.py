@@ -24,3 +24,18 @@ def start_server(tmp_path: Path) -> Iterator[Callable[..., Server]]:
     yield start
     for server in started:
         server.stop()
+
+
+@pytest.fixture(scope="module")
+def start_module_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..., Server]]:
+    """Like ``start_server``, but the servers live for the whole test module (cheaper)."""
+    started: list[Server] = []
+
+    def start(wait: bool = True, **kwargs: Any) -> Server:
+        server = Server(tmp_path_factory.mktemp("server"), **kwargs)
+        started.append(server)
+        return server.wait_ready() if wait else server
+
+    yield start
+    for server in started:
+        server.stop()

@@ -12,6 +12,8 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import psutil
@@ -40,9 +42,11 @@ class Server:
     """
 
     def __init__(self, tmp: Path, app: str = "tests.apps.echo:app", config: dict[str, str] | None = None,
-                 workers: int = 1, threads: int = 4, extra_args: list[str] | None = None) -> None:
+                 workers: int = 1, threads: int = 4, extra_args: list[str] | None = None,
+                 bind: str | None = None, env: dict[str, str] | None = None) -> None:
         self.tmp = tmp
         self.port = free_port()
+        self.bind = bind or f"127.0.0.1:{self.port}"
         self.staging = tmp / "staging"
         self.uploads = tmp / "uploads"
         self.staging.mkdir(exist_ok=True)
@@ -50,7 +54,7 @@ class Server:
         self.error_log = tmp / "error.log"
         self.access_log = tmp / "access.log"
         sections = {
-            "server": f"bind = 127.0.0.1:{self.port}\nworkers = {workers}\nthreads = {threads}",
+            "server": f"bind = {self.bind}\nworkers = {workers}\nthreads = {threads}",
             "staging": f"dir = {self.staging}",
             "uploads": f"dir = {self.uploads}",
             "logging": f"error_log = {self.error_log}\naccess_log = {self.access_log}\nlevel = debug",
@@ -63,11 +67,31 @@ class Server:
         args += extra_args or []
         if app:
             args.append(app)
-        env = dict(os.environ, PYTHONPATH=str(REPO))
-        self.proc = subprocess.Popen(args, cwd=REPO, env=env, stdout=subprocess.PIPE,
-                                     stderr=subprocess.STDOUT)
+        env = dict(os.environ, PYTHONPATH=str(REPO), **(env or {}))
+        # A file, not a pipe: nobody reads a pipe while the server runs, and a full one would
+        # block every process of the server on its next write to stderr.
+        self.stdout_path = tmp / f"stdout-{self.port}.log"
+        with open(self.stdout_path, "wb") as stdout:
+            self.proc = subprocess.Popen(args, cwd=REPO, env=env, stdout=stdout, stderr=subprocess.STDOUT)
         self.pid = self.proc.pid
         self.url = f"http://127.0.0.1:{self.port}"
+
+    def connect(self, timeout: float = 10.0) -> socket.socket:
+        """A client socket connected to the server's (first) bind address."""
+        if self.bind.startswith("unix:"):
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            sock.settimeout(timeout)
+            try:
+                sock.connect(self.bind[5:])
+            except OSError:
+                sock.close()
+                raise
+            return sock
+        if self.bind.startswith("["):
+            host, _, port = self.bind[1:].partition("]:")
+            return socket.create_connection((host, int(port)), timeout=timeout)
+        host, _, port = self.bind.rpartition(":")
+        return socket.create_connection((host, int(port)), timeout=timeout)
 
     def wait_ready(self, timeout: float = START_TIMEOUT) -> "Server":
         """Wait until every worker serves (a request gets a response) or fail."""
@@ -76,7 +100,7 @@ class Server:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.output()}")
             try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=1.0) as sock:
+                with self.connect(timeout=1.0) as sock:
                     sock.sendall(b"GET /__ready HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
                     if sock.recv(16).startswith(b"HTTP/1.1"):
                         return self
@@ -101,10 +125,10 @@ class Server:
         return self.proc.wait(timeout)
 
     def output(self) -> str:
-        """Everything the server wrote to stdout/stderr and its error log (after it stopped)."""
+        """Everything the server wrote to stdout/stderr and its error log so far."""
         text = ""
-        if self.proc.poll() is not None and self.proc.stdout is not None:
-            text += self.proc.stdout.read().decode("utf-8", "replace")
+        if self.stdout_path.exists():
+            text += self.stdout_path.read_text("utf-8", "replace")
         if self.error_log.exists():
             text += self.error_log.read_text("utf-8", "replace")
         return text
@@ -127,5 +151,139 @@ class Server:
                     proc.wait(STOP_TIMEOUT)
             except psutil.NoSuchProcess:
                 pass
-        if self.proc.stdout is not None:
-            self.proc.stdout.close()
+
+
+def wait_for(predicate: "Callable[[], object]", timeout: float, interval: float = 0.05,
+             what: str = "condition") -> object:
+    """Poll ``predicate`` until it returns something truthy; fail after ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} not met within {timeout} s")
+        time.sleep(interval)
+
+
+@dataclass
+class Response:
+    """One HTTP response as read off a raw socket."""
+
+    status: int
+    reason: str
+    version: str
+    headers: list[tuple[str, str]]
+    body: bytes
+    raw_head: bytes
+
+    def header(self, name: str) -> str | None:
+        """The first value of header ``name`` (case-insensitive), or None."""
+        for key, value in self.headers:
+            if key.lower() == name.lower():
+                return value
+        return None
+
+
+class RawClient:
+    """A blocking raw-socket HTTP/1.x client that keeps unread bytes between responses.
+
+    Args:
+        sock: a connected socket (with a timeout set: every read is bounded).
+    """
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.buf = b""
+
+    def send(self, data: bytes) -> None:
+        """Send all of ``data``."""
+        self.sock.sendall(data)
+
+    def _fill(self) -> bool:
+        data = self.sock.recv(65536)
+        if not data:
+            return False
+        self.buf += data
+        return True
+
+    def read_until(self, marker: bytes) -> bytes:
+        """Bytes up to and including ``marker``; EOFError if the peer closes first."""
+        while marker not in self.buf:
+            if not self._fill():
+                raise EOFError(f"connection closed before {marker!r}; got {self.buf[:200]!r}")
+        index = self.buf.index(marker) + len(marker)
+        data, self.buf = self.buf[:index], self.buf[index:]
+        return data
+
+    def read_exactly(self, size: int) -> bytes:
+        """Exactly ``size`` bytes; EOFError if the peer closes first."""
+        while len(self.buf) < size:
+            if not self._fill():
+                raise EOFError(f"connection closed {size - len(self.buf)} bytes short")
+        data, self.buf = self.buf[:size], self.buf[size:]
+        return data
+
+    def read_to_eof(self) -> bytes:
+        """Everything until the peer closes."""
+        while self._fill():
+            pass
+        data, self.buf = self.buf, b""
+        return data
+
+    def at_eof(self) -> bool:
+        """True when nothing is buffered and the peer has closed (within the socket timeout)."""
+        if self.buf:
+            return False
+        try:
+            return not self._fill()
+        except ConnectionResetError:
+            return True
+
+    def read_response(self, head_request: bool = False) -> Response:
+        """Read one response (head and body, framed by its headers)."""
+        while True:
+            raw_head = self.read_until(b"\r\n\r\n")
+            lines = raw_head[:-4].decode("latin-1").split("\r\n")
+            version, _, rest = lines[0].partition(" ")
+            code, _, reason = rest.partition(" ")
+            headers = [tuple(x.strip() for x in line.split(":", 1)) for line in lines[1:]]
+            resp = Response(int(code), reason, version, headers, b"", raw_head)  # type: ignore[arg-type]
+            if resp.status >= 200:
+                break
+        if head_request or resp.status in (204, 304):
+            return resp
+        length = resp.header("content-length")
+        if (resp.header("transfer-encoding") or "").lower() == "chunked":
+            body = bytearray()
+            while True:
+                size = int(self.read_until(b"\r\n").split(b";")[0], 16)
+                if size == 0:
+                    while self.read_until(b"\r\n") != b"\r\n":
+                        pass  # trailer fields
+                    break
+                body += self.read_exactly(size)
+                assert self.read_exactly(2) == b"\r\n"
+            resp.body = bytes(body)
+        elif length is not None:
+            resp.body = self.read_exactly(int(length))
+        else:
+            resp.body = self.read_to_eof()
+        return resp
+
+    def close(self) -> None:
+        """Close the socket."""
+        self.sock.close()
+
+    def __enter__(self) -> "RawClient":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def request(server: Server, data: bytes, head_request: bool = False, timeout: float = 10.0) -> Response:
+    """Send raw ``data`` on a new connection and read one response."""
+    with RawClient(server.connect(timeout)) as client:
+        client.send(data)
+        return client.read_response(head_request)

@@ -1,7 +1,8 @@
 """Test app: reports what it received and exercises the WSGI surface.
 
 Routes: ``/sha256`` (hash and size of the body, read in pieces), ``/stream``
-(a streamed response of unknown length), ``/write`` (the write() callable),
+(a streamed response of unknown length), ``/close?marker=&n=`` (an iterable
+whose close() writes the marker file; n KiB of body), ``/write`` (the write() callable),
 ``/file`` (wsgi.file_wrapper over a real file), ``/boom`` (raises),
 ``/slow?s=N`` (sleeps in the handler), ``/environ`` (environ keys as JSON).
 """
@@ -45,12 +46,15 @@ def _stream(start_response: Callable[..., Any], count: int) -> Iterator[bytes]:
 class _Closing:
     closed_marker = os.path.join(tempfile.gettempdir(), "prefork-test-closed")
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, count: int = 0) -> None:
         self.path = path
+        self.count = count
 
     def __iter__(self) -> Iterator[bytes]:
         yield b"a"
         yield b"b"
+        for _ in range(self.count):
+            yield b"c" * 1024
 
     def close(self) -> None:
         with open(self.path, "w", encoding="ascii") as handle:
@@ -77,7 +81,7 @@ def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable
         return environ["wsgi.file_wrapper"](handle)  # type: ignore[no-any-return]
     if path == "/close":
         start_response("200 OK", [("Content-Type", "text/plain")])
-        return _Closing(query["marker"])
+        return _Closing(query["marker"], int(query.get("n", "0")))
     if path == "/boom":
         raise RuntimeError("deliberate failure in the test app")
     if path == "/slow":

@@ -85,8 +85,8 @@ def status_main(argv: Sequence[str]) -> int:
 def fetch_status(address: BindAddress, path: str, timeout: float = 5.0) -> dict[str, object]:
     """GET the status page as JSON from a server listening on ``address``."""
     target = address.address
-    if address.family != socket.AF_UNIX:
-        host, port = target  # type: ignore[misc]
+    if isinstance(target, tuple):
+        host, port = target
         if host in ("0.0.0.0", "::", ""):
             host = "127.0.0.1" if address.family == socket.AF_INET else "::1"
         target = (host, port)

@@ -17,6 +17,7 @@ import signal
 import socket
 import time
 from dataclasses import dataclass
+from typing import Any
 
 from prefork import systemd
 from prefork.broadcast import Hub
@@ -137,12 +138,12 @@ class Master:
             signal.signal(getattr(signal, "SIG" + name), lambda *_: None)
 
     def _wait_for_signals(self, timeout: float) -> None:
-        readers = self.hub.readers()
-        ready, writable, _ = select.select([self._sig_read, *readers], self.hub.writers(), [], timeout)
+        readers: list[Any] = [self._sig_read, *self.hub.readers()]
+        ready, writable, _ = select.select(readers, self.hub.writers(), [], timeout)
         for link in writable:
             self.hub.on_writable(link)
         for link in ready:
-            if link is not self._sig_read:
+            if link != self._sig_read:
                 self.hub.on_readable(link)
         if self._sig_read not in ready:
             return
@@ -204,9 +205,7 @@ class Master:
                 continue
             self._log_exit(info, status)
             self.hub.detach(pid)
-            view = self.board.view(info.slot)
-            self.board.add_retired(view.requests, view.bytes_received)
-            self.board.release(info.slot)
+            self.board.retire(info.slot)  # counters into the totals, slot freed: one step for readers
             if self.cfg.staging.dir:
                 remove_stale_files(self.cfg.staging.dir, pid)
             if os.WIFEXITED(status) and os.WEXITSTATUS(status) == WORKER_BOOT_ERROR and not self.stopping:

@@ -96,7 +96,8 @@ def bind_listener(addr: BindAddress, backlog: int) -> socket.socket:
 
 
 def _bind_inet(addr: BindAddress) -> socket.socket:
-    host, port = addr.address  # type: ignore[misc]
+    assert isinstance(addr.address, tuple)
+    host, port = addr.address
     infos = socket.getaddrinfo(host, port, addr.family, socket.SOCK_STREAM, 0, socket.AI_PASSIVE)
     family, kind, proto, _, sockaddr = infos[0]
     sock = socket.socket(family, kind, proto)

@@ -53,8 +53,9 @@ def snapshot(board: Scoreboard, master_pid: int, now: float | None = None) -> di
     """
     wall = time.time() if now is None else now
     mono = time.monotonic()
-    workers = []
-    for view in board.views():
+    workers: list[dict[str, Any]] = []
+    retired_requests, retired_bytes, views = board.totals_and_views()
+    for view in views:
         uploads = []
         for upload in view.uploads:
             elapsed = max(wall - upload.started, 1e-6)
@@ -74,8 +75,8 @@ def snapshot(board: Scoreboard, master_pid: int, now: float | None = None) -> di
     return {
         "master_pid": master_pid,
         "time": wall,
-        "requests_total": board.retired_requests + sum(w["requests"] for w in workers),
-        "bytes_received_total": board.retired_bytes_received + sum(w["bytes_received"] for w in workers),
+        "requests_total": retired_requests + sum(w["requests"] for w in workers),
+        "bytes_received_total": retired_bytes + sum(w["bytes_received"] for w in workers),
         "staged_ram": sum(w["staged_ram"] for w in workers),
         "staged_disk": sum(w["staged_disk"] for w in workers),
         "memory_budget": board.memory_budget,

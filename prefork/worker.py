@@ -12,6 +12,7 @@ Once a second the loop sweeps connection timeouts and writes its heartbeat.
 from __future__ import annotations
 
 import ctypes
+import functools
 import os
 import queue
 import random
@@ -204,7 +205,7 @@ class Worker:
         self.selector.register(self.wakeup, selectors.EVENT_READ, _Readable(self.wakeup.run_pending))
         self._recv_buffer = memoryview(bytearray(RECV_BUFFER_SIZE))
         self._server_names = {lsock.fileno(): _local_address(lsock) for lsock in self.listeners}
-        self._listener_targets = {lsock: _Readable(lambda lsock=lsock: self._accept(lsock))
+        self._listener_targets = {lsock: _Readable(functools.partial(self._accept, lsock))
                                   for lsock in self.listeners}
         self._websockets = self.worker_settings.websocket is not None and hasattr(self.app, "websocket_handler")
         self._setup_broadcast()

@@ -385,7 +385,10 @@ def accept_upgrade(head: Request, handler_cls: Any, path_params: dict[str, Any],
     """
     request = validate_upgrade(head.method, head.http_version, head.headers.raw,
                                allowed_origins=settings.allowed_origins or None)
-    deflate = negotiate(request.extensions) if settings.compression else None
+    # A 4 KiB compression window (memLevel 8) bounds each connection's compressor to
+    # about 24 KiB instead of 256 KiB, as the websockets library does (RFC 7692 §7.1.2.1
+    # lets the server lower its own window even when the client did not ask).
+    deflate = negotiate(request.extensions, server_max_window_bits=12) if settings.compression else None
     subprotocol = None
     chooser = getattr(handler_cls, "select_subprotocol", None)
     if chooser is not None and request.subprotocols:

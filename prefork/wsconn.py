@@ -41,6 +41,11 @@ _ids = itertools.count(1)
 CLOSE_POLICY = 1008
 CLOSE_GOING_AWAY = 1001
 CLOSE_INTERNAL_ERROR = 1011
+#: Received message bytes waiting for the handler above which the loop stops
+#: reading the socket until the handler catches up (TCP then slows the peer).
+#: Without it a peer that sends faster than its handler runs (the handler gets
+#: the GIL less often than the loop) grows the worker's RAM without bound.
+MAX_QUEUED_INPUT = 4 * 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,7 +148,9 @@ class WebSocketSession:
         self.out_bytes = 0
         self.closed = False
         self.writing = False
-        self._calls: deque[Callable[[], None]] = deque()
+        self.reading = True
+        self._calls: deque[tuple[int, Callable[[], None]]] = deque()
+        self._queued_input = 0
         self._busy = False
         self._close_delivered = False
         now = time.monotonic()
@@ -185,13 +192,15 @@ class WebSocketSession:
     def _after_input(self) -> None:
         for event in self.protocol.events_received():
             if isinstance(event, (TextMessage, BytesMessage)):
-                self._call("on_message", self.ws, event.data)
+                self._call("on_message", self.ws, event.data, size=len(event.data))
             elif isinstance(event, Pong):
                 if event.payload == self._ping_payload:
                     self._pong_deadline = None
             elif isinstance(event, CloseReceived):
                 self._deliver_close(event.code, event.reason)
         self._pump_protocol()
+        if self._queued_input > MAX_QUEUED_INPUT:
+            self._set_reading(False)
 
     def _deliver_close(self, code: int, reason: str) -> None:
         if not self._close_delivered:
@@ -200,18 +209,21 @@ class WebSocketSession:
             self._call("on_close", self.ws, code, reason)
 
     # --- handler calls, one at a time, in order ----------------------------------------
-    def _call(self, name: str, *args: Any) -> None:
+    def _call(self, name: str, *args: Any, size: int = 0) -> None:
         method = getattr(self.handler, name, None)
         if method is None:
             return
-        self._calls.append(lambda: method(*args))
+        self._calls.append((size, lambda: method(*args)))
+        self._queued_input += size
         self._next_call()
 
     def _next_call(self) -> None:
         if self._busy or not self._calls:
             return
         self._busy = True
-        self.loop.run_handler(self, self._calls.popleft())
+        size, call = self._calls.popleft()
+        self._queued_input -= size
+        self.loop.run_handler(self, call)
 
     def on_handler_done(self, error: BaseException | None) -> None:
         """A handler call returned (on the loop thread)."""
@@ -221,6 +233,8 @@ class WebSocketSession:
                             exc_info=error)
             self.close_with(CLOSE_INTERNAL_ERROR, "internal error")
         self._next_call()
+        if not self.reading and self._queued_input <= MAX_QUEUED_INPUT // 2:
+            self._set_reading(True)
         if not self._busy:
             self._pump_protocol()
         self._maybe_forget()
@@ -232,9 +246,10 @@ class WebSocketSession:
             return
         size = len(message)
         if self.out_bytes + size > self.settings.send_buffer:
-            error_log.warning("WebSocket %s:%s: send buffer over %d bytes (peer not reading); closing",
-                              self.peer[0], self.peer[1], self.settings.send_buffer)
-            self.close_with(CLOSE_POLICY, "send buffer overflow")
+            if self.protocol.state is ConnState.OPEN:  # once; later messages are just dropped
+                error_log.warning("WebSocket %s:%s: send buffer over %d bytes (peer not reading); closing",
+                                  self.peer[0], self.peer[1], self.settings.send_buffer)
+                self.close_with(CLOSE_POLICY, "send buffer overflow")
             return
         try:
             if isinstance(message, str):
@@ -305,7 +320,13 @@ class WebSocketSession:
     def _set_writing(self, on: bool) -> None:
         if on != self.writing and not self.closed:
             self.writing = on
-            self.loop.watch(self, True, on)
+            self.loop.watch(self, self.reading, on)
+
+    def _set_reading(self, on: bool) -> None:
+        # Input back-pressure: see MAX_QUEUED_INPUT.
+        if on != self.reading and not self.closed:
+            self.reading = on
+            self.loop.watch(self, on, self.writing)
 
     # --- timers -----------------------------------------------------------------------
     def check_timeouts(self, now: float) -> None:

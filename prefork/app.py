@@ -8,16 +8,24 @@ from WSGI is the body: a native route's ``multipart/form-data`` body is parsed
 while it arrives, so ``request.files[name]`` is an ``UploadedFile`` already on
 disk and ``save()`` is a rename. The worker finds the native adapter through
 the ``prefork_application`` hook.
+
+Routes match the percent-decoded path; captured values are not decoded a
+second time (``/a%2541`` captures ``a%41``, never ``aA``). A path that matches
+a route but not its methods answers 405 with ``Allow``; no match answers 404.
+Both, and any ``HTTPError``, go through ``@app.errorhandler(status)`` when one
+is registered. An unexpected exception is the I/O layer's 500 unless a 500
+handler is registered, in which case it is logged and that handler answers.
 """
 
 from __future__ import annotations
 
 import json as jsonlib
+import os
 import re
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from http import HTTPStatus
-from http.cookies import SimpleCookie
+from http.cookies import CookieError, SimpleCookie
 from typing import IO, Any
 from urllib.parse import parse_qsl, quote, unquote
 
@@ -26,16 +34,33 @@ from prefork.forms import FormData, MultiDict, UploadedFile
 from prefork.handlers import CompleteRequest, FileBody, ResponseStream
 from prefork.http.events import Request as RequestHead
 
+__all__ = ["App", "HTTPError", "NativeApplication", "Request", "Response", "MAX_MEMORY_BODY"]
+
 Handler = Callable[["Request"], Any]
 _PARAM = re.compile(r"<(?:(?P<kind>path|int):)?(?P<name>[A-Za-z_][A-Za-z0-9_]*)>")
+# field-name = token (RFC 9110 §5.1); a value must not hold CR, LF or NUL (§5.5): a handler
+# that puts user input into a header must never be able to split the response.
+_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_BAD_VALUE = re.compile(r"[\r\n\x00]")
+#: Largest body ``Request.json()`` and a urlencoded ``Request.form`` read into RAM (413
+#: beyond): both are parsed whole, and 16 MiB is far above any sane form or JSON document.
+MAX_MEMORY_BODY = 16 * 1024 * 1024
 
 
 class HTTPError(Exception):
-    """Raise from a handler to answer with ``status`` (and an optional message)."""
+    """Raise from a handler to answer with ``status`` (and an optional message).
 
-    def __init__(self, status: int, message: str = "") -> None:
-        super().__init__(message or HTTPStatus(status).phrase)
+    Args:
+        status: the HTTP status code.
+        message: shown in the default error page; the reason phrase if empty.
+        headers: extra header fields for the error response (e.g. ``WWW-Authenticate``).
+    """
+
+    def __init__(self, status: int, message: str = "",
+                 headers: list[tuple[str, str]] | None = None) -> None:
+        super().__init__(message or _reason(status))
         self.status = status
+        self.headers = list(headers or [])
 
 
 class Request:
@@ -48,14 +73,17 @@ class Request:
         args: query parameters (MultiDict of str).
         headers: case-insensitive lookups via ``headers.get(name)``.
         body: the staged body stream (seekable).
+        content_length: the true body length (chunked bodies included).
         path_params: values captured by ``<name>`` segments of the route.
+        remote_addr: the client address.
+        error: in an error handler, the HTTPError or exception being answered.
     """
 
     def __init__(self, complete: CompleteRequest, path_params: dict[str, Any]) -> None:
         head = complete.head
         self._complete = complete
         self.method = head.method.decode("latin-1")
-        self.path = unquote(head.path.decode("latin-1"))
+        self.path = _decode_path(head.path)
         self.query_string = head.query.decode("latin-1")
         self.args: MultiDict[str] = MultiDict()
         for name, value in parse_qsl(self.query_string, keep_blank_values=True):
@@ -66,39 +94,65 @@ class Request:
         self.path_params = path_params
         self.remote_addr = complete.peer[0]
         self._form: FormData | None = complete.form
+        self._urlencoded: MultiDict[str] | None = None
+        self.error: BaseException | None = None
 
     @property
     def cookies(self) -> dict[str, str]:
-        """Cookies sent with the request."""
+        """Cookies sent with the request (a malformed Cookie header gives none)."""
         jar: SimpleCookie = SimpleCookie()
         for value in self.headers.get_all("cookie"):
-            jar.load(value)
+            try:
+                jar.load(value)
+            except CookieError:
+                continue
         return {name: morsel.value for name, morsel in jar.items()}
 
-    def json(self) -> Any:
-        """The body parsed as JSON (raises HTTPError 400 when it is not)."""
+    @property
+    def content_type(self) -> str:
+        """The media type of the body, lower-cased, without parameters."""
+        return self.headers.get("content-type").partition(";")[0].strip().lower()
+
+    def _read_small_body(self) -> bytes:
+        if self.content_length > MAX_MEMORY_BODY:
+            raise HTTPError(413, f"a body parsed in memory may have at most {MAX_MEMORY_BODY} bytes")
         self.body.seek(0)
+        return self.body.read()
+
+    def json(self) -> Any:
+        """The body parsed as JSON.
+
+        Raises:
+            HTTPError: 400 when it is not valid JSON, 413 when over ``MAX_MEMORY_BODY``.
+        """
         try:
-            return jsonlib.loads(self.body.read() or b"null")
+            return jsonlib.loads(self._read_small_body() or b"null")
         except ValueError as exc:
             raise HTTPError(400, f"request body is not valid JSON: {exc}") from None
 
     @property
     def form(self) -> MultiDict[str]:
-        """Text fields of a multipart or urlencoded form."""
+        """Text fields of a multipart or urlencoded form (empty for other bodies)."""
         if self._form is not None:
             return self._form.fields
-        fields: MultiDict[str] = MultiDict()
-        if self.headers.get("content-type", "").startswith("application/x-www-form-urlencoded"):
-            self.body.seek(0)
-            for name, value in parse_qsl(self.body.read().decode("utf-8", "replace"), keep_blank_values=True):
-                fields.add(name, value)
-        return fields
+        if self._urlencoded is None:
+            fields: MultiDict[str] = MultiDict()
+            if self.content_type == "application/x-www-form-urlencoded":
+                text = self._read_small_body().decode("utf-8", "replace")
+                for name, value in parse_qsl(text, keep_blank_values=True):
+                    fields.add(name, value)
+            self._urlencoded = fields
+        return self._urlencoded
 
     @property
     def files(self) -> MultiDict[UploadedFile]:
         """Uploaded files of a multipart form, already staged on disk."""
         return self._form.files if self._form is not None else MultiDict()
+
+
+def _decode_path(raw: bytes) -> str:
+    """Percent-decode a request path as UTF-8 (invalid UTF-8 becomes U+FFFD)."""
+    return unquote(raw.decode("latin-1"), errors="replace") if b"%" in raw else raw.decode("latin-1")
 
 
 class _Headers:
@@ -128,21 +182,25 @@ class Response:
     """An HTTP response from a native handler.
 
     Args:
-        body: str (UTF-8), bytes, an iterable of bytes, or a binary file object.
+        body: str (UTF-8), bytes, an iterable of bytes, or a binary file object. A real
+            file is sent with sendfile from its current position: ``count`` bytes, or
+            up to its end.
         status: the status code.
         headers: extra header fields.
         content_type: the Content-Type (default text/html for str, octet-stream otherwise).
+        count: for a file body, how many bytes to send (None: to the end of the file).
     """
 
     def __init__(self, body: str | bytes | Iterable[bytes] | IO[bytes] = b"", status: int = 200,
                  headers: dict[str, str] | list[tuple[str, str]] | None = None,
-                 content_type: str | None = None) -> None:
+                 content_type: str | None = None, count: int | None = None) -> None:
         self.status = status
         self.headers: list[tuple[str, str]] = list(headers.items()) if isinstance(headers, dict) else list(headers or [])
         if isinstance(body, str):
             body = body.encode("utf-8")
             content_type = content_type or "text/html; charset=utf-8"
         self.body = body
+        self.count = count
         if content_type is None and not self._has("content-type"):
             content_type = "application/octet-stream" if body else None
         if content_type:
@@ -153,17 +211,17 @@ class Response:
 
     @classmethod
     def json(cls, data: Any, status: int = 200) -> Response:
-        """A JSON response."""
+        """A JSON response (UTF-8, no ASCII escaping needed by clients)."""
         return cls(jsonlib.dumps(data).encode("utf-8"), status, content_type="application/json")
 
     @classmethod
     def redirect(cls, location: str, status: int = 303) -> Response:
-        """A redirect to ``location``."""
-        return cls(b"", status, [("Location", quote(location, safe="/:?=&#%"))])
+        """A redirect to ``location`` (303 by default: "see other", GET after a POST)."""
+        return cls(b"", status, [("Location", quote(location, safe="/:?=&#%;@+,~!$'()*[]"))])
 
     def set_cookie(self, name: str, value: str, *, path: str = "/", max_age: int | None = None,
-                   http_only: bool = True, same_site: str = "Lax") -> None:
-        """Add a Set-Cookie header."""
+                   http_only: bool = True, same_site: str = "Lax", secure: bool = False) -> None:
+        """Add a Set-Cookie header (RFC 6265; HttpOnly and SameSite=Lax by default)."""
         cookie: SimpleCookie = SimpleCookie()
         cookie[name] = value
         morsel = cookie[name]
@@ -173,33 +231,47 @@ class Response:
             morsel["max-age"] = max_age
         if http_only:
             morsel["httponly"] = True
+        if secure:
+            morsel["secure"] = True
         self.headers.append(("Set-Cookie", morsel.OutputString()))
 
+    def delete_cookie(self, name: str, *, path: str = "/") -> None:
+        """Tell the client to drop cookie ``name``."""
+        self.set_cookie(name, "", path=path, max_age=0)
+
     def to_stream(self) -> ResponseStream:
-        """Convert to the I/O layer's ResponseStream."""
+        """Convert to the I/O layer's ResponseStream.
+
+        Raises:
+            ValueError: a header name is not a token, or a value holds CR, LF or NUL.
+        """
+        for name, value in self.headers:
+            if not _TOKEN.fullmatch(name) or _BAD_VALUE.search(value):
+                raise ValueError(f"invalid response header {name!r}: {value[:80]!r}")
         reason = _reason(self.status)
         body = self.body
-        if isinstance(body, bytes):
-            return ResponseStream(self.status, reason, self.headers, [body] if body else [])
+        if isinstance(body, (bytes, bytearray)):
+            return ResponseStream(self.status, reason, self.headers, [bytes(body)] if body else [])
         if hasattr(body, "read"):
-            return _file_stream(self.status, reason, self.headers, body)  # type: ignore[arg-type]
-        iterator = iter(body)  # type: ignore[arg-type]
+            return _file_stream(self.status, reason, self.headers, body, self.count)  # type: ignore[arg-type]
+        iterator = iter(body)
         close = getattr(body, "close", None)
         return ResponseStream(self.status, reason, self.headers, [], iterator, on_close=close)
 
 
-def _file_stream(status: int, reason: str, headers: list[tuple[str, str]], handle: IO[bytes]) -> ResponseStream:
-    import os
-
+def _file_stream(status: int, reason: str, headers: list[tuple[str, str]], handle: IO[bytes],
+                 count: int | None) -> ResponseStream:
+    """A sendfile body from ``handle``'s position: ``count`` bytes, or to its end."""
     try:
         fd = handle.fileno()
         offset = handle.tell()
-        count = os.fstat(fd).st_size - offset
+        available = max(0, os.fstat(fd).st_size - offset)
     except (OSError, AttributeError, ValueError):
-        data = handle.read()
+        data = handle.read() if count is None else handle.read(count)
         handle.close()
         return ResponseStream(status, reason, headers, [data])
-    return ResponseStream(status, reason, headers, file=FileBody(handle, offset, count), on_close=handle.close)
+    length = available if count is None else min(count, available)
+    return ResponseStream(status, reason, headers, file=FileBody(handle, offset, length), on_close=handle.close)
 
 
 def _reason(status: int) -> str:
@@ -251,7 +323,10 @@ class App:
         self.error_handlers: dict[int, Handler] = {}
 
     def route(self, path: str, methods: Iterable[str] = ("GET",)) -> Callable[[Handler], Handler]:
-        """Register an HTTP handler for ``path`` (``<name>``, ``<int:n>``, ``<path:p>`` capture)."""
+        """Register an HTTP handler for ``path`` (``<name>``, ``<int:n>``, ``<path:p>`` capture).
+
+        A route that allows GET also answers HEAD (the body is not sent).
+        """
         def register(handler: Handler) -> Handler:
             pattern, converters = _compile(path)
             allowed = frozenset(m.upper() for m in methods)
@@ -260,6 +335,26 @@ class App:
             self.routes.append(Route(pattern, allowed, handler, converters, path))
             return handler
         return register
+
+    def static(self, url_prefix: str, directory: str | os.PathLike[str], *,
+               cache_control: str = "no-cache") -> None:
+        """Serve the files under ``directory`` at ``url_prefix/<path>`` (GET and HEAD).
+
+        Paths that leave ``directory`` (``..``, absolute paths, symlinks pointing out,
+        NUL bytes) and dot-files answer 404; see ``prefork.static``.
+        """
+        from prefork.static import safe_join, serve_file  # static builds on this module
+
+        root = os.fspath(directory)
+        prefix = url_prefix.rstrip("/")
+
+        def serve(request: Request) -> Response:
+            path = safe_join(root, request.path_params["path"])
+            if path is None:
+                raise HTTPError(404)
+            return serve_file(request, path, cache_control=cache_control)
+
+        self.route(f"{prefix}/<path:path>")(serve)
 
     def websocket(self, path: str) -> Callable[[type], type]:
         """Register a WebSocket handler class: one instance per connection, with
@@ -271,7 +366,11 @@ class App:
         return register
 
     def errorhandler(self, status: int) -> Callable[[Handler], Handler]:
-        """Register a handler for responses with ``status`` (404, 405, 500, ...)."""
+        """Register a handler for responses with ``status`` (404, 405, 500, ...).
+
+        It is called with the request and may read ``request.error`` (the HTTPError or
+        exception); its result gets ``status`` whatever status it set.
+        """
         def register(handler: Handler) -> Handler:
             self.error_handlers[status] = handler
             return handler
@@ -292,7 +391,7 @@ class App:
                 continue
             if method in route.methods:
                 return route, _convert(found, route.converters), []
-            allowed.extend(sorted(route.methods))
+            allowed.extend(route.methods)
         return None, {}, allowed
 
     def match_websocket(self, path: str) -> tuple[type | None, dict[str, Any]]:
@@ -309,7 +408,9 @@ class App:
 
 
 def _convert(found: re.Match[str], converters: tuple[tuple[str, str], ...]) -> dict[str, Any]:
-    return {name: int(found[name]) if kind == "int" else unquote(found[name]) for name, kind in converters}
+    # The path was percent-decoded once before matching; decoding again would turn
+    # "%2541" into "A" and let "%252e%252e" become "..".
+    return {name: int(found[name]) if kind == "int" else found[name] for name, kind in converters}
 
 
 class NativeApplication:
@@ -323,49 +424,46 @@ class NativeApplication:
         content_type = head.headers.get(b"content-type") or b""
         if not content_type.lower().startswith(b"multipart/form-data"):
             return False
-        route, _, _ = self.app.match(unquote(head.path.decode("latin-1")), head.method.decode("latin-1"))
+        route, _, _ = self.app.match(_decode_path(head.path), head.method.decode("latin-1"))
         return route is not None
 
     def websocket_handler(self, path: bytes) -> tuple[type | None, dict[str, Any]]:
         """The WebSocket handler class for a request path."""
-        return self.app.match_websocket(unquote(path.decode("latin-1")))
+        return self.app.match_websocket(_decode_path(path))
 
     def __call__(self, complete: CompleteRequest) -> ResponseStream:
-        path = unquote(complete.head.path.decode("latin-1"))
         method = complete.head.method.decode("latin-1")
-        route, params, allowed = self.app.match(path, method)
+        route, params, allowed = self.app.match(_decode_path(complete.head.path), method)
         request = Request(complete, params)
         try:
             if route is None:
                 if allowed:
-                    raise _MethodNotAllowed(allowed)
+                    raise HTTPError(405, headers=[("Allow", ", ".join(sorted(set(allowed))))])
                 raise HTTPError(404)
             response = _to_response(route.handler(request))
-        except _MethodNotAllowed as exc:
-            response = self._error(request, 405)
-            response.headers.append(("Allow", ", ".join(sorted(set(exc.allowed)))))
         except HTTPError as exc:
-            response = self._error(request, exc.status, str(exc))
-        stream = response.to_stream()
-        if method == "HEAD":
-            stream.chunks = []
-        return stream
+            response = self._error(request, exc.status, exc)
+            response.headers.extend(exc.headers)
+        except Exception as exc:
+            if 500 not in self.app.error_handlers:
+                raise  # the I/O layer logs it and answers a bare 500
+            from prefork.logs import error_log
 
-    def _error(self, request: Request, status: int, message: str = "") -> Response:
+            error_log.error("error handling %s %s: %s", method, request.path, exc, exc_info=exc)
+            response = self._error(request, 500, exc)
+        return response.to_stream()
+
+    def _error(self, request: Request, status: int, error: BaseException) -> Response:
         handler = self.app.error_handlers.get(status)
         if handler is not None:
+            request.error = error
             response = _to_response(handler(request))
             response.status = status
             return response
-        text = message or _reason(status)
-        return Response(f"{status} {_reason(status)}: {text}\n" if message else f"{status} {text}\n",
-                        status, content_type="text/plain; charset=utf-8")
-
-
-class _MethodNotAllowed(Exception):
-    def __init__(self, allowed: list[str]) -> None:
-        super().__init__("method not allowed")
-        self.allowed = allowed
+        phrase = _reason(status)
+        message = str(error) if isinstance(error, HTTPError) else phrase
+        text = f"{status} {phrase}\n" if message == phrase else f"{status} {phrase}: {message}\n"
+        return Response(text, status, content_type="text/plain; charset=utf-8")
 
 
 def _to_response(result: Any) -> Response:

@@ -45,15 +45,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def load(args: argparse.Namespace) -> Config:
-    """Load the configuration named by the flags, with the flags applied on top."""
+def overrides(args: argparse.Namespace) -> dict[str, dict[str, object]]:
+    """The settings given as flags, which win over the file (at start and on every reload)."""
     server: dict[str, object] = {
         "bind": tuple(args.bind) if args.bind else None,
         "workers": args.workers,
         "threads": args.threads,
         "app": args.app,
     }
-    return load_config(args.config, {"server": server})
+    return {"server": server}
+
+
+def load(args: argparse.Namespace) -> Config:
+    """Load the configuration named by the flags, with the flags applied on top."""
+    return load_config(args.config, overrides(args))
 
 
 def status_main(argv: Sequence[str]) -> int:
@@ -136,7 +141,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ValueError, OSError) as exc:
         error_log.error("cannot switch to user %r / group %r: %s", cfg.server.user, cfg.server.group, exc)
         return EXIT_CONFIG
-    return Master(cfg, listeners, owns_unix_paths=not activated).run()
+    return Master(cfg, listeners, owns_unix_paths=not activated, overrides=overrides(args)).run()
 
 
 if __name__ == "__main__":

@@ -86,12 +86,15 @@ class Master:
     Args:
         cfg: the loaded configuration.
         listeners: bound, listening sockets (bound by the caller, before forking).
+        overrides: the command-line settings, applied again over the file on every reload.
     """
 
-    def __init__(self, cfg: Config, listeners: list[socket.socket], *, owns_unix_paths: bool = True) -> None:
+    def __init__(self, cfg: Config, listeners: list[socket.socket], *, owns_unix_paths: bool = True,
+                 overrides: dict[str, dict[str, object]] | None = None) -> None:
         self.cfg = cfg
         self.listeners = listeners
         self.owns_unix_paths = owns_unix_paths
+        self.overrides = overrides
         self.num_workers = cfg.server.workers
         self.generation = 1
         self.workers: dict[int, WorkerInfo] = {}
@@ -100,6 +103,8 @@ class Master:
         self.exit_code = 0
         self.ready_sent = False
         self.reloading = False
+        # Workers of the current generation seen serving, while waiting for it to be ready.
+        self.served: set[int] = set()
         self.board = Scoreboard(max(64, self.num_workers * 2 + SPARE_SLOTS), cfg.staging.memory_budget)
         self.hub = Hub(on_error=error_log.error)
         self.watchdog_interval = systemd.watchdog_interval()
@@ -117,7 +122,12 @@ class Master:
         try:
             self._spawn_missing()
             while self.workers or not self.stopping:
-                self._wait_for_signals(TICK)
+                # Wake for the next watchdog ping on time: a whole TICK late could bring the
+                # gap between pings close to WATCHDOG_USEC.
+                wait = TICK
+                if self.watchdog_interval and not self.stopping:
+                    wait = min(TICK, max(self.next_watchdog - time.monotonic(), 0.01))
+                self._wait_for_signals(wait)
                 self._reap()
                 if self.stopping:
                     self._enforce_stop_deadline()
@@ -159,9 +169,19 @@ class Master:
 
     # --- workers ----------------------------------------------------------------
     def _spawn_missing(self) -> None:
+        for info in self.workers.values():
+            # A worker recycling itself (max_requests, max_worker_memory) is replaced as soon as
+            # it starts draining, not when it exits: its in-flight uploads may take minutes.
+            if not info.stopping and self.board.view(info.slot).state == WorkerState.STOPPING:
+                info.stopping = True
+                error_log.debug("worker %d is recycling itself; starting its replacement", info.pid)
         current = [w for w in self.workers.values() if w.generation == self.generation and not w.stopping]
         for _ in range(self.num_workers - len(current)):
-            self._spawn()
+            try:
+                self._spawn()
+            except RuntimeError as exc:  # scoreboard full: draining workers hold every slot
+                error_log.error("cannot start a worker now: %s", exc)
+                return
 
     def _spawn(self) -> None:
         settings = worker_settings(self.cfg)
@@ -204,6 +224,9 @@ class Master:
             if info is None:
                 continue
             self._log_exit(info, status)
+            if (info.generation == self.generation and (self.reloading or not self.ready_sent)
+                    and os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0):
+                self.served.add(pid)  # a clean exit comes after serving (it recycled between ticks)
             self.hub.detach(pid)
             self.board.retire(info.slot)  # counters into the totals, slot freed: one step for readers
             if self.cfg.staging.dir:
@@ -245,8 +268,17 @@ class Master:
 
     # --- readiness and reload ----------------------------------------------------------
     def _generation_ready(self) -> bool:
-        current = [w for w in self.workers.values() if w.generation == self.generation]
-        return len(current) >= self.num_workers and all(
+        """Every worker of the current generation has served, and one accepts now.
+
+        Not "all are READY at this tick": with max_requests under load, a worker may recycle
+        (and its replacement boot) between two ticks, so that moment may never be seen.
+        """
+        current = [w for w in self.workers.values() if w.generation == self.generation and not w.stopping]
+        for info in self.workers.values():
+            if info.generation == self.generation and self.board.view(info.slot).state in (
+                    WorkerState.READY, WorkerState.STOPPING):
+                self.served.add(info.pid)
+        return len(self.served) >= self.num_workers and any(
             self.board.view(w.slot).state == WorkerState.READY for w in current)
 
     def _notify_ready(self) -> None:
@@ -265,9 +297,12 @@ class Master:
         # WATCHDOG=1 only while the workers are healthy, so systemd restarts a server
         # whose workers are stuck, not merely one whose master is alive (sd_watchdog_enabled(3)).
         now = time.monotonic()
-        if self.watchdog_interval and now >= self.next_watchdog and self._healthy():
-            self.next_watchdog = now + self.watchdog_interval
-            systemd.notify("WATCHDOG=1")
+        if self.watchdog_interval and now >= self.next_watchdog:
+            if self._healthy():
+                self.next_watchdog = now + self.watchdog_interval
+                systemd.notify("WATCHDOG=1")
+            else:
+                self.next_watchdog = now + min(TICK, self.watchdog_interval)  # look again soon
         if now >= self.next_status:
             self.next_status = now + STATUS_INTERVAL
             views = self.board.views()
@@ -296,7 +331,7 @@ class Master:
         systemd.notify(f"RELOADING=1\nMONOTONIC_USEC={time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000}")
         if self.cfg.source:
             try:
-                new_cfg = load_config(self.cfg.source)
+                new_cfg = load_config(self.cfg.source, self.overrides)
             except ConfigError as exc:
                 error_log.error("reload failed, keeping the running configuration: %s", exc)
                 systemd.notify("READY=1\nSTATUS=reload failed: bad configuration")
@@ -307,6 +342,7 @@ class Master:
             self.num_workers = new_cfg.server.workers
             setup_logging(new_cfg.logging.error_log, new_cfg.logging.access_log, new_cfg.logging.level)
         self.generation += 1
+        self.served.clear()
         self.reloading = True
         error_log.info("reloading: starting generation %d", self.generation)
         self._spawn_missing()

@@ -13,6 +13,7 @@ from __future__ import annotations
 import enum
 import mmap
 import multiprocessing
+import multiprocessing.synchronize  # noqa: F401  imported now, not lazily after the privilege drop
 import struct
 import time
 from dataclasses import dataclass
@@ -77,7 +78,9 @@ class Scoreboard:
     def __init__(self, slots: int, memory_budget: int) -> None:
         self.slots = slots
         self.memory_budget = memory_budget
-        self._mem = mmap.mmap(-1, SLOT_SIZE * slots + 16)
+        # After the slots: retired requests, retired bytes, and a sequence number that is odd
+        # while the master moves a dead worker's counters into the retired totals.
+        self._mem = mmap.mmap(-1, SLOT_SIZE * slots + 24)
         self._lock = multiprocessing.get_context("fork").Lock()
 
     # --- slot ownership (master) -------------------------------------------------
@@ -99,6 +102,35 @@ class Scoreboard:
         """Free a dead worker's slot (its staged RAM reservation goes with it)."""
         with self._lock:
             self._mem[index * SLOT_SIZE:(index + 1) * SLOT_SIZE] = bytes(SLOT_SIZE)
+
+    def retire(self, index: int) -> None:
+        """Move a dead worker's counters into the retired totals and free its slot, as one step
+        for readers of ``totals_and_views`` (a counter never dips or doubles while it happens)."""
+        seq_offset = SLOT_SIZE * self.slots + 16
+        seq = struct.unpack_from("<Q", self._mem, seq_offset)[0]
+        struct.pack_into("<Q", self._mem, seq_offset, seq + 1)
+        try:
+            head = self._read_head(index)
+            self.add_retired(head[5], head[8])
+            self.release(index)
+        finally:
+            struct.pack_into("<Q", self._mem, seq_offset, seq + 2)
+
+    def totals_and_views(self) -> tuple[int, int, list[SlotView]]:
+        """Retired requests, retired bytes received and every occupied slot, read consistently.
+
+        A seqlock read: retried while the master is retiring a worker (``retire``), so that a
+        dead worker's counters are counted exactly once.
+        """
+        seq_offset = SLOT_SIZE * self.slots + 16
+        while True:
+            before = struct.unpack_from("<Q", self._mem, seq_offset)[0]
+            if before % 2 == 0:
+                views = self.views()
+                requests, received = self.retired_requests, self.retired_bytes_received
+                if struct.unpack_from("<Q", self._mem, seq_offset)[0] == before:
+                    return requests, received, views
+            time.sleep(0.0001)
 
     def add_retired(self, requests: int, bytes_received: int = 0) -> None:
         """Add a dead worker's counters to the totals kept across respawns."""

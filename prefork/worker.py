@@ -271,6 +271,10 @@ class Worker:
                 self.selector.unregister(lsock)
 
     def _accept(self, lsock: socket.socket) -> None:
+        if not self._accepting:
+            # A stale event from the same select() batch: a request handled just before it made
+            # this worker drain, which closed its copy of the listener (accept would get EBADF).
+            return
         for _ in range(ACCEPT_BURST):
             if len(self.connections) >= self.worker_settings.max_connections:
                 self._set_accepting(False)
@@ -280,7 +284,7 @@ class Worker:
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as exc:  # EMFILE, ECONNABORTED: log, keep serving the rest
-                error_log.warning("accept failed on %s: %s", self._server_names[lsock.fileno()], exc)
+                error_log.warning("accept failed on %s: %s", self._server_names.get(lsock.fileno(), "?"), exc)
                 return
             sock.setblocking(False)
             if sock.family != socket.AF_UNIX:

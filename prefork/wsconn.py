@@ -221,9 +221,20 @@ class WebSocketSession:
         if self._busy or not self._calls:
             return
         self._busy = True
-        size, call = self._calls.popleft()
-        self._queued_input -= size
-        self.loop.run_handler(self, call)
+        # Everything queued so far goes in one pool job: the calls still run one at a
+        # time and in order, but a burst of small messages costs one hand-off, not one each.
+        batch = [call for _, call in self._calls]
+        self._calls.clear()
+        self._queued_input = 0
+        if len(batch) == 1:
+            self.loop.run_handler(self, batch[0])
+            return
+
+        def run_batch() -> None:
+            for call in batch:
+                call()
+
+        self.loop.run_handler(self, run_batch)
 
     def on_handler_done(self, error: BaseException | None) -> None:
         """A handler call returned (on the loop thread)."""

@@ -45,6 +45,8 @@ LOW_WATER = 64 * 1024
 HIGH_WATER = 256 * 1024
 # Pipelined bytes buffered while a request is being handled, before we stop reading.
 MAX_PIPELINE_BUFFER = 256 * 1024
+# Output up to this size is joined into one buffer before it is sent.
+SMALL_WRITE = 16 * 1024
 # How long an errored connection keeps draining the client's bytes after our
 # answer, so the client reads the answer instead of a reset (nginx lingering_time).
 LINGER_SECONDS = 2.0
@@ -563,6 +565,11 @@ class Connection:
     def _flush(self) -> bool:
         """Write queued output; True when all of it went out."""
         out = self.out
+        if len(out) > 1 and self.out_bytes <= SMALL_WRITE:
+            # A small response (head + body) is cheaper as one send() than a sendmsg().
+            joined = b"".join(out)
+            out.clear()
+            out.append(joined)
         while out:
             try:
                 if len(out) == 1:

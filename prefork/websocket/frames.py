@@ -135,8 +135,9 @@ def _apply_mask_translate(data: bytes | bytearray | memoryview, key: bytes) -> b
     return bytes(out)
 
 
+_apply_mask_c: Callable[[bytes | bytearray | memoryview, bytes], bytes] | None
 try:
-    from websockets.speedups import apply_mask as _apply_mask_c  # type: ignore[import-not-found,unused-ignore]
+    from websockets.speedups import apply_mask as _apply_mask_c  # type: ignore[import-not-found,no-redef,unused-ignore]
 except ImportError:  # pragma: no cover - depends on the environment
     _apply_mask_c = None
 

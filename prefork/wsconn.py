@@ -119,6 +119,12 @@ class WebSocket:
         """Stop receiving ``channel``."""
         self._session.loop.defer(self._session.loop.unsubscribe, self._session, channel)
 
+    def call_soon(self, fn: Callable[[], None]) -> None:
+        """Run ``fn`` on the worker's loop thread after the calls this WebSocket already
+        made (e.g. read a history kept by ``broadcast.observe`` once ``subscribe`` has
+        taken effect, so that no message falls between the two). ``fn`` must be quick."""
+        self._session.loop.defer(fn)
+
 
 class WebSocketSession:
     """One upgraded connection, driven by the worker's loop.

@@ -190,15 +190,9 @@ def _on_loop(ws: Any, fn: Any) -> None:
 
     ``ws.subscribe`` takes effect on the loop thread; a history snapshot taken there
     after it can miss no message (one delivered in between is in both, and the page
-    drops the duplicate by id). TODO(demo): use a public WebSocket hook for this once
-    wsconn offers one; until then fall back to running ``fn`` at once.
+    drops the duplicate by id).
     """
-    loop = getattr(getattr(ws, "_session", None), "loop", None)
-    defer = getattr(loop, "defer", None)
-    if defer is None:
-        fn()
-    else:
-        defer(fn)
+    ws.call_soon(fn)
 
 
 def _clean(text: str, limit: int, keep: str = "") -> str:

@@ -15,11 +15,9 @@ This is the one module that holds both a socket and a parser.
 from __future__ import annotations
 
 import enum
-import itertools
 import os
 import socket
 import time
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import IO, TYPE_CHECKING, Protocol
@@ -32,6 +30,7 @@ from prefork.http.parser import ParserState, RequestParser
 from prefork.http.response import http_date, simple_error_response
 from prefork.limits import HttpLimits
 from prefork.logs import error_log, log_access
+from prefork.output import OutputQueue
 from prefork.forms import FormSink
 from prefork.limits import FormLimits
 from prefork.spool import BodySpool
@@ -45,8 +44,6 @@ LOW_WATER = 64 * 1024
 HIGH_WATER = 256 * 1024
 # Pipelined bytes buffered while a request is being handled, before we stop reading.
 MAX_PIPELINE_BUFFER = 256 * 1024
-# Output up to this size is joined into one buffer before it is sent.
-SMALL_WRITE = 16 * 1024
 # How long an errored connection keeps draining the client's bytes after our
 # answer, so the client reads the answer instead of a reset (nginx lingering_time).
 LINGER_SECONDS = 2.0
@@ -127,8 +124,7 @@ class Connection:
         self._buffer = recv_buffer
         self.parser = RequestParser(loop.settings.http_limits)
         self.stage = Stage.HEAD
-        self.out: deque[bytes | memoryview] = deque()
-        self.out_bytes = 0
+        self.out = OutputQueue()
         self.eof = False
         self.close_after_write = False
         self.reading = True
@@ -357,7 +353,7 @@ class Connection:
             if resp.rest is not None and self.head_only and not self.pulling:
                 resp.rest = None  # HEAD/204/304: the body is never sent, so never produce it
                 resp.close()
-            if resp.rest is not None and not self.pulling and self.out_bytes < LOW_WATER:
+            if resp.rest is not None and not self.pulling and self.out.size < LOW_WATER:
                 self.pulling = True
                 self.loop.pull(self, resp, HIGH_WATER)
             if not self._flush():
@@ -499,7 +495,6 @@ class Connection:
         if head is not None:
             self.log_request()
         self.out.clear()
-        self.out_bytes = 0
         self.send(response or simple_error_response(exc.status, str(exc)), flush=False)
         self.stage = Stage.LINGER
         self.deadline = time.monotonic() + LINGER_SECONDS
@@ -556,43 +551,19 @@ class Connection:
     # --- output -------------------------------------------------------------------
     def send(self, data: bytes | memoryview, flush: bool = True) -> None:
         """Queue bytes for the client, and try to write them now unless told not to."""
-        if data:
-            self.out.append(data)
-            self.out_bytes += len(data)
+        self.out.append(data)
         if flush:
             self._flush()
 
     def _flush(self) -> bool:
         """Write queued output; True when all of it went out."""
-        out = self.out
-        if len(out) > 1 and self.out_bytes <= SMALL_WRITE:
-            # A small response (head + body) is cheaper as one send() than a sendmsg().
-            joined = b"".join(out)
-            out.clear()
-            out.append(joined)
-        while out:
-            try:
-                if len(out) == 1:
-                    sent = self.sock.send(out[0])
-                else:
-                    sent = self.sock.sendmsg(list(itertools.islice(out, 64)))  # not list(out): O(n) per call
-            except (BlockingIOError, InterruptedError):
-                self._set_writing(True)
-                return False
-            except OSError:
-                self.abort()
-                return False
-            self.out_bytes -= sent
-            while sent:
-                first = out[0]
-                if sent >= len(first):
-                    sent -= len(first)
-                    out.popleft()
-                else:
-                    out[0] = memoryview(first)[sent:]
-                    sent = 0
-        self._set_writing(False)
-        return True
+        try:
+            drained = self.out.write_to(self.sock)
+        except OSError:
+            self.abort()
+            return False
+        self._set_writing(not drained)
+        return drained
 
     def on_writable(self) -> None:
         """The socket has room again."""

@@ -264,6 +264,9 @@ class Master:
 
     def _stop_worker(self, info: WorkerInfo) -> None:
         info.stopping = True
+        # Shown as stopping from now on (the status page, READY=1 after a reload),
+        # not only once the worker has handled the signal.
+        self.board.slot(info.slot).set_state(WorkerState.STOPPING)
         self._kill(info.pid, signal.SIGTERM)
 
     # --- readiness and reload ----------------------------------------------------------

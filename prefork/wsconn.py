@@ -25,6 +25,7 @@ from typing import Any, Protocol
 from prefork.http.events import Request
 from prefork.limits import WsLimits
 from prefork.logs import error_log
+from prefork.output import OutputQueue
 from prefork.websocket.deflate import negotiate
 from prefork.websocket.handshake import build_accept_response, validate_upgrade
 from prefork.websocket.protocol import (
@@ -150,8 +151,7 @@ class WebSocketSession:
         self.settings = settings
         self._buffer = recv_buffer
         self.ws: WebSocket | None = None
-        self.out: deque[bytes | memoryview] = deque()
-        self.out_bytes = 0
+        self.out = OutputQueue()
         self.closed = False
         self.writing = False
         self.reading = True
@@ -262,7 +262,7 @@ class WebSocketSession:
         if self.closed:
             return
         size = len(message)
-        if self.out_bytes + size > self.settings.send_buffer:
+        if self.out.size + size > self.settings.send_buffer:
             if self.protocol.state is ConnState.OPEN:  # once; later messages are just dropped
                 error_log.warning("WebSocket %s:%s: send buffer over %d bytes (peer not reading); closing",
                                   self.peer[0], self.peer[1], self.settings.send_buffer)
@@ -302,29 +302,15 @@ class WebSocketSession:
         if self.closed:
             return
         self.out.append(data)
-        self.out_bytes += len(data)
         self._flush()
 
     def _flush(self) -> None:
-        out = self.out
-        while out:
-            try:
-                sent = self.sock.send(out[0]) if len(out) == 1 else self.sock.sendmsg(list(out)[:64])
-            except (BlockingIOError, InterruptedError):
-                self._set_writing(True)
-                return
-            except OSError:
-                self.close()
-                return
-            self.out_bytes -= sent
-            while sent:
-                if sent >= len(out[0]):
-                    sent -= len(out[0])
-                    out.popleft()
-                else:
-                    out[0] = memoryview(out[0])[sent:]
-                    sent = 0
-        self._set_writing(False)
+        try:
+            drained = self.out.write_to(self.sock)
+        except OSError:
+            self.close()
+            return
+        self._set_writing(not drained)
 
     def on_writable(self) -> None:
         """The socket has room again."""

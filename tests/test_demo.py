@@ -13,7 +13,7 @@ from prefork import demo
 
 
 class FakeWs:
-    """Records what a handler does with its WebSocket (no ``_session``: calls run at once)."""
+    """Records what a handler does with its WebSocket (``call_soon`` runs at once)."""
 
     def __init__(self) -> None:
         self.sent: list[Any] = []
@@ -24,6 +24,9 @@ class FakeWs:
 
     def subscribe(self, channel: str) -> None:
         self.channels.append(channel)
+
+    def call_soon(self, fn: Any) -> None:
+        fn()
 
 
 @pytest.fixture

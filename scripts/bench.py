@@ -1,12 +1,22 @@
-"""prefork benchmarks: parser micro-benchmarks, small GETs and a 1 GiB upload against peers.
+"""prefork benchmarks: the scenarios of the performance issue, each against a peer, and a summary.
 
 Usage (from the repo root)::
 
-    python scripts/bench.py all --quick            # smoke test, about a minute
+    python scripts/bench.py all --quick            # smoke test, a few minutes
+    python scripts/bench.py all --runs 3           # every scenario + the summary table (~20 min)
     python scripts/bench.py parse
     python scripts/bench.py hello --runs 3 --duration 5
     python scripts/bench.py upload --runs 2 --size 1GiB
+    python scripts/bench.py multipart --size 1GiB  # vs gunicorn + Flask and the ceiling
+    python scripts/bench.py bigupload              # worker RSS during a 4 GiB upload
+    python scripts/bench.py concurrent             # 20 x 50 MiB uploads at once
+    python scripts/bench.py slow                   # hello under 500 slowloris + 50 slow bodies
     python scripts/bench.py ws --runs 3
+
+``all`` (alias ``perf``) runs every scenario and ends with one table, scenario |
+prefork | peer | ratio | target | met?, headed by the date and the command line:
+the table for README's "Performance" section. Every scenario returns its rows
+of that table (``SummaryRow``, built with ``target_ratio`` / ``target_max``).
 
 Strategy: client and servers share one small machine, so absolute figures are
 noise-prone; what counts is the ratio to a peer measured in the same run. Every
@@ -20,7 +30,7 @@ Adding a scenario: write ``contenders(ws, args) -> list[ServerSpec]`` (see
 ``prefork_server`` / ``gunicorn_server`` / ``ceiling_server``) and a
 ``measure(server, args) -> {variant: {metric: value}}``, pass both to
 ``alternate()``, then print rows with ``ratio_rows()`` / ``print_table()``
-and register the function in ``SCENARIOS``.
+and ``print_medians()``, return its ``SummaryRow`` list, and register the function in ``SCENARIOS``.
 """
 
 from __future__ import annotations
@@ -320,6 +330,53 @@ def print_table(title: str, rows: list[list[str]],
     print(flush=True)
 
 
+# --------------------------------------------------------------------------- the summary table
+
+
+@dataclass
+class SummaryRow:
+    """One line of the ``perf`` summary: a scenario, both medians, their ratio, the target, met or not."""
+
+    scenario: str
+    prefork: str
+    peer: str
+    ratio: str
+    target: str
+    met: bool | None  # None: reported only, no target
+
+    def cells(self) -> list[str]:
+        met = "—" if self.met is None else ("yes" if self.met else "**no**")
+        return [self.scenario, self.prefork, self.peer, self.ratio, self.target, met]
+
+
+def target_ratio(scenario: str, a: float, b: float, unit: str, peer: str, minimum: float) -> SummaryRow:
+    """prefork ``a`` vs peer ``b`` (higher is better), met when a/b >= ``minimum``."""
+    met = None if a != a or b != b or b == 0 else a / b >= minimum
+    return SummaryRow(scenario, fmt(a, unit), f"{fmt(b, unit)} ({peer})", ratio(a, b),
+                      f"≥ {minimum:g}x", met)
+
+
+def target_max(scenario: str, value: float, unit: str, limit: float, peer: str = "—",
+               peer_value: float = float("nan")) -> SummaryRow:
+    """An absolute bound (lower is better), met when ``value`` <= ``limit``."""
+    shown_peer = peer if peer_value != peer_value else f"{fmt(peer_value, unit)} ({peer})"
+    return SummaryRow(scenario, fmt(value, unit), shown_peer, "—", f"≤ {fmt(limit, unit)}",
+                      None if value != value else value <= limit)
+
+
+def print_summary(rows: list[SummaryRow], args: argparse.Namespace) -> None:
+    met = [r for r in rows if r.met is True]
+    missed = [r for r in rows if r.met is False]
+    print_table(f"Performance summary (median of {args.runs} runs, {args.duration:g}s load runs, "
+                f"upload {args.size / MiB:,.0f} MiB)",
+                [r.cells() for r in rows], header=("scenario", "prefork", "peer", "ratio", "target", "met?"),
+                note=f"{len(met)} of {len(met) + len(missed)} targets met"
+                     + (f"; not met: {'; '.join(f'{r.scenario} [{r.target}]' for r in missed)}."
+                        if missed else ".")
+                     + " Ratios are against a peer measured in the same invocation, alternating runs on one "
+                       "2-core machine shared by client and servers; absolute figures are not portable.")
+
+
 # --------------------------------------------------------------------------- load generators
 
 
@@ -452,7 +509,7 @@ def run_pyclient(port: int, conns: int, duration: float, close: bool, path: str 
 # --------------------------------------------------------------------------- scenario: parse
 
 
-def scenario_parse(args: argparse.Namespace, ws: Workspace) -> None:
+def scenario_parse(args: argparse.Namespace, ws: Workspace) -> list[SummaryRow]:
     rows: list[list[str]] = []
     try:
         from bench_parse_http import bench_heads
@@ -472,6 +529,7 @@ def scenario_parse(args: argparse.Namespace, ws: Workspace) -> None:
         rows.append(["multipart/form-data parse, 64 KiB pieces", fmt(rate, "MiB/s"), "—", "—"])
     if rows:
         print_table("Parsers (single thread, best of several rounds)", rows)
+    return []
 
 
 # --------------------------------------------------------------------------- scenario: hello
@@ -492,7 +550,7 @@ def hello_contenders(ws: Workspace) -> tuple[list[ServerSpec], list[str], list[s
     return order, [p.name for p in primaries], [p.name for p in peers]
 
 
-def scenario_hello(args: argparse.Namespace, ws: Workspace) -> None:
+def scenario_hello(args: argparse.Namespace, ws: Workspace) -> list[SummaryRow]:
     client = run_wrk if (shutil.which("wrk") and args.client == "wrk") else run_pyclient
     raw_errors: list[str] = []
 
@@ -526,6 +584,18 @@ def scenario_hello(args: argparse.Namespace, ws: Workspace) -> None:
         for text in raw_errors[:6]:
             print("```\n" + text.strip() + "\n```")
     save_json(args, "hello", results)
+    prefork, sync, gthread = primaries[0], peers[0], peers[1]
+    ka, close = hello_variant(100, False), hello_variant(100, True)
+
+    def med(name: str, variant: str, metric: str = "req_s") -> float:
+        return median(results, name, variant, metric)
+
+    return [target_ratio("hello, keep-alive, c100", med(prefork, ka), med(sync, ka), "req/s", sync, 3.0),
+            target_ratio("hello, keep-alive, c100", med(prefork, ka), med(gthread, ka), "req/s", gthread, 2.5),
+            target_max("hello, keep-alive, c100: p99 latency", med(prefork, ka, "p99_ms"), "ms", 20.0,
+                       gthread, med(gthread, ka, "p99_ms")),
+            target_ratio("hello, Connection: close, c100", med(prefork, close), med(sync, close), "req/s",
+                         sync, 1.2)]
 
 
 def print_medians(results: Results, variants: list[str], metrics: list[str]) -> None:
@@ -549,6 +619,8 @@ class ProcessSampler:
         self.interval = interval
         self.base_rss = {p.pid: self._rss(p) for p in self.procs}
         self.peak_rss = dict(self.base_rss)
+        self.base_sum = sum(self.base_rss.values())
+        self.peak_sum = self.base_sum
         self.base_io = {p.pid: self._io(p) for p in self.procs}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -570,8 +642,12 @@ class ProcessSampler:
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval):
+            total = 0
             for proc in self.procs:
-                self.peak_rss[proc.pid] = max(self.peak_rss[proc.pid], self._rss(proc))
+                rss = self._rss(proc)
+                total += rss
+                self.peak_rss[proc.pid] = max(self.peak_rss[proc.pid], rss)
+            self.peak_sum = max(self.peak_sum, total)
 
     def __enter__(self) -> ProcessSampler:
         self._thread.start()
@@ -589,22 +665,30 @@ class ProcessSampler:
         return sum(self.end_io[p].get(key, 0) - self.base_io[p].get(key, 0) for p in self.end_io)
 
 
-def post_body(port: int, size: int, block: memoryview, path: str = "/upload") -> tuple[float, float, bytes]:
-    """POST ``size`` bytes from ``block`` (repeated) with Content-Length.
+def post_body(port: int, size: int, block: memoryview, path: str = "/upload", *,
+              content_type: str = "application/octet-stream", prefix: bytes = b"",
+              suffix: bytes = b"") -> tuple[float, float, bytes]:
+    """POST ``prefix`` + ``size`` bytes from ``block`` (repeated) + ``suffix`` with Content-Length.
+
+    ``prefix``/``suffix`` frame a multipart body (see ``multipart_frame``); the body is
+    streamed, never built in memory.
 
     Returns:
         (seconds to send the body, seconds from the last byte sent to the full response, response body).
     """
     with socket.create_connection((HOST, port), timeout=600) as sock:
-        head = (f"POST {path} HTTP/1.1\r\nHost: {HOST}:{port}\r\nContent-Type: application/octet-stream\r\n"
-                f"Content-Length: {size}\r\nConnection: close\r\n\r\n").encode()
+        length = len(prefix) + size + len(suffix)
+        head = (f"POST {path} HTTP/1.1\r\nHost: {HOST}:{port}\r\nContent-Type: {content_type}\r\n"
+                f"Content-Length: {length}\r\nConnection: close\r\n\r\n").encode()
         start = time.perf_counter()
-        sock.sendall(head)
+        sock.sendall(head + prefix)
         remaining = size
         while remaining > 0:
             n = min(remaining, len(block))
             sock.sendall(block[:n])
             remaining -= n
+        if suffix:
+            sock.sendall(suffix)
         sent = time.perf_counter()
         response = bytearray()
         while len(response) < 1 << 20:  # bounded; the apps answer a few bytes and close
@@ -625,14 +709,20 @@ def parse_size(text: str) -> int:
     return int(m.group(1)) * unit
 
 
+UPLOAD_MOVE = "prefork move_to"  # the contender the raw-upload targets count (saves with a link)
+UPLOAD_NATIVE = "prefork native move_to"
+CEILING = "ceiling (raw socket)"
+
+
 def upload_contenders(ws: Workspace) -> list[ServerSpec]:
-    return [prefork_server(ws, "upload", threads=4, name="prefork"),
+    return [prefork_server(ws, "upload_move", threads=4, name=UPLOAD_MOVE),
             gunicorn_server("upload", worker_class="sync", name="gunicorn sync"),
             ceiling_server(ws),
-            prefork_server(ws, "upload_move", threads=4, name="prefork move_to")]
+            prefork_server(ws, "native_app", threads=4, name=UPLOAD_NATIVE),
+            prefork_server(ws, "upload", threads=4, name="prefork copy")]
 
 
-def scenario_upload(args: argparse.Namespace, ws: Workspace) -> None:
+def scenario_upload(args: argparse.Namespace, ws: Workspace) -> list[SummaryRow]:
     size = args.size
     block = memoryview(os.urandom(4 * MiB))
     failures: list[str] = []
@@ -657,14 +747,17 @@ def scenario_upload(args: argparse.Namespace, ws: Workspace) -> None:
     print(f"upload: {size / MiB:,.0f} MiB x {args.runs} runs x {len(contenders)} servers", file=sys.stderr)
     results = alternate(contenders, args.runs, ws, measure)
     label = f"POST {size / MiB:,.0f} MiB to a file"
-    ceiling = "ceiling (raw socket)"
-    rows = ratio_rows(results, ["upload"], "mib_s", "MiB/s", ["prefork", "prefork move_to"],
+    ceiling = CEILING
+    rows = ratio_rows(results, ["upload"], "mib_s", "MiB/s", [UPLOAD_MOVE, UPLOAD_NATIVE, "prefork copy"],
                       [ceiling, "gunicorn sync"], lambda v: label)
     print_table(f"Upload throughput, Content-Length body (median of {args.runs}; higher is better)", rows,
-                note="MiB/s = body size / (first byte sent .. response received). The app reads wsgi.input "
-                     "in 1 MiB pieces into a file in the same filesystem, then deletes it; `prefork move_to` "
-                     "links prefork's staged body into place instead. The ceiling is a raw-socket receiver "
-                     "(recv_into + write) fed by the same Python sendall client.")
+                note="MiB/s = body size / (first byte sent .. response received). `prefork move_to` (WSGI "
+                     "`wsgi.input.move_to(path)`) and `prefork native move_to` (`prefork.App` route, "
+                     "`request.body.move_to(path)`) link prefork's staged body into place; `prefork copy` "
+                     "and gunicorn read wsgi.input in 1 MiB pieces into a file in the same filesystem. Every "
+                     "app deletes the file before answering. The ceiling is a raw-socket receiver "
+                     "(recv_into + write) fed by the same Python sendall client. disk_write_per_byte = "
+                     "/proc/PID/io write_bytes of the serving processes / body size.")
     print_medians(results, ["upload"], ["mib_s", "send_s", "after_send_s", "rss_growth_mib",
                                         "disk_write_per_byte", "write_calls_per_mib", "ok"])
     if failures:
@@ -672,6 +765,265 @@ def scenario_upload(args: argparse.Namespace, ws: Workspace) -> None:
         for text in failures[:6]:
             print("```\n" + text.strip() + "\n```")
     save_json(args, "upload", results)
+
+    def med(name: str, metric: str = "mib_s") -> float:
+        return median(results, name, "upload", metric)
+
+    label = f"raw {size / MiB:,.0f} MiB upload saved to a file"
+    return [target_ratio(f"{label} (WSGI move_to)", med(UPLOAD_MOVE), med(ceiling), "MiB/s", "ceiling", 0.9),
+            target_ratio(f"{label} (native move_to)", med(UPLOAD_NATIVE), med(ceiling), "MiB/s", "ceiling", 0.9),
+            target_ratio(f"{label} (WSGI move_to)", med(UPLOAD_MOVE), med("gunicorn sync"), "MiB/s",
+                         "gunicorn sync", 1.0),
+            SummaryRow(f"{label}: disk bytes written per uploaded byte (WSGI move_to)",
+                       fmt(med(UPLOAD_MOVE, "disk_write_per_byte")),
+                       f"{fmt(med(ceiling, 'disk_write_per_byte'))} (ceiling), "
+                       f"{fmt(med('gunicorn sync', 'disk_write_per_byte'))} (gunicorn sync)", "—", "report", None)]
+
+
+# --------------------------------------------------------------------------- scenario: multipart
+
+
+MULTIPART_NATIVE = "prefork native"
+FLASK = "gunicorn sync + Flask"
+BOUNDARY = "----prefork-bench-4f0c1d9a7e"
+
+
+def multipart_frame(field_name: str = "upload", filename: str = "data.bin") -> tuple[str, bytes, bytes]:
+    """(Content-Type, what precedes the file bytes, what follows them) of a one-file form."""
+    prefix = (f"--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"note\"\r\n\r\nbenchmark\r\n"
+              f"--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"{field_name}\"; "
+              f"filename=\"{filename}\"\r\nContent-Type: application/octet-stream\r\n\r\n").encode()
+    suffix = f"\r\n--{BOUNDARY}--\r\n".encode()
+    return f"multipart/form-data; boundary={BOUNDARY}", prefix, suffix
+
+
+def post_multipart(port: int, size: int, block: memoryview) -> tuple[float, float, bytes]:
+    """POST a form whose file part is ``size`` bytes, streamed from ``block``, to ``/form``."""
+    content_type, prefix, suffix = multipart_frame()
+    return post_body(port, size, block, "/form", content_type=content_type, prefix=prefix, suffix=suffix)
+
+
+def check_answer(server: RunningServer, response: bytes, expected: int, failures: list[str]) -> bool:
+    """The upload apps (and the ceiling) answer ``b"%d\\n" % bytes_saved`` with 200."""
+    status_line = response.split(b"\r\n", 1)[0]
+    body = response.partition(b"\r\n\r\n")[2].strip()
+    ok = b" 200 " in status_line + b" " and body == str(expected).encode()
+    if not ok:
+        failures.append(f"{server.name}: {status_line!r} body {body[:200]!r}, expected {expected} "
+                        f"(log {server.log}):\n{log_tail(server.log, 15)}")
+    return ok
+
+
+def print_failures(failures: list[str]) -> None:
+    if failures:
+        print(f"**Failed uploads ({len(failures)})** — first ones:\n")
+        for text in failures[:6]:
+            print("```\n" + text.strip() + "\n```")
+
+
+def scenario_multipart(args: argparse.Namespace, ws: Workspace) -> list[SummaryRow]:
+    size = args.size
+    block = memoryview(os.urandom(4 * MiB))
+    _, prefix, suffix = multipart_frame()
+    failures: list[str] = []
+
+    def measure(server: RunningServer) -> Measurement:
+        with ProcessSampler(server.workers()) as sampler:
+            send_s, wait_s, response = post_multipart(server.port, size, block)
+        # The ceiling does not parse the form: it saves (and counts) the whole body.
+        expected = len(prefix) + size + len(suffix) if server.name == CEILING else size
+        ok = check_answer(server, response, expected, failures)
+        return {"multipart": {"mib_s": size / MiB / (send_s + wait_s), "send_s": send_s, "after_send_s": wait_s,
+                              "rss_growth_mib": sampler.rss_growth() / MiB,
+                              "disk_write_per_byte": sampler.io_delta("write_bytes") / size,
+                              "read_bytes_per_byte": sampler.io_delta("read_bytes") / size,
+                              "ok": float(ok)}}
+
+    contenders = [prefork_server(ws, "native_app", threads=4, name=MULTIPART_NATIVE),
+                  gunicorn_server("flask_upload", worker_class="sync", name=FLASK),
+                  ceiling_server(ws)]
+    print(f"multipart: {size / MiB:,.0f} MiB x {args.runs} runs x {len(contenders)} servers", file=sys.stderr)
+    results = alternate(contenders, args.runs, ws, measure)
+    label = f"multipart {size / MiB:,.0f} MiB, file saved"
+    rows = ratio_rows(results, ["multipart"], "mib_s", "MiB/s", [MULTIPART_NATIVE], [CEILING, FLASK],
+                      lambda v: label)
+    print_table(f"Multipart upload, one file part saved (median of {args.runs}; higher is better)", rows,
+                note="The same streaming client (a raw socket: boundary, part headers, the file bytes from a "
+                     "preallocated 4 MiB buffer, the closing delimiter; Content-Length) for every server. "
+                     "prefork: a `prefork.App` route doing `request.files[\"upload\"].save(path)` (the part "
+                     "was staged in its own file while it streamed in; save is a link). gunicorn: Flask's "
+                     "`request.files[\"upload\"].save(path)` (Werkzeug spools the part to a temporary file, "
+                     "save copies it). The ceiling saves the raw body without parsing it. disk_write_per_byte "
+                     "= write_bytes of the serving processes (/proc/PID/io) / file size.")
+    print_medians(results, ["multipart"], ["mib_s", "send_s", "after_send_s", "rss_growth_mib",
+                                           "disk_write_per_byte", "read_bytes_per_byte", "ok"])
+    print_failures(failures)
+    save_json(args, "multipart", results)
+
+    def med(name: str, metric: str = "mib_s") -> float:
+        return median(results, name, "multipart", metric)
+
+    disk = med(MULTIPART_NATIVE, "disk_write_per_byte")
+    return [target_ratio(label, med(MULTIPART_NATIVE), med(CEILING), "MiB/s", "ceiling", 0.8),
+            target_ratio(label, med(MULTIPART_NATIVE), med(FLASK), "MiB/s", "gunicorn + Flask", 5.0),
+            SummaryRow(f"{label}: disk bytes written per uploaded byte", fmt(disk),
+                       f"{fmt(med(FLASK, 'disk_write_per_byte'))} (gunicorn + Flask)", "—", "= 1.0",
+                       None if disk != disk else abs(disk - 1.0) <= 0.02)]
+
+
+# --------------------------------------------------------------------------- scenario: bigupload
+
+
+def scenario_bigupload(args: argparse.Namespace, ws: Workspace) -> list[SummaryRow]:
+    """Worker RSS while one very large body streams in, raw and multipart, to the native app."""
+    size = 256 * MiB if args.quick else 4 << 30
+    block = memoryview(os.urandom(4 * MiB))
+    failures: list[str] = []
+
+    def measure(server: RunningServer) -> Measurement:
+        out: Measurement = {}
+        for variant, post in (("raw", lambda: post_body(server.port, size, block, "/upload")),
+                              ("multipart", lambda: post_multipart(server.port, size, block))):
+            with ProcessSampler(server.workers(), interval=0.01) as sampler:
+                send_s, wait_s, response = post()
+            ok = check_answer(server, response, size, failures)
+            out[variant] = {"rss_growth_mib": sampler.rss_growth() / MiB,
+                            "mib_s": size / MiB / (send_s + wait_s),
+                            "disk_write_per_byte": sampler.io_delta("write_bytes") / size, "ok": float(ok)}
+        return out
+
+    contenders = [prefork_server(ws, "native_app", threads=4, name=MULTIPART_NATIVE)]
+    print(f"bigupload: {size / MiB:,.0f} MiB raw + multipart x {args.runs} runs", file=sys.stderr)
+    results = alternate(contenders, args.runs, ws, measure)
+    print_medians(results, ["raw", "multipart"], ["rss_growth_mib", "mib_s", "disk_write_per_byte", "ok"])
+    print_failures(failures)
+    save_json(args, "bigupload", results)
+    label = f"worker RSS growth, {size / MiB:,.0f} MiB upload"
+    rows = []
+    for variant in ("raw", "multipart"):
+        values = [m["rss_growth_mib"] for m in results[MULTIPART_NATIVE].get(variant, [])]
+        worst = max(values) if values else float("nan")
+        rows.append(target_max(f"{label} ({variant}; max over {len(values)} runs)", worst, "MiB", 16.0))
+    return rows
+
+
+# --------------------------------------------------------------------------- scenario: concurrent
+
+
+def scenario_concurrent(args: argparse.Namespace, ws: Workspace) -> list[SummaryRow]:
+    """20 multipart uploads at once: throughput, and the RAM all workers together use meanwhile."""
+    clients, each = 20, (8 * MiB if args.quick else 50 * MiB)
+    block = memoryview(os.urandom(4 * MiB))
+    failures: list[str] = []
+    budget_mib = 256.0  # conf/server.ini [staging] memory_budget, which the benchmark does not override
+
+    def measure(server: RunningServer) -> Measurement:
+        answers: list[bytes | None] = [None] * clients
+
+        def one(i: int) -> None:
+            try:
+                answers[i] = post_multipart(server.port, each, block)[2]
+            except OSError as exc:
+                answers[i] = f"client error: {exc!r}".encode()
+
+        threads = [threading.Thread(target=one, args=(i,), daemon=True) for i in range(clients)]
+        with ProcessSampler(server.workers(), interval=0.01) as sampler:
+            start = time.perf_counter()
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join(900)
+            elapsed = time.perf_counter() - start
+        ok = sum(check_answer(server, a or b"", each, failures) for a in answers)
+        return {"concurrent": {"mib_s": clients * each / MiB / elapsed, "seconds": elapsed,
+                               "rss_sum_peak_mib": sampler.peak_sum / MiB,
+                               "rss_sum_growth_mib": (sampler.peak_sum - sampler.base_sum) / MiB,
+                               "disk_write_per_byte": sampler.io_delta("write_bytes") / (clients * each),
+                               "ok": float(ok)}}
+
+    contenders = [prefork_server(ws, "native_app", threads=4, name=MULTIPART_NATIVE),
+                  gunicorn_server("flask_upload", worker_class="sync", name=FLASK)]
+    print(f"concurrent: {clients} x {each / MiB:,.0f} MiB x {args.runs} runs x {len(contenders)} servers",
+          file=sys.stderr)
+    results = alternate(contenders, args.runs, ws, measure)
+    label = f"{clients} concurrent {each / MiB:,.0f} MiB multipart uploads"
+    rows = ratio_rows(results, ["concurrent"], "mib_s", "MiB/s", [MULTIPART_NATIVE], [FLASK], lambda v: label)
+    print_table(f"Concurrent uploads (median of {args.runs}; higher is better)", rows,
+                note=f"{clients} client threads start together, each streaming one form (as in `multipart`); "
+                     "MiB/s = all file bytes / wall time until the last answer. rss_sum_peak_mib = the peak of "
+                     "the sum of the serving processes' RSS, sampled every 10 ms.")
+    print_medians(results, ["concurrent"], ["mib_s", "seconds", "rss_sum_peak_mib", "rss_sum_growth_mib",
+                                            "disk_write_per_byte", "ok"])
+    print_failures(failures)
+    save_json(args, "concurrent", results)
+
+    def med(name: str, metric: str) -> float:
+        return median(results, name, "concurrent", metric)
+
+    worst_rss = max((m["rss_sum_peak_mib"] for m in results[MULTIPART_NATIVE].get("concurrent", [])),
+                    default=float("nan"))
+    return [target_max(f"{label}: Σ worker RSS peak (max over runs)", worst_rss, "MiB", budget_mib + 32, FLASK,
+                       med(FLASK, "rss_sum_peak_mib")),
+            target_ratio(f"{label}: throughput", med(MULTIPART_NATIVE, "mib_s"), med(FLASK, "mib_s"), "MiB/s",
+                         "gunicorn + Flask", 3.0)]
+
+
+# --------------------------------------------------------------------------- scenario: slow
+
+
+SLOW_ON = "prefork + slow clients"
+SLOW_OFF = "prefork undisturbed"
+
+
+def scenario_slow(args: argparse.Namespace, ws: Workspace) -> list[SummaryRow]:
+    """wrk hello req/s with 500 slowloris + 50 slow-body sockets held open, vs none."""
+    from bench_slow_clients import SlowClients
+
+    loris, bodies, conns = (500, 50, 100)
+    raw_errors: list[str] = []
+
+    def measure(server: RunningServer) -> Measurement:
+        if not args.quick:
+            run_wrk(server.port, 10, 1, False)  # warm-up, not recorded (as in hello)
+        if server.name == SLOW_OFF:
+            metrics, text = run_wrk(server.port, conns, args.duration, False)
+            return {"hello": metrics}
+        with SlowClients(server.port, slowloris=loris, slow_body=bodies) as slow:
+            slow.wait_connected()
+            time.sleep(1.0 if args.quick else 2.0)  # every slow socket has sent something
+            before = slow.stats()
+            metrics, text = run_wrk(server.port, conns, args.duration, False)
+            after = slow.stats()
+            if slow.first_answers:
+                raw_errors.append(f"{server.name}: answers to slow clients: {slow.first_answers}")
+        errs = sum(v for k, v in metrics.items() if k.startswith("err_") or k == "non2xx")
+        if errs:
+            raw_errors.append(f"{server.name} (log {server.log}):\n{text}")
+        return {"hello": {**metrics, "slow_open_start": before["slow_open"], **after}}
+
+    spec_on = prefork_server(ws, "hello", threads=4, name=SLOW_ON)
+    spec_off = prefork_server(ws, "hello", threads=4, name=SLOW_OFF)
+    print(f"slow: {loris} slowloris + {bodies} slow-body sockets, wrk c{conns} {args.duration:g}s x "
+          f"{args.runs} runs", file=sys.stderr)
+    results = alternate([spec_off, spec_on], args.runs, ws, measure)
+    print_medians(results, ["hello"], ["req_s", "p99_ms", "err_read", "err_timeout", "slow_open_start",
+                                       "slow_open", "slow_open_original", "slow_closed_loris",
+                                       "slow_closed_body", "slow_connect_errors", "slow_kib_sent"])
+    if raw_errors:
+        print("**Notes from the slow runs** — first ones:\n")
+        for text in raw_errors[:6]:
+            print("```\n" + text.strip() + "\n```")
+    save_json(args, "slow", results)
+    on = median(results, SLOW_ON, "hello", "req_s")
+    off = median(results, SLOW_OFF, "hello", "req_s")
+    runs_on = results[SLOW_ON].get("hello", [])
+    held = min((m["slow_open_original"] for m in runs_on), default=float("nan"))
+    row = target_ratio(f"hello c{conns} with {loris} slowloris + {bodies} slow-body clients", on, off, "req/s",
+                       "no slow clients", 0.9)
+    held_row = SummaryRow("slow clients still open (never closed) when wrk ended, worst run", fmt(held),
+                          f"of {loris + bodies}", "—", f"= {loris + bodies}",
+                          None if held != held else held == loris + bodies)
+    return [row, held_row]
 
 
 # --------------------------------------------------------------------------- scenario: ws
@@ -812,7 +1164,7 @@ def run_ws_clients(port: int, conns: int, size: int, duration: float) -> Metrics
     return {"msgs_s": msgs_s, "mib_s": msgs_s * size / MiB}
 
 
-def scenario_ws(args: argparse.Namespace, ws: Workspace) -> None:
+def scenario_ws(args: argparse.Namespace, ws: Workspace) -> list[SummaryRow]:
     failures: list[str] = []
 
     def measure(server: RunningServer) -> Measurement:
@@ -847,6 +1199,12 @@ def scenario_ws(args: argparse.Namespace, ws: Workspace) -> None:
         for text in failures[:6]:
             print(f"- {text}")
     save_json(args, "ws", results)
+    prefork, peer_name = contenders[0].name, contenders[1].name
+    v_small, v_large = ws_variant(1024, 50), ws_variant(MiB, 1)
+    return [target_ratio(f"WebSocket echo, 1 KiB, c50 ({prefork})", median(results, prefork, v_small, "msgs_s"),
+                         median(results, peer_name, v_small, "msgs_s"), "msg/s", "websockets", 1.5),
+            target_ratio(f"WebSocket echo, 1 MiB, c1 ({prefork})", median(results, prefork, v_large, "mib_s"),
+                         median(results, peer_name, v_large, "mib_s"), "MiB/s", "websockets", 1.0)]
 
 
 # --------------------------------------------------------------------------- the ceiling receiver
@@ -913,10 +1271,14 @@ def save_json(args: argparse.Namespace, scenario: str, results: Results) -> None
     path.write_text(json.dumps(data, indent=1))
 
 
-SCENARIOS: dict[str, Callable[[argparse.Namespace, Workspace], None]] = {
+SCENARIOS: dict[str, Callable[[argparse.Namespace, Workspace], list[SummaryRow]]] = {
     "parse": scenario_parse,
     "hello": scenario_hello,
     "upload": scenario_upload,
+    "multipart": scenario_multipart,
+    "bigupload": scenario_bigupload,
+    "concurrent": scenario_concurrent,
+    "slow": scenario_slow,
     "ws": scenario_ws,
 }
 
@@ -937,8 +1299,13 @@ def build_parser() -> argparse.ArgumentParser:
     for name, help_text in [("parse", "parser micro-benchmarks (heads/s vs h11, chunked, multipart)"),
                             ("hello", "small GETs vs gunicorn sync and gthread"),
                             ("upload", "large Content-Length upload vs gunicorn sync and a raw-socket ceiling"),
+                            ("multipart", "multipart upload, file saved, vs gunicorn + Flask and the ceiling"),
+                            ("bigupload", "worker RSS growth during a 4 GiB upload (raw and multipart)"),
+                            ("concurrent", "20 concurrent 50 MiB multipart uploads vs gunicorn + Flask"),
+                            ("slow", "hello req/s with 500 slowloris + 50 slow-body clients vs none"),
                             ("ws", "WebSocket echo msg/s and MiB/s vs the websockets library"),
-                            ("all", "parse, hello, upload and ws")]:
+                            ("all", "every scenario, then the summary table with targets"),
+                            ("perf", "the same as all")]:
         sub.add_parser(name, parents=[common], help=help_text)
     ceiling = sub.add_parser("_ceiling", help=argparse.SUPPRESS)
     ceiling.add_argument("--port", type=int, required=True)
@@ -958,12 +1325,21 @@ def main(argv: list[str] | None = None) -> int:
     scratch = Path(tempfile.mkdtemp(prefix="prefork-bench-scratch-"))
     ws = Workspace(logdir, scratch)
     print(f"server logs: {logdir}", file=sys.stderr)
-    names = list(SCENARIOS) if args.command == "all" else [args.command]
+    names = list(SCENARIOS) if args.command in ("all", "perf") else [args.command]
+    summary: list[SummaryRow] = []
     try:
         for name in names:
-            SCENARIOS[name](args, ws)
+            try:
+                summary += SCENARIOS[name](args, ws)
+            except Exception as exc:  # one broken scenario must not lose the others' results
+                if len(names) == 1:
+                    raise
+                print(f"\n**scenario {name} failed: {exc!r}** (server logs: {logdir})\n", flush=True)
+                summary.append(SummaryRow(f"{name}: failed ({type(exc).__name__})", "n/a", "n/a", "n/a", "—", False))
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
+    if summary:
+        print_summary(summary, args)
     return 0
 
 

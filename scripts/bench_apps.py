@@ -13,6 +13,15 @@ Apps:
     upload_move   prefork's zero-copy path when ``wsgi.input`` has ``move_to`` (the staged
                   body is linked into place), else the same as ``upload``.
     flask_hello   the hello app as a Flask view (None when Flask is not installed).
+    flask_upload  Flask: ``POST /form`` saves ``request.files["upload"]`` with ``.save(path)``
+                  (Werkzeug spools the part to a temporary file, ``save`` copies it), answers
+                  the file size; any GET answers the hello body (readiness probe).
+    native_app    a ``prefork.App``: ``GET /`` hello; ``POST /upload`` links the staged raw
+                  body into place with ``request.body.move_to(path)``; ``POST /form`` saves
+                  ``request.files["upload"]`` with ``.save(path)`` (a rename of the part that
+                  was staged while it streamed in). Both answer the saved file's size.
+
+Every upload app answers ``b"%d\n" % size`` as text/plain, so one client checks them all.
 """
 
 from __future__ import annotations
@@ -109,3 +118,74 @@ def _make_flask_hello() -> Any:
 
 
 flask_hello = _make_flask_hello()
+
+
+def _make_flask_upload() -> Any:
+    try:
+        from flask import Flask, Response, request
+    except ImportError:
+        return None
+    flask_app = Flask("bench_apps_upload")
+
+    @flask_app.route("/form", methods=["POST"])
+    def form() -> Response:
+        path = _upload_path()
+        try:
+            request.files["upload"].save(path)
+            size = os.path.getsize(path)
+        finally:
+            if os.path.exists(path):
+                os.unlink(path)
+        return Response(b"%d\n" % size, mimetype="text/plain")
+
+    @flask_app.route("/", defaults={"path": ""})
+    @flask_app.route("/<path:path>")
+    def index(path: str) -> Response:
+        return Response(HELLO_BODY, mimetype="text/plain")
+
+    return flask_app
+
+
+flask_upload = _make_flask_upload()
+
+
+def _make_native_app() -> Any:
+    try:
+        from prefork import App, Response as NativeResponse
+    except ImportError:  # the peers' interpreters need not have prefork importable
+        return None
+    app = App()
+
+    def answer(size: int) -> Any:
+        return NativeResponse(b"%d\n" % size, content_type="text/plain")
+
+    @app.route("/")
+    def index(request: Any) -> Any:
+        return NativeResponse(HELLO_BODY, content_type="text/plain")
+
+    @app.route("/upload", methods=["POST"])
+    def upload_raw(request: Any) -> Any:
+        path = _upload_path()
+        try:
+            request.body.move_to(path)
+            size = os.path.getsize(path)
+        finally:
+            if os.path.exists(path):
+                os.unlink(path)
+        return answer(size)
+
+    @app.route("/form", methods=["POST"])
+    def upload_form(request: Any) -> Any:
+        path = _upload_path()
+        try:
+            request.files["upload"].save(path)
+            size = os.path.getsize(path)
+        finally:
+            if os.path.exists(path):
+                os.unlink(path)
+        return answer(size)
+
+    return app
+
+
+native_app = _make_native_app()

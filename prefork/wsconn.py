@@ -152,6 +152,8 @@ class WebSocketSession:
         self._buffer = recv_buffer
         self.ws: WebSocket | None = None
         self.out = OutputQueue()
+        self._unflushed = 0
+        self._flush_scheduled = False
         self.closed = False
         self.writing = False
         self.reading = True
@@ -262,7 +264,7 @@ class WebSocketSession:
         if self.closed:
             return
         size = len(message)
-        if self.out.size + size > self.settings.send_buffer:
+        if self.out.size + self._unflushed + size > self.settings.send_buffer:
             if self.protocol.state is ConnState.OPEN:  # once; later messages are just dropped
                 error_log.warning("WebSocket %s:%s: send buffer over %d bytes (peer not reading); closing",
                                   self.peer[0], self.peer[1], self.settings.send_buffer)
@@ -275,7 +277,18 @@ class WebSocketSession:
                 self.protocol.send_binary(message)
         except InvalidState:
             return  # our close went out already: late messages are dropped (RFC 6455 §5.5.1)
-        self._pump_protocol()
+        # Write once per burst: messages sent from one batch of handler calls (or one
+        # broadcast) go out in one send() instead of one each.
+        self._unflushed += size
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            self.loop.defer(self._flush_burst)
+
+    def _flush_burst(self) -> None:
+        self._flush_scheduled = False
+        self._unflushed = 0
+        if not self.closed:
+            self._pump_protocol()
 
     def close_with(self, code: int, reason: str = "") -> None:
         """Start the close handshake (loop thread)."""

@@ -622,6 +622,7 @@ class ProcessSampler:
         self.base_sum = sum(self.base_rss.values())
         self.peak_sum = self.base_sum
         self.base_io = {p.pid: self._io(p) for p in self.procs}
+        self.base_cpu = {p.pid: self._cpu(p) for p in self.procs}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -640,6 +641,14 @@ class ProcessSampler:
             return {}
         return {k: int(v) for k, v in (line.split(": ") for line in text.splitlines())}
 
+    @staticmethod
+    def _cpu(proc: Any) -> tuple[float, float]:
+        try:
+            times = proc.cpu_times()
+        except Exception:
+            return (0.0, 0.0)
+        return (float(times.user), float(times.system))
+
     def _run(self) -> None:
         while not self._stop.wait(self.interval):
             total = 0
@@ -657,12 +666,26 @@ class ProcessSampler:
         self._stop.set()
         self._thread.join(5)
         self.end_io = {p.pid: self._io(p) for p in self.procs}
+        self.end_cpu = {p.pid: self._cpu(p) for p in self.procs}
 
     def rss_growth(self) -> int:
         return max(self.peak_rss[p] - self.base_rss[p] for p in self.peak_rss)
 
+    def cpu_delta(self) -> tuple[float, float]:
+        """(user, system) CPU seconds the sampled processes used, threads included."""
+        user = sum(self.end_cpu[p][0] - self.base_cpu[p][0] for p in self.end_cpu)
+        system = sum(self.end_cpu[p][1] - self.base_cpu[p][1] for p in self.end_cpu)
+        return user, system
+
     def io_delta(self, key: str) -> int:
         return sum(self.end_io[p].get(key, 0) - self.base_io[p].get(key, 0) for p in self.end_io)
+
+
+def cpu_per_gib(sampler: ProcessSampler, size: int) -> Metrics:
+    """Server CPU seconds (user, system) per GiB received: what an upload costs the server,
+    much less sensitive than MiB/s to other load on the machine."""
+    user, system = sampler.cpu_delta()
+    return {"user_s_per_gib": user / (size / (1 << 30)), "sys_s_per_gib": system / (size / (1 << 30))}
 
 
 def post_body(port: int, size: int, block: memoryview, path: str = "/upload", *,
@@ -741,7 +764,7 @@ def scenario_upload(args: argparse.Namespace, ws: Workspace) -> list[SummaryRow]
                            "rss_growth_mib": sampler.rss_growth() / MiB,
                            "disk_write_per_byte": sampler.io_delta("write_bytes") / size,
                            "write_calls_per_mib": sampler.io_delta("syscw") / (size / MiB),
-                           "ok": float(ok)}}
+                           **cpu_per_gib(sampler, size), "ok": float(ok)}}
 
     contenders = upload_contenders(ws)
     print(f"upload: {size / MiB:,.0f} MiB x {args.runs} runs x {len(contenders)} servers", file=sys.stderr)
@@ -759,7 +782,8 @@ def scenario_upload(args: argparse.Namespace, ws: Workspace) -> list[SummaryRow]
                      "(recv_into + write) fed by the same Python sendall client. disk_write_per_byte = "
                      "/proc/PID/io write_bytes of the serving processes / body size.")
     print_medians(results, ["upload"], ["mib_s", "send_s", "after_send_s", "rss_growth_mib",
-                                        "disk_write_per_byte", "write_calls_per_mib", "ok"])
+                                        "disk_write_per_byte", "write_calls_per_mib", "user_s_per_gib",
+                                        "sys_s_per_gib", "ok"])
     if failures:
         print("**Failed uploads:**\n")
         for text in failures[:6]:
@@ -837,7 +861,7 @@ def scenario_multipart(args: argparse.Namespace, ws: Workspace) -> list[SummaryR
                               "rss_growth_mib": sampler.rss_growth() / MiB,
                               "disk_write_per_byte": sampler.io_delta("write_bytes") / size,
                               "read_bytes_per_byte": sampler.io_delta("read_bytes") / size,
-                              "ok": float(ok)}}
+                              **cpu_per_gib(sampler, size), "ok": float(ok)}}
 
     contenders = [prefork_server(ws, "native_app", threads=4, name=MULTIPART_NATIVE),
                   gunicorn_server("flask_upload", worker_class="sync", name=FLASK),
@@ -856,7 +880,8 @@ def scenario_multipart(args: argparse.Namespace, ws: Workspace) -> list[SummaryR
                      "save copies it). The ceiling saves the raw body without parsing it. disk_write_per_byte "
                      "= write_bytes of the serving processes (/proc/PID/io) / file size.")
     print_medians(results, ["multipart"], ["mib_s", "send_s", "after_send_s", "rss_growth_mib",
-                                           "disk_write_per_byte", "read_bytes_per_byte", "ok"])
+                                           "disk_write_per_byte", "read_bytes_per_byte", "user_s_per_gib",
+                                           "sys_s_per_gib", "ok"])
     print_failures(failures)
     save_json(args, "multipart", results)
 
@@ -939,7 +964,7 @@ def scenario_concurrent(args: argparse.Namespace, ws: Workspace) -> list[Summary
                                "rss_sum_peak_mib": sampler.peak_sum / MiB,
                                "rss_sum_growth_mib": (sampler.peak_sum - sampler.base_sum) / MiB,
                                "disk_write_per_byte": sampler.io_delta("write_bytes") / (clients * each),
-                               "ok": float(ok)}}
+                               **cpu_per_gib(sampler, clients * each), "ok": float(ok)}}
 
     contenders = [prefork_server(ws, "native_app", threads=4, name=MULTIPART_NATIVE),
                   gunicorn_server("flask_upload", worker_class="sync", name=FLASK)]
@@ -953,7 +978,7 @@ def scenario_concurrent(args: argparse.Namespace, ws: Workspace) -> list[Summary
                      "MiB/s = all file bytes / wall time until the last answer. rss_sum_peak_mib = the peak of "
                      "the sum of the serving processes' RSS, sampled every 10 ms.")
     print_medians(results, ["concurrent"], ["mib_s", "seconds", "rss_sum_peak_mib", "rss_sum_growth_mib",
-                                            "disk_write_per_byte", "ok"])
+                                            "disk_write_per_byte", "user_s_per_gib", "sys_s_per_gib", "ok"])
     print_failures(failures)
     save_json(args, "concurrent", results)
 

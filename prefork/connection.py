@@ -47,6 +47,8 @@ MAX_PIPELINE_BUFFER = 256 * 1024
 # How long an errored connection keeps draining the client's bytes after our
 # answer, so the client reads the answer instead of a reset (nginx lingering_time).
 LINGER_SECONDS = 2.0
+# Receive-buffer fills per wake-up on the body fast path (4 x 256 KiB).
+DIRECT_READS_PER_WAKEUP = 4
 CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 _EMPTY_HEADERS = Headers([])
 
@@ -159,6 +161,9 @@ class Connection:
     # --- reading ------------------------------------------------------------
     def on_readable(self) -> None:
         """Receive what the socket has and advance the request cycle."""
+        if self.stage is Stage.BODY and self.parser.direct_body_remaining():
+            self._receive_body_directly()
+            return
         try:
             n = self.sock.recv_into(self._buffer)
         except (BlockingIOError, InterruptedError):
@@ -183,6 +188,42 @@ class Connection:
             self.process()
         elif self.parser.buffered > MAX_PIPELINE_BUFFER:
             self._set_reading(False)
+
+    def _receive_body_directly(self) -> None:
+        """The fast path for Content-Length bodies: socket -> receive buffer -> sink.
+
+        Only the declared remainder is received, so a pipelined next request stays
+        in the socket for the parser. Several reads per wake-up (while the socket
+        keeps filling the buffer) save a select() per 256 KiB.
+        """
+        buffer = self._buffer
+        for _ in range(DIRECT_READS_PER_WAKEUP):
+            remaining = self.parser.direct_body_remaining()
+            if not remaining or self.stage is not Stage.BODY:
+                break
+            try:
+                n = self.sock.recv_into(buffer, min(remaining, len(buffer)))
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError:
+                self.abort()
+                return
+            if n == 0:
+                self.eof = True
+                self._set_reading(False)
+                self.parser.feed(b"")
+                break
+            if self.loop.slot is not None:
+                self.loop.slot.add_received(n)
+            self.parser.consume_body(n)
+            try:
+                self._on_body(buffer[:n])
+            except ProtocolError as exc:
+                self.fail(exc)
+                return
+            if n < len(buffer):
+                break  # the socket is drained for now
+        self.process()
 
     def process(self) -> None:
         """Turn buffered bytes into request events until the parser needs more or pauses."""
@@ -256,7 +297,7 @@ class Connection:
             self.uploading = True
             self.loop.slot.upload_started(id(self), head.target.decode("latin-1"), declared)
 
-    def _on_body(self, data: bytes) -> None:
+    def _on_body(self, data: bytes | memoryview) -> None:
         assert self.sink is not None
         self.sink.write(data)
         self.body_received += len(data)

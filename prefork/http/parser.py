@@ -304,6 +304,35 @@ class RequestParser:
             raise RuntimeError(f"can't take trailing data in state {self.state.name}")
         return bytes(self._buf)
 
+    def direct_body_remaining(self) -> int:
+        """Body bytes the caller may hand straight to its sink instead of feeding them.
+
+        While a Content-Length body is being read and nothing is buffered, the
+        bytes that follow are body bytes, up to the declared length: an I/O
+        layer can receive them into its own buffer and write them on, saving
+        the buffer's two copies (see ``consume_body``).
+
+        Returns:
+            The outstanding body length, or 0 when bytes must go through ``feed``.
+        """
+        reader = self._reader
+        if self.state is ParserState.BODY and type(reader) is ContentLengthReader and not len(self._buf):
+            return reader.remaining
+        return 0
+
+    def consume_body(self, n: int) -> None:
+        """Account for ``n`` body bytes the caller took directly.
+
+        Args:
+            n: at most ``direct_body_remaining()``.
+
+        Raises:
+            RuntimeError: more bytes than the body has outstanding, or not in a body.
+        """
+        if not 0 <= n <= self.direct_body_remaining():
+            raise RuntimeError(f"can't consume {n} body bytes in state {self.state.name}")
+        self._reader.remaining -= n  # type: ignore[union-attr]
+
     def start_next_cycle(self) -> None:
         """Go from DONE back to IDLE to parse the next (possibly pipelined) request.
 

@@ -532,3 +532,31 @@ def test_trickled_head_is_linear() -> None:
     # (which would be about len(data) / 2 = 32,000 times len(data)).
     assert CountingBuffer.scanned < 16 * len(data)
     assert time.perf_counter() - started < 5.0  # hang guard only, not a benchmark
+
+
+def test_direct_body_path_accounts_for_bytes_taken_outside_the_buffer() -> None:
+    # The I/O layer's fast path: body bytes go straight to the sink, the parser
+    # only counts them, and a pipelined request after the body is parsed as usual.
+    parser = RequestParser()
+    parser.feed(b"POST /u HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nab")
+    assert isinstance(parser.next_event(), Request)
+    assert parser.direct_body_remaining() == 0  # "ab" is buffered: it must come as Data first
+    assert parser.next_event() == Data(b"ab")
+    assert parser.direct_body_remaining() == 8
+    parser.consume_body(5)
+    assert parser.direct_body_remaining() == 3
+    with pytest.raises(RuntimeError):
+        parser.consume_body(4)
+    parser.consume_body(3)
+    assert parser.next_event() == EndOfMessage(Headers([]))
+    assert parser.direct_body_remaining() == 0
+    parser.start_next_cycle()
+    parser.feed(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert isinstance(parser.next_event(), Request)
+
+
+def test_direct_body_path_is_never_offered_for_chunked_bodies() -> None:
+    parser = RequestParser()
+    parser.feed(b"POST /u HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n")
+    assert isinstance(parser.next_event(), Request)
+    assert parser.direct_body_remaining() == 0

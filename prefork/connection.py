@@ -47,7 +47,7 @@ MAX_PIPELINE_BUFFER = 256 * 1024
 # How long an errored connection keeps draining the client's bytes after our
 # answer, so the client reads the answer instead of a reset (nginx lingering_time).
 LINGER_SECONDS = 2.0
-# Receive-buffer fills per wake-up on the body fast path (4 x 256 KiB).
+# Receive-buffer fills per wake-up on the body fast path.
 DIRECT_READS_PER_WAKEUP = 4
 CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 _EMPTY_HEADERS = Headers([])

@@ -17,11 +17,11 @@ removes every upload that was not saved.
 from __future__ import annotations
 
 import codecs
-import hashlib
 import os
 from collections.abc import Callable, Iterator
 from typing import BinaryIO, Generic, TypeVar, cast
 
+from prefork.digest import BackgroundSha256
 from prefork.errors import BodyTooLarge, MultipartError
 from prefork.limits import FormLimits
 from prefork.multipart import MultipartParser, PartData, PartEnd, PartStart, parse_boundary, parse_options_header
@@ -177,7 +177,7 @@ class FormParser:
         self._start: PartStart | None = None
         self._field: bytearray | None = None
         self._spool: BodySpool | None = None
-        self._hash = hashlib.sha256()
+        self._hash = BackgroundSha256()
         self._done = False
 
     def feed(self, data: bytes | bytearray | memoryview) -> None:
@@ -234,7 +234,7 @@ class FormParser:
             return
         threshold, max_size, spool_dir, budget, on_disk = self._spool_args
         self._spool = BodySpool(threshold, max_size=max_size, dir=spool_dir, budget=budget, on_disk_bytes=on_disk)
-        self._hash = hashlib.sha256()
+        self._hash = BackgroundSha256()
 
     def _on_data(self, data: bytes) -> None:
         if self._spool is not None:

@@ -15,8 +15,10 @@ This is the one module that holds both a socket and a parser.
 from __future__ import annotations
 
 import enum
+import io
 import os
 import socket
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -285,7 +287,7 @@ class Connection:
     def _check_free_disk(self, declared: int | None) -> None:
         if declared is None or declared <= self.settings.memory_threshold or not self.settings.min_free_disk:
             return
-        stats = os.statvfs(self.settings.staging_dir or _default_tmp())
+        stats = os.statvfs(self.settings.staging_dir or tempfile.gettempdir())
         free = stats.f_bavail * stats.f_frsize
         if free - declared < self.settings.min_free_disk:
             raise InsufficientStorage(
@@ -310,7 +312,7 @@ class Connection:
         self._end_upload()
         if self.parser.state is ParserState.UPGRADED:
             self.parser.decline_upgrade()  # nobody took the upgrade: answer it as plain HTTP
-        body: IO[bytes] = _EmptyBody()  # type: ignore[assignment]
+        body: IO[bytes] = io.BytesIO()
         form = None
         if isinstance(self.sink, FormSink):
             form = self.sink.seal()
@@ -657,45 +659,3 @@ class Connection:
         """Hand the socket to another protocol (after a WebSocket upgrade)."""
         self.stage = Stage.HANDED_OFF
         return self.sock
-
-
-class _EmptyBody:
-    """A zero-length body stream, cheaper than a spool for bodiless requests."""
-
-    def read(self, size: int = -1) -> bytes:
-        return b""
-
-    def readline(self, size: int = -1) -> bytes:
-        return b""
-
-    def readlines(self, hint: int = -1) -> list[bytes]:
-        return []
-
-    def readinto(self, buffer: bytearray | memoryview) -> int:
-        return 0
-
-    def __iter__(self) -> _EmptyBody:
-        return self
-
-    def __next__(self) -> bytes:
-        raise StopIteration
-
-    def seek(self, offset: int, whence: int = 0) -> int:
-        return 0
-
-    def tell(self) -> int:
-        return 0
-
-    def seekable(self) -> bool:
-        return True
-
-    def readable(self) -> bool:
-        return True
-
-    def close(self) -> None:
-        return None
-
-
-def _default_tmp() -> str:
-    import tempfile
-    return tempfile.gettempdir()

@@ -17,7 +17,7 @@ import queue
 import threading
 
 # Bytes of one digest that may wait for the helper thread.
-MAX_BACKLOG = 8 * 1024 * 1024
+MAX_BACKLOG = 4 * 1024 * 1024
 
 
 class _HashThread:

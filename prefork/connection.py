@@ -31,7 +31,7 @@ from prefork.http.headers import Headers
 from prefork.http.parser import ParserState, RequestParser
 from prefork.http.response import http_date, simple_error_response
 from prefork.limits import HttpLimits
-from prefork.logs import error_log, log_access
+from prefork.logs import access_log_enabled, error_log, log_access
 from prefork.output import OutputQueue
 from prefork.forms import FormSink
 from prefork.limits import FormLimits
@@ -498,6 +498,8 @@ class Connection:
         assert head is not None
         if self.loop.slot is not None:
             self.loop.slot.count_request()
+        if not access_log_enabled():
+            return
         log_access(self.peer[0], f"{head.method.decode('latin-1')} {head.target.decode('latin-1')} "
                    f"HTTP/{head.http_version.decode('latin-1')}", self.status, self.sent_body,
                    (head.headers.get(b"referer") or b"").decode("latin-1"),
@@ -522,7 +524,8 @@ class Connection:
         if self.loop.draining and not self.parser.buffered:
             self.close()
             return
-        self.process()
+        if self.parser.buffered or self.eof:
+            self.process()  # a pipelined request (or the peer's EOF) is already here
 
     # --- errors and timeouts ---------------------------------------------------
     def fail(self, exc: ProtocolError, *, response: bytes | None = None) -> None:

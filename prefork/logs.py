@@ -88,6 +88,11 @@ def _clf_time(now: float) -> str:
     return str(_clf_cache[1])
 
 
+def access_log_enabled() -> bool:
+    """Whether access lines are written (lets callers skip building them)."""
+    return access_log.isEnabledFor(logging.INFO)
+
+
 def log_access(peer: str, request_line: str, status: int, size: int, referer: str,
                user_agent: str, duration: float) -> None:
     """Write one access line: Apache combined format plus duration in microseconds.

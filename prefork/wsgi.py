@@ -210,7 +210,8 @@ def build_environ(request: CompleteRequest, *, multithread: bool = True) -> dict
         "wsgi.input_terminated": True,
         "wsgi.file_wrapper": FileWrapper,
         "prefork.raw_headers": raw_headers,
-        "prefork.trailers": [(n.decode("latin-1"), v.decode("latin-1")) for n, v in request.trailers.raw],
+        "prefork.trailers": [(n.decode("latin-1"), v.decode("latin-1")) for n, v in request.trailers.raw]
+        if request.trailers else [],
     }
     for name, value in raw_headers:
         key = name.upper()

@@ -41,7 +41,8 @@ _PARAM = re.compile(r"<(?:(?P<kind>path|int):)?(?P<name>[A-Za-z_][A-Za-z0-9_]*)>
 # field-name = token (RFC 9110 §5.1); a value must not hold CR, LF or NUL (§5.5): a handler
 # that puts user input into a header must never be able to split the response.
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
-_BAD_VALUE = re.compile(r"[\r\n\x00]")
+# Anything but HTAB, visible ASCII and obs-text (latin-1) would break the head or its encoding.
+_BAD_VALUE = re.compile(r"[^\t\x20-\x7e\x80-\xff]")
 #: Largest body ``Request.json()`` and a urlencoded ``Request.form`` read into RAM (413
 #: beyond): both are parsed whole, and 16 MiB is far above any sane form or JSON document.
 MAX_MEMORY_BODY = 16 * 1024 * 1024
@@ -243,7 +244,7 @@ class Response:
         """Convert to the I/O layer's ResponseStream.
 
         Raises:
-            ValueError: a header name is not a token, or a value holds CR, LF or NUL.
+            ValueError: a header name is not a token, or a value holds a control or non-latin-1 character.
         """
         for name, value in self.headers:
             if not _TOKEN.fullmatch(name) or _BAD_VALUE.search(value):

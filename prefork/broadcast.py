@@ -91,12 +91,17 @@ class _Link:
         self.out_bytes += len(data)
 
     def flush(self) -> bool:
-        """Write what the socket takes; True when nothing is left."""
+        """Write what the socket takes; True when nothing is left (or the peer is gone)."""
         while self.out:
             try:
                 sent = self.sock.send(self.out[0])
             except (BlockingIOError, InterruptedError):
                 return False
+            except OSError:  # the other side exited: drop what was meant for it
+                self.eof = True
+                self.out.clear()
+                self.out_bytes = 0
+                return True
             self.out_bytes -= sent
             if sent == len(self.out[0]):
                 self.out.popleft()
@@ -158,6 +163,8 @@ class Hub:
             return
         for _channel, _message, raw in link.reader.feed(data):
             for target in self.links.values():
+                if target.eof:
+                    continue
                 if target.out_bytes + len(raw) > MAX_LINK_BACKLOG:
                     self._on_error(f"broadcast link to worker {target.sock.fileno()} is over "
                                    f"{MAX_LINK_BACKLOG} bytes behind; dropping a message for it")
@@ -186,6 +193,7 @@ class WorkerLink:
         self.deliver = deliver
         self.defer = defer
         self.on_blocked: Callable[[bool], None] = lambda blocked: None
+        self.on_eof: Callable[[], None] = lambda: None
 
     def fileno(self) -> int:
         """The link's file descriptor."""
@@ -203,7 +211,7 @@ class WorkerLink:
         """Deliver every complete frame."""
         data = self.link.receive()
         if data is None:
-            self.on_blocked(False)
+            self.on_eof()  # the master is gone: stop watching a socket that stays readable
             return
         for channel, message, _raw in self.link.reader.feed(data):
             self.deliver(channel, message)

@@ -15,6 +15,7 @@ This is the one module that holds both a socket and a parser.
 from __future__ import annotations
 
 import enum
+import errno
 import io
 import os
 import socket
@@ -223,6 +224,9 @@ class Connection:
             except ProtocolError as exc:
                 self.fail(exc)
                 return
+            except OSError as exc:
+                self.fail(_storage_error(exc))
+                return
             if n < len(buffer):
                 break  # the socket is drained for now
         self.process()
@@ -248,6 +252,8 @@ class Connection:
                     return
         except ProtocolError as exc:
             self.fail(exc)
+        except OSError as exc:  # staging failed (missing directory, EMFILE, EIO, ...)
+            self.fail(_storage_error(exc))
 
     def _start_header_timer(self) -> None:
         self.timeout_is_keepalive = False
@@ -419,6 +425,7 @@ class Connection:
         if self.stage is not Stage.RESPONDING:
             if self.response is not None:
                 self.response.close()
+            self._discard_body()
             return
         if error is not None:
             self._log_app_error(error)
@@ -662,3 +669,11 @@ class Connection:
         """Hand the socket to another protocol (after a WebSocket upgrade)."""
         self.stage = Stage.HANDED_OFF
         return self.sock
+
+
+def _storage_error(exc: OSError) -> ProtocolError:
+    """The answer to a failure while staging a body: 507 when the disk is full, else 500."""
+    error_log.error("staging a request body failed: %s", exc)
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return InsufficientStorage(f"no space left to stage the request body: {exc.strerror}")
+    return ProtocolError(f"the request body could not be staged: {exc.strerror or exc}", 500)

@@ -204,8 +204,9 @@ class FormParser:
             self.abort()
             raise MultipartError("multipart body ended before the closing delimiter")
         self._parser.close()
+        fields = self._decode_fields()
         self._done = True
-        return FormData(self._decode_fields(), self._files)
+        return FormData(fields, self._files)
 
     def abort(self) -> None:
         """Remove every spool (client gone, 413, 507, malformed body); idempotent."""
@@ -271,7 +272,11 @@ class FormParser:
             charset = default
             if content_type is not None:
                 charset = _known_charset(parse_options_header(content_type)[1].get("charset", ""), default)
-            fields.add(name, raw.decode(charset, "replace"))
+            try:
+                text = raw.decode(charset, "replace")
+            except (UnicodeError, LookupError):  # codecs such as idna do not support "replace"
+                text = raw.decode(self._charset, "replace")
+            fields.add(name, text)
         return fields
 
 

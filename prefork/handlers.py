@@ -16,6 +16,7 @@ from typing import IO, Any, Protocol
 
 from prefork.http.events import Request
 from prefork.http.headers import Headers
+from prefork.logs import error_log
 
 
 @dataclass(slots=True)
@@ -102,10 +103,17 @@ class ResponseStream:
         self.close()
 
     def close(self) -> None:
-        """Call the application's close hook once (PEP 3333: always called)."""
+        """Call the application's close hook once (PEP 3333: always called).
+
+        A failing hook is logged: the response it belongs to is complete, and the
+        hook may run on the event loop, which must not die of application code.
+        """
         hook, self.on_close = self.on_close, None
         if hook is not None:
-            hook()
+            try:
+                hook()
+            except Exception as exc:
+                error_log.error("the application's close() failed: %s", exc, exc_info=exc)
 
 
 class Application(Protocol):

@@ -77,7 +77,11 @@ def remove_stale_files(dir: str | os.PathLike[str], pid: int) -> int:
         The number of files removed.
     """
     prefix, removed = f"prefork-{pid}-", 0
-    for entry in os.scandir(dir):
+    try:
+        entries = list(os.scandir(dir))
+    except OSError:  # the directory is gone or unreadable: nothing of ours to remove there
+        return 0
+    for entry in entries:
         if entry.name.startswith(prefix) and entry.name.endswith(".part"):
             try:
                 os.unlink(entry.path)

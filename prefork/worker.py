@@ -12,6 +12,7 @@ Once a second the loop sweeps connection timeouts and writes its heartbeat.
 from __future__ import annotations
 
 import ctypes
+import errno
 import functools
 import os
 import queue
@@ -29,6 +30,7 @@ import psutil
 
 from prefork import broadcast, runtime
 from prefork.connection import HIGH_WATER, Connection, ConnectionSettings
+from prefork.errors import ProtocolError
 from prefork.handlers import Application, CompleteRequest, ResponseStream
 from prefork.http.events import EndOfMessage, Request
 from prefork.logs import error_log, reopen_logs
@@ -113,7 +115,10 @@ class Wakeup:
                 fn, args = get()
             except queue.Empty:
                 return
-            fn(*args)
+            try:
+                fn(*args)
+            except Exception as exc:  # one failed callback must not take the worker down
+                error_log.error("internal error in %s: %s", getattr(fn, "__qualname__", fn), exc, exc_info=exc)
 
 
 class HandlerPool:
@@ -180,6 +185,7 @@ class Worker:
         self.subscribers: dict[str, set[WebSocketSession]] = {}
         self._link_socket = link
         self._accepting = False
+        self._accept_retry = 0.0
         jitter = random.randint(0, settings.max_requests_jitter) if settings.max_requests_jitter else 0
         self._max_requests = settings.max_requests + jitter if settings.max_requests else 0
         self.requests = 0
@@ -219,7 +225,8 @@ class Worker:
 
     def _install_signals(self) -> None:
         signal.signal(signal.SIGTERM, lambda *_: self.wakeup.defer(self.begin_drain))
-        signal.signal(signal.SIGINT, lambda *_: self.wakeup.defer(self.stop_now))
+        # Ctrl-C signals the whole process group: the master turns INT into a graceful stop.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGQUIT, lambda *_: self.wakeup.defer(self.stop_now))
         signal.signal(signal.SIGUSR1, lambda *_: self.wakeup.defer(reopen_logs))
         signal.signal(signal.SIGHUP, signal.SIG_IGN)
@@ -234,10 +241,13 @@ class Worker:
         while not self.stopping_now:
             for key, mask in select(SWEEP_INTERVAL):
                 target = key.data
-                if mask & selectors.EVENT_READ:
-                    target.on_readable()
-                if mask & selectors.EVENT_WRITE:
-                    target.on_writable()
+                try:
+                    if mask & selectors.EVENT_READ:
+                        target.on_readable()
+                    if mask & selectors.EVENT_WRITE:
+                        target.on_writable()
+                except Exception as exc:
+                    self._contain(target, exc)
             now = time.monotonic()
             if now >= next_sweep:
                 next_sweep = now + SWEEP_INTERVAL
@@ -246,9 +256,21 @@ class Worker:
                 break
         self.selector.close()
 
+    def _contain(self, target: Any, exc: Exception) -> None:
+        # A bug reached the loop: lose this one connection, not every connection of the worker.
+        error_log.error("internal error on %r: %s", target, exc, exc_info=exc)
+        close = getattr(target, "close", None)
+        if close is not None:
+            try:
+                close()
+            except Exception as again:
+                error_log.error("closing after an internal error failed: %s", again)
+
     def _sweep(self, now: float) -> None:
         if self.slot is not None:
             self.slot.heartbeat(now)
+        if not self._accepting and not self.draining and now >= self._accept_retry:
+            self._set_accepting(True)
         for conn in list(self.connections):
             conn.check_timeouts(now)
         if os.getppid() != self._ppid and not self.draining:
@@ -284,7 +306,12 @@ class Worker:
                 sock, peer = lsock.accept()
             except (BlockingIOError, InterruptedError):
                 return
-            except OSError as exc:  # EMFILE, ECONNABORTED: log, keep serving the rest
+            except OSError as exc:
+                if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                    # Out of descriptors: stop watching the listener (it would stay
+                    # readable and spin the loop) until a connection closes or 1 s passes.
+                    self._set_accepting(False)
+                    self._accept_retry = time.monotonic() + 1.0
                 error_log.warning("accept failed on %s: %s", self._server_names.get(lsock.fileno(), "?"), exc)
                 return
             sock.setblocking(False)
@@ -387,7 +414,15 @@ class Worker:
         def blocked(on: bool) -> None:
             self.selector.modify(link, selectors.EVENT_READ | (selectors.EVENT_WRITE if on else 0), link)
 
+        def master_gone() -> None:
+            self.selector.unregister(link)
+            link.on_blocked = lambda on: None
+            if not self.draining:
+                error_log.warning("worker %d: the master closed the broadcast link; stopping", os.getpid())
+                self.begin_drain()
+
         link.on_blocked = blocked
+        link.on_eof = master_gone
         broadcast.set_transport(link)
 
     def _deliver(self, channel: str, message: str | bytes) -> None:
@@ -401,7 +436,7 @@ class Worker:
 
     def subscribe(self, session: WebSocketSession, channel: str) -> None:
         """Add a session to a broadcast channel (loop thread)."""
-        if not session.closed:
+        if not session.ended:
             self.subscribers.setdefault(channel, set()).add(session)
 
     def unsubscribe(self, session: WebSocketSession, channel: str | None) -> None:
@@ -451,6 +486,10 @@ class Worker:
                                                            settings.session, self._recv_buffer))
         except HandshakeError as exc:
             conn.fail(exc, response=build_error_response(exc))
+            return True
+        except Exception as exc:  # the application's handler class failed to start
+            error_log.error("WebSocket handler %r failed to start: %s", handler_cls, exc, exc_info=exc)
+            conn.fail(ProtocolError("the WebSocket handler failed to start", 500))
             return True
         sock = conn.detach()
         if self._registered.pop(conn, 0):

@@ -168,6 +168,11 @@ class WebSocketSession:
         self._ping_payload = b""
         self.pending_input = b""
 
+    @property
+    def ended(self) -> bool:
+        """Closed, or the handler was already told the connection ended."""
+        return self.closed or self._close_delivered
+
     def start(self, ws: WebSocket, handshake_response: bytes) -> None:
         """Send the 101, schedule ``on_open`` and process any bytes that came with the request."""
         self.ws = ws

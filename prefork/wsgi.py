@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import sys
 from collections.abc import Callable, Iterable, Iterator
 from types import TracebackType
@@ -67,14 +68,24 @@ class _StartResponse:
         return self.written.append
 
 
+_STATUS = re.compile(r"[1-9][0-9][0-9] [\t\x20-\x7e\x80-\xff]*")
+_FIELD_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_FIELD_VALUE = re.compile(r"[\t\x20-\x7e\x80-\xff]*")
+
+
 def _check_headers(status: str, headers: list[tuple[str, str]]) -> None:
-    if not isinstance(status, str) or len(status) < 4 or not status[:3].isdigit() or status[3] != " ":
+    # Checked here, in the handler thread, so that a bad header becomes a 500 for this
+    # request (RFC 9110 §5.1/§5.5 grammar; latin-1 only, as PEP 3333 requires) and
+    # never response splitting or an error in the event loop.
+    if not isinstance(status, str) or not _STATUS.fullmatch(status):
         raise ValueError(f"invalid WSGI status {status!r}: expected '200 OK' form")
     for name, value in headers:
         if not isinstance(name, str) or not isinstance(value, str):
             raise TypeError(f"header {name!r}: {value!r}: names and values must be str")
-        if "\r" in value or "\n" in value or "\r" in name or "\n" in name or ":" in name:
-            raise ValueError(f"header {name!r}: {value!r}: CR, LF or ':' not allowed")
+        if not _FIELD_NAME.fullmatch(name) or not _FIELD_VALUE.fullmatch(value):
+            raise ValueError(f"header {name!r}: {value!r}: not a valid latin-1 field line")
+        if name.lower() == "content-length" and not (value.strip().isascii() and value.strip().isdigit()):
+            raise ValueError(f"header {name!r}: {value!r}: Content-Length must be digits")
 
 
 class _ErrorStream(io.TextIOBase):
@@ -149,7 +160,11 @@ def _response_from(start: _StartResponse, chunks: list[bytes], rest: Iterator[by
             close = close or (lower == "connection" and "close" in value.lower())
             continue
         if lower == "content-length":
-            length = int(value.strip())
+            if length is not None and length != int(value):
+                raise ValueError(f"conflicting Content-Length headers: {length} and {value.strip()}")
+            if length is not None:
+                continue
+            length = int(value)
         headers.append((name, value))
     code, _, reason = start.status.partition(" ")
     return ResponseStream(int(code), reason.strip(), headers, start.written + chunks, rest, file_body,

@@ -23,7 +23,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import IO, TYPE_CHECKING, Protocol
+from typing import IO, TYPE_CHECKING, Any, Protocol
 
 from prefork.errors import InsufficientStorage, ProtocolError, RequestTimeout
 from prefork.handlers import CompleteRequest, ResponseStream
@@ -92,6 +92,9 @@ class LoopServices(Protocol):
     def wants_form(self, head: Request) -> bool:
         """Whether the application wants this body parsed as a form while it arrives."""
 
+    def defer(self, fn: Callable[..., None], *args: Any) -> None:
+        """Run ``fn(*args)`` on the loop thread after what is already queued."""
+
     def forget(self, conn: Connection) -> None:
         """The connection is closed; drop it."""
 
@@ -153,6 +156,7 @@ class Connection:
         self.head_only = False
         self.remaining: int | None = None
         self.pulling = False
+        self._pump_scheduled = False
         self.window_start = now
         self.window_bytes = 0
         self.uploading = False
@@ -418,6 +422,21 @@ class Connection:
             if resp.rest is None and not self.pulling:
                 self._finish_response()
             return
+
+    def on_chunk(self, chunk: bytes) -> None:
+        """A pull job produced a chunk (loop thread): queue it for the client now."""
+        if self.stage is not Stage.RESPONDING or self.response is None:
+            return
+        self.response.chunks.append(chunk)
+        if not self._pump_scheduled:
+            # Chunks that arrive together go out in one write: pump once they are all in.
+            self._pump_scheduled = True
+            self.loop.defer(self._scheduled_pump)
+
+    def _scheduled_pump(self) -> None:
+        self._pump_scheduled = False
+        if self.stage is Stage.RESPONDING:
+            self._pump()
 
     def on_pulled(self, error: BaseException | None) -> None:
         """A pull job returned: more chunks are ready, or the iterator failed."""

@@ -78,20 +78,24 @@ class ResponseStream:
     content_length: int | None = None
     on_close: Callable[[], None] | None = None
 
-    def pull(self, budget: int) -> None:
-        """Move up to about ``budget`` bytes from ``rest`` into ``chunks``.
+    def pull(self, budget: int, emit: Callable[[bytes], None] | None = None) -> None:
+        """Produce up to about ``budget`` more bytes from ``rest``.
 
-        Runs in a handler thread: it calls application code. When the iterator is
-        exhausted, ``rest`` becomes None and ``close()`` is called.
+        Runs in a handler thread: it calls application code. Each chunk goes to
+        ``emit`` the moment it exists (PEP 3333: no block may wait for the next
+        one), or into ``chunks`` when no ``emit`` is given (before the stream is
+        handed to the loop). When the iterator is exhausted, ``rest`` becomes None
+        and ``close()`` is called.
         """
         rest = self.rest
         if rest is None:
             return
         produced = 0
+        keep = self.chunks.append if emit is None else emit
         try:
             for chunk in rest:
                 if chunk:
-                    self.chunks.append(bytes(chunk))
+                    keep(bytes(chunk))
                     produced += len(chunk)
                     if produced >= budget:
                         return

@@ -29,7 +29,7 @@ from typing import Any
 import psutil
 
 from prefork import broadcast, runtime
-from prefork.connection import HIGH_WATER, Connection, ConnectionSettings
+from prefork.connection import Connection, ConnectionSettings
 from prefork.errors import ProtocolError
 from prefork.handlers import Application, CompleteRequest, ResponseStream
 from prefork.http.events import EndOfMessage, Request
@@ -153,10 +153,7 @@ class HandlerPool:
 
 
 def _run_application(app: Application, request: CompleteRequest) -> ResponseStream:
-    stream = app(request)
-    # Finish small streamed bodies in the same hop, so they get a Content-Length.
-    stream.pull(HIGH_WATER)
-    return stream
+    return app(request)
 
 
 class Worker:
@@ -370,7 +367,7 @@ class Worker:
     def pull(self, conn: Connection, stream: ResponseStream, budget: int) -> None:
         """Produce more of a streamed body in a handler thread."""
         def job() -> None:
-            stream.pull(budget)
+            stream.pull(budget, emit=lambda chunk: self.wakeup.defer(conn.on_chunk, chunk))
 
         def done(result: Any) -> None:
             conn.on_pulled(result if isinstance(result, BaseException) else None)

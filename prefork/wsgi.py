@@ -130,7 +130,11 @@ class WsgiApplication:
         file_body = _file_body(result, start)
         chunks: list[bytes] = []
         rest: Iterator[bytes] | None = None
-        if file_body is None:
+        if file_body is None and isinstance(result, (list, tuple)):
+            # A sequence is all there: take it whole, so the response gets a Content-Length.
+            chunks = [bytes(chunk) for chunk in result if chunk]
+        elif file_body is None:
+            # Otherwise only the first block: it must not wait for the next (PEP 3333).
             rest = iter(result)
             for chunk in rest:
                 if chunk:

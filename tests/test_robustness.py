@@ -46,6 +46,21 @@ def test_a_close_that_raises_is_logged_and_the_worker_survives(faulty: Server, m
     assert "deliberate failure in close()" in faulty.output()
 
 
+def test_a_streamed_block_is_sent_without_waiting_for_the_next(faulty: Server) -> None:
+    # PEP 3333: a server must not delay the transmission of any block.
+    with socket.create_connection(("127.0.0.1", faulty.port), timeout=5) as sock:
+        sock.sendall(b"GET /drip HTTP/1.1\r\nHost: t\r\n\r\n")
+        sock.settimeout(1.5)  # the second block comes 2 s later
+        received = b""
+        while b"first block" not in received:
+            received += sock.recv(4096)
+        assert b"second block" not in received
+        sock.settimeout(5)
+        while not received.endswith(b"0\r\n\r\n"):
+            received += sock.recv(4096)
+        assert b"second block" in received
+
+
 def test_a_form_charset_without_replace_support_is_decoded_as_utf8(start_server: Callable[..., Server]) -> None:
     server = start_server(app="tests.apps.native:app", workers=1)
     before = {p.pid for p in server.workers()}

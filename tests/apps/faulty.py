@@ -2,13 +2,15 @@
 
 ``/snowman`` sets a header that is not latin-1; ``/inject`` puts CR LF into the
 status line; ``/two-lengths`` sends two different Content-Length headers;
-``/close-raises`` streams a body whose close() raises; ``/ok`` is healthy and
-reports the worker's pid.
+``/close-raises`` streams a body whose close() raises; ``/drip`` yields a
+block, then waits 2 s before the next (PEP 3333: the first must not wait);
+``/ok`` is healthy and reports the worker's pid.
 """
 
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
@@ -20,6 +22,12 @@ class _RaisingClose:
 
     def close(self) -> None:
         raise RuntimeError("deliberate failure in close()")
+
+
+def _drip() -> Iterator[bytes]:
+    yield b"first block\n"
+    time.sleep(2)
+    yield b"second block\n"
 
 
 def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
@@ -34,6 +42,9 @@ def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable
     if path == "/two-lengths":
         start_response("200 OK", [("Content-Length", "2"), ("Content-Length", "20")])
         return [b"ok"]
+    if path == "/drip":
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return _drip()
     if path == "/close-raises":
         start_response("200 OK", [("Content-Type", "text/plain")])
         return _RaisingClose()

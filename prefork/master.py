@@ -105,6 +105,8 @@ class Master:
         self.reloading = False
         # Workers of the current generation seen serving, while waiting for it to be ready.
         self.served: set[int] = set()
+        # The configuration and worker count before the reload in progress (rollback).
+        self.previous: tuple[Config, int] | None = None
         self.board = Scoreboard(max(64, self.num_workers * 2 + SPARE_SLOTS), cfg.staging.memory_budget)
         self.hub = Hub(on_error=error_log.error)
         self.watchdog_interval = systemd.watchdog_interval()
@@ -232,9 +234,26 @@ class Master:
             if self.cfg.staging.dir:
                 remove_stale_files(self.cfg.staging.dir, pid)
             if os.WIFEXITED(status) and os.WEXITSTATUS(status) == WORKER_BOOT_ERROR and not self.stopping:
-                error_log.error("worker %d could not load the application; stopping", pid)
-                self.exit_code = WORKER_BOOT_ERROR
-                self.begin_stop(graceful=False)
+                self._on_boot_error(info)
+
+    def _on_boot_error(self, info: WorkerInfo) -> None:
+        """A worker could not load the app: roll a reload back, or stop (no respawn loop)."""
+        if info.generation > self.generation:
+            return  # another worker of a reload that was already rolled back
+        if self.reloading and info.generation == self.generation and self.previous is not None:
+            error_log.error("reload failed: worker %d could not load the application; "
+                            "keeping generation %d", info.pid, self.generation - 1)
+            for other in list(self.workers.values()):
+                if other.generation == self.generation and not other.stopping:
+                    self._stop_worker(other)
+            self.cfg, self.num_workers = self.previous
+            self.generation -= 1
+            self.reloading = False
+            systemd.notify("READY=1\nSTATUS=reload failed: the application could not be loaded")
+            return
+        error_log.error("worker %d could not load the application; stopping", info.pid)
+        self.exit_code = WORKER_BOOT_ERROR
+        self.begin_stop(graceful=False)
 
     def _log_exit(self, info: WorkerInfo, status: int) -> None:
         if os.WIFSIGNALED(status):
@@ -332,6 +351,7 @@ class Master:
         if self.stopping:
             return
         systemd.notify(f"RELOADING=1\nMONOTONIC_USEC={time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000}")
+        self.previous = (self.cfg, self.num_workers)
         if self.cfg.source:
             try:
                 new_cfg = load_config(self.cfg.source, self.overrides)

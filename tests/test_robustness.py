@@ -7,14 +7,16 @@ Each test checks the answer to the bad request and that the same worker
 from __future__ import annotations
 
 import shutil
+import signal
 import socket
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 import requests
 
 from prefork.broadcast import Hub, WorkerLink, encode
-from tests.server import Server
+from tests.server import Server, wait_for
 
 
 @pytest.fixture
@@ -113,3 +115,24 @@ def test_a_worker_link_reports_the_masters_exit_once() -> None:
     link.on_readable()
     assert ended == [True]
     worker_end.close()
+
+
+def test_a_reload_whose_app_fails_to_import_keeps_the_running_workers(
+        start_server: Callable[..., Server], tmp_path: Path) -> None:
+    marker = tmp_path / "broken"
+    server = start_server(app="tests.apps.fails_when_marked:app", workers=2,
+                          env={"PREFORK_TEST_FAIL_IMPORT": str(marker)})
+    before = {p.pid for p in server.workers()}
+    marker.write_text("broken")
+    server.signal(signal.SIGHUP)
+    wait_for(lambda: "reload failed" in server.output(), timeout=15)
+    # The old generation still serves, and keeps serving; the master did not stop.
+    for _ in range(20):
+        assert int(requests.get(server.url + "/", timeout=5).text) in before
+    assert server.proc.poll() is None
+    wait_for(lambda: {p.pid for p in server.workers()} == before, timeout=15)
+    # With the app fixed, the next reload goes through.
+    marker.unlink()
+    server.signal(signal.SIGHUP)
+    wait_for(lambda: not before & {p.pid for p in server.workers()}, timeout=20)
+    assert requests.get(server.url + "/", timeout=5).status_code == 200

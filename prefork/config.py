@@ -101,6 +101,7 @@ class LimitsConfig:
     body_min_rate: int = _setting(size_value(), 1024)
     body_rate_window: float = _setting(duration_value(), 30.0)
     keepalive_timeout: float = _setting(duration_value(), 5.0)
+    send_timeout: float = _setting(duration_value(), 60.0)
 
     def http_limits(self) -> HttpLimits:
         """Return the limits the pure HTTP parser takes.

@@ -63,6 +63,7 @@ class ConnectionSettings:
     http_limits: HttpLimits
     header_timeout: float = 10.0
     keepalive_timeout: float = 5.0
+    send_timeout: float = 60.0
     body_min_rate: int = 1024
     body_rate_window: float = 30.0
     staging_dir: str | None = None
@@ -355,6 +356,7 @@ class Connection:
                                     [b"Internal Server Error\n"])
         self.response = result
         self.stage = Stage.RESPONDING
+        self.deadline = time.monotonic() + self.settings.send_timeout
         self.send(self._response_head(result), flush=False)
         self._pump()
 
@@ -597,6 +599,13 @@ class Connection:
             self._check_body_rate(now)
         elif self.stage is Stage.LINGER:
             self.close()
+        elif self.stage is Stage.RESPONDING:
+            if not self.out:  # waiting for the application, not for the client
+                self.deadline = now + self.settings.send_timeout
+                return
+            error_log.info("%s:%s: no response bytes accepted for %g s; closing",
+                           self.peer[0], self.peer[1], self.settings.send_timeout)
+            self.abort()
 
     def _check_body_rate(self, now: float) -> None:
         window = now - self.window_start
@@ -629,12 +638,15 @@ class Connection:
 
     def _flush(self) -> bool:
         """Write queued output; True when all of it went out."""
+        before = self.out.size
         try:
             drained = self.out.write_to(self.sock)
         except OSError:
             self.abort()
             return False
         self._set_writing(not drained)
+        if self.stage is Stage.RESPONDING and (drained or self.out.size < before):
+            self.deadline = time.monotonic() + self.settings.send_timeout  # progress: the client reads
         return drained
 
     def on_writable(self) -> None:

@@ -56,6 +56,7 @@ def worker_settings(cfg: Config) -> WorkerSettings:
         http_limits=limits.http_limits(),
         header_timeout=limits.header_timeout,
         keepalive_timeout=limits.keepalive_timeout,
+        send_timeout=limits.send_timeout,
         body_min_rate=limits.body_min_rate,
         body_rate_window=limits.body_rate_window,
         staging_dir=cfg.staging.dir or None,

@@ -43,7 +43,7 @@ SECTIONS = [f.name for f in dataclasses.fields(Config) if f.name != "source"]
 SERVER_KEYS = "bind, app, workers, threads, max_connections, backlog, user, group, pidfile"
 LIMITS_KEYS = (
     "max_request_line, max_header_bytes, max_header_count, max_body_size, "
-    "header_timeout, body_min_rate, body_rate_window, keepalive_timeout"
+    "header_timeout, body_min_rate, body_rate_window, keepalive_timeout, send_timeout"
 )
 ALL_SECTIONS = "server, limits, staging, uploads, websocket, process, logging, status"
 

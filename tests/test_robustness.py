@@ -136,3 +136,15 @@ def test_a_reload_whose_app_fails_to_import_keeps_the_running_workers(
     server.signal(signal.SIGHUP)
     wait_for(lambda: not before & {p.pid for p in server.workers()}, timeout=20)
     assert requests.get(server.url + "/", timeout=5).status_code == 200
+
+
+def test_a_client_that_stops_reading_a_response_is_closed_after_send_timeout(
+        start_server: Callable[..., Server]) -> None:
+    server = start_server(app="tests.apps.upload:app", workers=1,
+                          config={"limits": "send_timeout = 1s"})
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.connect(("127.0.0.1", server.port))
+        sock.sendall(b"GET /stream?n=2000000 HTTP/1.1\r\nHost: t\r\n\r\n")  # ~15 MB, never read
+        wait_for(lambda: "no response bytes accepted" in server.output(), timeout=15)
+    assert requests.get(server.url + "/environ", timeout=5).status_code == 200

@@ -501,6 +501,8 @@ class Worker:
         conn.status = 101
         conn.log_request()
         session.start(ws, response)
+        if self.draining:  # accepted just before the stop: tell it at once, like the others
+            session.on_drain()
         return True
 
     # --- stopping -----------------------------------------------------------------

@@ -12,8 +12,11 @@ from __future__ import annotations
 
 import enum
 import mmap
-import multiprocessing
-import multiprocessing.synchronize  # noqa: F401  imported now, not lazily after the privilege drop
+import fcntl
+import tempfile
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 import struct
 import time
 from dataclasses import dataclass
@@ -81,7 +84,21 @@ class Scoreboard:
         # After the slots: retired requests, retired bytes, and a sequence number that is odd
         # while the master moves a dead worker's counters into the retired totals.
         self._mem = mmap.mmap(-1, SLOT_SIZE * slots + 24)
-        self._lock = multiprocessing.get_context("fork").Lock()
+        # A POSIX record lock on an unlinked file: shared by the forked workers, and
+        # released by the kernel if its holder dies (a semaphore would stay taken).
+        # lockf locks belong to the process, so a thread lock orders threads within one.
+        self._lock_file = tempfile.TemporaryFile()
+        self._thread_lock = threading.Lock()
+
+    @contextmanager
+    def locked(self) -> Iterator[None]:
+        """Exclusive access across all processes and threads (for the RAM budget)."""
+        with self._thread_lock:
+            fcntl.lockf(self._lock_file.fileno(), fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.lockf(self._lock_file.fileno(), fcntl.LOCK_UN)
 
     # --- slot ownership (master) -------------------------------------------------
     def claim(self, pid: int, generation: int) -> int:
@@ -100,7 +117,7 @@ class Scoreboard:
 
     def release(self, index: int) -> None:
         """Free a dead worker's slot (its staged RAM reservation goes with it)."""
-        with self._lock:
+        with self.locked():
             self._mem[index * SLOT_SIZE:(index + 1) * SLOT_SIZE] = bytes(SLOT_SIZE)
 
     def retire(self, index: int) -> None:
@@ -222,7 +239,7 @@ class WorkerSlot:
     # --- the global RAM budget (MemoryBudget protocol used by BodySpool) ---
     def try_reserve(self, nbytes: int) -> bool:
         """Reserve staging RAM from the global budget; False when it would be exceeded."""
-        with self.board._lock:
+        with self.board.locked():
             if self.board.staged_ram_total() + nbytes > self.board.memory_budget:
                 return False
             self._add("staged_ram", nbytes)
@@ -230,7 +247,7 @@ class WorkerSlot:
 
     def release(self, nbytes: int) -> None:
         """Give back staging RAM reserved with try_reserve."""
-        with self.board._lock:
+        with self.board.locked():
             self._add("staged_ram", -nbytes)
 
     # --- uploads in flight ---

@@ -378,7 +378,8 @@ class Connection:
             self.remaining = 0 if self.head_only else resp.content_length
         elif resp.file is not None:
             self.remaining = resp.file.count
-            lines.append(f"Content-Length: {resp.file.count}\r\n")
+            if not (resp.status in (204, 304) or resp.status < 200):  # RFC 9110 §8.6: no length there
+                lines.append(f"Content-Length: {resp.file.count}\r\n")
         elif resp.rest is None:
             self.remaining = sum(len(c) for c in resp.chunks)
             if not (resp.status in (204, 304) or resp.status < 200):

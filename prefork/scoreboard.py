@@ -124,14 +124,17 @@ class Scoreboard:
         """Move a dead worker's counters into the retired totals and free its slot, as one step
         for readers of ``totals_and_views`` (a counter never dips or doubles while it happens)."""
         seq_offset = SLOT_SIZE * self.slots + 16
-        seq = struct.unpack_from("<Q", self._mem, seq_offset)[0]
-        struct.pack_into("<Q", self._mem, seq_offset, seq + 1)
-        try:
-            head = self._read_head(index)
-            self.add_retired(head[5], head[8])
-            self.release(index)
-        finally:
-            struct.pack_into("<Q", self._mem, seq_offset, seq + 2)
+        # The budget lock is taken before the sequence turns odd: its system calls stay
+        # outside the window in which readers have to retry.
+        with self.locked():
+            seq = struct.unpack_from("<Q", self._mem, seq_offset)[0]
+            struct.pack_into("<Q", self._mem, seq_offset, seq + 1)
+            try:
+                head = self._read_head(index)
+                self.add_retired(head[5], head[8])
+                self._mem[index * SLOT_SIZE:(index + 1) * SLOT_SIZE] = bytes(SLOT_SIZE)
+            finally:
+                struct.pack_into("<Q", self._mem, seq_offset, seq + 2)
 
     def totals_and_views(self) -> tuple[int, int, list[SlotView]]:
         """Retired requests, retired bytes received and every occupied slot, read consistently.

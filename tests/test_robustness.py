@@ -122,6 +122,11 @@ def test_a_reload_whose_app_fails_to_import_keeps_the_running_workers(
     marker = tmp_path / "broken"
     server = start_server(app="tests.apps.fails_when_marked:app", workers=2,
                           env={"PREFORK_TEST_FAIL_IMPORT": str(marker)})
+    # Both workers must have loaded the app before it breaks (one still booting would
+    # fail as a first-generation worker, which rightly stops the server).
+    wait_for(lambda: [w["state"] for w in requests.get(
+        server.url + "/server-status?format=json", timeout=5).json()["workers"]] == ["ready", "ready"],
+        timeout=15)
     before = {p.pid for p in server.workers()}
     marker.write_text("broken")
     server.signal(signal.SIGHUP)

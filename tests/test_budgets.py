@@ -63,6 +63,8 @@ def test_memory_budget_sends_extra_bodies_to_disk(start_server: Callable[..., Se
         doc = wait_for(lambda: (d := _status(server))["staged_ram"] + d["staged_disk"] >= count * (size - 1) - 1
                        and d, 10, what="all bodies staged")
         assert isinstance(doc, dict)
+        # This reading is a sample too (the sampler thread may not get one in under load).
+        samples.append((doc["staged_ram"], doc["staged_disk"], [w["staged_ram"] for w in doc["workers"]]))
         assert doc["staged_ram"] <= budget
         assert doc["staged_disk"] >= expected_disk, doc
         assert doc["staged_ram"] >= (budget // size) * (size - 1) - 256 * KiB, doc  # RAM is used up to the budget

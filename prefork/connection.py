@@ -22,7 +22,6 @@ import socket
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import IO, TYPE_CHECKING, Any, Protocol
 
 from prefork.errors import InsufficientStorage, ProtocolError, RequestTimeout
@@ -31,11 +30,10 @@ from prefork.http.events import ConnectionClosed, Data, EndOfMessage, Request, S
 from prefork.http.headers import Headers
 from prefork.http.parser import ParserState, RequestParser
 from prefork.http.response import http_date, simple_error_response
-from prefork.limits import HttpLimits
 from prefork.logs import access_log_enabled, error_log, log_access
 from prefork.output import OutputQueue
 from prefork.forms import FormSink
-from prefork.limits import FormLimits
+from prefork.settings import ConnectionSettings
 from prefork.spool import BodySpool
 
 if TYPE_CHECKING:
@@ -54,24 +52,6 @@ LINGER_SECONDS = 2.0
 DIRECT_READS_PER_WAKEUP = 4
 CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 _EMPTY_HEADERS = Headers([])
-
-
-@dataclass(frozen=True, slots=True)
-class ConnectionSettings:
-    """What a connection needs to know of the configuration (plain values only)."""
-
-    http_limits: HttpLimits
-    header_timeout: float = 10.0
-    keepalive_timeout: float = 5.0
-    send_timeout: float = 60.0
-    body_min_rate: int = 1024
-    body_rate_window: float = 30.0
-    staging_dir: str | None = None
-    memory_threshold: int = 1024 * 1024
-    min_free_disk: int = 0
-    url_scheme: str = "http"
-    form_limits: FormLimits = FormLimits()
-    max_file_size: int | None = None
 
 
 class LoopServices(Protocol):

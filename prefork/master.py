@@ -22,7 +22,7 @@ from typing import Any
 from prefork import systemd
 from prefork.broadcast import Hub
 from prefork.config import Config, load_config
-from prefork.connection import ConnectionSettings
+from prefork.settings import ConnectionSettings
 from prefork.errors import ConfigError
 from prefork.logs import error_log, reopen_logs, setup_logging
 from prefork.scoreboard import Scoreboard, WorkerState

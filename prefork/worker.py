@@ -29,7 +29,8 @@ from typing import Any
 import psutil
 
 from prefork import broadcast, runtime
-from prefork.connection import Connection, ConnectionSettings
+from prefork.connection import Connection
+from prefork.settings import ConnectionSettings
 from prefork.errors import ProtocolError
 from prefork.handlers import Application, CompleteRequest, ResponseStream
 from prefork.http.events import EndOfMessage, Request

@@ -102,18 +102,23 @@ def upload_move(environ: dict[str, Any], start_response: StartResponse) -> Itera
     return _answer(start_response, total)
 
 
-def _make_flask_hello() -> Any:
-    try:
-        from flask import Flask, Response
-    except ImportError:
-        return None
-    flask_app = Flask("bench_apps")
+def _add_flask_hello(flask_app: Any) -> None:
+    """Answer every GET with the hello body (shared by the Flask benchmark apps)."""
+    from flask import Response
 
     @flask_app.route("/", defaults={"path": ""})
     @flask_app.route("/<path:path>")
     def index(path: str) -> Response:
         return Response(HELLO_BODY, mimetype="text/plain")
 
+
+def _make_flask_hello() -> Any:
+    try:
+        from flask import Flask
+    except ImportError:
+        return None
+    flask_app = Flask("bench_apps")
+    _add_flask_hello(flask_app)
     return flask_app
 
 
@@ -138,11 +143,7 @@ def _make_flask_upload() -> Any:
                 os.unlink(path)
         return Response(b"%d\n" % size, mimetype="text/plain")
 
-    @flask_app.route("/", defaults={"path": ""})
-    @flask_app.route("/<path:path>")
-    def index(path: str) -> Response:
-        return Response(HELLO_BODY, mimetype="text/plain")
-
+    _add_flask_hello(flask_app)
     return flask_app
 
 

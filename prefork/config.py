@@ -133,6 +133,7 @@ class UploadsConfig:
 
     dir: str = _setting(checked_value(lambda text: _nonempty(text, "expected a directory path")), "uploads")
     max_file_size: int = _setting(size_value(), 0)
+    checksum: str = _setting(choice_value("sha256", "none"), "sha256")
 
 
 @dataclass(frozen=True)

@@ -271,7 +271,8 @@ class Connection:
                             spool_threshold=self.settings.memory_threshold,
                             spool_dir=self.settings.staging_dir,
                             max_size=self.settings.http_limits.max_body_size,
-                            max_file_size=self.settings.max_file_size, budget=slot, on_disk_bytes=on_disk)
+                            max_file_size=self.settings.max_file_size, budget=slot, on_disk_bytes=on_disk,
+                            checksum=self.settings.checksum)
         return BodySpool(self.settings.memory_threshold, max_size=self.settings.http_limits.max_body_size,
                          dir=self.settings.staging_dir, budget=slot, on_disk_bytes=on_disk)
 

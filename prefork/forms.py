@@ -3,9 +3,12 @@
 Strategy: ``FormParser`` feeds body bytes to a ``MultipartParser`` and acts on
 each event as it comes. A part with a ``filename`` parameter (even an empty
 one, RFC 7578 §4.2) is a file: its bytes stream straight into their own
-``BodySpool`` (RAM up to the threshold, then a staging file) while SHA-256 is
-computed on the way in, so a multi-gigabyte upload is written once and
-``save()`` is a link, not a copy. Other parts are text fields held in RAM up
+``BodySpool`` (RAM up to the threshold, then a staging file, written and
+hashed behind the event loop), so a multi-gigabyte upload is written once and
+``save()`` is a link, not a copy. The parser hands out views of its buffer,
+not copies: each is written out before the next chunk is fed. SHA-256 is
+computed on the way in unless ``checksum`` is off; then ``sha256`` reads the
+file back on first use. Other parts are text fields held in RAM up
 to ``FormLimits.max_field_size`` (413 beyond) and decoded at the end, once the
 ``_charset_`` field (RFC 7578 §4.6) may have told us their charset.
 
@@ -21,7 +24,6 @@ import os
 from collections.abc import Callable, Iterator
 from typing import BinaryIO, Generic, TypeVar, cast
 
-from prefork.digest import BackgroundSha256
 from prefork.errors import BodyTooLarge, MultipartError
 from prefork.limits import FormLimits
 from prefork.multipart import MultipartParser, PartData, PartEnd, PartStart, parse_boundary, parse_options_header
@@ -86,17 +88,22 @@ class UploadedFile:
         content_type: the part's Content-Type, or None.
         headers: the part headers as (lower-cased name, value) pairs.
         size: body size in bytes.
-        sha256: hex SHA-256 of the body, computed while it arrived.
     """
 
-    def __init__(self, start: PartStart, spool: BodySpool, sha256: str) -> None:
+    def __init__(self, start: PartStart, spool: BodySpool) -> None:
         self.name = start.name
         self.filename = start.filename
         self.content_type = start.content_type
         self.headers = start.headers
         self.size = spool.size
-        self.sha256 = sha256
         self._spool = spool
+
+    @property
+    def sha256(self) -> str:
+        """Hex SHA-256 of the body: computed while it arrived, unless checksums
+        are off (``[uploads] checksum = none``); then read back on first use,
+        which needs the upload still open."""
+        return self._spool.sha256
 
     def open(self) -> BinaryIO:
         """Return the staged body, rewound to the start (read-only, seekable)."""
@@ -154,6 +161,7 @@ class FormParser:
         charset: default charset of text fields (RFC 7578 §5.1.2: UTF-8).
         budget: the worker's global RAM budget, handed to each spool.
         on_disk_bytes: staging-bytes accounting callback, handed to each spool.
+        checksum: compute each file's SHA-256 while it arrives.
     """
 
     def __init__(
@@ -167,17 +175,18 @@ class FormParser:
         charset: str = "utf-8",
         budget: MemoryBudget | None = None,
         on_disk_bytes: Callable[[int], None] | None = None,
+        checksum: bool = True,
     ) -> None:
-        self._parser = MultipartParser(boundary, limits)
+        self._parser = MultipartParser(boundary, limits, zero_copy=True)
         self._limits = limits
         self._spool_args = (spool_threshold, max_file_size, spool_dir, budget, on_disk_bytes)
+        self._checksum = checksum
         self._charset = charset
         self._raw_fields: list[tuple[str, bytearray, str | None]] = []
         self._files: MultiDict[UploadedFile] = MultiDict()
         self._start: PartStart | None = None
         self._field: bytearray | None = None
         self._spool: BodySpool | None = None
-        self._hash = BackgroundSha256()
         self._done = False
 
     def feed(self, data: bytes | bytearray | memoryview) -> None:
@@ -222,7 +231,7 @@ class FormParser:
 
     def _handle(self, event: PartStart | PartData | PartEnd) -> None:
         if type(event) is PartData:
-            self._on_data(event.data)
+            self._on_data(event.data)  # a view: used up here, before the next feed
         elif type(event) is PartStart:
             self._on_start(event)
         else:
@@ -234,13 +243,12 @@ class FormParser:
             self._field = bytearray()
             return
         threshold, max_size, spool_dir, budget, on_disk = self._spool_args
-        self._spool = BodySpool(threshold, max_size=max_size, dir=spool_dir, budget=budget, on_disk_bytes=on_disk)
-        self._hash = BackgroundSha256()
+        self._spool = BodySpool(threshold, max_size=max_size, dir=spool_dir, budget=budget,
+                                on_disk_bytes=on_disk, checksum=self._checksum)
 
-    def _on_data(self, data: bytes) -> None:
+    def _on_data(self, data: bytes | memoryview) -> None:
         if self._spool is not None:
             self._spool.write(data)
-            self._hash.update(data)
             return
         assert self._field is not None and self._start is not None
         if len(self._field) + len(data) > self._limits.max_field_size:
@@ -253,7 +261,7 @@ class FormParser:
         assert self._start is not None
         if self._spool is not None:
             self._spool.seal()
-            self._files.add(self._start.name, UploadedFile(self._start, self._spool, self._hash.hexdigest()))
+            self._files.add(self._start.name, UploadedFile(self._start, self._spool))
             self._spool = None
         else:
             assert self._field is not None
@@ -308,15 +316,17 @@ class FormSink:
         max_file_size: the largest accepted file part; None means unlimited (413).
         budget: the worker's global RAM budget.
         on_disk_bytes: staging-bytes accounting callback.
+        checksum: compute each file's SHA-256 while it arrives.
     """
 
     def __init__(self, content_type: bytes, *, limits: FormLimits, spool_threshold: int,
                  spool_dir: str | None, max_size: int | None = None, max_file_size: int | None = None,
                  budget: MemoryBudget | None = None,
-                 on_disk_bytes: Callable[[int], None] | None = None) -> None:
+                 on_disk_bytes: Callable[[int], None] | None = None, checksum: bool = True) -> None:
         self._parser = FormParser(parse_boundary(content_type), limits=limits,
                                   spool_threshold=spool_threshold, spool_dir=spool_dir,
-                                  max_file_size=max_file_size, budget=budget, on_disk_bytes=on_disk_bytes)
+                                  max_file_size=max_file_size, budget=budget, on_disk_bytes=on_disk_bytes,
+                                  checksum=checksum)
         self._max_size = max_size
         self.size = 0
         self.form: FormData | None = None

@@ -63,6 +63,7 @@ def worker_settings(cfg: Config) -> WorkerSettings:
         memory_threshold=cfg.staging.memory_threshold,
         min_free_disk=cfg.staging.min_free_disk,
         max_file_size=cfg.uploads.max_file_size or None,
+        checksum=cfg.uploads.checksum == "sha256",
     )
     ws = cfg.websocket
     websocket = UpgradeSettings(

@@ -78,9 +78,12 @@ class PartStart:
 
 @dataclass(frozen=True, slots=True)
 class PartData:
-    """A slice of the current part's body."""
+    """A slice of the current part's body.
 
-    data: bytes
+    ``data`` is bytes, or with ``zero_copy`` a memoryview valid until the next ``feed()``.
+    """
+
+    data: bytes | memoryview
 
 
 @dataclass(frozen=True, slots=True)
@@ -230,16 +233,27 @@ class MultipartParser:
     Args:
         boundary: the boundary from ``parse_boundary``.
         limits: part count and header size limits.
+        zero_copy: hand out ``PartData.data`` as a memoryview of the parser's
+            buffer instead of a bytes copy. Such a view is valid only until the
+            next ``feed()``: for consumers that write the data out at once (a
+            staging file), it saves a copy and an allocation per chunk.
     """
 
-    def __init__(self, boundary: bytes, limits: FormLimits = FormLimits()) -> None:
+    def __init__(self, boundary: bytes, limits: FormLimits = FormLimits(), *, zero_copy: bool = False) -> None:
         if not _BOUNDARY_RE.fullmatch(boundary):
             raise MultipartError(f"invalid multipart boundary: {describe(boundary, 80)}")
         self._limits = limits
         self._delim = b"\r\n--" + bytes(boundary)
-        # The virtual CRLF lets the first delimiter match without one (see Strategy).
+        self._zero_copy = zero_copy
+        # The unconsumed input is self._buf[self._start:self._end]. The buffer is
+        # reused, never resized: CPython reallocates a bytearray (and faults in
+        # fresh pages) on every large append after a front delete, which cost
+        # more than the parsing itself. The virtual CRLF lets the first delimiter
+        # match without one (see Strategy).
         self._buf = bytearray(b"\r\n")
-        self._scan = 0  # HEADERS: where the next CRLFCRLF search starts
+        self._start = 0
+        self._end = 2
+        self._scan = 0  # HEADERS: where the next CRLFCRLF search starts (absolute index)
         self._state = _State.PREAMBLE
         self._parts = 0
 
@@ -268,7 +282,7 @@ class MultipartParser:
             return self._end_of_input()
         if self._state is _State.EPILOGUE:
             return []  # RFC 2046 §5.1.1: the epilogue is ignored
-        self._buf += data
+        self._append(data)
         events: list[Event] = []
         try:
             while self._step(events):
@@ -278,6 +292,27 @@ class MultipartParser:
             raise
         return events
 
+    def _append(self, data: bytes | bytearray | memoryview) -> None:
+        """Copy ``data`` behind the unconsumed bytes, moving those to the front first."""
+        size = memoryview(data).nbytes
+        if self._end + size > len(self._buf):
+            kept = self._end - self._start
+            if kept + size > len(self._buf):
+                # A new buffer rather than a resize: views handed out by the last
+                # feed() may still exist, and an exported bytearray can't resize.
+                grown = bytearray(max(kept + size, 2 * len(self._buf)))
+                grown[:kept] = memoryview(self._buf)[self._start : self._end]
+                self._buf = grown
+            else:
+                self._buf[:kept] = self._buf[self._start : self._end]
+            self._scan = max(0, self._scan - self._start)
+            self._start, self._end = 0, kept
+        # Through a memoryview: a bytearray's own slice assignment first copies
+        # any operand that is not a bytearray.
+        with memoryview(self._buf) as view:
+            view[self._end : self._end + size] = data
+        self._end += size
+
     def close(self) -> None:
         """Release the buffer.
 
@@ -285,11 +320,15 @@ class MultipartParser:
             MultipartError: the close delimiter was never seen.
         """
         complete = self.complete
-        self._buf = bytearray()
+        self._release()
         if not complete:
             self._state = _State.ERROR
             raise MultipartError("multipart body ended before the closing delimiter")
         self._state = _State.ENDED
+
+    def _release(self) -> None:
+        self._buf = bytearray()
+        self._start = self._end = self._scan = 0
 
     def _end_of_input(self) -> list[Event]:
         if not self.complete:
@@ -297,7 +336,7 @@ class MultipartParser:
             self._state = _State.ERROR
             raise MultipartError(f"multipart body ended before the closing delimiter (in {state})")
         self._state = _State.ENDED
-        self._buf = bytearray()
+        self._release()
         return []
 
     def _step(self, events: list[Event]) -> bool:
@@ -305,16 +344,18 @@ class MultipartParser:
         if self._state is _State.HEADERS:
             return self._read_headers(events)
         if self._state is _State.EPILOGUE:
-            self._buf = bytearray()
+            self._release()
             return False
         return self._read_until_delimiter(events)
 
     def _read_until_delimiter(self, events: list[Event]) -> bool:
         """PREAMBLE/BODY: pass data on (or drop it), stop at a real delimiter."""
-        buf, delim = self._buf, self._delim
-        pos = self._scan
+        buf, delim, end = self._buf, self._delim, self._end
+        # What is unconsumed here is a possible delimiter (< len(delim) +
+        # MAX_PADDING bytes) plus the new input; rescanning it keeps the logic simple.
+        pos = self._start
         while True:
-            at = buf.find(delim, pos)
+            at = buf.find(delim, pos, end)
             if at < 0:
                 self._emit(events, self._safe_end(), consumed=None)
                 return False
@@ -338,30 +379,26 @@ class MultipartParser:
         self._state = _State.HEADERS
         return True
 
-    def _emit(self, events: list[Event], end: int, *, consumed: int | None) -> None:
-        """Hand out buf[:end] as data (dropped in the preamble) and consume it.
+    def _emit(self, events: list[Event], stop: int, *, consumed: int | None) -> None:
+        """Hand out buf[start:stop] as data (dropped in the preamble) and consume it.
 
         With ``consumed`` set, bytes up to there (the delimiter line) go too,
         except the delimiter line's CRLF, which starts the header block.
         """
-        if end > 0 and self._state is _State.BODY:
-            with memoryview(self._buf) as view:  # one copy, not two (slice + bytes)
-                events.append(PartData(view[:end].tobytes()))
-        cut = end if consumed is None else consumed - 2
-        del self._buf[:cut]  # O(1): CPython moves a bytearray's start on front deletes
-        # What is left is a possible delimiter (< len(delim) + MAX_PADDING bytes)
-        # or a header block; rescanning it is cheap and keeps the logic simple.
-        self._scan = 0
+        if stop > self._start and self._state is _State.BODY:
+            view = memoryview(self._buf)[self._start : stop]
+            events.append(PartData(view if self._zero_copy else view.tobytes()))
+        self._start = stop if consumed is None else consumed - 2
 
     def _safe_end(self) -> int:
         """Bytes before this index can't be part of a delimiter that is still arriving."""
-        buf, delim = self._buf, self._delim
-        start = max(0, len(buf) - len(delim) + 1)
+        buf, delim, end = self._buf, self._delim, self._end
+        start = max(self._start, end - len(delim) + 1)
         while True:
-            cr = buf.find(b"\r", start)
+            cr = buf.find(b"\r", start, end)
             if cr < 0:
-                return len(buf)
-            if delim.startswith(buf[cr:]):
+                return end
+            if delim.startswith(buf[cr:end]):
                 return cr
             start = cr + 1
 
@@ -373,43 +410,44 @@ class MultipartParser:
             close delimiter), -1 when this is not a delimiter, None if more bytes
             are needed to tell.
         """
-        buf = self._buf
-        tail = buf[pos : pos + 2]
+        buf, end = self._buf, self._end
+        tail = buf[pos : min(pos + 2, end)]
         if tail == b"--":
             return pos + 2
         if tail == b"-":
             return None
-        window = buf[pos : pos + MAX_PADDING + 2]
-        end = pos + len(window) - len(window.lstrip(b" \t"))  # LWSP, RFC 2046 §5.1.1
-        if end - pos > MAX_PADDING:
+        window = buf[pos : min(pos + MAX_PADDING + 2, end)]
+        stop = pos + len(window) - len(window.lstrip(b" \t"))  # LWSP, RFC 2046 §5.1.1
+        if stop - pos > MAX_PADDING:
             raise MultipartError(f"transport padding after delimiter exceeds {MAX_PADDING} bytes")
-        line_end = buf[end : end + 2]
+        line_end = buf[stop : min(stop + 2, end)]
         if line_end == b"\r\n":
-            return end + 2
+            return stop + 2
         if line_end == b"" or line_end == b"\r":
             return None
         return -1
 
     def _read_headers(self, events: list[Event]) -> bool:
-        """HEADERS: the buffer starts with the delimiter line's CRLF."""
-        buf, limit = self._buf, self._limits.max_part_header_bytes
-        if buf.startswith(b"\r\n\r\n"):
-            end = 0  # a part with no headers at all; rejected below for lack of a name
+        """HEADERS: the unconsumed bytes start with the delimiter line's CRLF."""
+        buf, start, end = self._buf, self._start, self._end
+        limit = self._limits.max_part_header_bytes
+        if buf.startswith(b"\r\n\r\n", start, end):
+            size = 0  # a part with no headers at all; rejected below for lack of a name
         else:
-            end = buf.find(b"\r\n\r\n", max(0, self._scan - 3))
-            if end < 0:
-                if len(buf) - 2 > limit + 3:  # + 3: a terminator may be arriving
+            found = buf.find(b"\r\n\r\n", max(start, self._scan - 3), end)
+            if found < 0:
+                if end - start - 2 > limit + 3:  # + 3: a terminator may be arriving
                     raise HeadersTooLarge(
-                        f"part header block exceeds limit of {limit} bytes: {describe(buf[2:])}"
+                        f"part header block exceeds limit of {limit} bytes: {describe(buf[start + 2 : end])}"
                     )
-                self._scan = len(buf)
+                self._scan = end
                 return False
-            end -= 2
-        if end > limit:
-            raise HeadersTooLarge(f"part header block of {end} bytes exceeds limit of {limit} bytes")
-        block = bytes(buf[2 : 2 + end])
+            size = found - start - 2
+        if size > limit:
+            raise HeadersTooLarge(f"part header block of {size} bytes exceeds limit of {limit} bytes")
+        block = bytes(buf[start + 2 : start + 2 + size])
         events.append(_part_start(_parse_part_headers(block)))
-        del buf[: end + 6 if end else 4]
-        self._scan = 0
+        self._start = start + (size + 6 if size else 4)
+        self._scan = self._start
         self._state = _State.BODY
         return True

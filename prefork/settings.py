@@ -28,3 +28,4 @@ class ConnectionSettings:
     url_scheme: str = "http"
     form_limits: FormLimits = FormLimits()
     max_file_size: int | None = None
+    checksum: bool = True  # SHA-256 of file parts while they arrive

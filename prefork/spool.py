@@ -24,14 +24,16 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import errno
+import hashlib
 import io
 import os
 import secrets
 import tempfile
 from collections.abc import Callable, Iterator
-from typing import Protocol
+from typing import Any, Protocol
 
 from prefork.errors import BodyTooLarge, InsufficientStorage
+from prefork.writebehind import WriteBehind
 
 __all__ = ["BodySpool", "MemoryBudget", "remove_stale_files"]
 
@@ -119,6 +121,7 @@ class BodySpool(io.RawIOBase):
         budget: global RAM budget; a refusal sends the body to disk, never errors.
         on_disk_bytes: called with the change in bytes staged on disk: positive
             on each file write, negative once when the file is released.
+        checksum: compute the body's SHA-256 while it is written (see ``sha256``).
     """
 
     def __init__(
@@ -129,6 +132,7 @@ class BodySpool(io.RawIOBase):
         dir: str | os.PathLike[str] | None = None,
         budget: MemoryBudget | None = None,
         on_disk_bytes: Callable[[int], None] | None = None,
+        checksum: bool = False,
     ) -> None:
         super().__init__()
         self._threshold = threshold
@@ -139,6 +143,9 @@ class BodySpool(io.RawIOBase):
         self._buf: bytearray | None = bytearray()
         self._reserved = 0
         self._fd: int | None = None
+        self._behind: WriteBehind | None = None  # the staging file's writes, once on disk
+        self._digest = hashlib.sha256() if checksum else None
+        self._sha256: str | None = None
         self._path: str | None = None  # None while on disk means O_TMPFILE
         self._disk_bytes = 0
         self._size = 0
@@ -161,6 +168,39 @@ class BodySpool(io.RawIOBase):
     def sealed(self) -> bool:
         """True once ``seal()`` was called."""
         return self._sealed
+
+    @property
+    def sha256(self) -> str:
+        """Hex SHA-256 of the sealed body.
+
+        Computed while the body was written when ``checksum`` was on; otherwise
+        read back from RAM or the staging file on first use (then remembered).
+
+        Raises:
+            ValueError: the spool is not sealed, or it is closed and the digest
+                was never computed.
+        """
+        if self._sha256 is None:
+            if not self._sealed:
+                raise ValueError("sha256 of a spool that is not sealed")
+            if self._digest is None:
+                self._check_open()
+                self._digest = self._hash_contents()
+            self._sha256 = self._digest.hexdigest()
+        return self._sha256
+
+    def _hash_contents(self) -> Any:
+        digest = hashlib.sha256()
+        if self._buf is not None:
+            digest.update(self._buf)
+            return digest
+        assert self._fd is not None
+        block = bytearray(_COPY_CHUNK)
+        for offset in range(0, self._size, _COPY_CHUNK):
+            with memoryview(block)[: min(_COPY_CHUNK, self._size - offset)] as view:
+                got = os.preadv(self._fd, [view], offset)
+                digest.update(view[:got])
+        return digest
 
     @property
     def path(self) -> str | None:
@@ -210,6 +250,8 @@ class BodySpool(io.RawIOBase):
             self._spill()
         if self._buf is not None:
             self._buf += data
+            if self._digest is not None:
+                self._digest.update(data)
         else:
             self._file_write(data)
         self._size += n
@@ -225,23 +267,46 @@ class BodySpool(io.RawIOBase):
         return True
 
     def _spill(self) -> None:
-        """Move the RAM bytes to a new staging file (once per spool)."""
+        """Move the RAM bytes to a new staging file (once per spool).
+
+        They were hashed on the way into RAM, so they are written inline; later
+        writes go through the write-behind, which hashes what it writes.
+        """
         self._fd, self._path = self._open_file(self._dir)
         buf, self._buf = self._buf, None
         self._release_budget()
         if buf:
-            self._file_write(buf)
+            try:
+                self._write_to_file(self._fd, buf)
+            except OSError as exc:
+                self._storage_failed(exc)
+            self._count_disk_bytes(len(buf))
+        self._behind = WriteBehind(self._fd, self._write_to_file, self._digest)
 
     def _file_write(self, data: bytes | bytearray | memoryview) -> None:
-        assert self._fd is not None
+        assert self._behind is not None
         try:
-            self._write_to_file(self._fd, data)
+            self._behind.write(data)
         except OSError as exc:
-            if exc.errno not in _DISK_FULL:
-                raise
-            self._drop_file()
-            raise InsufficientStorage(f"disk full while staging body in {self._dir!r}: {exc.strerror}") from exc
-        n = memoryview(data).nbytes
+            self._storage_failed(exc)
+        self._count_disk_bytes(memoryview(data).nbytes)
+
+    def _flush(self) -> None:
+        """Wait for the queued writes; raise their error as a write would."""
+        if self._behind is not None:
+            try:
+                self._behind.flush()
+            except OSError as exc:
+                self._storage_failed(exc)
+
+    def _storage_failed(self, exc: OSError) -> None:
+        """A staging write failed: disk full is 507 (the file goes), the rest is raised as is."""
+        if exc.errno not in _DISK_FULL:
+            raise exc
+        self._drop_file()
+        raise InsufficientStorage(f"disk full while staging body in {self._dir!r}: {exc.strerror}") from exc
+
+    def _count_disk_bytes(self, n: int) -> None:
         self._disk_bytes += n
         if self._on_disk is not None:
             self._on_disk(n)
@@ -291,8 +356,13 @@ class BodySpool(io.RawIOBase):
 
     # -- lifecycle ----------------------------------------------------------
     def seal(self) -> None:
-        """End of body: rewind to 0 and refuse further writes."""
+        """End of body: finish the queued writes, rewind to 0 and refuse further writes.
+
+        Raises:
+            InsufficientStorage: a queued write found the disk full (the file is removed).
+        """
         self._check_open()
+        self._flush()
         self._sealed = True
         self._pos = 0
 
@@ -303,6 +373,9 @@ class BodySpool(io.RawIOBase):
 
     def _drop_file(self) -> None:
         """Close the staging file and remove it unless it was published."""
+        if self._behind is not None:
+            self._behind.discard()  # the helper thread must be done with the descriptor
+            self._behind = None
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
@@ -356,6 +429,8 @@ class BodySpool(io.RawIOBase):
             view[:n] = self._buf[self._pos : self._pos + n]
         else:
             assert self._fd is not None
+            if not self._sealed:  # reading a body still being written: see its bytes so far
+                self._flush()
             n = os.preadv(self._fd, [view[:n]], self._pos)
         self._pos += n
         return n

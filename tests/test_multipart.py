@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import random
+import tracemalloc
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -50,12 +51,27 @@ def _splits(data: bytes) -> Iterator[tuple[str, list[bytes]]]:
 
 
 def _parse(boundary: bytes, pieces: list[bytes], limits: FormLimits = FormLimits()) -> Events:
-    parser = MultipartParser(boundary, limits)
-    events = []
+    """Parse with copies and with zero-copy views; both must give the same events."""
+    copied = _parse_mode(boundary, pieces, limits, zero_copy=False)
+    assert _parse_mode(boundary, pieces, limits, zero_copy=True) == copied
+    return copied
+
+
+def _parse_mode(boundary: bytes, pieces: list[bytes], limits: FormLimits, *, zero_copy: bool) -> Events:
+    parser = MultipartParser(boundary, limits, zero_copy=zero_copy)
+    events: list[PartStart | PartData | PartEnd] = []
+
+    def take(batch: list[PartStart | PartData | PartEnd]) -> None:
+        for event in batch:
+            if isinstance(event, PartData):
+                assert isinstance(event.data, memoryview if zero_copy else bytes)
+                event = PartData(bytes(event.data))  # a view is valid only until the next feed
+            events.append(event)
+
     for piece in pieces:
         if piece:  # b"" would mean end of input
-            events += parser.feed(piece)
-    events += parser.feed(b"")
+            take(parser.feed(piece))
+    take(parser.feed(b""))
     assert parser.complete
     return _merge(events)
 
@@ -155,6 +171,29 @@ def test_preamble_epilogue_and_padding_ignored() -> None:
 def test_empty_form_and_first_delimiter_after_crlf() -> None:
     assert _feed_variants(B, b"--" + B + b"--\r\n") == []
     assert _feed_variants(B, b"\r\n--" + B + b"\r\n" + _part("a", b"") + b"\r\n--" + B + b"--")[1:] == [PartEnd()]
+
+
+def test_zero_copy_feeding_reuses_one_buffer() -> None:
+    """Steady chunks cost no allocation per feed: the buffer is reused, and the data
+    is handed out as views of it (the point of ``zero_copy``)."""
+    chunk = bytes(range(256)) * 256  # 64 KiB, a CR every 256 bytes
+    parser = MultipartParser(B, zero_copy=True)
+    parser.feed(b"--" + B + b"\r\n" + _part("f", b"", "f.bin"))
+    for _ in range(4):  # warm up: the buffer grows to fit one chunk plus what is kept
+        parser.feed(chunk)
+    tracemalloc.start()
+    try:
+        received = 0
+        for _ in range(64):
+            for event in parser.feed(chunk):
+                assert isinstance(event, PartData) and isinstance(event.data, memoryview)
+                received += len(event.data)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert received == 64 * len(chunk)
+    assert peak < 16 * 1024, f"{peak} bytes allocated while feeding 4 MiB"
+    assert parser.feed(b"\r\n--" + B + b"--") == [PartEnd()]
 
 
 def test_truncated_body_is_an_error_at_every_length() -> None:

@@ -1,0 +1,198 @@
+"""WriteBehind and the spool's write-behind: order, digests, errors, bounds, fork.
+
+Chunks of ``MIN_CHUNK`` bytes or more are queued for the helper thread; smaller
+ones are written inline after the queue. Whatever the mix, the file and the
+digest must equal what plain ``os.write`` and ``hashlib`` give.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+import random
+import threading
+from pathlib import Path
+
+import pytest
+
+from prefork import writebehind
+from prefork.errors import InsufficientStorage
+from prefork.spool import BodySpool
+from prefork.writebehind import MIN_CHUNK, WriteBehind
+
+
+def _write_all(fd: int, view: memoryview) -> None:
+    while view:
+        view = view[os.write(fd, view):]
+
+
+def _chunks(rng: random.Random, data: bytes) -> list[bytes]:
+    """Split ``data`` into a mix of inline (small) and queued (large) chunks."""
+    out, position = [], 0
+    while position < len(data):
+        step = rng.choice([1, 7, 4096, MIN_CHUNK - 1, MIN_CHUNK, 300_000, 1 << 20, 3 << 20])
+        out.append(data[position:position + step])
+        position += step
+    return out
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_file_and_digest_equal_plain_writes_in_any_mix_of_chunks(tmp_path: Path, seed: int) -> None:
+    rng = random.Random(seed)
+    data = rng.randbytes(9 * 1024 * 1024 + 17)
+    fd = os.open(tmp_path / "f", os.O_RDWR | os.O_CREAT)
+    try:
+        digest = hashlib.sha256()
+        behind = WriteBehind(fd, _write_all, digest)
+        for chunk in _chunks(rng, data):
+            behind.write(bytearray(chunk))  # a buffer the caller reuses: must be copied
+        behind.flush()
+        assert behind.pending == 0
+    finally:
+        os.close(fd)
+    assert (tmp_path / "f").read_bytes() == data
+    assert digest.hexdigest() == hashlib.sha256(data).hexdigest()
+
+
+def test_caller_may_reuse_its_buffer_at_once(tmp_path: Path) -> None:
+    fd = os.open(tmp_path / "f", os.O_RDWR | os.O_CREAT)
+    buffer = bytearray(MIN_CHUNK * 2)
+    expected = bytearray()
+    try:
+        behind = WriteBehind(fd, _write_all)
+        for value in range(20):
+            buffer[:] = bytes([value]) * len(buffer)  # overwritten right after write()
+            behind.write(buffer)
+            expected += buffer
+        behind.flush()
+    finally:
+        os.close(fd)
+    assert (tmp_path / "f").read_bytes() == expected
+
+
+def test_backlog_is_bounded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A slow disk makes write() wait instead of queueing without bound."""
+    monkeypatch.setattr(writebehind, "MAX_BACKLOG", 2 * MIN_CHUNK)
+    gate = threading.Semaphore(0)
+    seen: list[int] = []
+
+    def slow_write(fd: int, view: memoryview) -> None:
+        gate.acquire()
+        seen.append(writebehind._helper.queued)
+        _write_all(fd, view)
+
+    fd = os.open(tmp_path / "f", os.O_RDWR | os.O_CREAT)
+    try:
+        behind = WriteBehind(fd, slow_write)
+        writer = threading.Thread(target=lambda: [behind.write(b"x" * MIN_CHUNK) for _ in range(10)])
+        writer.start()
+        for _ in range(10):
+            gate.release()
+        writer.join(30)
+        assert not writer.is_alive()
+        behind.flush()
+    finally:
+        os.close(fd)
+    assert max(seen) <= 3 * MIN_CHUNK  # the bound plus the chunk that crossed it
+    assert os.path.getsize(tmp_path / "f") == 10 * MIN_CHUNK
+
+
+def test_a_failed_queued_write_is_raised_later_and_later_bytes_are_dropped(tmp_path: Path) -> None:
+    calls = []
+
+    def failing(fd: int, view: memoryview) -> None:
+        calls.append(len(view))
+        if len(calls) == 2:
+            raise OSError(errno.EIO, "Input/output error")
+        _write_all(fd, view)
+
+    fd = os.open(tmp_path / "f", os.O_RDWR | os.O_CREAT)
+    try:
+        behind = WriteBehind(fd, failing)
+        behind.write(b"a" * MIN_CHUNK)
+        behind.write(b"b" * MIN_CHUNK)  # fails on the helper thread
+        behind.discard()  # waits, does not raise
+        with pytest.raises(OSError, match="Input/output error"):
+            behind.write(b"c")
+        with pytest.raises(OSError, match="Input/output error"):
+            behind.flush()
+    finally:
+        os.close(fd)
+    assert (tmp_path / "f").read_bytes() == b"a" * MIN_CHUNK
+    assert calls == [MIN_CHUNK, MIN_CHUNK]
+
+
+class QueuedDiskFull(BodySpool):
+    """The disk fills during the second queued write (on the helper thread)."""
+
+    writes = 0
+
+    def _write_to_file(self, fd: int, data: bytes | bytearray | memoryview) -> None:
+        self.writes += 1
+        if self.writes == 2:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        super()._write_to_file(fd, data)
+
+
+def test_spool_disk_full_on_the_helper_thread_is_507_by_seal_and_removes_the_file(tmp_path: Path) -> None:
+    deltas: list[int] = []
+    spool = QueuedDiskFull(0, dir=tmp_path, on_disk_bytes=deltas.append, checksum=True)
+    with pytest.raises(InsufficientStorage) as info:
+        for _ in range(4):
+            spool.write(b"z" * MIN_CHUNK)
+        spool.seal()
+    assert info.value.status == 507
+    assert os.listdir(tmp_path) == [] and sum(deltas) == 0
+    spool.close()
+
+
+@pytest.mark.parametrize("threshold", [0, 100, 1 << 30])
+def test_spool_sha256_with_and_without_checksum(tmp_path: Path, threshold: int) -> None:
+    rng = random.Random(threshold)
+    data = rng.randbytes(3 * 1024 * 1024 + 5)
+    expected = hashlib.sha256(data).hexdigest()
+    for checksum in (True, False):
+        with BodySpool(threshold, dir=tmp_path, checksum=checksum) as spool:
+            for chunk in _chunks(rng, data):
+                spool.write(memoryview(chunk))
+            with pytest.raises(ValueError, match="not sealed"):
+                _ = spool.sha256
+            spool.seal()
+            assert spool.sha256 == expected  # computed on the way in, or read back
+            assert spool.read() == data
+    assert os.listdir(tmp_path) == []
+
+
+def test_checksum_none_needs_the_spool_open(tmp_path: Path) -> None:
+    spool = BodySpool(0, dir=tmp_path)
+    spool.write(b"abc")
+    spool.seal()
+    spool.close()
+    with pytest.raises(ValueError, match="closed"):
+        _ = spool.sha256
+    with BodySpool(0, dir=tmp_path, checksum=True) as hashed:
+        hashed.write(b"abc")
+        hashed.seal()
+    assert hashed.sha256 == hashlib.sha256(b"abc").hexdigest()  # kept after close
+
+
+def test_write_behind_in_a_forked_child(tmp_path: Path) -> None:
+    """The helper thread does not survive fork: a child starts its own."""
+    with BodySpool(0, dir=tmp_path, checksum=True) as parent:
+        parent.write(b"p" * (2 * MIN_CHUNK))
+        parent.seal()
+        assert parent.sha256 == hashlib.sha256(b"p" * (2 * MIN_CHUNK)).hexdigest()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            with BodySpool(0, dir=tmp_path, checksum=True) as child:
+                child.write(b"c" * (3 * MIN_CHUNK))
+                child.seal()
+                ok = child.sha256 == hashlib.sha256(b"c" * (3 * MIN_CHUNK)).hexdigest()
+                ok = ok and child.read() == b"c" * (3 * MIN_CHUNK)
+        except BaseException:
+            ok = False
+        os._exit(0 if ok else 1)
+    _, status = os.waitpid(pid, 0)
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0

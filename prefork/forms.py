@@ -244,7 +244,7 @@ class FormParser:
             return
         threshold, max_size, spool_dir, budget, on_disk = self._spool_args
         self._spool = BodySpool(threshold, max_size=max_size, dir=spool_dir, budget=budget,
-                                on_disk_bytes=on_disk, checksum=self._checksum)
+                                on_disk_bytes=on_disk, checksum=self._checksum, write_behind=True)
 
     def _on_data(self, data: bytes | memoryview) -> None:
         if self._spool is not None:

@@ -122,6 +122,9 @@ class BodySpool(io.RawIOBase):
         on_disk_bytes: called with the change in bytes staged on disk: positive
             on each file write, negative once when the file is released.
         checksum: compute the body's SHA-256 while it is written (see ``sha256``).
+        write_behind: once on disk, write (and hash) large chunks on the helper
+            thread of ``prefork.writebehind``; worth it when the caller parses
+            the bytes or ``checksum`` is on.
     """
 
     def __init__(
@@ -133,6 +136,7 @@ class BodySpool(io.RawIOBase):
         budget: MemoryBudget | None = None,
         on_disk_bytes: Callable[[int], None] | None = None,
         checksum: bool = False,
+        write_behind: bool = False,
     ) -> None:
         super().__init__()
         self._threshold = threshold
@@ -144,6 +148,7 @@ class BodySpool(io.RawIOBase):
         self._reserved = 0
         self._fd: int | None = None
         self._behind: WriteBehind | None = None  # the staging file's writes, once on disk
+        self._write_behind = write_behind
         self._digest = hashlib.sha256() if checksum else None
         self._sha256: str | None = None
         self._path: str | None = None  # None while on disk means O_TMPFILE
@@ -281,7 +286,7 @@ class BodySpool(io.RawIOBase):
             except OSError as exc:
                 self._storage_failed(exc)
             self._count_disk_bytes(len(buf))
-        self._behind = WriteBehind(self._fd, self._write_to_file, self._digest)
+        self._behind = WriteBehind(self._fd, self._write_to_file, self._digest, behind=self._write_behind)
 
     def _file_write(self, data: bytes | bytearray | memoryview) -> None:
         assert self._behind is not None

@@ -107,27 +107,33 @@ class WriteBehind:
         fd: the file's descriptor, written at its current offset.
         write: writes a whole view to ``fd`` (``os.write`` in a loop; a seam for tests).
         digest: a hashlib object to update with every byte, or None.
+        behind: queue large chunks for the helper thread; False writes every
+            chunk inline. Queueing pays where the caller has per-byte work of its
+            own (parsing, hashing); a plain body is received and written fastest
+            on one core, with its bytes still in that core's cache.
     """
 
-    def __init__(self, fd: int, write: WriteFn, digest: Any = None) -> None:
+    def __init__(self, fd: int, write: WriteFn, digest: Any = None, *, behind: bool = True) -> None:
         self._fd = fd
         self._write = write
         self._digest = digest
+        self._min_queued = MIN_CHUNK if behind else None
         self.pending = 0  # bytes queued and not yet done; guarded by the helper's lock
         self._error: OSError | None = None
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
         """Write ``data`` (and hash it) after everything written before.
 
-        A chunk of ``MIN_CHUNK`` bytes or more is copied and queued; a smaller
-        one is written inline once the queue of this file is done.
+        A chunk of ``MIN_CHUNK`` bytes or more is copied and queued (with
+        ``behind``); a smaller one is written inline once the queue of this
+        file is done.
 
         Raises:
             OSError: this write failed, or an earlier queued one did.
         """
         self._raise_error()
         view = memoryview(data).cast("B")
-        if len(view) >= MIN_CHUNK:
+        if self._min_queued is not None and len(view) >= self._min_queued:
             _helper.submit(self, view)
             return
         if self.pending:

@@ -37,18 +37,19 @@ def _chunks(rng: random.Random, data: bytes) -> list[bytes]:
     return out
 
 
-@pytest.mark.parametrize("seed", range(4))
-def test_file_and_digest_equal_plain_writes_in_any_mix_of_chunks(tmp_path: Path, seed: int) -> None:
+@pytest.mark.parametrize("behind", [True, False])
+@pytest.mark.parametrize("seed", range(3))
+def test_file_and_digest_equal_plain_writes_in_any_mix_of_chunks(tmp_path: Path, seed: int, behind: bool) -> None:
     rng = random.Random(seed)
     data = rng.randbytes(9 * 1024 * 1024 + 17)
     fd = os.open(tmp_path / "f", os.O_RDWR | os.O_CREAT)
     try:
         digest = hashlib.sha256()
-        behind = WriteBehind(fd, _write_all, digest)
+        stream = WriteBehind(fd, _write_all, digest, behind=behind)
         for chunk in _chunks(rng, data):
-            behind.write(bytearray(chunk))  # a buffer the caller reuses: must be copied
-        behind.flush()
-        assert behind.pending == 0
+            stream.write(bytearray(chunk))  # a buffer the caller reuses: must be copied
+        stream.flush()
+        assert stream.pending == 0
     finally:
         os.close(fd)
     assert (tmp_path / "f").read_bytes() == data
@@ -137,7 +138,7 @@ class QueuedDiskFull(BodySpool):
 
 def test_spool_disk_full_on_the_helper_thread_is_507_by_seal_and_removes_the_file(tmp_path: Path) -> None:
     deltas: list[int] = []
-    spool = QueuedDiskFull(0, dir=tmp_path, on_disk_bytes=deltas.append, checksum=True)
+    spool = QueuedDiskFull(0, dir=tmp_path, on_disk_bytes=deltas.append, checksum=True, write_behind=True)
     with pytest.raises(InsufficientStorage) as info:
         for _ in range(4):
             spool.write(b"z" * MIN_CHUNK)
@@ -147,13 +148,14 @@ def test_spool_disk_full_on_the_helper_thread_is_507_by_seal_and_removes_the_fil
     spool.close()
 
 
+@pytest.mark.parametrize("write_behind", [True, False])
 @pytest.mark.parametrize("threshold", [0, 100, 1 << 30])
-def test_spool_sha256_with_and_without_checksum(tmp_path: Path, threshold: int) -> None:
+def test_spool_sha256_with_and_without_checksum(tmp_path: Path, threshold: int, write_behind: bool) -> None:
     rng = random.Random(threshold)
     data = rng.randbytes(3 * 1024 * 1024 + 5)
     expected = hashlib.sha256(data).hexdigest()
     for checksum in (True, False):
-        with BodySpool(threshold, dir=tmp_path, checksum=checksum) as spool:
+        with BodySpool(threshold, dir=tmp_path, checksum=checksum, write_behind=write_behind) as spool:
             for chunk in _chunks(rng, data):
                 spool.write(memoryview(chunk))
             with pytest.raises(ValueError, match="not sealed"):
@@ -179,14 +181,14 @@ def test_checksum_none_needs_the_spool_open(tmp_path: Path) -> None:
 
 def test_write_behind_in_a_forked_child(tmp_path: Path) -> None:
     """The helper thread does not survive fork: a child starts its own."""
-    with BodySpool(0, dir=tmp_path, checksum=True) as parent:
+    with BodySpool(0, dir=tmp_path, checksum=True, write_behind=True) as parent:
         parent.write(b"p" * (2 * MIN_CHUNK))
         parent.seal()
         assert parent.sha256 == hashlib.sha256(b"p" * (2 * MIN_CHUNK)).hexdigest()
     pid = os.fork()
     if pid == 0:
         try:
-            with BodySpool(0, dir=tmp_path, checksum=True) as child:
+            with BodySpool(0, dir=tmp_path, checksum=True, write_behind=True) as child:
                 child.write(b"c" * (3 * MIN_CHUNK))
                 child.seal()
                 ok = child.sha256 == hashlib.sha256(b"c" * (3 * MIN_CHUNK)).hexdigest()
@@ -196,3 +198,21 @@ def test_write_behind_in_a_forked_child(tmp_path: Path) -> None:
         os._exit(0 if ok else 1)
     _, status = os.waitpid(pid, 0)
     assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
+
+
+def test_a_plain_spool_writes_inline_and_a_form_spool_queues(tmp_path: Path) -> None:
+    """Raw bodies are written on the caller's thread; with write_behind large chunks go
+    to the helper thread (seen here through the thread that runs the write)."""
+    threads: dict[bool, set[str]] = {}
+
+    class Recording(BodySpool):
+        def _write_to_file(self, fd: int, data: bytes | bytearray | memoryview) -> None:
+            threads.setdefault(self._write_behind, set()).add(threading.current_thread().name)
+            super()._write_to_file(fd, data)
+
+    for write_behind in (False, True):
+        with Recording(0, dir=tmp_path, write_behind=write_behind) as spool:
+            spool.write(b"r" * (2 * MIN_CHUNK))
+            spool.seal()
+            assert spool.read() == b"r" * (2 * MIN_CHUNK)
+    assert threads == {False: {threading.current_thread().name}, True: {"write-behind"}}

@@ -325,6 +325,12 @@ class Worker:
             self._registered[conn] = selectors.EVENT_READ
             if self.slot is not None:
                 self.slot.add_connections(http=1)
+            # Clients send the request right after connecting, so it is usually
+            # here already: read it now rather than one select() later.
+            try:
+                conn.on_readable()
+            except Exception as exc:
+                self._contain(conn, exc)
 
     # --- LoopServices for connections --------------------------------------------------
     def watch(self, conn: Connection | WebSocketSession, read: bool, write: bool) -> None:

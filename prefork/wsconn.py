@@ -310,9 +310,11 @@ class WebSocketSession:
             self._close_deadline = time.monotonic() + self.settings.close_timeout
         if closing and (self._busy or self._calls):
             return  # replies to messages that arrived before the close go out first
-        data = self.protocol.data_to_send()
-        if data:
-            self._write(data)
+        chunks = self.protocol.chunks_to_send()
+        if chunks and not self.closed:
+            for chunk in chunks:
+                self.out.append(chunk)
+            self._flush()
         if self.protocol.close_expected() and not self.out:
             self.close()
 

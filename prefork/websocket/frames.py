@@ -31,6 +31,7 @@ __all__ = [
     "FrameParser",
     "Opcode",
     "apply_mask",
+    "frame_head",
     "serialize_frame",
 ]
 
@@ -159,6 +160,35 @@ def apply_mask(data: bytes | bytearray | memoryview, key: bytes) -> bytes:
     return _apply_mask_translate(data, key)
 
 
+def frame_head(frame: Frame, *, masked: bool = False) -> bytes:
+    """The header of ``frame`` in the minimal length form (RFC 6455 §5.2), without a key.
+
+    A server sends it followed by the payload as is: two buffers for a
+    scatter-gather write, so a large payload is never copied to be framed.
+
+    Args:
+        frame: the frame to encode.
+        masked: set the MASK bit (clients; the key follows the header).
+
+    Returns:
+        The 2, 4 or 10 header bytes.
+    """
+    b0 = (
+        (0x80 if frame.fin else 0)
+        | (0x40 if frame.rsv1 else 0)
+        | (0x20 if frame.rsv2 else 0)
+        | (0x10 if frame.rsv3 else 0)
+        | int(frame.opcode)
+    )
+    mask_bit = 0x80 if masked else 0
+    n = len(frame.payload)
+    if n < 126:
+        return struct.pack("!BB", b0, mask_bit | n)
+    if n < 1 << 16:
+        return struct.pack("!BBH", b0, mask_bit | 126, n)
+    return struct.pack("!BBQ", b0, mask_bit | 127, n)
+
+
 def serialize_frame(frame: Frame, *, mask_key: bytes | None = None) -> bytes:
     """Encode a frame for the wire, using the minimal length form (RFC 6455 §5.2).
 
@@ -172,21 +202,7 @@ def serialize_frame(frame: Frame, *, mask_key: bytes | None = None) -> bytes:
     Raises:
         ValueError: if ``mask_key`` is not 4 bytes long.
     """
-    b0 = (
-        (0x80 if frame.fin else 0)
-        | (0x40 if frame.rsv1 else 0)
-        | (0x20 if frame.rsv2 else 0)
-        | (0x10 if frame.rsv3 else 0)
-        | int(frame.opcode)
-    )
-    mask_bit = 0x80 if mask_key is not None else 0
-    n = len(frame.payload)
-    if n < 126:
-        head = struct.pack("!BB", b0, mask_bit | n)
-    elif n < 1 << 16:
-        head = struct.pack("!BBH", b0, mask_bit | 126, n)
-    else:
-        head = struct.pack("!BBQ", b0, mask_bit | 127, n)
+    head = frame_head(frame, masked=mask_key is not None)
     if mask_key is None:
         return head + frame.payload
     if len(mask_key) != 4:
@@ -237,13 +253,24 @@ class FrameParser:
         self._pos = 0
         self._header: FrameHeader | None = None
         self._done = 0  # payload bytes of the current frame already returned
+        self._ready: Frame | None = None  # a piece cut straight from fed data
 
     def feed(self, data: bytes | bytearray | memoryview) -> None:
-        """Append received bytes.
+        """Take received bytes (copied: ``data`` may be reused once this returns).
 
         Args:
             data: bytes from the transport.
         """
+        if (self.stream_data and self._header is not None and self._ready is None
+                and self._pos == len(self._buf) and not self._header.opcode.is_control):
+            # The middle of a large data frame, nothing buffered: unmask the piece
+            # straight from ``data`` instead of copying it into the buffer first.
+            with memoryview(data) as view:
+                take = min(len(view), self._header.length - self._done)
+                self._ready = self._piece(view[:take])
+                if take < len(view):
+                    self._buf += view[take:]
+            return
         self._buf += data
 
     @property
@@ -261,6 +288,9 @@ class FrameParser:
             WebSocketError: on a protocol violation (1002) or an oversized
                 payload (1009); the parser must not be used afterwards.
         """
+        if self._ready is not None:
+            piece, self._ready = self._ready, None
+            return piece
         if self._header is None:
             header = self._parse_header()
             if header is None:
@@ -272,34 +302,37 @@ class FrameParser:
         remaining = header.length - self._done
         avail = len(self._buf) - self._pos
         if avail >= remaining:
-            take, last = remaining, True
+            take = remaining
         elif self.stream_data and avail and not header.opcode.is_control:
-            take, last = avail, False
+            take = avail
         else:
             return None
-        payload = self._take(take, header.mask)
-        first = self._done == 0
-        self._done += take
-        if last:
-            self._header = None
-        self._compact()
-        if first:
-            return Frame(header.opcode, payload, header.fin and last, header.rsv1)
-        return Frame(Opcode.CONT, payload, header.fin and last)
-
-    def _take(self, n: int, mask: bytes | None) -> bytes:
-        """Consume ``n`` payload bytes, unmasked from offset ``self._done`` (§5.3)."""
-        end = self._pos + n
+        end = self._pos + take
         # Slicing a memoryview copies once; exports are released before the
         # buffer is compacted (a bytearray with live exports cannot resize).
         with memoryview(self._buf) as view, view[self._pos : end] as raw:
-            if mask is None:
-                payload = bytes(raw)
-            else:
-                shift = self._done % 4  # a piece may start mid-way through the key
-                payload = apply_mask(raw, mask[shift:] + mask[:shift])
+            frame = self._piece(raw)
         self._pos = end
-        return payload
+        self._compact()
+        return frame
+
+    def _piece(self, raw: memoryview) -> Frame:
+        """Unmask the next ``len(raw)`` payload bytes of the current frame into a Frame (§5.3)."""
+        header = self._header
+        assert header is not None
+        if header.mask is None:
+            payload = bytes(raw)
+        else:
+            shift = self._done % 4  # a piece may start mid-way through the key
+            payload = apply_mask(raw, header.mask[shift:] + header.mask[:shift])
+        first = self._done == 0
+        self._done += len(raw)
+        last = self._done == header.length
+        if last:
+            self._header = None
+        if first:
+            return Frame(header.opcode, payload, header.fin and last, header.rsv1)
+        return Frame(Opcode.CONT, payload, header.fin and last)
 
     def _compact(self) -> None:
         """Drop consumed bytes when that is cheap relative to what was consumed."""

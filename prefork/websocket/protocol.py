@@ -31,6 +31,7 @@ from prefork.websocket.frames import (
     FrameHeader,
     FrameParser,
     Opcode,
+    frame_head,
     serialize_frame,
 )
 
@@ -48,6 +49,9 @@ __all__ = [
 
 #: A close reason fits in a control frame after the 2-byte code (§5.5.1).
 MAX_CLOSE_REASON = 123
+#: Payloads of this size or more are queued as their own buffer, after the
+#: frame header, rather than copied behind it.
+_SEPARATE_PAYLOAD = 16 * 1024
 
 
 class ConnState(enum.Enum):
@@ -181,7 +185,8 @@ class WebSocketConnection:
         )
         self._message: _Message | None = None
         self._events: list[Event] = []
-        self._out = bytearray()
+        self._out: list[bytes] = []
+        self._small = bytearray()  # small frames, joined into one buffer
         # Our close frame (echo or failure) waits here until data_to_send(), so
         # replies to the events that preceded it still go out before it.
         self._pending_close: bytes | None = None
@@ -322,22 +327,36 @@ class WebSocketConnection:
     # -- output --------------------------------------------------------------
 
     def data_to_send(self) -> bytes:
-        """Return and clear the bytes to write to the transport.
-
-        A close frame owed to the peer (an echo, or the one that fails the
-        connection) is appended here, after whatever the application sent in
-        reply to the events before it (Autobahn 3.2, 4.1.3, 5.15 expect those
-        replies first).
+        """Return and clear the bytes to write to the transport (``chunks_to_send`` joined).
 
         Returns:
             The queued bytes (possibly empty).
         """
+        return b"".join(self.chunks_to_send())
+
+    def chunks_to_send(self) -> list[bytes]:
+        """Return and clear the buffers to write to the transport, in order.
+
+        A large payload is its own buffer, after its frame header, so that it
+        reaches the socket without a copy (scatter-gather). A close frame owed
+        to the peer (an echo, or the one that fails the connection) is appended
+        here, after whatever the application sent in reply to the events before
+        it (Autobahn 3.2, 4.1.3, 5.15 expect those replies first).
+
+        Returns:
+            The queued buffers (possibly none).
+        """
         if self._pending_close is not None:
-            self._out += self._pending_close
+            self._small += self._pending_close
             self._pending_close = None
-        out = bytes(self._out)
-        self._out.clear()
+        self._flush_small()
+        out, self._out = self._out, []
         return out
+
+    def _flush_small(self) -> None:
+        if self._small:
+            self._out.append(bytes(self._small))
+            self._small.clear()
 
     def close_expected(self) -> bool:
         """Whether to close TCP once ``data_to_send()`` is flushed.
@@ -436,8 +455,14 @@ class WebSocketConnection:
         self._close_sent = True
 
     def _send_frame(self, frame: Frame) -> None:
-        """Serialise a server frame (unmasked, §5.1) into the output buffer."""
-        self._out += serialize_frame(frame)
+        """Queue a server frame (unmasked, §5.1): its header, then its payload."""
+        if len(frame.payload) < _SEPARATE_PAYLOAD:
+            self._small += frame_head(frame)
+            self._small += frame.payload
+        else:
+            self._flush_small()
+            # No copy for bytes; a mutable buffer must not change under us.
+            self._out += (frame_head(frame), bytes(frame.payload))
 
     def _require_open(self, what: str) -> None:
         """Refuse to send after our close frame was queued (§5.5.1).

@@ -260,6 +260,37 @@ def test_stream_data_returns_pieces_that_reassemble() -> None:
         assert frames[-1] == Frame(Opcode.PING, b"ping")  # control frames stay whole
 
 
+@pytest.mark.parametrize("drain_each", [True, False])
+def test_stream_data_from_a_reused_receive_buffer(drain_each: bool) -> None:
+    """Pieces cut straight from fed data (the middle of a frame, nothing buffered)
+    must not depend on the caller's buffer afterwards, whether or not frames are
+    drained after every feed."""
+    big, small = os.urandom(200_000), os.urandom(3000)
+    data = masked(Opcode.BINARY, big) + masked(Opcode.TEXT, small, fin=False) + masked(Opcode.CONT, b"end")
+    for seed in range(4):
+        rng = random.Random(seed)
+        receive_buffer = bytearray(70_000)
+        parser = FrameParser(stream_data=True, max_payload=1 << 20)
+        frames: list[Frame] = []
+        pos = 0
+        while pos < len(data):
+            n = min(rng.choice([1, 7, 4096, 65536, 70_000]), len(data) - pos)
+            receive_buffer[:n] = data[pos : pos + n]
+            with memoryview(receive_buffer) as view:
+                parser.feed(view[:n])
+            receive_buffer[:] = bytes(len(receive_buffer))  # the next recv overwrites it
+            pos += n
+            if drain_each or pos == len(data):
+                while (frame := parser.next_frame()) is not None:
+                    frames.append(frame)
+        assert parser.buffered == 0
+        first_end = next(i for i, f in enumerate(frames) if f.fin)
+        assert b"".join(f.payload for f in frames[: first_end + 1]) == big
+        assert frames[0].opcode is Opcode.BINARY
+        assert b"".join(f.payload for f in frames[first_end + 1 :]) == small + b"end"
+        assert frames[-1].fin and frames[-1].opcode is Opcode.CONT
+
+
 def test_stream_data_final_piece_carries_fin_and_rsv1_on_first() -> None:
     data = masked(Opcode.BINARY, b"abcdefgh", rsv=0x40)
     parser = FrameParser(stream_data=True, allow_rsv1=True)

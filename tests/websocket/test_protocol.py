@@ -407,3 +407,19 @@ def test_frame_round_trip(opcode: Opcode, payload: bytes, mask: bytes) -> None:
     parser = FrameParser()
     parser.feed(serialize_frame(Frame(opcode, payload), mask_key=mask))
     assert parser.next_frame() == Frame(opcode, payload)
+
+
+def test_large_payloads_are_queued_uncopied_after_their_header() -> None:
+    """A large payload goes to the transport as its own buffer (scatter-gather), small
+    frames as one buffer each; joined, the buffers are the same bytes as data_to_send."""
+    conn = WebSocketConnection()
+    big, mutable = bytes(range(256)) * 400, bytearray(b"m" * 20_000)
+    conn.send_binary(big)
+    conn.send_text("hi")
+    conn.send_binary(mutable)  # type: ignore[arg-type]
+    mutable[:] = b"x" * len(mutable)  # changed after the send: must not change what is sent
+    chunks = conn.chunks_to_send()
+    assert len(chunks) == 5 and chunks[1] is big  # head, big, head + "hi", head, copy of mutable
+    frames = server_frames(b"".join(chunks))
+    assert frames == [Frame(Opcode.BINARY, big), Frame(Opcode.TEXT, b"hi"), Frame(Opcode.BINARY, b"m" * 20_000)]
+    assert conn.chunks_to_send() == [] and conn.data_to_send() == b""

@@ -208,9 +208,10 @@ class WorkerSlot:
 
     def _add(self, field_offset: str, delta: int) -> None:
         offset = self._base + _FIELD_OFFSETS[field_offset]
-        fmt = _FIELD_FORMATS[field_offset]
-        value = struct.unpack_from(fmt, self.board._mem, offset)[0] + delta
-        struct.pack_into(fmt, self.board._mem, offset, max(value, 0))
+        codec = _FIELD_STRUCTS[field_offset]
+        mem = self.board._mem
+        value = codec.unpack_from(mem, offset)[0] + delta
+        codec.pack_into(mem, offset, value if value > 0 else 0)
 
     def heartbeat(self, now: float | None = None) -> None:
         """Mark the worker alive (called each loop turn)."""
@@ -301,3 +302,5 @@ def _offsets() -> tuple[dict[str, int], dict[str, str]]:
 
 
 _FIELD_OFFSETS, _FIELD_FORMATS = _offsets()
+# Counters change several times per request: compiled once, not looked up by format each time.
+_FIELD_STRUCTS = {name: struct.Struct(fmt) for name, fmt in _FIELD_FORMATS.items()}

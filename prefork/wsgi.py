@@ -73,19 +73,38 @@ _FIELD_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _FIELD_VALUE = re.compile(r"[\t\x20-\x7e\x80-\xff]*")
 
 
+# An app sends the same few status lines and header fields again and again:
+# those already found valid are remembered (a bounded set of str pairs, so an
+# app that varies every value just stops being cached).
+_VALID_LINES: set[object] = set()
+_MAX_VALID_LINES = 4096
+
+
 def _check_headers(status: str, headers: list[tuple[str, str]]) -> None:
     # Checked here, in the handler thread, so that a bad header becomes a 500 for this
     # request (RFC 9110 §5.1/§5.5 grammar; latin-1 only, as PEP 3333 requires) and
     # never response splitting or an error in the event loop.
-    if not isinstance(status, str) or not _STATUS.fullmatch(status):
-        raise ValueError(f"invalid WSGI status {status!r}: expected '200 OK' form")
-    for name, value in headers:
+    if type(status) is not str or status not in _VALID_LINES:
+        if not isinstance(status, str) or not _STATUS.fullmatch(status):
+            raise ValueError(f"invalid WSGI status {status!r}: expected '200 OK' form")
+        _remember_valid(status)
+    for field in headers:
+        if type(field) is tuple and field in _VALID_LINES:
+            continue
+        name, value = field
         if not isinstance(name, str) or not isinstance(value, str):
             raise TypeError(f"header {name!r}: {value!r}: names and values must be str")
         if not _FIELD_NAME.fullmatch(name) or not _FIELD_VALUE.fullmatch(value):
             raise ValueError(f"header {name!r}: {value!r}: not a valid latin-1 field line")
         if name.lower() == "content-length" and not (value.strip().isascii() and value.strip().isdigit()):
             raise ValueError(f"header {name!r}: {value!r}: Content-Length must be digits")
+        if type(field) is tuple:
+            _remember_valid(field)
+
+
+def _remember_valid(line: object) -> None:
+    if len(_VALID_LINES) < _MAX_VALID_LINES:
+        _VALID_LINES.add(line)
 
 
 class _ErrorStream(io.TextIOBase):

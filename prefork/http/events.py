@@ -25,7 +25,10 @@ class Signal(enum.Enum):
     PAUSED = 2  # a message ended; call start_next_cycle() (or hand off an upgrade)
 
 
-@dataclass(frozen=True, slots=True)
+# Request and EndOfMessage come once per request: not frozen, because a frozen
+# dataclass sets each field through object.__setattr__ (1.45 vs 0.30 us for
+# Request here). Treat them as immutable all the same.
+@dataclass(slots=True)
 class Request:
     """A complete request head.
 
@@ -86,7 +89,7 @@ class Data:
     data: bytes
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class EndOfMessage:
     """The body is complete. ``trailers`` holds chunked trailer fields, kept apart."""
 

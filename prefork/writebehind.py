@@ -3,19 +3,21 @@
 Strategy: a large upload costs the event loop three things per byte: receiving
 it, parsing it, and writing it to its staging file (plus hashing it, when
 checksums are on: SHA-256 alone costs more CPU than receiving). The loop only
-has to do the first two. So a spool that has gone to disk hands each chunk to
-``WriteBehind``: the chunk is copied into a recycled block (no allocation, no
-page faults per chunk) and queued for one helper thread per process, which
-writes it with ``os.write`` and hashes it; both release the GIL, so the loop
-goes on receiving on the other core.
+has to do the first two. So a form part's spool that has gone to disk hands
+each chunk to ``WriteBehind``: the chunk is copied into a recycled block (no
+allocation, no page faults per chunk) and queued for one helper thread per
+process, which writes it with ``os.write`` and hashes it; both release the
+GIL, so the loop goes on receiving and parsing on the other core. A raw body
+(no parsing, no checksum) is written inline: the copy and the hand-off to
+another core would cost more than they free.
 
 Chunks of one file are written in order (one FIFO queue, one thread). The
 bytes queued in a process are bounded (``MAX_BACKLOG``): past the bound the
 loop waits, which costs no more than writing inline would. An error of the
-helper thread (ENOSPC, EIO) is kept and raised by the file's next ``submit``
+helper thread (ENOSPC, EIO) is kept and raised by the file's next ``write``
 or ``flush``, so the caller sees it as if its own write had failed, one
-backlog later at most. ``flush`` must be called before the file is read,
-linked or closed.
+backlog later at most. ``flush`` (or ``discard``) must be called before the
+file is read, linked or closed.
 """
 
 from __future__ import annotations

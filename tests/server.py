@@ -287,3 +287,23 @@ def request(server: Server, data: bytes, head_request: bool = False, timeout: fl
     with RawClient(server.connect(timeout)) as client:
         client.send(data)
         return client.read_response(head_request)
+
+
+def staging_fds(pids: set[int], staging: Path) -> list[str]:
+    """Open descriptors of ``pids`` that point into the staging directory (unnamed ones too).
+
+    A process that is gone has none.
+    """
+    found = []
+    for pid in pids:
+        try:
+            for fd in os.listdir(f"/proc/{pid}/fd"):
+                try:
+                    target = os.readlink(f"/proc/{pid}/fd/{fd}")
+                except OSError:
+                    continue
+                if target.startswith(str(staging) + "/"):
+                    found.append(f"{pid}: {target}")
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+    return found

@@ -15,7 +15,7 @@ import psutil
 import pytest
 import requests
 
-from tests.server import Server, wait_for
+from tests.server import Server, staging_fds, wait_for
 
 UPLOAD_APP = "tests.apps.upload:app"
 MiB = 1 << 20
@@ -84,23 +84,6 @@ class _RssSampler(threading.Thread):
         self.join(5)
 
 
-def _staging_fds(pids: set[int], staging: Path) -> list[str]:
-    """Open descriptors of ``pids`` that point into the staging directory."""
-    found = []
-    for pid in pids:
-        try:
-            for fd in os.listdir(f"/proc/{pid}/fd"):
-                try:
-                    target = os.readlink(f"/proc/{pid}/fd/{fd}")
-                except OSError:
-                    continue
-                if target.startswith(str(staging) + "/"):
-                    found.append(f"{pid}: {target}")
-        except (FileNotFoundError, ProcessLookupError):
-            continue
-    return found
-
-
 def _pids(server: Server) -> set[int]:
     return {p.pid for p in server.workers()}
 
@@ -129,7 +112,7 @@ def test_1gib_upload_exact_bytes_flat_memory(big_server: Server, framing: str) -
     growth = sampler.peak - sampler.baseline
     assert growth < RSS_GROWTH_LIMIT, f"worker RSS grew by {growth / MiB:.1f} MiB during a 1 GiB upload"
     assert not list(big_server.staging.iterdir())
-    assert not _staging_fds(_pids(big_server), big_server.staging)
+    assert not staging_fds(_pids(big_server), big_server.staging)
 
 
 class _PausingUpload(threading.Thread):
@@ -164,7 +147,7 @@ def test_kill_9_worker_mid_upload_leaves_nothing_behind(start_server: Callable[.
     try:
         assert upload.paused.wait(20)
         # The body is past the RAM threshold: the worker holds an (unnamed) staging file.
-        wait_for(lambda: _staging_fds({victim}, server.staging), 10, what="a staging file in the worker")
+        wait_for(lambda: staging_fds({victim}, server.staging), 10, what="a staging file in the worker")
         os.kill(victim, signal.SIGKILL)
         wait_for(lambda: _pids(server) and victim not in _pids(server), 10, what="a replacement worker")
     finally:
@@ -174,7 +157,7 @@ def test_kill_9_worker_mid_upload_leaves_nothing_behind(start_server: Callable[.
     resp = requests.post(server.url + "/sha256", data=b"after the crash", timeout=5)
     assert resp.status_code == 200 and resp.json()["size"] == len(b"after the crash")
     assert not list(server.staging.iterdir())
-    assert not _staging_fds(_pids(server) | {server.pid}, server.staging)
+    assert not staging_fds(_pids(server) | {server.pid}, server.staging)
 
 
 def test_term_lets_an_in_flight_upload_finish(start_server: Callable[..., Server]) -> None:
@@ -184,7 +167,7 @@ def test_term_lets_an_in_flight_upload_finish(start_server: Callable[..., Server
     upload.start()
     try:
         assert upload.paused.wait(20)
-        wait_for(lambda: _staging_fds({worker}, server.staging), 10, what="a staging file in the worker")
+        wait_for(lambda: staging_fds({worker}, server.staging), 10, what="a staging file in the worker")
         server.signal(signal.SIGTERM)
         time.sleep(0.5)  # the worker is draining now
         with pytest.raises(requests.ConnectionError):

@@ -21,7 +21,7 @@ from prefork.errors import InsufficientStorage
 from prefork.forms import FormParser, UploadedFile
 from prefork.limits import FormLimits
 from prefork.uploads import MAX_DISPLAY_NAME, UploadStore, choose_extension, display_name
-from tests.server import RawClient, Server, wait_for
+from tests.server import RawClient, Server, staging_fds, wait_for
 
 MiB = 1 << 20
 PNG = b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 4
@@ -291,19 +291,6 @@ def test_hostile_names_through_the_demo(demo_server: Server, filename: str) -> N
     assert requests.get(f"{server.url}/", timeout=10).status_code == 200  # the gallery still renders
 
 
-def staging_fds(pid: int, staging: Path) -> list[str]:
-    """The worker's open file descriptors that point into the staging dir (unnamed ones too)."""
-    found = []
-    for fd in os.listdir(f"/proc/{pid}/fd"):
-        try:
-            target = os.readlink(f"/proc/{pid}/fd/{fd}")
-        except OSError:
-            continue
-        if target.startswith(str(staging) + "/"):
-            found.append(target)
-    return found
-
-
 def _send_partial(server: Server, declared_file: int, sent_file: int) -> RawClient:
     head_part = (b"--b0undary\r\nContent-Disposition: form-data; name=\"upload\"; filename=\"big.bin\"\r\n"
                  b"Content-Type: application/octet-stream\r\n\r\n")
@@ -324,9 +311,9 @@ def test_client_disconnect_mid_upload_leaves_nothing(start_server: Any) -> None:
     worker = server.workers()[0].pid
     staged_before, uploads_before = tree(server.staging), tree(server.uploads)
     client = _send_partial(server, declared_file=16 * MiB, sent_file=8 * MiB)
-    wait_for(lambda: staging_fds(worker, server.staging), 10, what="the upload is staged on disk")
+    wait_for(lambda: staging_fds({worker}, server.staging), 10, what="the upload is staged on disk")
     client.close()
-    wait_for(lambda: not staging_fds(worker, server.staging), 10, what="the staging file is released")
+    wait_for(lambda: not staging_fds({worker}, server.staging), 10, what="the staging file is released")
     assert tree(server.staging) == staged_before
     assert tree(server.uploads) == uploads_before
     assert requests.get(f"{server.url}/api/files", timeout=10).json() == {"files": []}
@@ -348,7 +335,7 @@ def test_413_mid_upload_leaves_nothing(start_server: Any) -> None:
     except (ConnectionResetError, EOFError):
         pass  # the answer may be lost to the reset; the disk is what this test is about
     client.close()
-    wait_for(lambda: not staging_fds(worker, server.staging), 10, what="the staging file is released")
+    wait_for(lambda: not staging_fds({worker}, server.staging), 10, what="the staging file is released")
     assert tree(server.staging) == staged_before
     assert tree(server.uploads) == uploads_before
 

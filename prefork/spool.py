@@ -196,16 +196,20 @@ class BodySpool(io.RawIOBase):
 
     def _hash_contents(self) -> Any:
         digest = hashlib.sha256()
-        if self._buf is not None:
-            digest.update(self._buf)
-            return digest
-        assert self._fd is not None
-        block = bytearray(_COPY_CHUNK)
-        for offset in range(0, self._size, _COPY_CHUNK):
-            with memoryview(block)[: min(_COPY_CHUNK, self._size - offset)] as view:
-                got = os.preadv(self._fd, [view], offset)
-                digest.update(view[:got])
+        for chunk in self._chunks():
+            digest.update(chunk)
         return digest
+
+    def _chunks(self) -> Iterator[memoryview]:
+        """The body in order, as views of one reused block (each valid until the next)."""
+        if self._buf is not None:
+            yield memoryview(self._buf)
+            return
+        assert self._fd is not None
+        block = memoryview(bytearray(_COPY_CHUNK))
+        for offset in range(0, self._size, _COPY_CHUNK):
+            got = os.preadv(self._fd, [block[: min(_COPY_CHUNK, self._size - offset)]], offset)
+            yield block[:got]
 
     @property
     def path(self) -> str | None:
@@ -554,10 +558,5 @@ class BodySpool(io.RawIOBase):
                 os.unlink(tmp)
 
     def _copy_into(self, fd: int) -> None:
-        if self._buf is not None:
-            self._write_to_file(fd, self._buf)
-            return
-        assert self._fd is not None
-        for offset in range(0, self._size, _COPY_CHUNK):
-            chunk = os.pread(self._fd, min(_COPY_CHUNK, self._size - offset), offset)
+        for chunk in self._chunks():
             self._write_to_file(fd, chunk)

@@ -167,9 +167,7 @@ class Connection:
                 self.close()
             return
         if n == 0:
-            self.eof = True
-            self._set_reading(False)
-            self.parser.feed(b"")
+            self._peer_closed()
         else:
             self.parser.feed(self._buffer[:n])
         if self.stage in (Stage.HEAD, Stage.BODY):
@@ -197,9 +195,7 @@ class Connection:
                 self.abort()
                 return
             if n == 0:
-                self.eof = True
-                self._set_reading(False)
-                self.parser.feed(b"")
+                self._peer_closed()
                 break
             if self.loop.slot is not None:
                 self.loop.slot.add_received(n)
@@ -215,6 +211,12 @@ class Connection:
             if n < len(buffer):
                 break  # the socket is drained for now
         self.process()
+
+    def _peer_closed(self) -> None:
+        """The client sent EOF: stop reading and let the parser see the end."""
+        self.eof = True
+        self._set_reading(False)
+        self.parser.feed(b"")
 
     def process(self) -> None:
         """Turn buffered bytes into request events until the parser needs more or pauses."""

@@ -262,7 +262,7 @@ class BodySpool(io.RawIOBase):
             if self._digest is not None:
                 self._digest.update(data)
         else:
-            self._file_write(data)
+            self._file_write(data, n)
         self._size += n
         return n
 
@@ -292,13 +292,13 @@ class BodySpool(io.RawIOBase):
             self._count_disk_bytes(len(buf))
         self._behind = WriteBehind(self._fd, self._write_to_file, self._digest, behind=self._write_behind)
 
-    def _file_write(self, data: bytes | bytearray | memoryview) -> None:
+    def _file_write(self, data: bytes | bytearray | memoryview, n: int) -> None:
         assert self._behind is not None
         try:
             self._behind.write(data)
         except OSError as exc:
             self._storage_failed(exc)
-        self._count_disk_bytes(memoryview(data).nbytes)
+        self._count_disk_bytes(n)
 
     def _flush(self) -> None:
         """Wait for the queued writes; raise their error as a write would."""

@@ -311,17 +311,16 @@ class WebSocketSession:
         if closing and (self._busy or self._calls):
             return  # replies to messages that arrived before the close go out first
         chunks = self.protocol.chunks_to_send()
-        if chunks and not self.closed:
-            for chunk in chunks:
-                self.out.append(chunk)
-            self._flush()
+        if chunks:
+            self._write(*chunks)
         if self.protocol.close_expected() and not self.out:
             self.close()
 
-    def _write(self, data: bytes) -> None:
+    def _write(self, *buffers: bytes) -> None:
         if self.closed:
             return
-        self.out.append(data)
+        for data in buffers:
+            self.out.append(data)
         self._flush()
 
     def _flush(self) -> None:

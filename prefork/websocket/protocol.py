@@ -461,8 +461,7 @@ class WebSocketConnection:
             self._small += frame.payload
         else:
             self._flush_small()
-            # No copy for bytes; a mutable buffer must not change under us.
-            self._out += (frame_head(frame), bytes(frame.payload))
+            self._out += (frame_head(frame), frame.payload)  # bytes: the send_* methods made sure
 
     def _require_open(self, what: str) -> None:
         """Refuse to send after our close frame was queued (§5.5.1).

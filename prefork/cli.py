@@ -15,11 +15,11 @@ import sys
 from collections.abc import Sequence
 
 from prefork import __version__, systemd
-from prefork.config import Config, describe_config, load_config
+from prefork.config import COMMAND_LINE, Config, describe_config, load_config
 from prefork.errors import ConfigError
 from prefork.logs import error_log, setup_logging
 from prefork.master import Master
-from prefork.privileges import drop_privileges
+from prefork.privileges import drop_privileges, service_owner
 from prefork.sockets import BindAddress, BindError, bind_listener, parse_bind
 from prefork.status import render_text
 
@@ -124,7 +124,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.check_config:
         sys.stdout.write(describe_config(cfg))
         return 0
-    setup_logging(cfg.logging.error_log, cfg.logging.access_log, cfg.logging.level)
+    try:
+        setup_logging(cfg.logging.error_log, cfg.logging.access_log, cfg.logging.level,
+                      service_owner(cfg.server.user, cfg.server.group))
+    except (ConfigError, ValueError) as exc:
+        print(f"prefork-serve: {cfg.source or COMMAND_LINE}: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
     listeners = systemd.listen_fds()
     activated = bool(listeners)
     if not listeners:

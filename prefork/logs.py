@@ -9,8 +9,12 @@ duration in microseconds, built with one f-string per request.
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import time
+from typing import IO
+
+from prefork.errors import ConfigError
 
 error_log = logging.getLogger("prefork.error")
 access_log = logging.getLogger("prefork.access")
@@ -20,61 +24,113 @@ _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARN
 
 
 class ReopenableFileHandler(logging.StreamHandler):  # type: ignore[type-arg]
-    """A file handler whose file can be reopened (after log rotation) on demand."""
+    """A file handler whose file can be reopened (after log rotation) on demand.
 
-    def __init__(self, path: str) -> None:
+    Args:
+        path: the log file, opened for appending (created when missing).
+        owner: (uid, gid) to give a file to, so that a process running as the service
+            user can reopen it after root opened it; None leaves ownership alone.
+
+    Raises:
+        OSError: the file cannot be opened.
+    """
+
+    def __init__(self, path: str, owner: tuple[int, int] | None = None) -> None:
         self.path = path
-        super().__init__(open(path, "a", encoding="utf-8", buffering=1))
+        self.owner = owner
+        super().__init__(self._open())
+
+    def _open(self) -> IO[str]:
+        stream = open(self.path, "a", encoding="utf-8", buffering=1)
+        if self.owner is not None and os.geteuid() == 0:  # only root gives files away
+            try:
+                os.fchown(stream.fileno(), *self.owner)
+            except OSError:
+                stream.close()
+                raise
+        return stream
 
     def reopen(self) -> None:
-        """Close and reopen the file at the same path."""
+        """Open the file at the same path again and switch to it.
+
+        Raises:
+            OSError: the new file cannot be opened; the old one stays in use.
+        """
+        stream = self._open()
         self.acquire()
         try:
-            old = self.stream
-            self.stream = open(self.path, "a", encoding="utf-8", buffering=1)
-            old.close()
+            old, self.stream = self.stream, stream
         finally:
             self.release()
+        old.close()
 
 
-def _handler(target: str, fmt: str) -> logging.Handler:
+def _handler(target: str, fmt: str, key: str, owner: tuple[int, int] | None) -> logging.Handler:
     handler: logging.Handler
     if target == "-":
         handler = logging.StreamHandler(sys.stderr)
     else:
-        handler = ReopenableFileHandler(target)
+        try:
+            handler = ReopenableFileHandler(target, owner)
+        except OSError as exc:
+            raise ConfigError(f"[logging] {key} = {target!r}: cannot open the file for appending: "
+                              f"{exc.strerror or exc}") from None
     handler.setFormatter(logging.Formatter(fmt, "%Y-%m-%d %H:%M:%S %z"))
     return handler
 
 
-def setup_logging(error_target: str, access_target: str, level: str) -> None:
+def setup_logging(error_target: str, access_target: str, level: str,
+                  owner: tuple[int, int] | None = None) -> None:
     """Configure both loggers, replacing any handlers set before.
+
+    Every file is opened before anything is replaced, so a failure leaves the
+    logging as it was (a reload with a bad log path keeps the running logs).
 
     Args:
         error_target: a file path, or ``-`` for stderr.
         access_target: a file path, ``-`` for stderr, or empty for no access log.
         level: debug, info, warning, error or critical.
+        owner: (uid, gid) that new log files are given to (the service user), or None.
+
+    Raises:
+        ConfigError: a log file cannot be opened; the message names the key and the reason.
     """
+    error_handler = _handler(error_target, "[%(asctime)s] [%(process)d] [%(levelname)s] %(message)s",
+                             "error_log", owner)
+    try:
+        access_handler = _handler(access_target, "%(message)s", "access_log", owner) if access_target else None
+    except ConfigError:
+        error_handler.close()
+        raise
     for logger in (error_log, access_log):
         for handler in list(logger.handlers):
             logger.removeHandler(handler)
             handler.close()
         logger.propagate = False
-    error_log.addHandler(_handler(error_target, "[%(asctime)s] [%(process)d] [%(levelname)s] %(message)s"))
+    error_log.addHandler(error_handler)
     error_log.setLevel(_LEVELS[level])
-    if access_target:
-        access_log.addHandler(_handler(access_target, "%(message)s"))
+    if access_handler is not None:
+        access_log.addHandler(access_handler)
         access_log.setLevel(logging.INFO)
     else:
         access_log.setLevel(logging.CRITICAL + 1)
 
 
 def reopen_logs() -> None:
-    """Reopen every log file (SIGUSR1)."""
+    """Reopen every log file (SIGUSR1, after rotation).
+
+    A file that cannot be reopened (its directory is gone, or it now belongs to
+    someone else) is not fatal: its handler keeps writing to the file it had, and
+    the reason goes to the error log.
+    """
     for logger in (error_log, access_log):
         for handler in logger.handlers:
             if isinstance(handler, ReopenableFileHandler):
-                handler.reopen()
+                try:
+                    handler.reopen()
+                except OSError as exc:
+                    error_log.error("cannot reopen log file %s: %s; still writing to the file open before",
+                                    handler.path, exc.strerror or exc)
 
 
 _clf_cache: list[object] = [0, ""]

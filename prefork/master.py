@@ -25,6 +25,7 @@ from prefork.config import Config, load_config
 from prefork.settings import ConnectionSettings
 from prefork.errors import ConfigError
 from prefork.logs import error_log, reopen_logs, setup_logging
+from prefork.privileges import service_owner
 from prefork.scoreboard import Scoreboard, WorkerState
 from prefork.sockets import describe_listener
 from prefork.spool import remove_stale_files
@@ -168,8 +169,12 @@ class Master:
         for signum in data:
             name = signal.Signals(signum).name[3:]
             handler = getattr(self, "handle_" + name.lower(), None)
-            if handler is not None:
+            if handler is None:
+                continue
+            try:
                 handler()
+            except Exception as exc:  # a signal must never take the master (and the port) down
+                error_log.error("handling SIG%s failed, the master keeps running: %s", name, exc, exc_info=exc)
 
     # --- workers ----------------------------------------------------------------
     def _spawn_missing(self) -> None:
@@ -356,7 +361,7 @@ class Master:
         self.previous = (self.cfg, self.num_workers)
         if self.cfg.source:
             try:
-                new_cfg = load_config(self.cfg.source, self.overrides)
+                new_cfg = self._load_new_config()
             except ConfigError as exc:
                 error_log.error("reload failed, keeping the running configuration: %s", exc)
                 systemd.notify("READY=1\nSTATUS=reload failed: bad configuration")
@@ -365,12 +370,27 @@ class Master:
                 error_log.warning("reload: bind addresses changed; a restart is needed to apply them")
             self.cfg = new_cfg
             self.num_workers = new_cfg.server.workers
-            setup_logging(new_cfg.logging.error_log, new_cfg.logging.access_log, new_cfg.logging.level)
         self.generation += 1
         self.served.clear()
         self.reloading = True
         error_log.info("reloading: starting generation %d", self.generation)
         self._spawn_missing()
+
+    def _load_new_config(self) -> Config:
+        """Read the config file again and switch the logs to it: all of it, or nothing.
+
+        Raises:
+            ConfigError: the file is invalid, names an unknown user or group, or a log
+                file that cannot be opened; the running configuration and logs stay.
+        """
+        assert self.cfg.source is not None
+        new_cfg = load_config(self.cfg.source, self.overrides)
+        try:
+            owner = service_owner(new_cfg.server.user, new_cfg.server.group)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+        setup_logging(new_cfg.logging.error_log, new_cfg.logging.access_log, new_cfg.logging.level, owner)
+        return new_cfg
 
     def handle_term(self) -> None:
         """Graceful stop."""

@@ -35,6 +35,22 @@ def resolve(user: str, group: str) -> tuple[int | None, int | None]:
     return uid, gid
 
 
+def service_owner(user: str, group: str) -> tuple[int, int] | None:
+    """The (uid, gid) that files the server creates as root should belong to.
+
+    None when not running as root or when no service user or group is configured:
+    then files are created by the user that will also reopen them. An id of -1
+    means "leave unchanged" (``os.fchown`` semantics).
+
+    Raises:
+        ValueError: an unknown user or group name.
+    """
+    uid, gid = resolve(user, group)
+    if os.geteuid() != 0 or (uid is None and gid is None):
+        return None
+    return (-1 if uid is None else uid, -1 if gid is None else gid)
+
+
 def drop_privileges(user: str, group: str, own_dirs: Iterable[str]) -> None:
     """Give ``own_dirs`` to the service user, then become that user and group.
 

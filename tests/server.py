@@ -39,11 +39,13 @@ class Server:
         config: extra INI text, section by section (``{"limits": "header_timeout = 2s"}``).
         workers: worker processes.
         threads: handler threads per worker.
+        log_dir: where error.log and access.log go (default: ``tmp``).
     """
 
     def __init__(self, tmp: Path, app: str = "tests.apps.echo:app", config: dict[str, str] | None = None,
                  workers: int = 1, threads: int = 4, extra_args: list[str] | None = None,
-                 bind: str | None = None, env: dict[str, str] | None = None) -> None:
+                 bind: str | None = None, env: dict[str, str] | None = None,
+                 log_dir: Path | None = None) -> None:
         self.tmp = tmp
         self.port = free_port()
         self.bind = bind or f"127.0.0.1:{self.port}"
@@ -51,8 +53,8 @@ class Server:
         self.uploads = tmp / "uploads"
         self.staging.mkdir(exist_ok=True)
         self.uploads.mkdir(exist_ok=True)
-        self.error_log = tmp / "error.log"
-        self.access_log = tmp / "access.log"
+        self.error_log = (log_dir or tmp) / "error.log"
+        self.access_log = (log_dir or tmp) / "access.log"
         sections = {
             "server": f"bind = {self.bind}\nworkers = {workers}\nthreads = {threads}",
             "staging": f"dir = {self.staging}",

@@ -533,9 +533,9 @@ class Connection:
         self.deadline = now + self.settings.keepalive_timeout
         if not self.eof:
             self._set_reading(True)
-        if self.loop.draining and not self.parser.buffered:
-            self.close()
-            return
+        # Even while the worker drains, the connection stays open: this response said
+        # keep-alive, so its client may be sending the next request right now. That one
+        # is answered with Connection: close; an idle one is closed when its time is up.
         if self.parser.buffered or self.eof:
             self.process()  # a pipelined request (or the peer's EOF) is already here
 
@@ -574,8 +574,8 @@ class Connection:
         if now < self.deadline:
             return
         if self.stage is Stage.HEAD:
-            if self.timeout_is_keepalive:
-                self.close()
+            if self.timeout_is_keepalive or (self.loop.draining and not self.parser.buffered):
+                self._close_idle()
             else:
                 self.fail(RequestTimeout(
                     f"request head not complete within {self.settings.header_timeout:g} s"))
@@ -602,16 +602,27 @@ class Connection:
         self.window_start, self.window_bytes = now, 0
         self.deadline = now + self.settings.body_rate_window
 
-    def on_drain(self) -> None:
-        """The worker is stopping: idle keep-alive connections close now.
+    def _close_idle(self) -> None:
+        """Close a connection with no request in progress, unless one has just arrived.
 
-        A connection accepted but not yet read is not idle: its client has sent (or is
-        sending) a request, which is answered with ``Connection: close``.
+        Closing races a client that reuses the connection at that moment (RFC 9112
+        §9.3.1): its request would meet a reset. One last read narrows that race to
+        requests still on the wire; whatever is found is served instead.
         """
-        if self.stage is Stage.HEAD and self.timeout_is_keepalive and not self.parser.buffered:
-            self.on_readable()  # a request may already wait in the socket: serve it, don't drop it
-            if self.stage is Stage.HEAD and self.timeout_is_keepalive and not self.parser.buffered:
-                self.close()
+        self.on_readable()
+        if self.stage is Stage.HEAD and not self.parser.buffered:
+            self.close()
+
+    def on_drain(self) -> None:
+        """The worker is stopping; nothing changes for this connection yet.
+
+        An idle keep-alive connection is not closed now: its client may be sending a
+        request at this very moment, and closing would reset it. Requests that arrive
+        from now on are answered with ``Connection: close``; a connection that stays
+        idle is closed when its keep-alive (or, before its first request, header) time
+        is up, after one last read. So a drain loses no request, and lasts at most
+        ``keepalive_timeout`` for idle clients.
+        """
 
     # --- output -------------------------------------------------------------------
     def send(self, data: bytes | memoryview, flush: bool = True) -> None:

@@ -518,6 +518,7 @@ class Worker:
         if self.draining:
             return
         self.draining = True
+        error_log.debug("worker %d draining: %d connections open", os.getpid(), len(self.connections))
         if self.slot is not None:
             self.slot.set_state(WorkerState.STOPPING)
         self._set_accepting(False)

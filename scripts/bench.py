@@ -12,6 +12,7 @@ Usage (from the repo root)::
     python scripts/bench.py concurrent             # 20 x 50 MiB uploads at once
     python scripts/bench.py slow                   # hello under 500 slowloris + 50 slow bodies
     python scripts/bench.py ws --runs 3
+    python scripts/bench.py reload --runs 1        # requests lost to HUP/TTIN/TTOU + max_requests
 
 ``all`` (alias ``perf``) runs every scenario and ends with one table, scenario |
 prefork | peer | ratio | target | met?, headed by the date and the command line:
@@ -1304,6 +1305,13 @@ def ceiling_main(port: int, directory: str) -> int:
     return 0
 
 
+def scenario_reload(args: argparse.Namespace, ws: Workspace) -> list[SummaryRow]:
+    """Failed requests while the master reloads and workers recycle (``bench_reload``)."""
+    from bench_reload import scenario_reload as run
+
+    return run(args, ws)
+
+
 # --------------------------------------------------------------------------- CLI
 
 
@@ -1326,6 +1334,7 @@ SCENARIOS: dict[str, Callable[[argparse.Namespace, Workspace], list[SummaryRow]]
     "concurrent": scenario_concurrent,
     "slow": scenario_slow,
     "ws": scenario_ws,
+    "reload": scenario_reload,
 }
 
 
@@ -1350,6 +1359,8 @@ def build_parser() -> argparse.ArgumentParser:
                             ("concurrent", "20 concurrent 50 MiB multipart uploads vs gunicorn + Flask"),
                             ("slow", "hello req/s with 500 slowloris + 50 slow-body clients vs none"),
                             ("ws", "WebSocket echo msg/s and MiB/s vs the websockets library"),
+                            ("reload", "failed requests under keep-alive load during 16 reload signals "
+                                       "and max_requests recycling, vs gunicorn gthread"),
                             ("all", "every scenario, then the summary table with targets"),
                             ("perf", "the same as all")]:
         sub.add_parser(name, parents=[common], help=help_text)

@@ -163,6 +163,7 @@ class ProcessConfig:
     """``[process]``: worker supervision and recycling."""
 
     timeout: float = _setting(duration_value(), 30.0)
+    handler_timeout: float = _setting(duration_value(), 60.0)
     graceful_timeout: float = _setting(duration_value(), 30.0)
     max_requests: int = _setting(int_value(0), 0)
     max_requests_jitter: int = _setting(int_value(0), 0)

@@ -66,6 +66,8 @@ class ResponseStream:
         file: a file body for sendfile, or None.
         close_connection: the application asked for ``Connection: close``.
         on_close: called once when the response is done or abandoned.
+        producer: the thread producing ``rest``, when that is not the caller's (see
+            ``prefork.pool.StreamProducer``); ``close()`` from elsewhere asks it to close.
     """
 
     status: int
@@ -77,6 +79,7 @@ class ResponseStream:
     close_connection: bool = False
     content_length: int | None = None
     on_close: Callable[[], None] | None = None
+    producer: Producer | None = None
 
     def pull(self, budget: int, emit: Callable[[bytes], None] | None = None) -> None:
         """Produce up to about ``budget`` more bytes from ``rest``.
@@ -111,13 +114,34 @@ class ResponseStream:
 
         A failing hook is logged: the response it belongs to is complete, and the
         hook may run on the event loop, which must not die of application code.
+        A body produced by a thread of its own is closed on that thread, where its
+        iterator ran: from any other thread this only asks the producer to stop.
         """
+        if self.producer is not None and not self.producer.on_own_thread():
+            self.producer.cancel()
+            return
         hook, self.on_close = self.on_close, None
         if hook is not None:
             try:
                 hook()
             except Exception as exc:
                 error_log.error("the application's close() failed: %s", exc, exc_info=exc)
+
+
+class Producer(Protocol):
+    """The thread producing a streamed body, as a response sees it."""
+
+    def on_own_thread(self) -> bool:
+        """Whether the caller is the producing thread."""
+        ...
+
+    def request(self, budget: int) -> None:
+        """Ask for about ``budget`` more bytes of the body."""
+        ...
+
+    def cancel(self) -> None:
+        """Stop producing; the producing thread closes the body."""
+        ...
 
 
 class Application(Protocol):

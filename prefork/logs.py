@@ -133,6 +133,15 @@ def reopen_logs() -> None:
                                     handler.path, exc.strerror or exc)
 
 
+def error_log_stream() -> IO[str] | None:
+    """The stream the error log writes to now (for faulthandler's stack dumps)."""
+    for handler in error_log.handlers:
+        if isinstance(handler, logging.StreamHandler):
+            stream: IO[str] = handler.stream
+            return stream
+    return None
+
+
 _clf_cache: list[object] = [0, ""]
 
 

@@ -36,6 +36,8 @@ TICK = 0.5
 STATUS_INTERVAL = 5.0
 # Slots beyond the worker count: during a reload old and new workers overlap.
 SPARE_SLOTS = 2
+# Between SIGABRT (stacks to the error log) and SIGKILL for a worker whose heartbeat stopped.
+ABORT_GRACE = 2.0
 _HANDLED = ("HUP", "TERM", "INT", "QUIT", "TTIN", "TTOU", "USR1", "CHLD")
 
 
@@ -48,6 +50,8 @@ class WorkerInfo:
     generation: int
     started: float
     stopping: bool = False
+    aborted_at: float = 0.0  # when it was sent SIGABRT for a missed heartbeat
+    killed: bool = False
 
 
 def worker_settings(cfg: Config) -> WorkerSettings:
@@ -79,6 +83,7 @@ def worker_settings(cfg: Config) -> WorkerSettings:
                           max_requests=cfg.process.max_requests,
                           max_requests_jitter=cfg.process.max_requests_jitter,
                           max_worker_memory=cfg.process.max_worker_memory,
+                          handler_timeout=cfg.process.handler_timeout,
                           websocket=websocket, uploads_dir=cfg.uploads.dir,
                           status_path=cfg.status.path.encode("latin-1"), status_allow=cfg.status.allow)
 
@@ -276,11 +281,20 @@ class Master:
         now = time.monotonic()
         timeout = self.cfg.process.timeout
         for info in list(self.workers.values()):
+            if info.aborted_at:
+                # SIGABRT had the worker write every thread's stack to the error log
+                # (faulthandler); one that is still there now is stuck beyond that.
+                if now - info.aborted_at > ABORT_GRACE and not info.killed:
+                    info.killed = True
+                    self._kill(info.pid, signal.SIGKILL)
+                continue
             view = self.board.view(info.slot)
             if now - max(view.heartbeat, info.started) > timeout:
-                error_log.error("worker %d missed its heartbeat for %.0f s (timeout %g s); killing",
+                error_log.error("worker %d missed its heartbeat for %.0f s (timeout %g s); aborting it "
+                                "(its threads' stacks follow in the error log)",
                                 info.pid, now - view.heartbeat, timeout)
-                self._kill(info.pid, signal.SIGKILL)
+                info.aborted_at = now
+                self._kill(info.pid, signal.SIGABRT)
 
     def _kill(self, pid: int, sig: int) -> None:
         try:

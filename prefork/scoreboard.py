@@ -23,8 +23,8 @@ from dataclasses import dataclass
 
 # Slot header: pid, state, generation, heartbeat (monotonic), started (wall),
 # requests, http connections, ws connections, bytes received, staged RAM, staged disk,
-# uploads in flight.
-_HEAD = struct.Struct("<qiiddQIIQQQI4x")
+# uploads in flight, handler threads, threads running a handler.
+_HEAD = struct.Struct("<qiiddQIIQQQIHH")
 MAX_UPLOADS = 8
 _PATH_BYTES = 120
 # One upload: path, bytes so far, declared length (-1 unknown), start (wall clock).
@@ -68,6 +68,8 @@ class SlotView:
     staged_ram: int
     staged_disk: int
     uploads: tuple[Upload, ...]
+    threads: int = 0
+    busy_threads: int = 0
 
 
 class Scoreboard:
@@ -107,7 +109,7 @@ class Scoreboard:
             if self._read_head(index)[0] == 0:
                 self._mem[index * SLOT_SIZE:(index + 1) * SLOT_SIZE] = bytes(SLOT_SIZE)
                 _HEAD.pack_into(self._mem, index * SLOT_SIZE, pid, WorkerState.BOOTING, generation,
-                                time.monotonic(), time.time(), 0, 0, 0, 0, 0, 0, 0)
+                                time.monotonic(), time.time(), 0, 0, 0, 0, 0, 0, 0, 0, 0)
                 return index
         raise RuntimeError(f"scoreboard full: all {self.slots} slots are in use")
 
@@ -182,7 +184,7 @@ class Scoreboard:
             uploads.append(Upload(path.rstrip(b"\0").decode("utf-8", "replace"), received,
                                   None if declared < 0 else declared, started))
         return SlotView(index, head[0], WorkerState(head[1]), head[2], head[3], head[4], head[5],
-                        head[6], head[7], head[8], head[9], head[10], tuple(uploads))
+                        head[6], head[7], head[8], head[9], head[10], tuple(uploads), head[12], head[13])
 
     def views(self) -> list[SlotView]:
         """Snapshots of every occupied slot."""
@@ -220,6 +222,11 @@ class WorkerSlot:
     def set_state(self, state: WorkerState) -> None:
         """Publish the worker's state."""
         struct.pack_into("<i", self.board._mem, self._base + 8, int(state))
+
+    def set_threads(self, threads: int, busy: int) -> None:
+        """Publish the handler threads and how many of them run a handler now."""
+        struct.pack_into("<HH", self.board._mem, self._base + _FIELD_OFFSETS["threads"],
+                         min(threads, 0xFFFF), min(busy, 0xFFFF))
 
     def count_request(self) -> None:
         """One more request served."""
@@ -291,8 +298,9 @@ class WorkerSlot:
 
 def _offsets() -> tuple[dict[str, int], dict[str, str]]:
     names = ["pid", "state", "generation", "heartbeat", "started", "requests", "connections",
-             "ws_connections", "bytes_received", "staged_ram", "staged_disk", "uploads"]
-    codes = "qiiddQIIQQQI"
+             "ws_connections", "bytes_received", "staged_ram", "staged_disk", "uploads", "threads",
+             "busy_threads"]
+    codes = "qiiddQIIQQQIHH"
     offsets, formats, position = {}, {}, 0
     for name, code in zip(names, codes):
         size = struct.calcsize("<" + code)

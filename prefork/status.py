@@ -70,7 +70,8 @@ def snapshot(board: Scoreboard, master_pid: int, now: float | None = None) -> di
             "uptime": round(wall - view.started, 1), "requests": view.requests,
             "connections": view.connections, "websockets": view.ws_connections,
             "bytes_received": view.bytes_received, "staged_ram": view.staged_ram,
-            "staged_disk": view.staged_disk, "uploads": uploads,
+            "staged_disk": view.staged_disk, "threads": view.threads, "busy_threads": view.busy_threads,
+            "uploads": uploads,
         })
     return {
         "master_pid": master_pid,
@@ -121,6 +122,10 @@ def render_prometheus(snap: dict[str, Any]) -> bytes:
         "# HELP prefork_uploads_in_progress Request bodies being received.",
         "# TYPE prefork_uploads_in_progress gauge",
         f"prefork_uploads_in_progress {sum(len(w['uploads']) for w in workers)}",
+        "# HELP prefork_handler_threads Handler threads, and how many of them run a handler now.",
+        "# TYPE prefork_handler_threads gauge",
+        f'prefork_handler_threads{{state="busy"}} {sum(w["busy_threads"] for w in workers)}',
+        f'prefork_handler_threads{{state="idle"}} {sum(w["threads"] - w["busy_threads"] for w in workers)}',
         "# HELP prefork_worker_heartbeat_age_seconds Time since each worker's last heartbeat.",
         "# TYPE prefork_worker_heartbeat_age_seconds gauge",
     ]
@@ -143,17 +148,22 @@ def _duration(seconds: float | None) -> str:
     return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
 
 
+def _threads(worker: dict[str, Any]) -> str:
+    """Busy handler threads of a worker, as "busy/all" ("-" when handlers run inline)."""
+    return f"{worker['busy_threads']}/{worker['threads']}" if worker["threads"] else "-"
+
+
 def render_text(snap: dict[str, Any]) -> str:
     """The snapshot as a terminal table (``prefork-serve status``)."""
     out = [f"requests {snap['requests_total']}  received {_size(snap['bytes_received_total'])}  "
            f"staged RAM {_size(snap['staged_ram'])} / {_size(snap['memory_budget'])}  "
            f"staged disk {_size(snap['staged_disk'])}",
            f"{'PID':>8} {'STATE':<9} {'GEN':>3} {'BEAT':>6} {'REQS':>8} {'HTTP':>5} {'WS':>5} "
-           f"{'RAM':>10} {'DISK':>10}"]
+           f"{'BUSY':>7} {'RAM':>10} {'DISK':>10}"]
     for w in snap["workers"]:
         out.append(f"{w['pid']:>8} {w['state']:<9} {w['generation']:>3} {w['heartbeat_age']:>5.1f}s "
                    f"{w['requests']:>8} {w['connections']:>5} {w['websockets']:>5} "
-                   f"{_size(w['staged_ram']):>10} {_size(w['staged_disk']):>10}")
+                   f"{_threads(w):>7} {_size(w['staged_ram']):>10} {_size(w['staged_disk']):>10}")
         for u in w["uploads"]:
             done = f"{100 * u['received'] / u['declared']:.0f}%" if u["declared"] else _size(u["received"])
             out.append(f"{'':>10} upload {u['path']}  {done}  {_size(u['rate'])}/s  ETA {_duration(u['eta'])}")
@@ -174,7 +184,8 @@ def render_html(snap: dict[str, Any], refresh: float = 2.0) -> bytes:
         rows.append(
             f"<tr><td>{w['pid']}</td><td class='l {w['state']}'>{w['state']}</td><td>{w['generation']}</td>"
             f"<td>{w['heartbeat_age']:.1f} s</td><td>{w['requests']}</td><td>{w['connections']}</td>"
-            f"<td>{w['websockets']}</td><td>{_size(w['staged_ram'])}</td><td>{_size(w['staged_disk'])}</td></tr>")
+            f"<td>{w['websockets']}</td><td>{_threads(w)}</td><td>{_size(w['staged_ram'])}</td>"
+            f"<td>{_size(w['staged_disk'])}</td></tr>")
         for u in w["uploads"]:
             pct = 100 * u["received"] / u["declared"] if u["declared"] else 0
             total = _size(u["declared"]) if u["declared"] else "?"
@@ -192,7 +203,7 @@ def render_html(snap: dict[str, Any], refresh: float = 2.0) -> bytes:
 <p>{snap['requests_total']} requests served; {_size(snap['bytes_received_total'])} received;
 staged in RAM {_size(snap['staged_ram'])} of {_size(snap['memory_budget'])}; on disk {_size(snap['staged_disk'])}.</p>
 <h2>Workers</h2><table><tr><th>pid</th><th class='l'>state</th><th>gen</th><th>heartbeat</th>
-<th>requests</th><th>http</th><th>ws</th><th>RAM staged</th><th>disk staged</th></tr>{''.join(rows)}</table>
+<th>requests</th><th>http</th><th>ws</th><th>busy threads</th><th>RAM staged</th><th>disk staged</th></tr>{''.join(rows)}</table>
 <h2>Uploads in progress</h2>{upload_table}
 <p><a href="?format=json">JSON</a> · <a href="?format=prometheus">Prometheus</a></p></body></html>"""
     return page.encode("utf-8")

@@ -13,15 +13,17 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import faulthandler
 import functools
+import io
 import os
-import queue
 import random
 import selectors
 import signal
 import socket
-import threading
+import sys
 import time
+import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -34,7 +36,8 @@ from prefork.settings import ConnectionSettings
 from prefork.errors import ProtocolError
 from prefork.handlers import Application, CompleteRequest, ResponseStream
 from prefork.http.events import EndOfMessage, Request
-from prefork.logs import error_log, reopen_logs
+from prefork.logs import error_log, error_log_stream, reopen_logs
+from prefork.pool import HandlerPool, Job, StreamProducer, Wakeup
 from prefork.scoreboard import WorkerSlot, WorkerState
 from prefork.status import status_response
 from prefork.websocket.handshake import HandshakeError, build_error_response
@@ -63,6 +66,7 @@ class WorkerSettings:
     max_requests: int = 0
     max_requests_jitter: int = 0
     max_worker_memory: int = 0
+    handler_timeout: float = 0.0
     websocket: UpgradeSettings | None = None
     uploads_dir: str = "uploads"
     status_path: bytes = b""
@@ -81,80 +85,8 @@ class _Readable:
         """Never asked for."""
 
 
-class Wakeup:
-    """Runs callables on the loop thread, deferred from other threads or signal handlers."""
-
-    def __init__(self) -> None:
-        self._read_fd, self._write_fd = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-        self._queue: queue.SimpleQueue[tuple[Callable[..., None], tuple[Any, ...]]] = queue.SimpleQueue()
-        self._signalled = False
-
-    def fileno(self) -> int:
-        """The pipe end the selector watches."""
-        return self._read_fd
-
-    def defer(self, fn: Callable[..., None], *args: Any) -> None:
-        """Queue ``fn(*args)`` for the loop thread; thread-safe and signal-safe."""
-        self._queue.put((fn, args))
-        if not self._signalled:
-            self._signalled = True
-            try:
-                os.write(self._write_fd, b"\0")
-            except BlockingIOError:
-                pass  # the pipe is full, so the loop is already due to wake
-
-    def run_pending(self) -> None:
-        """Run everything deferred so far (on the loop thread)."""
-        try:
-            os.read(self._read_fd, 4096)
-        except BlockingIOError:
-            pass
-        self._signalled = False
-        get = self._queue.get_nowait
-        while True:
-            try:
-                fn, args = get()
-            except queue.Empty:
-                return
-            try:
-                fn(*args)
-            except Exception as exc:  # one failed callback must not take the worker down
-                error_log.error("internal error in %s: %s", getattr(fn, "__qualname__", fn), exc, exc_info=exc)
-
-
-class HandlerPool:
-    """A fixed set of daemon threads running jobs and deferring results to the loop."""
-
-    def __init__(self, threads: int, wakeup: Wakeup) -> None:
-        self._jobs: queue.SimpleQueue[tuple[Callable[[], Any], Callable[[Any], None]] | None] = queue.SimpleQueue()
-        self._wakeup = wakeup
-        self.busy = 0
-        self._threads = [threading.Thread(target=self._run, name=f"handler-{n}", daemon=True)
-                         for n in range(threads)]
-        for thread in self._threads:
-            thread.start()
-
-    def submit(self, job: Callable[[], Any], done: Callable[[Any], None]) -> None:
-        """Run ``job()`` in a thread, then ``done(result or exception)`` on the loop."""
-        self.busy += 1
-        self._jobs.put((job, done))
-
-    def _run(self) -> None:
-        while (item := self._jobs.get()) is not None:
-            job, done = item
-            try:
-                result = job()
-            except BaseException as exc:  # handed to the loop, which logs it
-                result = exc
-            self._wakeup.defer(self._finished, done, result)
-
-    def _finished(self, done: Callable[[Any], None], result: Any) -> None:
-        self.busy -= 1
-        done(result)
-
-
-def _run_application(app: Application, request: CompleteRequest) -> ResponseStream:
-    return app(request)
+# What a handler job returns when its thread went on to stream the body itself.
+_STREAMING = object()
 
 
 class Worker:
@@ -205,6 +137,7 @@ class Worker:
                 return WORKER_BOOT_ERROR
         self.wakeup = Wakeup()
         self._install_signals()
+        _dump_stacks_on_abort()
         self.pool = HandlerPool(self.worker_settings.threads, self.wakeup) if self.worker_settings.threads else None
         self.selector = selectors.DefaultSelector()
         self.selector.register(self.wakeup, selectors.EVENT_READ, _Readable(self.wakeup.run_pending))
@@ -226,7 +159,7 @@ class Worker:
         # Ctrl-C signals the whole process group: the master turns INT into a graceful stop.
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGQUIT, lambda *_: self.wakeup.defer(self.stop_now))
-        signal.signal(signal.SIGUSR1, lambda *_: self.wakeup.defer(reopen_logs))
+        signal.signal(signal.SIGUSR1, lambda *_: self.wakeup.defer(_reopen_logs))
         signal.signal(signal.SIGHUP, signal.SIG_IGN)
         signal.signal(signal.SIGTTIN, signal.SIG_IGN)
         signal.signal(signal.SIGTTOU, signal.SIG_IGN)
@@ -250,6 +183,7 @@ class Worker:
             if now >= next_sweep:
                 next_sweep = now + SWEEP_INTERVAL
                 self._sweep(now)
+            # Threads stuck in a handler that timed out do not hold the exit: they are daemons.
             if self.draining and not self.connections and not (self.pool and self.pool.busy):
                 break
         self.selector.close()
@@ -267,6 +201,11 @@ class Worker:
     def _sweep(self, now: float) -> None:
         if self.slot is not None:
             self.slot.heartbeat(now)
+        if self.pool is not None:
+            if self.worker_settings.handler_timeout:
+                self._expire_handlers(now, self.worker_settings.handler_timeout)
+            if self.slot is not None:
+                self.slot.set_threads(self.pool.size, self.pool.running)
         if not self._accepting and not self.draining and now >= self._accept_retry:
             self._set_accepting(True)
         for conn in list(self.connections):
@@ -279,6 +218,22 @@ class Worker:
             if rss > self.worker_settings.max_worker_memory:
                 error_log.info("worker %d: RSS %d bytes over max_worker_memory, recycling", os.getpid(), rss)
                 self.begin_drain()
+
+    def _expire_handlers(self, now: float, timeout: float) -> None:
+        """Answer requests whose handler has hung, and have this worker replaced.
+
+        A thread cannot be stopped from outside: it is left to its handler (its
+        result is dropped if it ever ends), the client gets a 504 now, and the
+        worker drains so that a fresh one takes over its share of the work.
+        """
+        assert self.pool is not None
+        for job in self.pool.overdue(now, timeout):
+            self.pool.abandon(job)
+            error_log.error("worker %d: the handler for %s has run for %.1f s (handler_timeout %g s); "
+                            "answering 504 and recycling the worker. Its thread's stack:\n%s", os.getpid(),
+                            job.label, now - job.started, timeout, _thread_stack(job.thread))
+            job.done(_handler_timeout_response(timeout))
+            self.begin_drain()
 
     # --- accepting --------------------------------------------------------------
     def _set_accepting(self, on: bool) -> None:
@@ -364,30 +319,54 @@ class Worker:
         app = self.app
         if self.pool is None:
             try:
-                result: ResponseStream | BaseException = _run_application(app, request)
+                result: ResponseStream | BaseException = app(request)
             except Exception as exc:
                 result = exc
             conn.on_response(result)
-        else:
-            self.pool.submit(lambda: _run_application(app, request), conn.on_response)
+            return
+        head = request.head
+        label = f"{head.method.decode('latin-1')} {head.target.decode('latin-1')}"
+        timeout = self.worker_settings.handler_timeout
+        self.pool.submit(functools.partial(self._handle, app, request, conn),
+                         functools.partial(self._handled, conn), label=label, deadline=bool(timeout))
+
+    def _handle(self, app: Application, request: CompleteRequest, conn: Connection, job: Job) -> object:
+        """Call the application (pool thread); a streamed body goes on being produced here."""
+        response = app(request)
+        if response.rest is None:
+            return response
+        # Frameworks bind a request to its thread (contextvars, thread locals): the body's
+        # iterator is advanced by this thread only, for as long as the body lasts.
+        producer = StreamProducer(response)
+        response.producer = producer
+        self.wakeup.defer(self._stream_started, job, conn, response)
+        producer.serve(emit=lambda chunk: self.wakeup.defer(conn.on_chunk, chunk),
+                       pulled=lambda error: self.wakeup.defer(conn.on_pulled, error))
+        return _STREAMING
+
+    def _stream_started(self, job: Job, conn: Connection, response: ResponseStream) -> None:
+        if job.abandoned:  # answered with 504 already: the producing thread closes the body
+            response.close()
+            return
+        job.deadline = False  # the response has started: a stream may last as long as it likes
+        conn.on_response(response)
+
+    def _handled(self, conn: Connection, result: object) -> None:
+        if result is not _STREAMING:
+            conn.on_response(result)  # type: ignore[arg-type]
 
     def pull(self, conn: Connection, stream: ResponseStream, budget: int) -> None:
-        """Produce more of a streamed body in a handler thread."""
-        def job() -> None:
+        """Have more of a streamed body produced, by the thread that started it."""
+        if stream.producer is not None:
+            stream.producer.request(budget)
+            return
+        # Inline mode (threads = 0): produce here, and finish on the next loop turn
+        # rather than by recursing into the connection.
+        try:
             stream.pull(budget, emit=lambda chunk: self.wakeup.defer(conn.on_chunk, chunk))
-
-        def done(result: Any) -> None:
-            conn.on_pulled(result if isinstance(result, BaseException) else None)
-
-        if self.pool is None:
-            # Inline mode: finish on the next loop turn, not by recursing into the connection.
-            try:
-                job()
-                self.wakeup.defer(done, None)
-            except Exception as exc:
-                self.wakeup.defer(done, exc)
-        else:
-            self.pool.submit(job, done)
+            self.wakeup.defer(conn.on_pulled, None)
+        except Exception as exc:
+            self.wakeup.defer(conn.on_pulled, exc)
 
     def wants_form(self, head: Request) -> bool:
         """Whether the application wants this request's multipart body parsed as it arrives."""
@@ -469,7 +448,7 @@ class Worker:
             except Exception as exc:
                 done(exc)
         else:
-            self.pool.submit(call, done)
+            self.pool.submit(lambda job: call(), done, label="WebSocket handler")
 
     def _upgrade(self, conn: Connection, head: Request) -> bool:
         """Take over a WebSocket handshake; False leaves the request to the HTTP app."""
@@ -532,6 +511,33 @@ class Worker:
         self.stopping_now = True
         for conn in list(self.connections):
             conn.close()
+
+
+def _dump_stacks_on_abort() -> None:
+    # The master sends SIGABRT to a worker whose heartbeat stopped: faulthandler then
+    # writes every thread's stack to the error log before the process dies.
+    stream = error_log_stream()
+    if stream is not None:
+        try:
+            faulthandler.enable(file=stream, all_threads=True)
+        except (OSError, ValueError, io.UnsupportedOperation) as exc:
+            error_log.warning("worker %d: no stack dumps on SIGABRT: %s", os.getpid(), exc)
+
+
+def _reopen_logs() -> None:
+    reopen_logs()
+    _dump_stacks_on_abort()  # faulthandler holds the old file's descriptor: give it the new one
+
+
+def _thread_stack(ident: int) -> str:
+    frame = sys._current_frames().get(ident)
+    return "".join(traceback.format_stack(frame)).rstrip() if frame is not None else "(thread gone)"
+
+
+def _handler_timeout_response(timeout: float) -> ResponseStream:
+    body = f"Gateway Timeout: the application did not answer within {timeout:g} s.\n".encode()
+    return ResponseStream(504, "Gateway Timeout", [("Content-Type", "text/plain; charset=utf-8")], [body],
+                          close_connection=True)
 
 
 def _local_address(lsock: socket.socket) -> tuple[str, int]:

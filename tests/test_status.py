@@ -223,11 +223,12 @@ def test_cli_status_prints_table_and_json(server: Server) -> None:
     assert table.returncode == 0, table.stderr
     lines = table.stdout.splitlines()
     assert lines[0].startswith("requests ")
-    assert lines[1].split() == ["PID", "STATE", "GEN", "BEAT", "REQS", "HTTP", "WS", "RAM", "DISK"]
+    assert lines[1].split() == ["PID", "STATE", "GEN", "BEAT", "REQS", "HTTP", "WS", "BUSY", "RAM", "DISK"]
     pids = {p.pid for p in server.workers()}
     rows = [line.split() for line in lines[2:] if line.split() and line.split()[0].isdigit()]
     assert {int(r[0]) for r in rows} == pids
     assert all(r[1] == "ready" for r in rows)
+    assert all(r[7] == "0/4" for r in rows), rows  # the upload is staging: no handler thread runs yet
     upload_lines = [line for line in lines if "upload /sha256?cli" in line]
     assert len(upload_lines) == 1 and "3%" in upload_lines[0] and "ETA" in upload_lines[0], lines
 

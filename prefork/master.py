@@ -38,6 +38,11 @@ STATUS_INTERVAL = 5.0
 SPARE_SLOTS = 2
 # Between SIGABRT (stacks to the error log) and SIGKILL for a worker whose heartbeat stopped.
 ABORT_GRACE = 2.0
+# Workers that die before they are ready: respawned after 0.25 s, 0.5 s, 1 s, ... (at most
+# BOOT_BACKOFF_MAX), and the master gives up after BOOT_FAILURES_MAX failures in a row.
+BOOT_BACKOFF_FIRST = 0.25
+BOOT_BACKOFF_MAX = 8.0
+BOOT_FAILURES_MAX = 5
 _HANDLED = ("HUP", "TERM", "INT", "QUIT", "TTIN", "TTOU", "USR1", "CHLD")
 
 
@@ -84,6 +89,7 @@ def worker_settings(cfg: Config) -> WorkerSettings:
                           max_requests_jitter=cfg.process.max_requests_jitter,
                           max_worker_memory=cfg.process.max_worker_memory,
                           handler_timeout=cfg.process.handler_timeout,
+                          graceful_timeout=cfg.process.graceful_timeout,
                           websocket=websocket, uploads_dir=cfg.uploads.dir,
                           status_path=cfg.status.path.encode("latin-1"), status_allow=cfg.status.allow)
 
@@ -120,6 +126,8 @@ class Master:
         self.watchdog_interval = systemd.watchdog_interval()
         self.next_watchdog = 0.0
         self.next_status = time.monotonic() + STATUS_INTERVAL
+        self.boot_failures = 0  # workers in a row that died before they were ready
+        self.next_spawn = 0.0  # no spawning before this (backoff after boot failures)
 
     # --- main loop ----------------------------------------------------------
     def run(self) -> int:
@@ -144,6 +152,7 @@ class Master:
                     continue
                 self._check_heartbeats()
                 self._spawn_missing()
+                self._stop_surplus()
                 self._advance_reload()
                 self._notify_ready()
                 self._notify_systemd()
@@ -184,12 +193,16 @@ class Master:
     # --- workers ----------------------------------------------------------------
     def _spawn_missing(self) -> None:
         for info in self.workers.values():
+            if self.boot_failures and self.board.view(info.slot).state == WorkerState.READY:
+                self.boot_failures = 0  # workers start again: the failures were not in a row
             # A worker recycling itself (max_requests, max_worker_memory) is replaced as soon as
             # it starts draining, not when it exits: its in-flight uploads may take minutes.
             if not info.stopping and self.board.view(info.slot).state == WorkerState.STOPPING:
                 info.stopping = True
                 error_log.debug("worker %d is recycling itself; starting its replacement", info.pid)
         current = [w for w in self.workers.values() if w.generation == self.generation and not w.stopping]
+        if len(current) < self.num_workers and time.monotonic() < self.next_spawn:
+            return  # backing off after workers that failed to boot
         for _ in range(self.num_workers - len(current)):
             try:
                 self._spawn()
@@ -236,8 +249,11 @@ class Master:
                 return
             info = self.workers.pop(pid, None)
             if info is None:
+                error_log.warning("reaped process %d, which is not one of this master's workers (%s)",
+                                  pid, _describe_status(status))
                 continue
-            self._log_exit(info, status)
+            booted = self.board.view(info.slot).state != WorkerState.BOOTING
+            self._log_exit(info, status, booted)
             if (info.generation == self.generation and (self.reloading or not self.ready_sent)
                     and os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0):
                 self.served.add(pid)  # a clean exit comes after serving (it recycled between ticks)
@@ -245,16 +261,24 @@ class Master:
             self.board.retire(info.slot)  # counters into the totals, slot freed: one step for readers
             if self.cfg.staging.dir:
                 remove_stale_files(self.cfg.staging.dir, pid)
-            if os.WIFEXITED(status) and os.WEXITSTATUS(status) == WORKER_BOOT_ERROR and not self.stopping:
-                self._on_boot_error(info)
+            if not booted and not info.stopping and not self.stopping:
+                self._on_boot_failure(info, status)
 
-    def _on_boot_error(self, info: WorkerInfo) -> None:
-        """A worker could not load the app: roll a reload back, or stop (no respawn loop)."""
+    def _on_boot_failure(self, info: WorkerInfo, status: int) -> None:
+        """A worker died before it was ready: roll a reload back, back off, or stop.
+
+        A worker that cannot import the application stops the master at once; any
+        other early death is retried with a growing delay, up to BOOT_FAILURES_MAX
+        in a row, so a broken deployment ends with the worker's error instead of a
+        respawn loop.
+        """
         if info.generation > self.generation:
             return  # another worker of a reload that was already rolled back
+        cannot_import = os.WIFEXITED(status) and os.WEXITSTATUS(status) == WORKER_BOOT_ERROR
         if self.reloading and info.generation == self.generation and self.previous is not None:
-            error_log.error("reload failed: worker %d could not load the application; "
-                            "keeping generation %d", info.pid, self.generation - 1)
+            error_log.error("reload failed: worker %d %s; keeping generation %d", info.pid,
+                            "could not load the application" if cannot_import else "died while starting",
+                            self.generation - 1)
             for other in list(self.workers.values()):
                 if other.generation == self.generation and not other.stopping:
                     self._stop_worker(other)
@@ -263,19 +287,40 @@ class Master:
             self.reloading = False
             systemd.notify("READY=1\nSTATUS=reload failed: the application could not be loaded")
             return
-        error_log.error("worker %d could not load the application; stopping", info.pid)
+        if cannot_import:
+            error_log.error("worker %d could not load the application; stopping", info.pid)
+        else:
+            self.boot_failures += 1
+            if self.boot_failures < BOOT_FAILURES_MAX:
+                delay = min(BOOT_BACKOFF_MAX, BOOT_BACKOFF_FIRST * 2 ** (self.boot_failures - 1))
+                self.next_spawn = time.monotonic() + delay
+                error_log.error("worker %d died while starting (%s); starting another in %g s",
+                                info.pid, _describe_status(status), delay)
+                return
+            error_log.error("%d workers in a row died while starting, the last %s; stopping (see their "
+                            "errors above)", self.boot_failures, _describe_status(status))
         self.exit_code = WORKER_BOOT_ERROR
         self.begin_stop(graceful=False)
 
-    def _log_exit(self, info: WorkerInfo, status: int) -> None:
-        if os.WIFSIGNALED(status):
-            sig = signal.Signals(os.WTERMSIG(status)).name
-            level = error_log.info if info.stopping and sig == "SIGKILL" else error_log.warning
-            level("worker %d was killed by %s", info.pid, sig)
-        else:
-            code = os.WEXITSTATUS(status)
-            level = error_log.info if code == 0 else error_log.warning
-            level("worker %d exited with code %d", info.pid, code)
+    def _log_exit(self, info: WorkerInfo, status: int, booted: bool) -> None:
+        expected = os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0 or (
+            info.stopping and os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL)
+        level = error_log.info if expected else error_log.warning
+        level("worker %d %s%s", info.pid, _describe_status(status), "" if booted else " before it was ready")
+
+    def _stop_surplus(self) -> None:
+        """After TTOU, stop the oldest worker over the count, once none is still booting.
+
+        A booting worker is never the one stopped: it has not served yet, and the
+        ones that stay should all be ready when one goes.
+        """
+        current = sorted((w for w in self.workers.values() if w.generation == self.generation
+                          and not w.stopping), key=lambda w: w.started)
+        if len(current) <= self.num_workers:
+            return
+        if any(self.board.view(w.slot).state == WorkerState.BOOTING for w in current):
+            return
+        self._stop_worker(current[0])
 
     def _check_heartbeats(self) -> None:
         now = time.monotonic()
@@ -422,15 +467,12 @@ class Master:
         error_log.info("TTIN: %d workers", self.num_workers)
 
     def handle_ttou(self) -> None:
-        """One worker less (the oldest of the current generation stops gracefully)."""
+        """One worker less (the oldest ready one of the current generation stops gracefully)."""
         if self.num_workers <= 1:
             return
         self.num_workers -= 1
-        current = sorted((w for w in self.workers.values() if w.generation == self.generation
-                          and not w.stopping), key=lambda w: w.started)
-        if current:
-            self._stop_worker(current[0])
         error_log.info("TTOU: %d workers", self.num_workers)
+        self._stop_surplus()
 
     def handle_usr1(self) -> None:
         """Reopen log files, and have the workers do the same."""
@@ -488,3 +530,10 @@ class Master:
             except OSError:
                 pass
         error_log.info("master %d exiting with code %d", os.getpid(), self.exit_code)
+
+
+def _describe_status(status: int) -> str:
+    """A waitpid status in words: "exited with code 3", "was killed by SIGKILL"."""
+    if os.WIFSIGNALED(status):
+        return f"was killed by {signal.Signals(os.WTERMSIG(status)).name}"
+    return f"exited with code {os.WEXITSTATUS(status)}"

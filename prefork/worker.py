@@ -67,6 +67,7 @@ class WorkerSettings:
     max_requests_jitter: int = 0
     max_worker_memory: int = 0
     handler_timeout: float = 0.0
+    graceful_timeout: float = 30.0
     websocket: UpgradeSettings | None = None
     uploads_dir: str = "uploads"
     status_path: bytes = b""
@@ -119,6 +120,7 @@ class Worker:
         jitter = random.randint(0, settings.max_requests_jitter) if settings.max_requests_jitter else 0
         self._max_requests = settings.max_requests + jitter if settings.max_requests else 0
         self.requests = 0
+        self._orphan_deadline = 0.0
 
     # --- start-up -------------------------------------------------------------
     def run(self) -> int:
@@ -210,14 +212,26 @@ class Worker:
             self._set_accepting(True)
         for conn in list(self.connections):
             conn.check_timeouts(now)
-        if os.getppid() != self._ppid and not self.draining:
-            error_log.warning("worker %d: master is gone, stopping", os.getpid())
-            self.begin_drain()
+        if os.getppid() != self._ppid:
+            self._orphaned(now)
         if self.worker_settings.max_worker_memory and not self.draining:
             rss = psutil.Process().memory_info().rss
             if rss > self.worker_settings.max_worker_memory:
                 error_log.info("worker %d: RSS %d bytes over max_worker_memory, recycling", os.getpid(), rss)
                 self.begin_drain()
+
+    def _orphaned(self, now: float) -> None:
+        """The master is gone: nobody will enforce graceful_timeout, so this worker does."""
+        grace = self.worker_settings.graceful_timeout
+        if not self._orphan_deadline:
+            self._orphan_deadline = now + grace
+            error_log.warning("worker %d: the master is gone; finishing what is in flight for at most "
+                              "%g s (graceful_timeout)", os.getpid(), grace)
+            self.begin_drain()
+        elif now >= self._orphan_deadline and not self.stopping_now:
+            error_log.warning("worker %d: graceful_timeout (%g s) is over without a master; closing %d "
+                              "connections", os.getpid(), grace, len(self.connections))
+            self.stop_now()
 
     def _expire_handlers(self, now: float, timeout: float) -> None:
         """Answer requests whose handler has hung, and have this worker replaced.

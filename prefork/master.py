@@ -79,7 +79,8 @@ def worker_settings(cfg: Config) -> WorkerSettings:
                           max_requests_jitter=cfg.process.max_requests_jitter,
                           max_worker_memory=cfg.process.max_worker_memory,
                           websocket=websocket, uploads_dir=cfg.uploads.dir,
-                          status_path=cfg.status.path.encode("latin-1"), status_allow=cfg.status.allow)
+                          status_path=cfg.status.path.encode("latin-1"), status_allow=cfg.status.allow,
+                          reload=cfg.server.reload)
 
 
 class Master:

@@ -1,21 +1,27 @@
 """``prefork-serve``: the command-line entry point.
 
-Strategy: parse flags, load and validate the configuration (flags override
-the file, the file overrides defaults), bind every listening socket, then hand
-over to the master. Exit codes: 0 clean stop, 1 cannot listen, 2 bad
-configuration or usage, 3 the application could not be loaded.
+Strategy: parse flags, set up the process (``--chdir``, ``--pythonpath``),
+load and validate the configuration (flags override the file, the file
+overrides ``WEB_CONCURRENCY``, which overrides defaults), bind every listening
+socket, then hand over to the master. The flags that set configuration keys
+are a table in ``prefork.cli_flags``; ``--check-config`` is ``prefork.checks``.
+Exit codes: 0 clean stop, 1 cannot listen, 2 bad configuration or usage, 3 the
+application could not be loaded.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import socket
 import sys
 from collections.abc import Sequence
 
-from prefork import __version__, systemd
+from prefork import __version__, cli_flags, reloader, systemd
+from prefork.checks import check_config
 from prefork.config import COMMAND_LINE, Config, describe_config, load_config
+from prefork.config_values import parse_bind as check_bind
 from prefork.errors import ConfigError
 from prefork.logs import error_log, setup_logging
 from prefork.master import Master
@@ -26,39 +32,78 @@ from prefork.status import render_text
 EXIT_BIND = 1
 EXIT_CONFIG = 2
 
+USAGE = """%(prog)s [-c FILE] [options] [APP]
+       %(prog)s status [-c FILE] [-b ADDR] [--json]"""
+EPILOG = """subcommands:
+  status            show what every worker of a running server is doing (the
+                    status page as a table, or --json); 'prefork-serve status -h'
+
+environment:
+  WEB_CONCURRENCY   worker processes, unless -w or [server] workers gives a number
+
+exit codes: 0 clean stop, 1 cannot listen, 2 bad configuration or usage,
+3 the application could not be imported"""
+
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser for ``prefork-serve``."""
     parser = argparse.ArgumentParser(
-        prog="prefork-serve",
+        prog="prefork-serve", usage=USAGE, epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Pre-fork HTTP/1.1 + WebSocket server for WSGI and native prefork apps.")
-    parser.add_argument("app", nargs="?", default=None,
+    parser.add_argument("app", nargs="?", default=None, metavar="APP",
                         help="the application as module:callable (default: [server] app, else the demo)")
     parser.add_argument("-c", "--config", metavar="FILE", help="INI configuration file")
-    parser.add_argument("-b", "--bind", action="append", metavar="ADDR",
-                        help="listen on host:port, [v6]:port or unix:/path (repeatable)")
-    parser.add_argument("-w", "--workers", type=int, metavar="N", help="worker processes")
-    parser.add_argument("--threads", type=int, metavar="N", help="handler threads per worker (0 = inline)")
+    parser.add_argument("--chdir", metavar="DIR",
+                        help="change to DIR before loading the configuration and the application")
+    parser.add_argument("--pythonpath", metavar="DIRS",
+                        help="comma-separated directories to put first on sys.path for the application")
     parser.add_argument("--check-config", action="store_true",
-                        help="validate the configuration, print the effective settings and exit")
+                        help="check the configuration, the files it names and the application import, "
+                             "print the effective settings and exit (0 ok, 2 bad config, 3 app fails)")
     parser.add_argument("--version", action="version", version=f"prefork {__version__}")
+    cli_flags.add_setting_flags(parser)
     return parser
 
 
 def overrides(args: argparse.Namespace) -> dict[str, dict[str, object]]:
     """The settings given as flags, which win over the file (at start and on every reload)."""
-    server: dict[str, object] = {
-        "bind": tuple(args.bind) if args.bind else None,
-        "workers": args.workers,
-        "threads": args.threads,
-        "app": args.app,
-    }
-    return {"server": server}
+    result = cli_flags.overrides(args)
+    result["server"]["app"] = args.app
+    return result
+
+
+def prepare_process(args: argparse.Namespace) -> str | None:
+    """Apply ``--chdir`` and ``--pythonpath``; return the config file's path.
+
+    The config path is made absolute against the starting directory first (as
+    gunicorn reads ``-c``), so that ``--chdir`` moves everything the file names
+    (relative log, upload and staging paths) but not the file itself, and so that
+    the master can re-read it on HUP.
+
+    Raises:
+        ConfigError: the directory cannot be entered, or a pythonpath entry is not a directory.
+    """
+    config: str | None = args.config
+    if args.chdir is not None:
+        config = os.path.abspath(config) if config else None
+        try:
+            os.chdir(args.chdir)
+        except OSError as exc:
+            raise ConfigError(f"{COMMAND_LINE}: --chdir {args.chdir!r}: {exc.strerror}") from None
+    entries = [entry.strip() for entry in (args.pythonpath or "").split(",") if entry.strip()]
+    for entry in reversed(entries):  # inserted at the front, so the first entry ends up first
+        path = os.path.abspath(entry)
+        if not os.path.isdir(path):
+            raise ConfigError(f"{COMMAND_LINE}: --pythonpath entry {entry!r}: no such directory")
+        if path not in sys.path:
+            sys.path.insert(0, path)
+    return config
 
 
 def load(args: argparse.Namespace) -> Config:
-    """Load the configuration named by the flags, with the flags applied on top."""
-    return load_config(args.config, overrides(args))
+    """Set up the process, then load the configuration with the flags applied on top."""
+    return load_config(prepare_process(args), overrides(args))
 
 
 def status_main(argv: Sequence[str]) -> int:
@@ -77,7 +122,12 @@ def status_main(argv: Sequence[str]) -> int:
     if not cfg.status.path:
         print("prefork-serve: the status page is off ([status] path is empty)", file=sys.stderr)
         return EXIT_CONFIG
-    address = parse_bind(args.bind or cfg.server.bind[0])
+    try:
+        # The same address forms as -b of the server (a host alone means port 8000).
+        address = parse_bind(check_bind(args.bind) if args.bind else cfg.server.bind[0])
+    except ValueError as exc:
+        print(f"prefork-serve: {COMMAND_LINE}: -b {args.bind!r}: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
     try:
         document = fetch_status(address, cfg.status.path)
     except (OSError, ValueError) as exc:
@@ -122,14 +172,29 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"prefork-serve: {exc}", file=sys.stderr)
         return EXIT_CONFIG
     if args.check_config:
-        sys.stdout.write(describe_config(cfg))
-        return 0
+        code = check_config(cfg)
+        if code == 0:
+            sys.stdout.write(describe_config(cfg))
+        return code
+    return serve(cfg, overrides(args))
+
+
+def serve(cfg: Config, flags: dict[str, dict[str, object]]) -> int:
+    """Bind, drop privileges and run the master; returns the exit code.
+
+    Args:
+        cfg: the loaded configuration.
+        flags: the command-line overrides, re-applied by the master on every reload.
+    """
     try:
         setup_logging(cfg.logging.error_log, cfg.logging.access_log, cfg.logging.level,
                       service_owner(cfg.server.user, cfg.server.group))
     except (ConfigError, ValueError) as exc:
         print(f"prefork-serve: {cfg.source or COMMAND_LINE}: {exc}", file=sys.stderr)
         return EXIT_CONFIG
+    reloader.set_config_file(cfg.source)  # workers inherit it; used only under --reload
+    if cfg.server.reload:
+        error_log.warning("reload is on: workers restart when a source file changes (development only)")
     listeners = systemd.listen_fds()
     activated = bool(listeners)
     if not listeners:
@@ -146,7 +211,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ValueError, OSError) as exc:
         error_log.error("cannot switch to user %r / group %r: %s", cfg.server.user, cfg.server.group, exc)
         return EXIT_CONFIG
-    return Master(cfg, listeners, owns_unix_paths=not activated, overrides=overrides(args)).run()
+    return Master(cfg, listeners, owns_unix_paths=not activated, overrides=flags).run()
 
 
 if __name__ == "__main__":

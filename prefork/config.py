@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import configparser
 import os
+import re
 from collections.abc import Iterator, Mapping
 from dataclasses import MISSING, Field, dataclass, field, fields
 from typing import Any
@@ -43,6 +44,7 @@ from prefork.config_values import (
     size_value,
     suggest,
     text_value,
+    umask_value,
 )
 from prefork.errors import ConfigError
 from prefork.limits import GiB, HttpLimits, KiB, MiB, WsLimits
@@ -67,6 +69,10 @@ __all__ = [
 
 _VT = "prefork.value_type"
 COMMAND_LINE = "command line"
+# The workers default that PaaS platforms set (Heroku and others); gunicorn honours it too.
+WEB_CONCURRENCY = "WEB_CONCURRENCY"
+# What ``workers = auto`` parses to until load_config resolves it (never a valid count).
+AUTO_WORKERS = 0
 
 
 def _setting(value_type: ValueType[Any], default: object = MISSING, *, factory: Any = MISSING) -> Any:
@@ -80,13 +86,15 @@ class ServerConfig:
 
     bind: tuple[str, ...] = _setting(list_value(parse_bind, nonempty=True), ("127.0.0.1:8000",))
     app: str = _setting(checked_value(parse_app), "")
-    workers: int = _setting(int_value(1, auto=cpu_count), factory=cpu_count)
+    workers: int = _setting(int_value(1, auto=lambda: AUTO_WORKERS), factory=cpu_count)
     threads: int = _setting(int_value(0), 4)
     max_connections: int = _setting(int_value(1), 1000)
     backlog: int = _setting(int_value(1), 2048)
     user: str = _setting(text_value(), "")
     group: str = _setting(text_value(), "")
     pidfile: str = _setting(text_value(), "")
+    umask: int | None = _setting(umask_value(), None)
+    reload: bool = _setting(bool_value(), False)
 
 
 @dataclass(frozen=True)
@@ -381,8 +389,27 @@ def _apply_overrides(
                     f"{COMMAND_LINE}: [{section}] {key} = {value!r}: "
                     f"unsupported type {type(value).__name__}"
                 )
-            values[section][key] = _convert(fld, section, text, value, COMMAND_LINE)
+            shown = ", ".join(value) if isinstance(value, (list, tuple)) else value
+            values[section][key] = _convert(fld, section, text, shown, COMMAND_LINE)
             origin[(section, key)] = COMMAND_LINE
+
+
+def _resolve_workers(values: dict[str, dict[str, object]], environ: Mapping[str, str]) -> None:
+    """Turn ``auto`` (or no setting at all) into WEB_CONCURRENCY if set, else one per CPU.
+
+    So the environment sits between the defaults and the file, as in gunicorn: a number
+    in the file or on the command line wins, ``auto`` and "not set" defer to it.
+    """
+    if values["server"].get("workers", AUTO_WORKERS) != AUTO_WORKERS:
+        return
+    text = environ.get(WEB_CONCURRENCY, "").strip()
+    if not text:  # unset or empty: nothing to honour
+        values["server"]["workers"] = cpu_count()
+        return
+    if not re.fullmatch("[0-9]+", text) or int(text) < 1:
+        raise ConfigError(f"environment: {WEB_CONCURRENCY} = {text!r}: expected a whole number >= 1 "
+                          "(the number of worker processes), or unset it")
+    values["server"]["workers"] = int(text)
 
 
 def _check_consistency(cfg: Config, origin: Mapping[tuple[str, str], str]) -> None:
@@ -401,6 +428,7 @@ def _check_consistency(cfg: Config, origin: Mapping[tuple[str, str], str]) -> No
 def load_config(
     path: str | os.PathLike[str] | None,
     overrides: Mapping[str, Mapping[str, object]] | None = None,
+    environ: Mapping[str, str] | None = None,
 ) -> Config:
     """Load and validate the configuration.
 
@@ -409,6 +437,8 @@ def load_config(
         overrides: typed values from command-line flags, e.g.
             ``{"server": {"workers": 2}}``; they win over the file and are validated
             the same way. A value of None means "flag not given" and is skipped.
+        environ: where ``WEB_CONCURRENCY`` is read (default ``os.environ``); it sets
+            ``workers`` when neither the flags nor the file give a number.
 
     Returns:
         The validated, frozen configuration.
@@ -426,6 +456,7 @@ def load_config(
         _load_file(source, values, origin)
     if overrides:
         _apply_overrides(overrides, values, origin)
+    _resolve_workers(values, os.environ if environ is None else environ)
     sections = {name: cls(**values[name]) for name, cls in _SECTIONS.items()}
     cfg = Config(**sections, source=source)
     _check_consistency(cfg, origin)

@@ -35,6 +35,11 @@ BOOL_FORM = "expected a boolean: on/off, true/false, yes/no or 1/0"
 BIND_FORM = (
     "expected host:port, [ipv6]:port or unix:/absolute/path with a port from 0 to 65535"
 )
+UMASK_FORM = (
+    "expected an octal mask like 022 or 0o027 (at most 0o777), or empty to keep the process's umask"
+)
+# gunicorn's default port: "-b localhost" means localhost:8000 there, and here.
+DEFAULT_PORT = 8000
 APP_FORM = (
     "expected 'module:callable' like myapp.wsgi:application, or empty for the built-in demo app"
 )
@@ -234,13 +239,14 @@ def format_list(value: tuple[str, ...]) -> str:
 
 
 def parse_bind(text: str) -> str:
-    """Validate one listen address and return it stripped.
+    """Validate one listen address and return it stripped, with the port made explicit.
 
     Args:
-        text: ``host:port`` (IPv4 or host name), ``[ipv6]:port`` or ``unix:/abs/path``.
+        text: ``host:port`` (IPv4 or host name), ``[ipv6]:port`` or ``unix:/abs/path``;
+            a host alone (``localhost``, ``[::1]``) means port 8000, as in gunicorn.
 
     Returns:
-        The address as written.
+        The address as written, with ``:8000`` appended to a host given without a port.
 
     Raises:
         ValueError: malformed address, bad IP, or a port outside 0-65535.
@@ -250,6 +256,8 @@ def parse_bind(text: str) -> str:
         if not entry[5:].startswith("/"):
             raise ValueError(BIND_FORM + "; a unix socket path must be absolute")
         return entry
+    if entry and ":" not in (entry.rpartition("]")[2] if entry.startswith("[") else entry):
+        entry = f"{entry}:{DEFAULT_PORT}"
     host, sep, port = entry.rpartition(":")
     if not sep or not re.fullmatch("[0-9]{1,5}", port) or int(port) > 65535:
         raise ValueError(BIND_FORM)
@@ -329,6 +337,32 @@ def parse_app(text: str) -> str:
     if not sep or not all(part.isidentifier() for part in parts):
         raise ValueError(APP_FORM)
     return entry
+
+
+def parse_umask(text: str) -> int | None:
+    """Parse a file mode creation mask, always octal (as the shell's ``umask 022``).
+
+    Args:
+        text: ``022``, ``0022``, ``0o027`` or ``7``; empty means "keep the process's umask".
+
+    Returns:
+        The mask, or None for empty.
+
+    Raises:
+        ValueError: not 1-4 octal digits (after an optional ``0o``), or above 0o777.
+    """
+    word = text.strip().lower()
+    if not word:
+        return None
+    digits = word[2:] if word.startswith("0o") else word
+    if not re.fullmatch("[0-7]{1,4}", digits) or int(digits, 8) > 0o777:
+        raise ValueError(UMASK_FORM)
+    return int(digits, 8)
+
+
+def format_umask(value: int | None) -> str:
+    """Write a umask as ``0o022``, or "" for None."""
+    return "" if value is None else f"0o{value:03o}"
 
 
 def parse_url_path(text: str) -> str:
@@ -411,6 +445,11 @@ def choice_value(*choices: str) -> ValueType[str]:
     return ValueType(parse, str)
 
 
+def umask_value() -> ValueType[int | None]:
+    """An octal umask, or empty for none."""
+    return ValueType(parse_umask, format_umask)
+
+
 def checked_value(check: Callable[[str], str]) -> ValueType[str]:
     """A single string validated by ``check`` (e.g. ``parse_app``)."""
     return ValueType(check, str)
@@ -423,14 +462,15 @@ def list_value(item: Callable[[str], str], *, nonempty: bool = False) -> ValueTy
         entries = parse_list(text)
         if nonempty and not entries:
             raise ValueError("expected at least one entry")
+        checked = []
         for entry in entries:
             try:
-                item(entry)
+                checked.append(item(entry))  # the checker may normalise (a default port)
             except ValueError as exc:
                 if len(entries) == 1:
                     raise
                 raise ValueError(f"entry {entry!r}: {exc}") from None
-        return entries
+        return tuple(checked)
 
     return ValueType(parse, format_list)
 

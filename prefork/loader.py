@@ -3,7 +3,10 @@
 Strategy: an object with the native ``prefork_application`` hook (``prefork.App``)
 is served natively; any other callable is treated as WSGI. An empty spec
 serves the built-in demo app. Import errors propagate with their traceback so
-the worker can report them and the master can stop instead of respawning.
+the worker can report them and the master can stop instead of respawning;
+except under ``--reload``, where the worker serves a 500 page naming the error
+and watches the files involved, so fixing a syntax error brings the app back
+(gunicorn does the same for syntax errors; here any import failure counts).
 """
 
 from __future__ import annotations
@@ -11,9 +14,13 @@ from __future__ import annotations
 import importlib
 import os
 import sys
+import traceback
+from collections.abc import Callable, Iterable
 from typing import Any
 
+from prefork import reloader
 from prefork.handlers import Application
+from prefork.logs import error_log
 from prefork.wsgi import WsgiApplication
 
 DEFAULT_APP = "prefork.demo:app"
@@ -51,16 +58,37 @@ def import_object(spec: str) -> Any:
     return obj
 
 
-def load_application(spec: str, *, threads: int) -> Application:
+def load_application(spec: str, *, threads: int, reload: bool = False) -> Application:
     """Import the app named by ``spec`` and wrap it as a prefork Application.
 
     Args:
         spec: ``module:callable``, or empty for the demo app.
         threads: handler threads (for ``wsgi.multithread``).
+        reload: ``--reload`` is on: an app that fails to load is logged and
+            replaced by a 500 page, and the files of the failure are watched.
 
     Returns:
         Something the worker can call with a CompleteRequest.
+
+    Raises:
+        AppLoadError, ImportError or whatever the module raised, unless ``reload``.
     """
+    if not reload:
+        return _load(spec, threads)
+    # Bytecode caches are checked against the source's mtime in whole seconds and its
+    # size: an edit within the second that keeps the size would import stale code.
+    sys.dont_write_bytecode = True
+    try:
+        return _load(spec, threads)
+    except Exception as exc:
+        error_log.error("worker %d failed to load the application %r; serving a 500 page until a "
+                        "watched file changes: %s", os.getpid(), spec or "(demo)", exc, exc_info=exc)
+        for path in failure_files(exc):
+            reloader.watch_file(path)
+        return WsgiApplication(failure_app(spec, exc), multithread=threads > 1)
+
+
+def _load(spec: str, threads: int) -> Application:
     obj = import_object(spec or DEFAULT_APP)
     native = getattr(obj, "prefork_application", None)
     if native is not None:
@@ -68,3 +96,30 @@ def load_application(spec: str, *, threads: int) -> Application:
     if not callable(obj):
         raise AppLoadError(f"application {spec!r} is a {type(obj).__name__}, not a callable")
     return WsgiApplication(obj, multithread=threads > 1)
+
+
+def failure_files(exc: BaseException) -> list[str]:
+    """The source files a failed import went through (and a SyntaxError's own file)."""
+    files = [frame.filename for frame in traceback.extract_tb(exc.__traceback__)]
+    if isinstance(exc, SyntaxError) and exc.filename:
+        files.append(exc.filename)
+    return [path for path in files if os.path.isfile(path)]
+
+
+def failure_app(spec: str, exc: BaseException) -> Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]:
+    """A WSGI app answering every request with 500 and the load error (``--reload`` only).
+
+    The traceback goes to the client, which is acceptable only because ``--reload``
+    is for development, and is what the developer needs to see.
+    """
+    text = (f"prefork: the application {spec or DEFAULT_APP!r} could not be loaded.\n"
+            "Fix it and save: the worker restarts when a watched file changes.\n\n"
+            + "".join(traceback.format_exception(exc)))
+    body = text.encode("utf-8", "replace")
+
+    def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        start_response("500 Internal Server Error", [("Content-Type", "text/plain; charset=utf-8"),
+                                                     ("Content-Length", str(len(body)))])
+        return [body]
+
+    return app

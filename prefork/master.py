@@ -91,7 +91,8 @@ def worker_settings(cfg: Config) -> WorkerSettings:
                           handler_timeout=cfg.process.handler_timeout,
                           graceful_timeout=cfg.process.graceful_timeout,
                           websocket=websocket, uploads_dir=cfg.uploads.dir,
-                          status_path=cfg.status.path.encode("latin-1"), status_allow=cfg.status.allow)
+                          status_path=cfg.status.path.encode("latin-1"), status_allow=cfg.status.allow,
+                          reload=cfg.server.reload)
 
 
 class Master:

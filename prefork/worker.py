@@ -72,6 +72,7 @@ class WorkerSettings:
     uploads_dir: str = "uploads"
     status_path: bytes = b""
     status_allow: tuple[str, ...] = ("127.0.0.1", "::1")
+    reload: bool = False  # --reload: see prefork.reloader
 
 
 class _Readable:
@@ -132,12 +133,16 @@ class Worker:
         if self.app is None:
             try:
                 from prefork.loader import load_application
-                self.app = load_application(self.worker_settings.app, threads=self.worker_settings.threads)
+                self.app = load_application(self.worker_settings.app, threads=self.worker_settings.threads,
+                                            reload=self.worker_settings.reload)
             except BaseException as exc:
                 error_log.error("worker %d failed to load the application %r: %s",
                                 os.getpid(), self.worker_settings.app or "(demo)", exc, exc_info=exc)
                 return WORKER_BOOT_ERROR
         self.wakeup = Wakeup()
+        if self.worker_settings.reload:
+            from prefork.reloader import start_reloader
+            start_reloader(lambda: self.wakeup.defer(self.begin_drain))
         self._install_signals()
         _dump_stacks_on_abort()
         self.pool = HandlerPool(self.worker_settings.threads, self.wakeup) if self.worker_settings.threads else None

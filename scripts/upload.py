@@ -7,9 +7,12 @@ socket, never read whole into RAM. Multipart mode sends a single-part
 the exact Content-Length is known and no chunked encoding is needed; raw mode
 (``--raw``) sends the file itself as the body (PUT by default) with the
 filename in ``X-Filename`` (percent-encoded) and ``?filename=``. A ``tqdm``
-bar shows bytes, rate and ETA. SHA-256 is computed on the bytes as they are
-sent; the server's answer and the local digest are printed, so the two can be
-compared. If the server answers early (413, 507) the answer is still printed.
+bar shows bytes, rate and ETA, all in binary units (KiB, MiB, GiB: tqdm's own
+scaling would label 1024-based numbers "MB" and compute the rate in 1000s);
+tqdm comes with ``pip install -e '.[upload]'`` and only ``--quiet`` runs
+without it. SHA-256 is computed on the bytes as they are sent; the server's
+answer and the local digest are printed, so the two can be compared. If the
+server answers early (413, 507) the answer is still printed.
 
 Usage:
     scripts/upload.py http://127.0.0.1:8000/upload photo.jpg
@@ -25,11 +28,68 @@ import os
 import secrets
 import sys
 from collections.abc import Iterator
+from typing import Any, Protocol
 from urllib.parse import quote, urlencode, urlsplit, urlunsplit
 
-from tqdm import tqdm  # type: ignore[import-untyped]
-
 BLOCK = 1 << 20
+NO_TQDM = ("upload: the progress bar needs tqdm, which is not installed: "
+           "pip install -e '.[upload]' (or pip install tqdm), or pass --quiet")
+_UNITS = ("B", "KiB", "MiB", "GiB", "TiB")
+BAR_FORMAT = "{desc}: {percentage:3.0f}%|{bar}| {done}/{size} [{elapsed}<{remaining}, {speed}]"
+
+
+class Progress(Protocol):
+    """What the upload needs of a progress bar."""
+
+    def update(self, n: int) -> object: ...
+    def close(self) -> None: ...
+
+
+class _NoBar:
+    """The bar for --quiet: counts nothing, needs no tqdm."""
+
+    def update(self, n: int) -> None:
+        """Ignore progress."""
+
+    def close(self) -> None:
+        """Nothing to close."""
+
+
+def binary_size(count: float) -> str:
+    """Bytes in the largest binary unit below 1024 of it: ``5.00 MiB``, ``512 B``."""
+    for unit in _UNITS:
+        if abs(count) < 1024 or unit == _UNITS[-1]:
+            return f"{count:.0f} B" if unit == "B" else f"{count:.2f} {unit}"
+        count /= 1024
+    raise AssertionError("unreachable")
+
+
+def progress_bar(total: int, name: str, quiet: bool) -> Progress:
+    """A tqdm bar in binary units, or a silent one with --quiet.
+
+    Raises:
+        SystemExit: tqdm is missing (with the one-line message NO_TQDM).
+    """
+    if quiet:
+        return _NoBar()
+    try:
+        from tqdm import tqdm  # type: ignore[import-untyped]
+    except ImportError:
+        raise SystemExit(NO_TQDM) from None
+
+    class ByteBar(tqdm):  # type: ignore[misc]
+        @property
+        def format_dict(self) -> dict[str, Any]:
+            fields: dict[str, Any] = super().format_dict
+            rate = fields.get("rate")
+            if rate is None and fields["elapsed"]:  # tqdm's smoothed rate is unset at the end
+                rate = fields["n"] / fields["elapsed"]
+            fields.update(done=binary_size(fields["n"]), size=binary_size(fields["total"] or 0),
+                          speed="?" if rate is None else binary_size(rate) + "/s")
+            return fields
+
+    bar: Progress = ByteBar(total=total, desc=name[:30], file=sys.stderr, bar_format=BAR_FORMAT)
+    return bar
 
 
 def _quote_param(value: str) -> str:
@@ -48,7 +108,7 @@ def multipart_envelope(field: str, filename: str, content_type: str) -> tuple[st
     return boundary, head, tail
 
 
-def file_blocks(path: str, digest: "hashlib._Hash", bar: tqdm) -> Iterator[bytes]:
+def file_blocks(path: str, digest: "hashlib._Hash", bar: Progress) -> Iterator[bytes]:
     """The file's bytes in blocks, hashed and counted on the bar as they go."""
     with open(path, "rb") as handle:
         while block := handle.read(BLOCK):
@@ -90,8 +150,8 @@ def upload(url: str, path: str, *, field: str = "upload", raw: bool = False, met
         verb = method or "POST"
     headers["Content-Length"] = str(len(head) + size + len(tail))
     conn, target = _connection(url, timeout)
-    with tqdm(total=size, unit="B", unit_scale=True, unit_divisor=1024, desc=name[:30],
-              disable=quiet, file=sys.stderr) as bar:
+    bar = progress_bar(size, name, quiet)
+    try:
         try:
             conn.putrequest(verb, target, skip_accept_encoding=True)
             for key, value in headers.items():
@@ -105,7 +165,9 @@ def upload(url: str, path: str, *, field: str = "upload", raw: bool = False, met
             pass  # the server answered early (413, 507, ...): read what it said
         response = conn.getresponse()
         body = response.read()
-    conn.close()
+    finally:
+        bar.close()
+        conn.close()
     return response.status, response.reason, body, digest.hexdigest()
 
 

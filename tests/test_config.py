@@ -40,7 +40,7 @@ from prefork.limits import GiB, HttpLimits, KiB, MiB, WsLimits
 
 SHIPPED = Path(__file__).resolve().parent.parent / "conf" / "server.ini"
 SECTIONS = [f.name for f in dataclasses.fields(Config) if f.name != "source"]
-SERVER_KEYS = "bind, app, workers, threads, max_connections, backlog, user, group, pidfile"
+SERVER_KEYS = "bind, app, workers, threads, max_connections, backlog, user, group, pidfile, umask, reload"
 LIMITS_KEYS = (
     "max_request_line, max_header_bytes, max_header_count, max_body_size, "
     "header_timeout, body_min_rate, body_rate_window, keepalive_timeout, send_timeout"
@@ -186,12 +186,26 @@ def test_parse_bind_accepts(text: str) -> None:
 
 
 @pytest.mark.parametrize("text", [
-    "127.0.0.1", "127.0.0.1:65536", "127.0.0.1:-1", "127.0.0.1:http", ":8000", "[::1]",
+    "127.0.0.1:65536", "127.0.0.1:-1", "127.0.0.1:http", ":8000", "127.0.0.1:", "[::1]:",
     "[::g]:80", "256.0.0.1:80", "1.2.3:80", "unix:relative.sock", "bad_host!:80", "-x:80",
 ])
 def test_parse_bind_rejects(text: str) -> None:
     with pytest.raises(ValueError, match="^" + BIND_FORM.replace("[", r"\[").replace("]", r"\]")):
         parse_bind(text)
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("localhost", "localhost:8000"), ("127.0.0.1", "127.0.0.1:8000"), ("[::1]", "[::1]:8000"),
+    (" example.com ", "example.com:8000"),
+])
+def test_parse_bind_host_alone_means_port_8000(text: str, expected: str) -> None:
+    # gunicorn's rule: "-b localhost" listens on localhost:8000.
+    assert parse_bind(text) == expected
+
+
+def test_bind_list_keeps_the_default_port(tmp_path: Path) -> None:
+    cfg = load_config(write(tmp_path, "[server]\nbind = localhost, [::1]:9000\n"))
+    assert cfg.server.bind == ("localhost:8000", "[::1]:9000")
 
 
 def test_parse_bind_hints_brackets_for_ipv6() -> None:
@@ -469,7 +483,9 @@ def test_overrides_are_validated() -> None:
         ({"server": {"workers": True}},
          "command line: [server] workers = True: expected a whole number >= 1 or 'auto'"),
         ({"server": {"bind": ("127.0.0.1:70000",)}},
-         f"command line: [server] bind = ('127.0.0.1:70000',): {BIND_FORM}"),
+         f"command line: [server] bind = '127.0.0.1:70000': {BIND_FORM}"),
+        ({"server": {"bind": ("127.0.0.1:1", "127.0.0.1:70000")}},
+         f"command line: [server] bind = '127.0.0.1:1, 127.0.0.1:70000': entry '127.0.0.1:70000': {BIND_FORM}"),
         ({"server": {"wrkers": 2}},
          f"command line: [server] wrkers: unknown key; did you mean 'workers'? (allowed keys: {SERVER_KEYS})"),
         ({"servre": {"workers": 2}},

@@ -6,6 +6,7 @@ import hashlib
 import json
 import os
 import re
+import runpy
 import subprocess
 import sys
 from pathlib import Path
@@ -65,8 +66,10 @@ def test_upload_and_hash(server: Server, sample: Path, raw: bool) -> None:
     assert stored["sha256"] == expected and stored["size"] == sample.stat().st_size
     assert stored["filename"] == "sample photo.bin"
     assert (server.uploads / stored["name"]).read_bytes() == sample.read_bytes()
-    # The progress bar (stderr) shows the total, a rate and an ETA/elapsed time.
-    assert "5.00M" in result.stderr and "B/s" in result.stderr
+    # The progress bar (stderr) shows the total and a rate, both in binary units.
+    assert "5.00 MiB/5.00 MiB" in result.stderr
+    assert re.search(r"[0-9] [KMG]iB/s\]", result.stderr), result.stderr
+    assert not re.search(r"[0-9.][kMG]B", result.stderr), "decimal labels on 1024-based numbers"
 
 
 def test_custom_field_and_server_error(server: Server, sample: Path) -> None:
@@ -96,3 +99,25 @@ def test_streams_without_reading_the_file_into_ram(server: Server, tmp_path: Pat
     maxrss_kib = int(result.stderr.strip().split("\n")[-1].split()[1])
     assert maxrss_kib * 1024 < 96 * MiB, f"client peaked at {maxrss_kib} KiB for a 192 MiB file"
     assert answer(result.stdout)[1]["files"][0]["size"] == 192 * MiB
+
+
+# Runs the script with tqdm made unimportable, as in a plain ``pip install -e .``.
+_NO_TQDM = "import runpy, sys\nsys.modules['tqdm'] = None\nsys.argv = sys.argv[1:]\nrunpy.run_path(sys.argv[0], run_name='__main__')\n"
+
+
+def test_without_tqdm_a_one_line_message_and_quiet_still_works(server: Server, sample: Path) -> None:
+    argv = [sys.executable, "-c", _NO_TQDM, str(SCRIPT), f"{server.url}/upload", str(sample)]
+    result = subprocess.run(argv, capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert result.returncode == 1
+    assert result.stderr == ("upload: the progress bar needs tqdm, which is not installed: "
+                             "pip install -e '.[upload]' (or pip install tqdm), or pass --quiet\n")
+    result = subprocess.run(argv + ["--quiet"], capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert result.returncode == 0, result.stderr
+    assert answer(result.stdout)[0] == "201 Created"
+
+
+def test_binary_size_labels() -> None:
+    namespace = runpy.run_path(str(SCRIPT))
+    size = namespace["binary_size"]
+    assert [size(n) for n in (0, 1023, 1024, 5 * MiB + 123, 3 << 30)] == [
+        "0 B", "1023 B", "1.00 KiB", "5.00 MiB", "3.00 GiB"]

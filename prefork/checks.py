@@ -1,0 +1,179 @@
+"""``--check-config``: find what start-up would refuse, without starting anything.
+
+Strategy: ``load_config`` has already validated every value by itself; this
+module checks what needs the system: that ``[server] user`` and ``group``
+exist, that the log files and the pidfile can be written, and that the
+application imports. The last two are checked by a forked child that first
+becomes the service user, exactly as the master does before it forks workers
+(``drop_privileges``, here without touching any directory). In that child
+``os.access`` asks the kernel with the service user's uid, gid and
+supplementary groups, so ACLs, read-only mounts and every directory on the
+way are taken into account; reading permission bits from ``os.stat`` would
+miss those. And the app is imported the way a worker imports it: as that
+user, from the same working directory and ``sys.path`` (``--chdir``,
+``--pythonpath``). Exit codes: 0 fine, 2 bad configuration, 3 the application
+cannot be imported. Every problem is reported, not only the first.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import sys
+import traceback
+
+from prefork import runtime
+from prefork.config import Config
+from prefork.loader import load_application
+from prefork.privileges import drop_privileges, resolve
+
+__all__ = ["EXIT_APP", "EXIT_CONFIG", "check_config", "unwritable"]
+
+EXIT_CONFIG = 2
+EXIT_APP = 3
+
+
+def _report(message: str) -> None:
+    print(f"prefork-serve: {message}", file=sys.stderr)
+
+
+def check_config(cfg: Config) -> int:
+    """Check what start-up needs of the system; print each problem to stderr.
+
+    Args:
+        cfg: the loaded (already validated) configuration.
+
+    Returns:
+        0, EXIT_CONFIG (a problem with the configuration) or EXIT_APP (only the
+        application failed to import).
+    """
+    problems = account_problems(cfg)
+    for problem in problems:
+        _report(problem)
+    if problems:
+        return EXIT_CONFIG
+    sys.stdout.flush()
+    sys.stderr.flush()
+    pid = os.fork()
+    if pid == 0:  # the child becomes the service user; the parent keeps its rights
+        code = 1
+        try:
+            code = _check_as_service_user(cfg)
+        except BaseException as exc:
+            _report(f"internal error while checking: {exc!r}")
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(status)
+
+
+def account_problems(cfg: Config) -> list[str]:
+    """Unknown ``[server] user`` / ``group`` names, one message each."""
+    problems = []
+    for user, group in ((cfg.server.user, ""), ("", cfg.server.group)):
+        try:
+            resolve(user, group)
+        except ValueError as exc:
+            problems.append(str(exc))
+    return problems
+
+
+def _check_as_service_user(cfg: Config) -> int:
+    user, group = cfg.server.user, cfg.server.group
+    try:
+        drop_privileges(user, group, [])  # no directories: a check changes nothing
+    except OSError as exc:
+        key = "user" if user else "group"
+        _report(f"[server] {key} = {user or group!r}: cannot switch to it: {exc.strerror} "
+                "(start as root, or leave user and group empty)")
+        return EXIT_CONFIG
+    who = f"user {user!r}" if user else f"the user running this (uid {os.getuid()})"
+    code = 0
+    for section, key, path in _written_files(cfg):
+        reason = unwritable(path)
+        if reason is not None:
+            _report(f"[{section}] {key} = {path!r}: {who} cannot write it: {reason}")
+            code = EXIT_CONFIG
+    if not _imports(cfg):
+        code = code or EXIT_APP
+    return code
+
+
+def _written_files(cfg: Config) -> list[tuple[str, str, str]]:
+    """(section, key, path) of every file the server writes by name."""
+    found = []
+    for key in ("error_log", "access_log"):
+        path = getattr(cfg.logging, key)
+        if path not in ("", "-"):
+            found.append(("logging", key, path))
+    if cfg.server.pidfile:
+        found.append(("server", "pidfile", cfg.server.pidfile))
+    return found
+
+
+def unwritable(path: str) -> str | None:
+    """Why this process could not open ``path`` for appending (creating it), or None.
+
+    Args:
+        path: a file path (relative to the working directory).
+
+    Returns:
+        A short reason, e.g. "directory /var/log/app does not exist", or None.
+    """
+    path = os.path.abspath(path)
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        return _uncreatable(path)
+    except PermissionError:
+        return "cannot be reached: a directory on its path is not searchable"
+    except OSError as exc:
+        return f"cannot be checked: {exc.strerror}"
+    if stat.S_ISDIR(mode):
+        return "is a directory, not a file"
+    if not os.access(path, os.W_OK):
+        return "exists but is not writable"
+    return None
+
+
+def _uncreatable(path: str) -> str | None:
+    parent = os.path.dirname(path)
+    try:
+        mode = os.stat(parent).st_mode
+    except FileNotFoundError:
+        return f"directory {parent} does not exist"
+    except PermissionError:
+        return f"directory {parent} cannot be reached: a directory above it is not searchable"
+    except OSError as exc:
+        return f"directory {parent} cannot be checked: {exc.strerror}"
+    if not stat.S_ISDIR(mode):
+        return f"{parent} is not a directory"
+    if not os.access(parent, os.W_OK | os.X_OK):
+        return f"cannot be created: directory {parent} is not writable"
+    return None
+
+
+def _imports(cfg: Config) -> bool:
+    """Import the application as a worker would; report the error if it fails."""
+    runtime.current.uploads_dir = cfg.uploads.dir  # as Worker.run sets them before its import
+    runtime.current.staging_dir = cfg.staging.dir
+    try:
+        load_application(cfg.server.app, threads=cfg.server.threads)
+    except BaseException as exc:  # SystemExit from the module too: a worker would not boot
+        _report(f"cannot load the application {cfg.server.app or '(demo)'!r}: {exc}")
+        sys.stderr.write(_app_traceback(exc))
+        return False
+    return True
+
+
+def _app_traceback(exc: BaseException) -> str:
+    """The traceback from the application's own frames (not prefork's or importlib's)."""
+    report = traceback.TracebackException.from_exception(exc)
+    ours = os.path.dirname(os.path.abspath(__file__)) + os.sep
+    frames = [frame for frame in report.stack
+              if not frame.filename.startswith((ours, "<frozen")) and "importlib" not in frame.filename]
+    lines = traceback.StackSummary.from_list(frames).format() if frames else []
+    head = ["Traceback (most recent call last):\n"] if lines else []
+    return "".join(head + lines + list(report.format_exception_only()))

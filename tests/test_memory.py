@@ -137,3 +137,8 @@ def test_idle_hooks_are_registered_once_and_all_run(monkeypatch: pytest.MonkeyPa
     memory.release_idle()
     assert calls == ["first", "second"]
 
+
+def test_the_write_behind_ring_is_an_idle_hook() -> None:
+    from prefork import writebehind
+
+    assert writebehind._helper.release_idle in memory._idle_hooks

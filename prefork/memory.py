@@ -164,10 +164,12 @@ class WorkerCounters(Protocol):
 class IdleTrimmer:
     """Decides, on each sweep of the worker, when to give memory back.
 
-    Memory goes back (``release_idle`` hooks, then ``malloc_trim``) once at least
-    ``after_bytes`` were received since the last time and no body is staged (the
-    worker is idle of uploads), or once ``busy_bytes`` were received whatever is
-    staged.
+    Memory goes back (``release_idle`` hooks, then ``malloc_trim``) when no body
+    is staged (the worker is idle of uploads) and at least ``after_bytes`` were
+    received since it last went back while idle; and, whatever is staged, each
+    time ``busy_bytes`` were received since it last went back at all. A trim
+    while busy does not count as the idle one: what the last uploads used is
+    returned once they are over.
 
     Args:
         after_bytes: bytes received that make a trim worth its cost.
@@ -180,7 +182,8 @@ class IdleTrimmer:
         self.after_bytes = after_bytes
         self.busy_bytes = busy_bytes
         self._release = release or _release_all
-        self._mark = 0
+        self._idle_mark = 0  # bytes received at the last trim while idle
+        self._mark = 0  # ... at the last trim of either kind
         self.trims = 0
 
     def sweep(self, counters: WorkerCounters) -> bool:
@@ -189,11 +192,12 @@ class IdleTrimmer:
         Returns:
             True when memory was given back on this sweep.
         """
-        since = counters.bytes_received - self._mark
-        staged = counters.staged_ram + counters.staged_disk
-        if since < self.after_bytes or (staged and since < self.busy_bytes):
+        received = counters.bytes_received
+        if not counters.staged_ram + counters.staged_disk and received - self._idle_mark >= self.after_bytes:
+            self._idle_mark = received
+        elif received - self._mark < self.busy_bytes:
             return False
-        self._mark = counters.bytes_received
+        self._mark = received
         self._release()
         self.trims += 1
         return True

@@ -121,7 +121,10 @@ def test_idle_trimmer_trims_once_uploads_are_over_and_enough_arrived() -> None:
     assert not trimmer.sweep(Counters(650, 0, 0))  # only 50 more since that trim
     assert not trimmer.sweep(Counters(1599, 5, 5))  # busy, 999 since
     assert trimmer.sweep(Counters(1600, 5, 5))  # busy, but busy_bytes since: due anyway
-    assert runs == [1, 1] and trimmer.trims == 2
+    assert not trimmer.sweep(Counters(1650, 5, 5))
+    assert trimmer.sweep(Counters(1650, 0, 0))  # idle: the uploads since the last idle trim are over
+    assert not trimmer.sweep(Counters(1700, 0, 0))
+    assert runs == [1, 1, 1] and trimmer.trims == 3
 
 
 def test_idle_hooks_are_registered_once_and_all_run(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import tempfile
 import re
 import sys
@@ -186,15 +187,12 @@ def measure_once(server: RunningServer, mode: str, clients: int, each: int, budg
     return metrics
 
 
-def prefork_spec(ws: Workspace, mode: str, budget_mib: int, threshold: str = THRESHOLD,
-                 env: dict[str, str] | None = None) -> ServerSpec:
+def prefork_spec(ws: Workspace, mode: str, budget_mib: int, threshold: str = THRESHOLD) -> ServerSpec:
     """prefork, 2 workers × 4 threads, with ``memory_budget`` and the app of ``mode``."""
     app = "upload" if mode == "raw" else "native_app"
     staging = {"memory_budget": f"{budget_mib}MiB", "memory_threshold": threshold, "dir": str(ws.scratch)}
-    spec = bench.prefork_server(ws, app, workers=2, threads=4, name=f"prefork {mode} budget {budget_mib}MiB",
+    return bench.prefork_server(ws, app, workers=2, threads=4, name=f"prefork {mode} budget {budget_mib}MiB",
                                 overrides={"staging": staging, "uploads": {"dir": str(ws.scratch)}})
-    spec.env.update(env or {})
-    return spec
 
 
 def peer_spec(mode: str) -> ServerSpec:
@@ -266,17 +264,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--env", action="append", default=[], help="KEY=VALUE for the server")
     args = parser.parse_args(argv)
     ws = Workspace(Path(tempfile.mkdtemp(prefix="prefork-memory-")), Path(tempfile.mkdtemp(prefix="prefork-mem-")))
+    print(f"server logs: {ws.logdir}", file=sys.stderr)
     env = dict(item.split("=", 1) for item in args.env)
     failures: list[str] = []
-    budget_mib = args.budget // MiB
-    for mode in MODES if args.mode == "both" else (args.mode,):
-        spec = peer_spec(mode) if args.peer else prefork_spec(ws, mode, budget_mib, args.threshold, env)
-        spec.env.update(env)
-        with bench.running(spec, ws) as server:
-            for n in range(args.rounds):
-                metrics = measure_once(server, mode, args.clients, args.size, budget_mib, failures, args.detail)
-                shown = ", ".join(f"{k}={v:,.1f}" for k, v in metrics.items())
-                print(f"{spec.name} round {n + 1}: {shown}", flush=True)
+    try:
+        for mode in MODES if args.mode == "both" else (args.mode,):
+            spec = peer_spec(mode) if args.peer else prefork_spec(ws, mode, args.budget // MiB, args.threshold)
+            spec.env.update(env)
+            with bench.running(spec, ws) as server:
+                for n in range(args.rounds):
+                    metrics = measure_once(server, mode, args.clients, args.size, args.budget / MiB, failures,
+                                           args.detail)
+                    shown = ", ".join(f"{k}={v:,.1f}" for k, v in metrics.items())
+                    print(f"{spec.name} round {n + 1}: {shown}", flush=True)
+    finally:
+        shutil.rmtree(ws.scratch, ignore_errors=True)
     bench.print_failures(failures)
     return 1 if failures else 0
 

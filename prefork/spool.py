@@ -1,9 +1,10 @@
 """BodySpool: a request body in RAM up to a threshold, then in a staging file.
 
 Strategy: bytes arrive with ``write()``; while the body is under ``threshold``
-and the worker's global RAM budget grants the bytes, they go to a bytearray
-(amortised appends, never re-copied). Past that the RAM bytes are flushed once
-to a staging file and later writes go straight to it. ``seal()`` ends the
+and the worker's global RAM budget grants the memory they occupy, they go to a
+``RamBuffer`` (its footprint, not just its length, is what is reserved; large
+bodies live in an mmap of their own that is unmapped on close). Past that the
+RAM bytes are flushed once to a staging file and later writes go straight to it. ``seal()`` ends the
 body; reads use ``os.pread``/``os.preadv`` on the file descriptor, so the read
 position is ours and never fights the write offset.
 
@@ -33,6 +34,7 @@ from collections.abc import Callable, Iterator
 from typing import Any, Protocol
 
 from prefork.errors import BodyTooLarge, InsufficientStorage
+from prefork.rambuffer import RamBuffer
 from prefork.writebehind import WriteBehind
 
 __all__ = ["BodySpool", "MemoryBudget", "remove_stale_files"]
@@ -144,7 +146,7 @@ class BodySpool(io.RawIOBase):
         self._dir = os.fspath(dir) if dir is not None else tempfile.gettempdir()
         self._budget = budget
         self._on_disk = on_disk_bytes
-        self._buf: bytearray | None = bytearray()
+        self._ram: RamBuffer | None = RamBuffer(threshold)
         self._reserved = 0
         self._fd: int | None = None
         self._behind: WriteBehind | None = None  # the staging file's writes, once on disk
@@ -202,8 +204,9 @@ class BodySpool(io.RawIOBase):
 
     def _chunks(self) -> Iterator[memoryview]:
         """The body in order, as views of one reused block (each valid until the next)."""
-        if self._buf is not None:
-            yield memoryview(self._buf)
+        if self._ram is not None:
+            with self._ram.view() as whole:
+                yield whole
             return
         assert self._fd is not None
         block = memoryview(bytearray(_COPY_CHUNK))
@@ -255,10 +258,10 @@ class BodySpool(io.RawIOBase):
             raise BodyTooLarge(f"body of {self._size + n} bytes exceeds limit of {self._max_size} bytes")
         if n == 0:
             return 0
-        if self._buf is not None and not self._keep_in_ram(n):
+        if self._ram is not None and not self._keep_in_ram(n):
             self._spill()
-        if self._buf is not None:
-            self._buf += data
+        if self._ram is not None:
+            self._ram.append(data)
             if self._digest is not None:
                 self._digest.update(data)
         else:
@@ -267,12 +270,16 @@ class BodySpool(io.RawIOBase):
         return n
 
     def _keep_in_ram(self, n: int) -> bool:
+        """Whether ``n`` more bytes may stay in RAM; reserves the memory they need."""
+        assert self._ram is not None
         if self._size + n > self._threshold:
             return False
         if self._budget is not None:
-            if not self._budget.try_reserve(n):
-                return False
-            self._reserved += n
+            needed = self._ram.footprint(self._size + n) - self._reserved
+            if needed > 0:
+                if not self._budget.try_reserve(needed):
+                    return False
+                self._reserved += needed
         return True
 
     def _spill(self) -> None:
@@ -282,14 +289,18 @@ class BodySpool(io.RawIOBase):
         writes go through the write-behind, which hashes what it writes.
         """
         self._fd, self._path = self._open_file(self._dir)
-        buf, self._buf = self._buf, None
-        self._release_budget()
-        if buf:
-            try:
-                self._write_to_file(self._fd, buf)
-            except OSError as exc:
-                self._storage_failed(exc)
-            self._count_disk_bytes(len(buf))
+        ram, self._ram = self._ram, None
+        assert ram is not None
+        try:
+            if ram.size:
+                with ram.view() as data:
+                    self._write_to_file(self._fd, data)
+                self._count_disk_bytes(ram.size)
+        except OSError as exc:
+            self._storage_failed(exc)
+        finally:
+            ram.close()
+            self._release_budget()
         self._behind = WriteBehind(self._fd, self._write_to_file, self._digest, behind=self._write_behind)
 
     def _file_write(self, data: bytes | bytearray | memoryview, n: int) -> None:
@@ -401,7 +412,9 @@ class BodySpool(io.RawIOBase):
     def close(self) -> None:
         """Release RAM, budget and the staging file; idempotent."""
         if not self.closed:
-            self._buf = None
+            if self._ram is not None:
+                self._ram.close()
+                self._ram = None
             self._release_budget()
             self._drop_file()
         super().close()
@@ -434,8 +447,8 @@ class BodySpool(io.RawIOBase):
         n = max(0, min(len(view), self._size - self._pos))
         if n == 0:
             return 0
-        if self._buf is not None:
-            view[:n] = self._buf[self._pos : self._pos + n]
+        if self._ram is not None:
+            self._ram.readinto(self._pos, view[:n])
         else:
             assert self._fd is not None
             if not self._sealed:  # reading a body still being written: see its bytes so far
@@ -448,12 +461,17 @@ class BodySpool(io.RawIOBase):
         self._check_open()
         end = self._size if size is None or size < 0 else min(self._size, self._pos + size)
         start, n = self._pos, max(0, end - self._pos)
-        if self._buf is not None:
+        if self._ram is not None:
             self._pos += n
-            return bytes(self._buf[start : start + n])
-        out = bytearray(n)
-        got = self.readinto(out)
-        return bytes(out) if got == n else bytes(out[:got])
+            return self._ram.read(start, n)
+        assert self._fd is not None
+        if not self._sealed:  # reading a body still being written: see its bytes so far
+            self._flush()
+        # pread allocates the result once; a bytearray filled by readinto and then
+        # copied to bytes would cost two blocks of n bytes and a copy per read.
+        data = os.pread(self._fd, n, start) if n else b""
+        self._pos += len(data)
+        return data
 
     def readall(self) -> bytes:
         return self.read(-1)
@@ -462,8 +480,8 @@ class BodySpool(io.RawIOBase):
         """Read up to and including the next b"\\n" (or ``size`` bytes)."""
         self._check_open()
         limit = self._size if size is None or size < 0 else min(self._size, self._pos + size)
-        if self._buf is not None:
-            nl = self._buf.find(b"\n", self._pos, limit)
+        if self._ram is not None:
+            nl = self._ram.find(b"\n", self._pos, limit)
             return self.read((limit if nl < 0 else nl + 1) - self._pos)
         parts: list[bytes] = []
         while self._pos < limit:

@@ -30,7 +30,7 @@ from typing import Any
 
 import psutil
 
-from prefork import broadcast, runtime
+from prefork import broadcast, memory, runtime
 from prefork.connection import Connection
 from prefork.settings import ConnectionSettings
 from prefork.errors import ProtocolError
@@ -128,6 +128,8 @@ class Worker:
         """Post-fork set-up, then the loop until stopped; returns the exit code."""
         self._ppid = os.getppid()
         _die_with_parent()
+        memory.tune()  # allocator policy before any thread starts (prefork/memory.py)
+        self._trimmer = memory.IdleTrimmer()
         runtime.current.uploads_dir = self.worker_settings.uploads_dir
         runtime.current.staging_dir = self.settings.staging_dir or ""
         if self.app is None:
@@ -208,6 +210,7 @@ class Worker:
     def _sweep(self, now: float) -> None:
         if self.slot is not None:
             self.slot.heartbeat(now)
+            self._trimmer.sweep(self.slot.read())  # memory back to the OS once uploads are over
         if self.pool is not None:
             if self.worker_settings.handler_timeout:
                 self._expire_handlers(now, self.worker_settings.handler_timeout)

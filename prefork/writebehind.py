@@ -4,7 +4,7 @@ Strategy: a large upload costs the event loop three things per byte: receiving
 it, parsing it, and writing it to its staging file (plus hashing it, when
 checksums are on: SHA-256 alone costs more CPU than receiving). The loop only
 has to do the first two. So a form part's spool that has gone to disk hands
-each chunk to ``WriteBehind``: the chunk is copied into a recycled block (no
+each chunk to ``WriteBehind``: the chunk is copied into the process's ring (no
 allocation, no page faults per chunk) and queued for one helper thread per
 process, which writes it with ``os.write`` and hashes it; both release the
 GIL, so the loop goes on receiving and parsing on the other core. A raw body
@@ -12,8 +12,15 @@ GIL, so the loop goes on receiving and parsing on the other core. A raw body
 another core would cost more than they free.
 
 Chunks of one file are written in order (one FIFO queue, one thread). The
-bytes queued in a process are bounded (``MAX_BACKLOG``): past the bound the
-loop waits, which costs no more than writing inline would. An error of the
+bytes queued in a process are bounded (``MAX_BACKLOG``): they live in one ring
+of that size, an anonymous mmap, and when it is full the loop waits, which
+costs no more than writing inline would. A ring, not a block per chunk: a
+chunk of 64 KiB would otherwise hold a whole 1 MiB block, so the memory held
+could reach 16 times the bytes queued. Chunks leave in the order they came, so
+the ring's free space is always one run after the newest chunk; a chunk that
+does not fit before the end starts again at offset 0, and the skipped end is
+charged to it. ``release_idle`` (a ``prefork.memory`` idle hook) unmaps the
+ring when nothing is queued; the next chunk maps it again. An error of the
 helper thread (ENOSPC, EIO) is kept and raised by the file's next ``write``
 or ``flush``, so the caller sees it as if its own write had failed, one
 backlog later at most. ``flush`` (or ``discard``) must be called before the
@@ -22,17 +29,20 @@ file is read, linked or closed.
 
 from __future__ import annotations
 
+import mmap
 import os
 import queue
 import threading
 from collections.abc import Callable
 from typing import Any
 
+from prefork import memory
+
 __all__ = ["MAX_BACKLOG", "MIN_CHUNK", "WriteBehind"]
 
-#: Bytes that may wait for the helper thread, per process.
+#: Bytes that may wait for the helper thread, per process: the size of its ring.
 MAX_BACKLOG = 4 * 1024 * 1024
-#: Size of the recycled copy blocks; a larger chunk is split across blocks.
+#: Largest piece queued as one write; a larger chunk is split.
 BLOCK_SIZE = 1024 * 1024
 #: Smaller chunks (a slow client's trickle) are written inline, after the
 #: queued ones: for them the hand-off costs more than the write.
@@ -41,16 +51,20 @@ MIN_CHUNK = 64 * 1024
 WriteFn = Callable[[int, memoryview], None]
 
 
+Job = tuple["WriteBehind", memoryview, int]  # the stream, its piece in the ring, ring bytes charged
+
+
 class _Helper:
-    """The per-process helper thread, its queue, its backlog and its free blocks."""
+    """The per-process helper thread, its queue, and the ring its queued bytes live in."""
 
     def __init__(self) -> None:
         self._pid = 0
         self._start_lock = threading.Lock()
-        self._queue: queue.SimpleQueue[tuple[WriteBehind, memoryview, bytearray]] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[Job] = queue.SimpleQueue()
         self.cond = threading.Condition()
-        self.queued = 0
-        self._free: list[bytearray] = []
+        self.queued = 0  # ring bytes in use: queued pieces plus skipped ends; guarded by cond
+        self._ring: mmap.mmap | None = None
+        self._head = 0  # where the next piece goes
 
     def _ensure_started(self) -> None:
         if self._pid == os.getpid():
@@ -60,38 +74,70 @@ class _Helper:
                 self._queue = queue.SimpleQueue()
                 self.cond = threading.Condition()
                 self.queued = 0
-                self._free = []
+                self._ring, self._head = None, 0  # the parent's ring holds the parent's bytes
                 threading.Thread(target=self._run, args=(self._queue,), name="write-behind",
                                  daemon=True).start()
                 self._pid = os.getpid()
 
     def submit(self, stream: WriteBehind, data: memoryview) -> None:
-        """Queue a copy of ``data`` for ``stream``, in blocks of at most BLOCK_SIZE."""
+        """Queue a copy of ``data`` for ``stream``, in pieces of at most BLOCK_SIZE."""
         self._ensure_started()
-        for offset in range(0, len(data), BLOCK_SIZE):
-            piece = data[offset : offset + BLOCK_SIZE]
+        offset = 0
+        while offset < len(data):
             with self.cond:
-                while self.queued > MAX_BACKLOG:
-                    self.cond.wait()
-                self.queued += len(piece)
-                stream.pending += len(piece)
-                block = self._free.pop() if self._free else bytearray(BLOCK_SIZE)
-            view = memoryview(block)[: len(piece)]
-            view[:] = piece
-            self._queue.put((stream, view, block))
+                ring = self._ring_in_use()
+                size = min(len(data) - offset, BLOCK_SIZE, len(ring))
+                start, charge = self._place(ring, size)
+                self.queued += charge
+                self._head = start + size
+                stream.pending += size
+                view = memoryview(ring)[start : start + size]
+            view[:] = data[offset : offset + size]  # outside the lock: the helper keeps writing
+            self._queue.put((stream, view, charge))
+            offset += size
 
-    def _run(self, jobs: queue.SimpleQueue[tuple[WriteBehind, memoryview, bytearray]]) -> None:
+    def _ring_in_use(self) -> mmap.mmap:
+        """The ring, mapped (again) if needed; resized to MAX_BACKLOG only while empty."""
+        if self._ring is None or (not self.queued and len(self._ring) != MAX_BACKLOG):
+            self._release_ring()
+            # MAP_PRIVATE: plain anonymous memory, not a shmem file that a forked child would share.
+            self._ring, self._head = mmap.mmap(-1, MAX_BACKLOG, flags=mmap.MAP_PRIVATE), 0
+        return self._ring
+
+    def _place(self, ring: mmap.mmap, size: int) -> tuple[int, int]:
+        """Wait for room for ``size`` bytes; return where they go and what they are charged."""
         while True:
-            stream, view, block = jobs.get()
+            if not self.queued:
+                self._head = 0  # empty: start at the front, so that any piece fits
+            if self._head + size <= len(ring):
+                start, charge = self._head, size
+            else:  # wrap: the skipped end is charged to this piece, and freed with it
+                start, charge = 0, size + len(ring) - self._head
+            if self.queued + charge <= len(ring):
+                return start, charge
+            self.cond.wait()
+
+    def _run(self, jobs: queue.SimpleQueue[Job]) -> None:
+        while True:
+            stream, view, charge = jobs.get()
             stream._apply(view)
             size = len(view)
             view.release()
             with self.cond:
-                self.queued -= size
+                self.queued -= charge
                 stream.pending -= size
-                if len(self._free) * BLOCK_SIZE < MAX_BACKLOG + BLOCK_SIZE:
-                    self._free.append(block)
                 self.cond.notify_all()
+
+    def release_idle(self) -> None:
+        """Unmap the ring if nothing is queued (a ``prefork.memory`` idle hook)."""
+        with self.cond:
+            if not self.queued and self._pid == os.getpid():
+                self._release_ring()
+
+    def _release_ring(self) -> None:
+        if self._ring is not None:
+            self._ring.close()  # nothing queued, so no piece's view is left
+            self._ring, self._head = None, 0
 
     def wait_for(self, stream: WriteBehind) -> None:
         with self.cond:
@@ -100,6 +146,7 @@ class _Helper:
 
 
 _helper = _Helper()
+memory.on_idle(_helper.release_idle)
 
 
 class WriteBehind:

@@ -10,6 +10,7 @@ Usage (from the repo root)::
     python scripts/bench.py multipart --size 1GiB  # vs gunicorn + Flask and the ceiling
     python scripts/bench.py bigupload              # worker RSS during a 4 GiB upload
     python scripts/bench.py concurrent             # 20 x 50 MiB uploads at once
+    python scripts/bench.py memory                 # Σ worker RSS, 40 x 50 MiB uploads (bench_memory.py)
     python scripts/bench.py slow                   # hello under 500 slowloris + 50 slow bodies
     python scripts/bench.py ws --runs 3
     python scripts/bench.py reload --runs 1        # requests lost to HUP/TTIN/TTOU + max_requests
@@ -1325,6 +1326,13 @@ def save_json(args: argparse.Namespace, scenario: str, results: Results) -> None
     path.write_text(json.dumps(data, indent=1))
 
 
+def scenario_memory(args: argparse.Namespace, ws: Workspace) -> list[SummaryRow]:
+    """Σ worker RSS growth, peak and after, for 40 concurrent 50 MiB uploads: scripts/bench_memory.py."""
+    from bench_memory import scenario_memory as memory
+
+    return memory(args, ws)
+
+
 SCENARIOS: dict[str, Callable[[argparse.Namespace, Workspace], list[SummaryRow]]] = {
     "parse": scenario_parse,
     "hello": scenario_hello,
@@ -1332,6 +1340,7 @@ SCENARIOS: dict[str, Callable[[argparse.Namespace, Workspace], list[SummaryRow]]
     "multipart": scenario_multipart,
     "bigupload": scenario_bigupload,
     "concurrent": scenario_concurrent,
+    "memory": scenario_memory,
     "slow": scenario_slow,
     "ws": scenario_ws,
     "reload": scenario_reload,
@@ -1357,6 +1366,7 @@ def build_parser() -> argparse.ArgumentParser:
                             ("multipart", "multipart upload, file saved, vs gunicorn + Flask and the ceiling"),
                             ("bigupload", "worker RSS growth during a 4 GiB upload (raw and multipart)"),
                             ("concurrent", "20 concurrent 50 MiB multipart uploads vs gunicorn + Flask"),
+                            ("memory", "Σ worker RSS, 40 concurrent 50 MiB uploads, memory_budget 64/256 MiB"),
                             ("slow", "hello req/s with 500 slowloris + 50 slow-body clients vs none"),
                             ("ws", "WebSocket echo msg/s and MiB/s vs the websockets library"),
                             ("reload", "failed requests under keep-alive load during 16 reload signals "

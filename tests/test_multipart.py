@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 from prefork.errors import BodyTooLarge, HeadersTooLarge, MultipartError, ProtocolError
 from prefork.limits import FormLimits
 from prefork.multipart import (
+    KEEP_BUFFER,
     MultipartParser,
     PartData,
     PartEnd,
@@ -194,6 +195,39 @@ def test_zero_copy_feeding_reuses_one_buffer() -> None:
     assert received == 64 * len(chunk)
     assert peak < 16 * 1024, f"{peak} bytes allocated while feeding 4 MiB"
     assert parser.feed(b"\r\n--" + B + b"--") == [PartEnd()]
+
+
+@pytest.mark.parametrize("piece", [KEEP_BUFFER, KEEP_BUFFER + 1, 1 << 20])
+def test_a_large_buffer_is_given_up_after_each_feed(piece: int) -> None:
+    """Between feeds a parser holds at most KEEP_BUFFER bytes, or twice what it must keep
+    (a possible delimiter, a part header block): a large feed's buffer goes once consumed."""
+    rng = random.Random(piece)
+    data = rng.randbytes(5 * piece + 17).replace(b"\r", b"r")
+    cut = b"\r\n--" + B[:10]  # the start of a delimiter at the end of a feed: kept back
+    body = b"--" + B + b"\r\n" + _part("f", data + cut + b"x" + data, "f.bin") + b"\r\n--" + B + b"--"
+    parser = MultipartParser(B, zero_copy=True)
+    received = bytearray()
+    held = []
+    for offset in range(0, len(body), piece):
+        for event in parser.feed(body[offset:offset + piece]):
+            if isinstance(event, PartData):
+                received += event.data
+        held.append(parser.buffer_size)
+    assert bytes(received) == data + cut + b"x" + data
+    assert max(held) <= KEEP_BUFFER, held
+    assert parser.complete
+
+
+def test_an_unfinished_part_header_block_keeps_only_what_it_needs() -> None:
+    limits = FormLimits(max_part_header_bytes=200 * 1024)
+    header = f'Content-Disposition: form-data; name="f"; filename="f"\r\nX-Pad: {"p" * 150_000}'.encode()
+    parser = MultipartParser(B, limits, zero_copy=True)
+    parser.feed(b"--" + B + b"\r\n" + header[:100_000])
+    parser.feed(header[100_000:140_000])
+    assert parser.buffer_size <= 2 * (140_000 + 2)  # the unconsumed header bytes, not more
+    events = parser.feed(header[140_000:] + b"\r\n\r\n" + b"d" * (1 << 20) + b"\r\n--" + B + b"--")
+    assert isinstance(events[0], PartStart) and parser.buffer_size <= KEEP_BUFFER
+    assert sum(len(e.data) for e in events if isinstance(e, PartData)) == 1 << 20
 
 
 def test_truncated_body_is_an_error_at_every_length() -> None:

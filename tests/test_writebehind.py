@@ -20,6 +20,7 @@ from prefork import writebehind
 from prefork.errors import InsufficientStorage
 from prefork.spool import BodySpool
 from prefork.writebehind import MIN_CHUNK, WriteBehind
+from tests.server import wait_for
 
 
 def _write_all(fd: int, view: memoryview) -> None:
@@ -216,3 +217,71 @@ def test_a_plain_spool_writes_inline_and_a_form_spool_queues(tmp_path: Path) -> 
             spool.seal()
             assert spool.read() == b"r" * (2 * MIN_CHUNK)
     assert threads == {False: {threading.current_thread().name}, True: {"write-behind"}}
+
+
+class _Stalled:
+    """A disk that writes only when the test lets it: the ring fills while it waits."""
+
+    def __init__(self) -> None:
+        self.gate = threading.Semaphore(0)
+        self.queued_seen: list[int] = []
+
+    def write(self, fd: int, view: memoryview) -> None:
+        self.gate.acquire()
+        self.queued_seen.append(writebehind._helper.queued)
+        _write_all(fd, view)
+
+
+def _write_in_thread(behind: WriteBehind, chunks: list[bytes]) -> threading.Thread:
+    writer = threading.Thread(target=lambda: [behind.write(chunk) for chunk in chunks])
+    writer.start()
+    return writer
+
+
+def test_the_ring_fills_to_max_backlog_and_no_further(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Queued bytes live in one ring of MAX_BACKLOG bytes: with the disk stalled it fills
+    exactly, the writer waits, and the ring is all the memory the queue holds."""
+    monkeypatch.setattr(writebehind, "MAX_BACKLOG", 1 << 20)
+    disk = _Stalled()
+    chunks = [bytes([n]) * (256 * 1024) for n in range(12)]
+    fd = os.open(tmp_path / "f", os.O_RDWR | os.O_CREAT)
+    try:
+        behind = WriteBehind(fd, disk.write)
+        writer = _write_in_thread(behind, chunks)
+        wait_for(lambda: writebehind._helper.queued == 1 << 20, 10, what="the ring full")
+        assert writer.is_alive()  # waiting for room, not queueing more
+        assert writebehind._helper._ring is not None and len(writebehind._helper._ring) == 1 << 20
+        writebehind._helper.release_idle()  # not idle: the ring stays
+        assert writebehind._helper._ring is not None
+        for _ in chunks:
+            disk.gate.release()
+        writer.join(30)
+        behind.flush()
+    finally:
+        os.close(fd)
+    assert max(disk.queued_seen) == 1 << 20
+    assert (tmp_path / "f").read_bytes() == b"".join(chunks)
+    writebehind._helper.release_idle()  # idle now: unmapped, and mapped again on next use
+    assert writebehind._helper._ring is None
+
+
+def test_pieces_that_do_not_divide_the_ring_wrap_around_in_order(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(writebehind, "MAX_BACKLOG", 1 << 20)
+    disk = _Stalled()
+    rng = random.Random(7)
+    chunks = [rng.randbytes(rng.choice([MIN_CHUNK, 300_000, 700_000, 1 << 20, 1_500_000])) for _ in range(40)]
+    fd = os.open(tmp_path / "f", os.O_RDWR | os.O_CREAT)
+    try:
+        digest = hashlib.sha256()
+        behind = WriteBehind(fd, disk.write, digest)
+        writer = _write_in_thread(behind, chunks)
+        for _ in range(200):  # more permits than pieces (1.5 MB chunks are two pieces)
+            disk.gate.release()
+        writer.join(30)
+        behind.flush()
+    finally:
+        os.close(fd)
+    assert max(disk.queued_seen) <= 1 << 20  # the skipped ends are counted, and still fit
+    assert (tmp_path / "f").read_bytes() == b"".join(chunks)
+    assert digest.hexdigest() == hashlib.sha256(b"".join(chunks)).hexdigest()

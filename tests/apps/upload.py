@@ -1,6 +1,7 @@
 """Test app: reports what it received and exercises the WSGI surface.
 
-Routes: ``/sha256`` (hash and size of the body, read in pieces), ``/stream``
+Routes: ``/sha256`` (hash and size of the body, read in pieces), ``/save`` (the body
+copied into a new file in the uploads directory in 1 MiB reads; its name, size and hash), ``/stream``
 (a streamed response of unknown length), ``/close?marker=&n=`` (an iterable
 whose close() writes the marker file; n KiB of body), ``/write`` (the write() callable),
 ``/file`` (wsgi.file_wrapper over a real file), ``/boom`` (raises),
@@ -16,6 +17,8 @@ import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
+
+from prefork import runtime
 
 _FILE_BYTES = bytes(range(256)) * 4096  # 1 MiB of known content
 
@@ -35,6 +38,19 @@ def _sha256(environ: dict[str, Any], start_response: Callable[..., Any]) -> list
         size += len(chunk)
     return _json(start_response, {"sha256": digest.hexdigest(), "size": size,
                                   "content_length": environ.get("CONTENT_LENGTH")})
+
+
+def _save(environ: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes]:
+    """What a plain WSGI app does with an upload: copy wsgi.input into a file, piece by piece."""
+    name = f"raw-{os.urandom(8).hex()}.bin"
+    digest, size = hashlib.sha256(), 0
+    stream = environ["wsgi.input"]
+    with open(os.path.join(runtime.current.uploads_dir, name), "wb") as out:
+        while chunk := stream.read(1 << 20):
+            out.write(chunk)
+            digest.update(chunk)
+            size += len(chunk)
+    return _json(start_response, {"name": name, "size": size, "sha256": digest.hexdigest()})
 
 
 def _stream(start_response: Callable[..., Any], count: int) -> Iterator[bytes]:
@@ -67,6 +83,8 @@ def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable
     query = dict(p.split("=", 1) for p in environ["QUERY_STRING"].split("&") if "=" in p)
     if path == "/sha256":
         return _sha256(environ, start_response)
+    if path == "/save":
+        return _save(environ, start_response)
     if path == "/stream":
         return _stream(start_response, int(query.get("n", "1000")))
     if path == "/write":

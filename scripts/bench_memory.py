@@ -1,0 +1,287 @@
+"""Memory under concurrent uploads: Σ worker RSS while 40 × 50 MiB bodies stream in.
+
+Strategy: issue 11 §6 asks that all workers together grow by no more than
+``memory_budget`` + 32 MiB while 40 uploads of 50 MiB run at once, and give the
+memory back when they end. So the server (2 workers) is started with
+``memory_budget = 64MiB`` and again with 256MiB, and ``memory_threshold =
+64MiB``: whole bodies may stay in RAM, only the budget stops them (the worst
+case for it; with the default 1 MiB threshold far less is staged in RAM).
+40 client threads each stream
+one body at once, either raw to a WSGI app that copies ``wsgi.input`` into a
+file in 1 MiB reads (``bench_apps:upload``), or as a one-file form to a native
+``prefork.App`` route that calls ``save()`` (``bench_apps:native_app``). A
+thread samples the sum of the workers' RSS every 10 ms: ``before`` is the idle
+server, ``peak`` the highest sum while the uploads ran, ``after`` the sum once
+every upload was answered, once it stopped falling (the workers give memory
+back on their twice-a-second sweep). Targets: peak growth ≤ budget + 32 MiB,
+after ≤ 16 MiB. gunicorn sync (the same WSGI app; Flask for the form) is the
+peer figure.
+
+Standalone, to dig into where memory goes (``--detail`` classifies every
+worker mapping from /proc/PID/smaps at the peak: heap, thread arenas, other
+anonymous memory)::
+
+    python scripts/bench_memory.py --budget 64MiB --mode multipart --detail
+    python scripts/bench_memory.py --mode raw --env GLIBC_TUNABLES=glibc.malloc.arena_max=1
+
+As a scenario: ``python scripts/bench.py memory [--runs N] [--quick]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import tempfile
+import re
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+import bench
+from bench import MiB, Measurement, RunningServer, ServerSpec, SummaryRow, Workspace
+
+CLIENTS = 40
+EACH = 50 * MiB
+BUDGETS = (64, 256)  # memory_budget in MiB
+SLACK_MIB = 32  # the issue's allowance beyond memory_budget
+AFTER_MIB = 16  # growth left once the uploads are over (as tests/test_memory_bound.py)
+THRESHOLD = "64MiB"  # [staging] memory_threshold: the budget, not the threshold, limits RAM staging
+SETTLE_SECONDS = 5.0  # how long "after" waits for the workers to give memory back
+MODES = ("raw", "multipart")
+
+
+def rss_sum(pids: list[int]) -> int:
+    """Σ RSS of ``pids`` (a process that is gone counts 0)."""
+    total = 0
+    for pid in pids:
+        try:
+            total += psutil.Process(pid).memory_info().rss
+        except psutil.Error:
+            pass
+    return total
+
+
+def smaps_breakdown(pid: int) -> dict[str, int]:
+    """Resident bytes of one process by kind of mapping: heap, thread arenas, other anonymous, files.
+
+    glibc's per-thread arenas are anonymous mappings aligned to 64 MiB (HEAP_MAX_SIZE)
+    and reserved in 64 MiB pieces; a thread stack is an 8 MiB mapping; the rest of
+    the anonymous memory is mmapped chunks and CPython's object arenas.
+    """
+    out = {"heap": 0, "arenas": 0, "anon": 0, "file": 0}
+    try:
+        text = Path(f"/proc/{pid}/smaps").read_text()
+    except OSError:
+        return out
+    kind = "anon"
+    for line in text.splitlines():
+        head = re.match(r"([0-9a-f]+)-([0-9a-f]+) \S+ \S+ \S+ \d+\s*(.*)$", line)
+        if head:
+            start, end, name = int(head[1], 16), int(head[2], 16), head[3]
+            if name == "[heap]":
+                kind = "heap"
+            elif name.startswith("/"):
+                kind = "file"
+            elif not name and start % (64 * MiB) == 0 and end - start <= 64 * MiB:
+                kind = "arenas"
+            else:
+                kind = "anon"
+        elif line.startswith("Rss:"):
+            out[kind] += int(line.split()[1]) * 1024
+    return out
+
+
+class RssSampler:
+    """Samples Σ RSS of some PIDs in a thread (and, with ``detail``, a smaps breakdown at the peak)."""
+
+    def __init__(self, pids: list[int], interval: float = 0.01, detail: bool = False) -> None:
+        self.pids = pids
+        self.interval = interval
+        self.detail = detail
+        self.base = rss_sum(pids)
+        self.peak = self.base
+        self.peak_detail: dict[str, int] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._last_detail = 0.0
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            total = rss_sum(self.pids)
+            if total > self.peak:
+                self.peak = total
+                now = time.monotonic()
+                if self.detail and now - self._last_detail > 0.2:  # smaps is slow to read
+                    self._last_detail = now
+                    parts = [smaps_breakdown(pid) for pid in self.pids]
+                    self.peak_detail = {k: sum(p[k] for p in parts) for k in parts[0]}
+
+    def __enter__(self) -> RssSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(5)
+
+
+def post_all(port: int, mode: str, clients: int, each: int) -> list[bytes]:
+    """Start ``clients`` uploads of ``each`` bytes at once; return every answer (or the client error)."""
+    block = memoryview(os.urandom(4 * MiB))
+    answers: list[bytes] = [b""] * clients
+
+    def one(i: int) -> None:
+        try:
+            if mode == "raw":
+                answers[i] = bench.post_body(port, each, block, "/upload")[2]
+            else:
+                answers[i] = bench.post_multipart(port, each, block)[2]
+        except OSError as exc:
+            answers[i] = f"client error: {exc!r}".encode()
+
+    threads = [threading.Thread(target=one, args=(i,), daemon=True) for i in range(clients)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(900)
+    return answers
+
+
+def settle(pids: list[int], timeout: float = SETTLE_SECONDS) -> int:
+    """Σ RSS once it has stopped falling for a second (the workers sweep twice a second),
+    or after ``timeout`` s: the value then."""
+    deadline = time.monotonic() + timeout
+    lowest, since = rss_sum(pids), time.monotonic()
+    while time.monotonic() < deadline and time.monotonic() - since < 1.0:
+        time.sleep(0.1)
+        total = rss_sum(pids)
+        if total < lowest - 256 * 1024:
+            since = time.monotonic()
+        lowest = min(lowest, total)
+    return lowest
+
+
+def measure_once(server: RunningServer, mode: str, clients: int, each: int, budget_mib: float,
+                 failures: list[str], detail: bool = False) -> dict[str, float]:
+    """One round of concurrent uploads against a running server: RSS figures in MiB, and ``ok``."""
+    pids = server.workers()
+    with RssSampler(pids, detail=detail) as sampler:
+        start = time.perf_counter()
+        answers = post_all(server.port, mode, clients, each)
+        elapsed = time.perf_counter() - start
+    ok = sum(bench.check_answer(server, answer, each, failures) for answer in answers)
+    after = settle(pids)
+    metrics = {"before_mib": sampler.base / MiB, "peak_growth_mib": (sampler.peak - sampler.base) / MiB,
+               "after_growth_mib": (after - sampler.base) / MiB, "mib_s": clients * each / MiB / elapsed,
+               "ok": float(ok == clients), "budget_mib": budget_mib}
+    metrics.update({f"peak_{k}_mib": v / MiB for k, v in sampler.peak_detail.items()})
+    if detail:
+        parts = [smaps_breakdown(pid) for pid in pids]
+        metrics.update({f"after_{k}_mib": sum(p[k] for p in parts) / MiB for k in parts[0]})
+    return metrics
+
+
+def prefork_spec(ws: Workspace, mode: str, budget_mib: int, threshold: str = THRESHOLD) -> ServerSpec:
+    """prefork, 2 workers × 4 threads, with ``memory_budget`` and the app of ``mode``."""
+    app = "upload" if mode == "raw" else "native_app"
+    staging = {"memory_budget": f"{budget_mib}MiB", "memory_threshold": threshold, "dir": str(ws.scratch)}
+    return bench.prefork_server(ws, app, workers=2, threads=4, name=f"prefork {mode} budget {budget_mib}MiB",
+                                overrides={"staging": staging, "uploads": {"dir": str(ws.scratch)}})
+
+
+def peer_spec(mode: str) -> ServerSpec:
+    """gunicorn sync, 2 workers: the same WSGI copy app for raw bodies, Flask's save() for forms."""
+    app = "upload" if mode == "raw" else "flask_upload"
+    name = "gunicorn sync" if mode == "raw" else bench.FLASK
+    return bench.gunicorn_server(app, worker_class="sync", name=f"{name} ({mode})")
+
+
+def scenario_memory(args: argparse.Namespace, ws: Workspace) -> list[SummaryRow]:
+    """Σ worker RSS growth (peak, after) for 40 concurrent 50 MiB uploads, raw and multipart."""
+    clients, each = CLIENTS, (8 * MiB if args.quick else EACH)
+    failures: list[str] = []
+    plan: dict[str, tuple[str, float]] = {}
+    specs = []
+    for mode in MODES:
+        for budget in BUDGETS:
+            spec = prefork_spec(ws, mode, budget)
+            specs.append(spec)
+            plan[spec.name] = (mode, float(budget))
+        peer = peer_spec(mode)
+        specs.append(peer)
+        plan[peer.name] = (mode, float("nan"))
+
+    def measure(server: RunningServer) -> Measurement:
+        mode, budget = plan[server.name]
+        return {"memory": measure_once(server, mode, clients, each, budget, failures)}
+
+    print(f"memory: {clients} x {each / MiB:,.0f} MiB x {args.runs} runs x {len(specs)} servers", file=sys.stderr)
+    results = bench.alternate(specs, args.runs, ws, measure)
+    bench.print_medians(results, ["memory"], ["before_mib", "peak_growth_mib", "after_growth_mib", "mib_s", "ok"])
+    bench.print_failures(failures)
+    bench.save_json(args, "memory", results)
+    return summary_rows(results, clients, each)
+
+
+def summary_rows(results: bench.Results, clients: int, each: int) -> list[SummaryRow]:
+    """Worst-run growth per (mode, budget) against budget + 32 MiB, the peer beside it."""
+    def worst(name: str, metric: str) -> float:
+        values = [m[metric] for m in results.get(name, {}).get("memory", [])]
+        return max(values) if values else float("nan")
+
+    rows = []
+    for mode in MODES:
+        peer = peer_spec(mode).name
+        for budget in BUDGETS:
+            name = f"prefork {mode} budget {budget}MiB"
+            label = f"{clients} concurrent {each / MiB:,.0f} MiB {mode} uploads, memory_budget {budget} MiB"
+            rows.append(bench.target_max(f"{label}: Σ worker RSS growth, peak (worst run)",
+                                         worst(name, "peak_growth_mib"), "MiB", budget + SLACK_MIB,
+                                         peer, worst(peer, "peak_growth_mib")))
+            rows.append(bench.target_max(f"{label}: Σ worker RSS growth after (worst run)",
+                                         worst(name, "after_growth_mib"), "MiB", AFTER_MIB,
+                                         peer, worst(peer, "after_growth_mib")))
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Standalone: one server, one round per mode, figures printed (the reproduction of issue 11 §6)."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    parser.add_argument("--budget", type=bench.parse_size, default=64 * MiB)
+    parser.add_argument("--threshold", default=THRESHOLD, help="[staging] memory_threshold")
+    parser.add_argument("--mode", choices=(*MODES, "both"), default="both")
+    parser.add_argument("--clients", type=int, default=CLIENTS)
+    parser.add_argument("--size", type=bench.parse_size, default=EACH)
+    parser.add_argument("--rounds", type=int, default=1, help="rounds of uploads on the same server")
+    parser.add_argument("--peer", action="store_true", help="measure gunicorn instead of prefork")
+    parser.add_argument("--detail", action="store_true", help="smaps breakdown at the peak")
+    parser.add_argument("--env", action="append", default=[], help="KEY=VALUE for the server")
+    args = parser.parse_args(argv)
+    ws = Workspace(Path(tempfile.mkdtemp(prefix="prefork-memory-")), Path(tempfile.mkdtemp(prefix="prefork-mem-")))
+    print(f"server logs: {ws.logdir}", file=sys.stderr)
+    env = dict(item.split("=", 1) for item in args.env)
+    failures: list[str] = []
+    try:
+        for mode in MODES if args.mode == "both" else (args.mode,):
+            spec = peer_spec(mode) if args.peer else prefork_spec(ws, mode, args.budget // MiB, args.threshold)
+            spec.env.update(env)
+            with bench.running(spec, ws) as server:
+                for n in range(args.rounds):
+                    metrics = measure_once(server, mode, args.clients, args.size, args.budget / MiB, failures,
+                                           args.detail)
+                    shown = ", ".join(f"{k}={v:,.1f}" for k, v in metrics.items())
+                    print(f"{spec.name} round {n + 1}: {shown}", flush=True)
+    finally:
+        shutil.rmtree(ws.scratch, ignore_errors=True)
+    bench.print_failures(failures)
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -3,15 +3,14 @@
 Strategy: ``load_config`` has already validated every value by itself; this
 module checks what needs the system: that ``[server] user`` and ``group``
 exist, that the log files and the pidfile can be written, and that the
-application imports. The last two are checked by a forked child that first
-becomes the service user, exactly as the master does before it forks workers
-(``drop_privileges``, here without touching any directory). In that child
-``os.access`` asks the kernel with the service user's uid, gid and
-supplementary groups, so ACLs, read-only mounts and every directory on the
-way are taken into account; reading permission bits from ``os.stat`` would
-miss those. And the app is imported the way a worker imports it: as that
-user, from the same working directory and ``sys.path`` (``--chdir``,
-``--pythonpath``). Exit codes: 0 fine, 2 bad configuration, 3 the application
+application imports. Files are checked with ``os.access`` as the user running
+the check, which is the user the master runs as (it keeps root's rights and
+gives the log files to the service user): the kernel's answer takes ACLs,
+read-only mounts and every directory on the way into account, which reading
+permission bits from ``os.stat`` would miss. The app is imported by a forked
+child that first becomes the service user, exactly as a worker does after it
+is forked (``drop_privileges``), from the same working directory and
+``sys.path`` (``--chdir``, ``--pythonpath``). Exit codes: 0 fine, 2 bad configuration, 3 the application
 cannot be imported. Every problem is reported, not only the first.
 """
 
@@ -47,11 +46,12 @@ def check_config(cfg: Config) -> int:
         0, EXIT_CONFIG (a problem with the configuration) or EXIT_APP (only the
         application failed to import).
     """
-    problems = account_problems(cfg)
-    for problem in problems:
+    accounts = account_problems(cfg)
+    files = file_problems(cfg)
+    for problem in accounts + files:
         _report(problem)
-    if problems:
-        return EXIT_CONFIG
+    if accounts:
+        return EXIT_CONFIG  # the import cannot be tried as a user that does not exist
     sys.stdout.flush()
     sys.stderr.flush()
     pid = os.fork()
@@ -66,7 +66,7 @@ def check_config(cfg: Config) -> int:
             sys.stderr.flush()
             os._exit(code)
     _, status = os.waitpid(pid, 0)
-    return os.waitstatus_to_exitcode(status)
+    return EXIT_CONFIG if files else os.waitstatus_to_exitcode(status)
 
 
 def account_problems(cfg: Config) -> list[str]:
@@ -89,16 +89,23 @@ def _check_as_service_user(cfg: Config) -> int:
         _report(f"[server] {key} = {user or group!r}: cannot switch to it: {exc.strerror} "
                 "(start as root, or leave user and group empty)")
         return EXIT_CONFIG
-    who = f"user {user!r}" if user else f"the user running this (uid {os.getuid()})"
-    code = 0
+    return 0 if _imports(cfg) else EXIT_APP
+
+
+def file_problems(cfg: Config) -> list[str]:
+    """Log files and the pidfile that the master could not write, one message each.
+
+    The master opens and reopens them as the user it runs as (it keeps root's
+    rights, and gives the log files to the service user), so they are checked
+    as the user running this check.
+    """
+    who = "root" if os.geteuid() == 0 else f"uid {os.geteuid()}"
+    problems = []
     for section, key, path in _written_files(cfg):
         reason = unwritable(path)
         if reason is not None:
-            _report(f"[{section}] {key} = {path!r}: {who} cannot write it: {reason}")
-            code = EXIT_CONFIG
-    if not _imports(cfg):
-        code = code or EXIT_APP
-    return code
+            problems.append(f"[{section}] {key} = {path!r}: {who} cannot write it: {reason}")
+    return problems
 
 
 def _written_files(cfg: Config) -> list[tuple[str, str, str]]:
@@ -129,6 +136,8 @@ def unwritable(path: str) -> str | None:
         return _uncreatable(path)
     except PermissionError:
         return "cannot be reached: a directory on its path is not searchable"
+    except NotADirectoryError:
+        return "cannot be reached: a part of its path is a file, not a directory"
     except OSError as exc:
         return f"cannot be checked: {exc.strerror}"
     if stat.S_ISDIR(mode):

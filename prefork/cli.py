@@ -12,6 +12,7 @@ application could not be loaded.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import socket
@@ -25,7 +26,7 @@ from prefork.config_values import parse_bind as check_bind
 from prefork.errors import ConfigError
 from prefork.logs import error_log, setup_logging
 from prefork.master import Master
-from prefork.privileges import drop_privileges, service_owner
+from prefork.privileges import give_directories, service_owner, socket_owner
 from prefork.sockets import BindAddress, BindError, bind_listener, parse_bind
 from prefork.status import render_text
 
@@ -186,9 +187,12 @@ def serve(cfg: Config, flags: dict[str, dict[str, object]]) -> int:
         cfg: the loaded configuration.
         flags: the command-line overrides, re-applied by the master on every reload.
     """
+    if cfg.server.umask is not None:
+        os.umask(cfg.server.umask)
     try:
         setup_logging(cfg.logging.error_log, cfg.logging.access_log, cfg.logging.level,
                       service_owner(cfg.server.user, cfg.server.group))
+        unix_owner = socket_owner(cfg.server.socket_owner, cfg.server.user, cfg.server.group)
     except (ConfigError, ValueError) as exc:
         print(f"prefork-serve: {cfg.source or COMMAND_LINE}: {exc}", file=sys.stderr)
         return EXIT_CONFIG
@@ -200,18 +204,31 @@ def serve(cfg: Config, flags: dict[str, dict[str, object]]) -> int:
     if not listeners:
         try:
             for text in cfg.server.bind:
-                listeners.append(bind_listener(parse_bind(text), cfg.server.backlog))
+                listeners.append(bind_listener(parse_bind(text), cfg.server.backlog,
+                                               unix_mode=cfg.server.socket_mode, unix_owner=unix_owner))
         except BindError as exc:
             error_log.error("%s", exc.strerror)
-            for sock in listeners:
-                sock.close()
+            _close_listeners(listeners, cfg)
             return EXIT_BIND
     try:
-        drop_privileges(cfg.server.user, cfg.server.group, [cfg.staging.dir, cfg.uploads.dir])
-    except (ValueError, OSError) as exc:
-        error_log.error("cannot switch to user %r / group %r: %s", cfg.server.user, cfg.server.group, exc)
+        give_directories(cfg.server.user, cfg.server.group, [cfg.staging.dir, cfg.uploads.dir])
+    except OSError as exc:
+        error_log.error("cannot prepare the directories for user %r / group %r: %s",
+                        cfg.server.user, cfg.server.group, exc)
+        _close_listeners(listeners, cfg, unlink=not activated)
         return EXIT_CONFIG
     return Master(cfg, listeners, owns_unix_paths=not activated, overrides=flags).run()
+
+
+def _close_listeners(listeners: list[socket.socket], cfg: Config, unlink: bool = True) -> None:
+    """Close what was bound before a failed start, and remove the unix socket files made."""
+    for sock in listeners:
+        sock.close()
+    if unlink:
+        for text in cfg.server.bind[:len(listeners)]:
+            if text.startswith("unix:"):
+                with contextlib.suppress(OSError):
+                    os.unlink(text[5:])
 
 
 if __name__ == "__main__":

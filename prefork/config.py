@@ -44,6 +44,7 @@ from prefork.config_values import (
     size_value,
     suggest,
     text_value,
+    mode_value,
     umask_value,
 )
 from prefork.errors import ConfigError
@@ -94,6 +95,8 @@ class ServerConfig:
     group: str = _setting(text_value(), "")
     pidfile: str = _setting(text_value(), "")
     umask: int | None = _setting(umask_value(), None)
+    socket_mode: int = _setting(mode_value(), 0o666)
+    socket_owner: str = _setting(text_value(), "")
     reload: bool = _setting(bool_value(), False)
 
 

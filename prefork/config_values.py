@@ -35,6 +35,7 @@ BOOL_FORM = "expected a boolean: on/off, true/false, yes/no or 1/0"
 BIND_FORM = (
     "expected host:port, [ipv6]:port or unix:/absolute/path with a port from 0 to 65535"
 )
+MODE_FORM = "expected an octal file mode like 0660 or 0o666 (at most 0o777)"
 UMASK_FORM = (
     "expected an octal mask like 022 or 0o027 (at most 0o777), or empty to keep the process's umask"
 )
@@ -448,6 +449,17 @@ def choice_value(*choices: str) -> ValueType[str]:
 def umask_value() -> ValueType[int | None]:
     """An octal umask, or empty for none."""
     return ValueType(parse_umask, format_umask)
+
+
+def mode_value() -> ValueType[int]:
+    """An octal file mode such as ``0660`` (the umask's syntax, but never empty)."""
+    def parse(text: str) -> int:
+        mode = parse_umask(text)
+        if mode is None:
+            raise ValueError(MODE_FORM)
+        return mode
+
+    return ValueType(parse, lambda mode: f"0o{mode:03o}")
 
 
 def checked_value(check: Callable[[str], str]) -> ValueType[str]:

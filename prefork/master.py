@@ -25,7 +25,7 @@ from prefork.config import Config, load_config
 from prefork.settings import ConnectionSettings
 from prefork.errors import ConfigError
 from prefork.logs import error_log, reopen_logs, setup_logging
-from prefork.privileges import service_owner
+from prefork.privileges import drop_privileges, give_directories, service_owner
 from prefork.scoreboard import Scoreboard, WorkerState
 from prefork.sockets import describe_listener
 from prefork.spool import remove_stale_files
@@ -33,6 +33,7 @@ from prefork.worker import WORKER_BOOT_ERROR, Worker, WorkerSettings
 from prefork.wsconn import UpgradeSettings, WsSettings
 
 TICK = 0.5
+EXIT_CONFIG = 2
 STATUS_INTERVAL = 5.0
 # Slots beyond the worker count: during a reload old and new workers overlap.
 SPARE_SLOTS = 2
@@ -128,12 +129,20 @@ class Master:
         self.next_watchdog = 0.0
         self.next_status = time.monotonic() + STATUS_INTERVAL
         self.boot_failures = 0  # workers in a row that died before they were ready
+        self.pidfile = ""  # the pidfile written (the one removed at exit, even after a HUP)
         self.next_spawn = 0.0  # no spawning before this (backoff after boot failures)
 
     # --- main loop ----------------------------------------------------------
     def run(self) -> int:
         """Start the workers and supervise them until stopped; returns the exit code."""
-        self._write_pidfile()
+        try:
+            self._write_pidfile()
+        except OSError as exc:
+            error_log.error("[server] pidfile = %r: cannot write it: %s", self.cfg.server.pidfile,
+                            exc.strerror or exc)
+            self.exit_code = EXIT_CONFIG
+            self._cleanup()
+            return self.exit_code
         self._install_signals()
         names = ", ".join(describe_listener(s) for s in self.listeners)
         error_log.info("prefork master %d listening on %s with %d workers", os.getpid(), names,
@@ -234,6 +243,13 @@ class Master:
             os.close(self._sig_write)
             for name in _HANDLED:
                 signal.signal(getattr(signal, "SIG" + name), signal.SIG_DFL)
+            try:
+                drop_privileges(self.cfg.server.user, self.cfg.server.group)
+            except (ValueError, OSError) as exc:
+                error_log.error("worker %d cannot switch to user %r / group %r: %s", os.getpid(),
+                                self.cfg.server.user, self.cfg.server.group, exc)
+                code = WORKER_BOOT_ERROR  # a configuration problem: no respawn loop
+                return
             code = Worker(self.listeners, settings, self.board.slot(index), link=link).run()
         except BaseException as exc:
             error_log.error("worker %d crashed: %s", os.getpid(), exc, exc_info=exc)
@@ -449,6 +465,10 @@ class Master:
             owner = service_owner(new_cfg.server.user, new_cfg.server.group)
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
+        try:
+            give_directories(new_cfg.server.user, new_cfg.server.group, [new_cfg.staging.dir, new_cfg.uploads.dir])
+        except OSError as exc:
+            raise ConfigError(f"cannot prepare the staging and uploads directories: {exc}") from None
         setup_logging(new_cfg.logging.error_log, new_cfg.logging.access_log, new_cfg.logging.level, owner)
         return new_cfg
 
@@ -508,10 +528,12 @@ class Master:
             self.stop_deadline = time.monotonic() + 5.0
 
     def _write_pidfile(self) -> None:
+        # As the user the master was started as (root for a service): /run is root's.
         path = self.cfg.server.pidfile
         if path:
             with open(path, "w", encoding="ascii") as handle:
                 handle.write(f"{os.getpid()}\n")
+            self.pidfile = path
 
     def _cleanup(self) -> None:
         for pid in list(self.workers):
@@ -525,11 +547,11 @@ class Master:
                         os.unlink(bind[5:])
                     except FileNotFoundError:
                         pass
-        if self.cfg.server.pidfile:
+        if self.pidfile:
             try:
-                os.unlink(self.cfg.server.pidfile)
-            except OSError:
-                pass
+                os.unlink(self.pidfile)
+            except OSError as exc:
+                error_log.warning("cannot remove the pidfile %s: %s", self.pidfile, exc.strerror or exc)
         error_log.info("master %d exiting with code %d", os.getpid(), self.exit_code)
 
 

@@ -1,9 +1,14 @@
-"""Dropping root after binding: ``[server] user`` / ``group``.
+"""The service user: ``[server] user`` / ``group``, and who owns what the server creates.
 
-Strategy: the master binds privileged ports as root, then makes the staging
-and uploads directories its own and switches user and group for good (the
-saved ids go too), before any worker is forked. Everything after that —
-workers, staging files, uploads — runs and is owned as the service user.
+Strategy: gunicorn's and nginx's model. The master keeps the rights it was
+started with (root, for a system service): it binds privileged ports, writes
+the pidfile and opens the log files, reopens them on USR1 and HUP, and removes
+the pidfile and unix socket files at exit — all in directories only root may
+write. What the workers must write is given to the service user first (log
+files, unix sockets, the staging and uploads directories), and each worker
+switches to that user and group for good (the saved ids go too) right after
+it is forked, before it loads the application. The master never runs
+application code and never parses a request.
 """
 
 from __future__ import annotations
@@ -51,13 +56,51 @@ def service_owner(user: str, group: str) -> tuple[int, int] | None:
     return (-1 if uid is None else uid, -1 if gid is None else gid)
 
 
-def drop_privileges(user: str, group: str, own_dirs: Iterable[str]) -> None:
-    """Give ``own_dirs`` to the service user, then become that user and group.
+def socket_owner(owner: str, user: str, group: str) -> tuple[int, int] | None:
+    """Who unix socket files belong to: ``[server] socket_owner``, else the service user.
+
+    Args:
+        owner: ``user`` or ``user:group`` (empty: ``user`` / ``group``).
+        user: ``[server] user``.
+        group: ``[server] group``.
+
+    Returns:
+        (uid, gid) for ``os.chown`` (-1 = unchanged), or None when nothing is to change.
+
+    Raises:
+        ValueError: an unknown name (the message names ``socket_owner``).
+    """
+    if not owner:
+        return service_owner(user, group)
+    name, _, owner_group = owner.partition(":")
+    try:
+        uid, gid = resolve(name, owner_group)
+    except ValueError as exc:
+        raise ValueError(f"[server] socket_owner = {owner!r}: {str(exc).split(': ', 1)[1]}") from None
+    return (-1 if uid is None else uid, -1 if gid is None else gid)
+
+
+def give_directories(user: str, group: str, directories: Iterable[str]) -> None:
+    """Create ``directories`` when missing and give them to the service user (as root).
+
+    Raises:
+        ValueError: unknown user/group. OSError: a directory cannot be made or given.
+    """
+    owner = service_owner(user, group)
+    for path in directories:
+        if path:
+            os.makedirs(path, exist_ok=True)
+            if owner is not None:
+                os.chown(path, *owner)
+
+
+def drop_privileges(user: str, group: str, own_dirs: Iterable[str] = ()) -> None:
+    """Give ``own_dirs`` to the service user, then become that user and group for good.
 
     Args:
         user: ``[server] user`` (name or id; empty = keep).
         group: ``[server] group`` (name or id; empty = the user's primary group).
-        own_dirs: directories the workers must write (created when missing).
+        own_dirs: directories to create and give away first.
 
     Raises:
         ValueError: unknown user/group. PermissionError: not allowed to switch.
@@ -65,10 +108,7 @@ def drop_privileges(user: str, group: str, own_dirs: Iterable[str]) -> None:
     uid, gid = resolve(user, group)
     if uid is None and gid is None:
         return
-    for path in own_dirs:
-        if path:
-            os.makedirs(path, exist_ok=True)
-            os.chown(path, -1 if uid is None else uid, -1 if gid is None else gid)
+    give_directories(user, group, own_dirs)
     if gid is not None:
         os.setgroups([gid] if uid is None else os.getgrouplist(pwd.getpwuid(uid).pw_name, gid))
         os.setresgid(gid, gid, gid)

@@ -68,12 +68,16 @@ def _port(text: str, port: str) -> int:
     return int(port)
 
 
-def bind_listener(addr: BindAddress, backlog: int) -> socket.socket:
+def bind_listener(addr: BindAddress, backlog: int, *, unix_mode: int = 0o666,
+                  unix_owner: tuple[int, int] | None = None) -> socket.socket:
     """Create, bind and listen on one address, non-blocking and inheritable.
 
     Args:
         addr: the parsed address.
         backlog: the listen() backlog.
+        unix_mode: the mode of a unix socket file: connecting needs write permission,
+            so the proxy's user must have it (the umask would leave 0755 for root).
+        unix_owner: (uid, gid) to give a unix socket file to (-1 = unchanged), or None.
 
     Returns:
         The listening socket.
@@ -84,6 +88,14 @@ def bind_listener(addr: BindAddress, backlog: int) -> socket.socket:
     try:
         if addr.family == socket.AF_UNIX:
             sock = _bind_unix(str(addr.address))
+            try:
+                os.chmod(str(addr.address), unix_mode)
+                if unix_owner is not None:
+                    os.chown(str(addr.address), *unix_owner)
+            except OSError:
+                sock.close()
+                os.unlink(str(addr.address))
+                raise
         else:
             sock = _bind_inet(addr)
         sock.listen(backlog)

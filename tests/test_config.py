@@ -40,7 +40,8 @@ from prefork.limits import GiB, HttpLimits, KiB, MiB, WsLimits
 
 SHIPPED = Path(__file__).resolve().parent.parent / "conf" / "server.ini"
 SECTIONS = [f.name for f in dataclasses.fields(Config) if f.name != "source"]
-SERVER_KEYS = "bind, app, workers, threads, max_connections, backlog, user, group, pidfile, umask, reload"
+SERVER_KEYS = ("bind, app, workers, threads, max_connections, backlog, user, group, pidfile, umask, socket_mode, "
+               "socket_owner, reload")
 LIMITS_KEYS = (
     "max_request_line, max_header_bytes, max_header_count, max_body_size, "
     "header_timeout, body_min_rate, body_rate_window, keepalive_timeout, send_timeout"

@@ -17,12 +17,14 @@ import json
 import os
 import socket
 import sys
+import tempfile
 from collections.abc import Sequence
 
 from prefork import __version__, cli_flags, reloader, systemd
 from prefork.checks import check_config
 from prefork.config import COMMAND_LINE, Config, describe_config, load_config
-from prefork.config_values import parse_bind as check_bind
+from prefork.config_values import format_size, parse_bind as check_bind
+from prefork.diskspace import free_bytes
 from prefork.errors import ConfigError
 from prefork.logs import error_log, setup_logging
 from prefork.master import Master
@@ -197,6 +199,7 @@ def serve(cfg: Config, flags: dict[str, dict[str, object]]) -> int:
         print(f"prefork-serve: {cfg.source or COMMAND_LINE}: {exc}", file=sys.stderr)
         return EXIT_CONFIG
     reloader.set_config_file(cfg.source)  # workers inherit it; used only under --reload
+    _warn_if_disk_too_small(cfg)
     if cfg.server.reload:
         error_log.warning("reload is on: workers restart when a source file changes (development only)")
     listeners = systemd.listen_fds()
@@ -218,6 +221,21 @@ def serve(cfg: Config, flags: dict[str, dict[str, object]]) -> int:
         _close_listeners(listeners, cfg, unlink=not activated)
         return EXIT_CONFIG
     return Master(cfg, listeners, owns_unix_paths=not activated, overrides=flags).run()
+
+
+def _warn_if_disk_too_small(cfg: Config) -> None:
+    """Say at start-up, not only per refused request, that min_free_disk is out of reach."""
+    staging = cfg.staging
+    try:
+        free = free_bytes(staging.dir or None)
+    except OSError as exc:
+        error_log.warning("[staging] dir = %r: cannot read its free space: %s", staging.dir, exc.strerror or exc)
+        return
+    if staging.min_free_disk and free < staging.min_free_disk:
+        error_log.warning("[staging] dir %s has %.1f GiB free, less than [staging] min_free_disk = %s: every "
+                          "body over memory_threshold (%s) is refused with 507 until space is freed or the "
+                          "setting lowered", staging.dir or tempfile.gettempdir(), free / 2**30,
+                          format_size(staging.min_free_disk), format_size(staging.memory_threshold))
 
 
 def _close_listeners(listeners: list[socket.socket], cfg: Config, unlink: bool = True) -> None:

@@ -15,21 +15,20 @@ This is the one module that holds both a socket and a parser.
 from __future__ import annotations
 
 import enum
-import errno
 import io
 import os
 import socket
-import tempfile
 import time
 from collections.abc import Callable
 from typing import IO, TYPE_CHECKING, Any, Protocol
 
-from prefork.errors import InsufficientStorage, ProtocolError, RequestTimeout
+from prefork.diskspace import check_free_disk, storage_error
+from prefork.errors import IncompleteBody, ProtocolError, RequestTimeout
 from prefork.handlers import CompleteRequest, ResponseStream
 from prefork.http.events import ConnectionClosed, Data, EndOfMessage, Request, Signal
 from prefork.http.headers import Headers
 from prefork.http.parser import ParserState, RequestParser
-from prefork.http.response import http_date, simple_error_response
+from prefork.http.response import frame_body, frame_response, has_no_body, simple_error_response
 from prefork.logs import access_log_enabled, error_log, log_access
 from prefork.output import OutputQueue
 from prefork.forms import FormSink
@@ -51,6 +50,7 @@ LINGER_SECONDS = 2.0
 # Receive-buffer fills per wake-up on the body fast path.
 DIRECT_READS_PER_WAKEUP = 4
 CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+CLIENT_CLOSED_REQUEST = 499  # nginx's access-log status for a client that left first
 _EMPTY_HEADERS = Headers([])
 
 
@@ -157,7 +157,7 @@ class Connection:
         except (BlockingIOError, InterruptedError):
             return
         except OSError:
-            self.abort()
+            self._connection_lost()
             return
         slot = self.loop.slot
         if slot is not None and n:
@@ -192,7 +192,7 @@ class Connection:
             except (BlockingIOError, InterruptedError):
                 break
             except OSError:
-                self.abort()
+                self._connection_lost()
                 return
             if n == 0:
                 self._peer_closed()
@@ -237,10 +237,35 @@ class Connection:
                     return
                 else:
                     return
+        except IncompleteBody:
+            self._client_aborted("closed the connection")
         except ProtocolError as exc:
             self.fail(exc)
         except OSError as exc:  # staging failed (missing directory, EMFILE, EIO, ...)
             self.fail(_storage_error(exc))
+
+    def _connection_lost(self) -> None:
+        """The socket failed (reset): an upload in progress was aborted by its client."""
+        if self.stage is Stage.BODY:
+            self._client_aborted("reset the connection")
+        else:
+            self.abort()
+
+    def _client_aborted(self, how: str) -> None:
+        """The client went away in the middle of its request body: not a bad request.
+
+        Logged as a client abort, with status 499 in the access log (nginx's "client
+        closed request"); nobody is left to answer, and the staged body is discarded.
+        """
+        head = self.request
+        assert head is not None
+        declared = "?" if head.content_length is None else str(head.content_length)
+        error_log.info("%s:%s %s %s: the client %s after %d of %s body bytes; upload discarded",
+                       self.peer[0], self.peer[1], head.method.decode("latin-1"), head.target.decode("latin-1"),
+                       how, self.body_received, declared)
+        self.status = CLIENT_CLOSED_REQUEST
+        self.log_request()
+        self.close()
 
     def _start_header_timer(self) -> None:
         self.timeout_is_keepalive = False
@@ -281,12 +306,7 @@ class Connection:
     def _check_free_disk(self, declared: int | None) -> None:
         if declared is None or declared <= self.settings.memory_threshold or not self.settings.min_free_disk:
             return
-        stats = os.statvfs(self.settings.staging_dir or tempfile.gettempdir())
-        free = stats.f_bavail * stats.f_frsize
-        if free - declared < self.settings.min_free_disk:
-            raise InsufficientStorage(
-                f"not enough disk space to stage a {declared}-byte body ({free} bytes free, "
-                f"{self.settings.min_free_disk} must stay free)")
+        check_free_disk(self.settings.staging_dir, declared, self.settings.min_free_disk)
 
     def _track_upload(self, head: Request, declared: int | None) -> None:
         if self.loop.slot is not None:
@@ -353,34 +373,16 @@ class Connection:
         assert head is not None
         self.status = resp.status
         keep_alive = (head.keep_alive and not resp.close_connection and not self.loop.draining
-                       and not self.eof)
-        self.head_only = head.method == b"HEAD" or resp.status in (204, 304) or resp.status < 200
-        lines = [f"HTTP/1.1 {resp.status} {resp.reason}\r\nDate: {http_date().decode('latin-1')}\r\nServer: prefork\r\n"]
-        lines.extend(f"{name}: {value}\r\n" for name, value in resp.headers)
-        if resp.content_length is not None:
-            self.remaining = 0 if self.head_only else resp.content_length
-        elif resp.file is not None:
-            self.remaining = resp.file.count
-            if not (resp.status in (204, 304) or resp.status < 200):  # RFC 9110 §8.6: no length there
-                lines.append(f"Content-Length: {resp.file.count}\r\n")
-        elif resp.rest is None:
-            self.remaining = sum(len(c) for c in resp.chunks)
-            if not (resp.status in (204, 304) or resp.status < 200):
-                lines.append(f"Content-Length: {self.remaining}\r\n")
-        elif head.http_version == b"1.1" and not self.head_only:
-            self.chunked = True
-            lines.append("Transfer-Encoding: chunked\r\n")
-        else:
-            keep_alive = False  # HTTP/1.0 without a length: the close delimits the body
-        if self.head_only:
-            self.remaining = 0
-        if not keep_alive:
+                      and not self.eof)
+        known = (resp.file.count if resp.file is not None
+                 else sum(len(c) for c in resp.chunks) if resp.rest is None else None)
+        framing = frame_response(head.method, head.http_version, keep_alive, resp.status, resp.reason,
+                                 resp.headers, resp.content_length, known)
+        self.head_only = has_no_body(head.method, resp.status)
+        self.remaining, self.chunked = framing.body_length, framing.chunked
+        if framing.close:
             self.close_after_write = True
-            lines.append("Connection: close\r\n")
-        elif head.http_version == b"1.0":
-            lines.append("Connection: keep-alive\r\n")
-        lines.append("\r\n")
-        return "".join(lines).encode("latin-1")
+        return framing.head
 
     def _pump(self) -> None:
         """Move response body from the stream to the socket as far as it will go."""
@@ -441,28 +443,10 @@ class Connection:
     def _queue_body(self, chunks: list[bytes]) -> None:
         if self.head_only:
             return
-        if self.remaining is not None:
-            kept = []
-            for chunk in chunks:
-                if self.remaining <= 0:
-                    break
-                if len(chunk) > self.remaining:
-                    chunk = chunk[:self.remaining]
-                self.remaining -= len(chunk)
-                kept.append(chunk)
-            chunks = kept
-        if self.chunked and len(chunks) > 1:
-            chunks = [b"".join(chunks)]  # one chunk per batch, not one per (tiny) app chunk
-        for chunk in chunks:
-            if not chunk:
-                continue  # an empty chunk would read as the end of a chunked body
-            self.sent_body += len(chunk)
-            if self.chunked:
-                self.send(b"%x\r\n" % len(chunk), flush=False)
-                self.send(chunk, flush=False)
-                self.send(b"\r\n", flush=False)
-            else:
-                self.send(chunk, flush=False)
+        pieces, size, self.remaining = frame_body(chunks, self.remaining, self.chunked)
+        self.sent_body += size
+        for piece in pieces:
+            self.send(piece, flush=False)
 
     def _sendfile(self, resp: ResponseStream) -> bool:
         body = resp.file
@@ -698,8 +682,5 @@ class Connection:
 
 
 def _storage_error(exc: OSError) -> ProtocolError:
-    """The answer to a failure while staging a body: 507 when the disk is full, else 500."""
     error_log.error("staging a request body failed: %s", exc)
-    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-        return InsufficientStorage(f"no space left to stage the request body: {exc.strerror}")
-    return ProtocolError(f"the request body could not be staged: {exc.strerror or exc}", 500)
+    return storage_error(exc)

@@ -47,6 +47,12 @@ MAX_PIPELINE_BUFFER = 256 * 1024
 # How long an errored connection keeps draining the client's bytes after our
 # answer, so the client reads the answer instead of a reset (nginx lingering_time).
 LINGER_SECONDS = 2.0
+# How long a draining worker keeps an idle connection open for a request that may
+# be on its way (the reload and recycle race of RFC 9112 §9.3.1); short, so that a
+# stop is quick even with a long keepalive_timeout.
+DRAIN_LINGER = 2.0
+# Pipelined requests still answered on one connection once the worker drains.
+DRAIN_PIPELINE_MAX = 16
 # Receive-buffer fills per wake-up on the body fast path.
 DIRECT_READS_PER_WAKEUP = 4
 CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
@@ -121,6 +127,7 @@ class Connection:
         now = time.monotonic()
         self.deadline = now + self.settings.header_timeout
         self.timeout_is_keepalive = False
+        self.drain_responses = 0
         self._reset_request(now)
         self.upgrade_handler: Callable[[Connection, Request], bool] | None = None
 
@@ -363,6 +370,22 @@ class Connection:
         self.send(self._response_head(result), flush=False)
         self._pump()
 
+    def on_handler_timeout(self, response: ResponseStream, running: bool) -> Callable[[], None] | None:
+        """The handler overran ``handler_timeout``: answer with ``response`` (504).
+
+        Args:
+            response: the answer.
+            running: a thread still runs the handler: it may be reading the body.
+
+        Returns:
+            The body's release, for when that thread is done with it (None: nothing kept).
+        """
+        release = None
+        if running and self.sink is not None:
+            release, self.sink = self.sink.close, None
+        self.on_response(response)
+        return release
+
     def _log_app_error(self, exc: BaseException) -> None:
         head = self.request
         target = head.target.decode("latin-1") if head is not None else "?"
@@ -372,8 +395,11 @@ class Connection:
         head = self.request
         assert head is not None
         self.status = resp.status
-        keep_alive = (head.keep_alive and not resp.close_connection and not self.loop.draining
-                      and not self.eof)
+        keep_alive = head.keep_alive and not resp.close_connection and not self.eof
+        if self.loop.draining:
+            # Requests the client pipelined are already here: answer them too, then close.
+            self.drain_responses += 1
+            keep_alive = keep_alive and bool(self.parser.buffered) and self.drain_responses < DRAIN_PIPELINE_MAX
         known = (resp.file.count if resp.file is not None
                  else sum(len(c) for c in resp.chunks) if resp.rest is None else None)
         framing = frame_response(head.method, head.http_version, keep_alive, resp.status, resp.reason,
@@ -515,11 +541,12 @@ class Connection:
         self.stage = Stage.HEAD
         self.timeout_is_keepalive = True
         self.deadline = now + self.settings.keepalive_timeout
+        if self.loop.draining:
+            # This response said keep-alive, so its client may be sending the next request
+            # right now: stay for the drain's linger (that request gets Connection: close).
+            self.deadline = min(self.deadline, now + DRAIN_LINGER)
         if not self.eof:
             self._set_reading(True)
-        # Even while the worker drains, the connection stays open: this response said
-        # keep-alive, so its client may be sending the next request right now. That one
-        # is answered with Connection: close; an idle one is closed when its time is up.
         if self.parser.buffered or self.eof:
             self.process()  # a pipelined request (or the peer's EOF) is already here
 
@@ -598,15 +625,16 @@ class Connection:
             self.close()
 
     def on_drain(self) -> None:
-        """The worker is stopping; nothing changes for this connection yet.
+        """The worker is stopping: idle connections stay for a short linger, no longer.
 
-        An idle keep-alive connection is not closed now: its client may be sending a
-        request at this very moment, and closing would reset it. Requests that arrive
-        from now on are answered with ``Connection: close``; a connection that stays
-        idle is closed when its keep-alive (or, before its first request, header) time
-        is up, after one last read. So a drain loses no request, and lasts at most
-        ``keepalive_timeout`` for idle clients.
+        An idle keep-alive connection is not closed at once: its client may be
+        sending a request at this very moment, and closing would reset it. Requests
+        that arrive from now on are answered with ``Connection: close``; a
+        connection that stays idle is closed after at most ``DRAIN_LINGER`` (or its
+        keep-alive time, if sooner), after one last read.
         """
+        if self.stage is Stage.HEAD and not self.parser.buffered:
+            self.deadline = min(self.deadline, time.monotonic() + DRAIN_LINGER)
 
     # --- output -------------------------------------------------------------------
     def send(self, data: bytes | memoryview, flush: bool = True) -> None:

@@ -8,8 +8,10 @@ duration in microseconds, built with one f-string per request.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
+import stat
 import sys
 import time
 from typing import IO
@@ -41,14 +43,29 @@ class ReopenableFileHandler(logging.StreamHandler):  # type: ignore[type-arg]
         super().__init__(self._open())
 
     def _open(self) -> IO[str]:
-        stream = open(self.path, "a", encoding="utf-8", buffering=1)
-        if self.owner is not None and os.geteuid() == 0:  # only root gives files away
-            try:
-                os.fchown(stream.fileno(), *self.owner)
-            except OSError:
-                stream.close()
-                raise
-        return stream
+        # The master may be root while the log directory belongs to the service user:
+        # never follow a symbolic link there (O_NOFOLLOW), never write anything but a
+        # regular file, and never give away a file with other names (a hard link).
+        # Otherwise whoever runs the app could point a log path at /etc/shadow and
+        # have the next rotation hand it over (nginx's CVE-2016-1247).
+        flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
+        try:
+            fd = os.open(self.path, flags, 0o666)
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise OSError(errno.ELOOP, "it is a symbolic link (log files are opened only as "
+                                           "regular files)") from None
+            raise
+        try:
+            info = os.fstat(fd)
+            if not stat.S_ISREG(info.st_mode):
+                raise OSError(errno.EINVAL, "it is not a regular file")
+            if self.owner is not None and os.geteuid() == 0 and info.st_nlink == 1:
+                os.fchown(fd, *self.owner)
+            return open(fd, "a", encoding="utf-8", buffering=1, closefd=True)
+        except BaseException:
+            os.close(fd)
+            raise
 
     def reopen(self) -> None:
         """Open the file at the same path again and switch to it.

@@ -129,6 +129,7 @@ class Master:
         self.next_watchdog = 0.0
         self.next_status = time.monotonic() + STATUS_INTERVAL
         self.boot_failures = 0  # workers in a row that died before they were ready
+        self.last_boot_failure = 0.0
         self.pidfile = ""  # the pidfile written (the one removed at exit, even after a HUP)
         self.next_spawn = 0.0  # no spawning before this (backoff after boot failures)
 
@@ -203,8 +204,9 @@ class Master:
     # --- workers ----------------------------------------------------------------
     def _spawn_missing(self) -> None:
         for info in self.workers.values():
-            if self.boot_failures and self.board.view(info.slot).state == WorkerState.READY:
-                self.boot_failures = 0  # workers start again: the failures were not in a row
+            if (self.boot_failures and info.started > self.last_boot_failure
+                    and self.board.view(info.slot).state == WorkerState.READY):
+                self.boot_failures = 0  # one started since the last failure is ready: no longer in a row
             # A worker recycling itself (max_requests, max_worker_memory) is replaced as soon as
             # it starts draining, not when it exits: its in-flight uploads may take minutes.
             if not info.stopping and self.board.view(info.slot).state == WorkerState.STOPPING:
@@ -308,6 +310,7 @@ class Master:
             error_log.error("worker %d could not load the application; stopping", info.pid)
         else:
             self.boot_failures += 1
+            self.last_boot_failure = time.monotonic()
             if self.boot_failures < BOOT_FAILURES_MAX:
                 delay = min(BOOT_BACKOFF_MAX, BOOT_BACKOFF_FIRST * 2 ** (self.boot_failures - 1))
                 self.next_spawn = time.monotonic() + delay

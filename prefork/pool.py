@@ -31,6 +31,11 @@ from prefork.handlers import ResponseStream
 from prefork.logs import error_log
 
 
+# A producing thread that has waited this long (seconds) for its client to read is
+# parked: the pool starts another thread so that handlers keep running meanwhile.
+PARK_AFTER = 0.1
+
+
 class Wakeup:
     """Runs callables on the loop thread, deferred from other threads or signal handlers."""
 
@@ -83,48 +88,79 @@ class Job:
         deadline: whether ``handler_timeout`` applies to it now. True while an HTTP
             handler computes its response; the loop clears it once the response has
             started (a streamed body may legitimately last for hours).
+        submitted: when it was queued (monotonic).
         started: when a thread took it (monotonic), 0.0 while it waits in the queue.
         thread: the ident of that thread.
         abandoned: the loop gave up on it (it overran its deadline); its result is dropped.
+        on_timeout: answers its request when it overruns (loop thread), told whether a
+            thread still runs it; returns what to release once that thread is done.
+        cleanup: what to release once an abandoned job's thread is done with it.
     """
 
     run: Callable[[Job], Any]
     done: Callable[[Any], None]
     label: str = ""
     deadline: bool = False
+    submitted: float = 0.0
     started: float = 0.0
     thread: int = 0
     abandoned: bool = False
+    on_timeout: Callable[[bool], Callable[[], None] | None] | None = None
+    cleanup: Callable[[], None] | None = None
 
 
 class HandlerPool:
-    """A fixed set of daemon threads running jobs and deferring their results to the loop.
+    """Daemon threads running jobs and deferring their results to the loop.
+
+    ``threads`` of them are always free to take jobs. A thread that stops taking
+    jobs for long — it waits for a slow client to read a streamed body it produces
+    (``park``), or it is stuck in a handler that overran its deadline (``abandon``) —
+    is replaced by a new one, up to ``threads + max_extra`` threads in all; when it
+    comes back, the pool shrinks again. So slow readers and hung handlers cost a
+    thread each, not the worker's ability to run handlers.
 
     Args:
-        threads: how many threads.
+        threads: how many threads take jobs.
         wakeup: the loop's wakeup, through which results come back.
+        max_extra: bound on the threads added beyond ``threads``.
     """
 
-    def __init__(self, threads: int, wakeup: Wakeup) -> None:
+    def __init__(self, threads: int, wakeup: Wakeup, max_extra: int = 256) -> None:
         self._jobs: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
         self._wakeup = wakeup
         self.size = threads
+        self._limit = threads + max_extra
         # Jobs submitted whose result the loop still waits for (queued or running).
         self.busy = 0
         # Jobs given up on whose thread still runs them (a hung handler).
         self.stuck = 0
+        self._queued: dict[Job, None] = {}
         self._running: dict[Job, None] = {}
         self._lock = threading.Lock()
-        self._threads = [threading.Thread(target=self._run, name=f"handler-{n}", daemon=True)
-                         for n in range(threads)]
-        for thread in self._threads:
-            thread.start()
+        self._alive = 0
+        self._taking = 0  # threads that take jobs: alive, minus parked and stuck ones
+        with self._lock:
+            for _ in range(threads):
+                self._start_thread()
+
+    def _start_thread(self) -> None:
+        # Called with the lock held.
+        self._alive += 1
+        self._taking += 1
+        threading.Thread(target=self._run, name=f"handler-{self._alive}", daemon=True).start()
+
+    def _replace_if_short(self) -> None:
+        # Called with the lock held, after a thread stopped taking jobs.
+        if self._taking < self.size and self._alive < self._limit:
+            self._start_thread()
 
     def submit(self, run: Callable[[Job], Any], done: Callable[[Any], None], *, label: str = "",
                deadline: bool = False) -> Job:
         """Run ``run(job)`` in a thread, then ``done(result or exception)`` on the loop."""
-        job = Job(run, done, label, deadline)
+        job = Job(run, done, label, deadline, time.monotonic())
         self.busy += 1
+        with self._lock:
+            self._queued[job] = None
         self._jobs.put(job)
         return job
 
@@ -135,18 +171,28 @@ class HandlerPool:
 
     def _run(self) -> None:
         while (job := self._jobs.get()) is not None:
-            job.thread = threading.get_ident()
-            job.started = time.monotonic()
             with self._lock:
+                del self._queued[job]
+                if job.abandoned:
+                    continue  # answered while it waited in the queue
+                job.thread = threading.get_ident()
+                job.started = time.monotonic()
                 self._running[job] = None
             try:
                 result = job.run(job)
             except BaseException as exc:  # handed to the loop, which logs it
                 result = exc
-            finally:
-                with self._lock:
-                    del self._running[job]
+            with self._lock:
+                del self._running[job]
+                if job.abandoned:
+                    self._taking += 1  # back from a hung handler
+                retire = self._taking > self.size
+                if retire:
+                    self._taking -= 1
+                    self._alive -= 1
             self._wakeup.defer(self._finished, job, result)
+            if retire:
+                return  # a thread added for a parked or stuck one: the pool shrinks back
 
     def _finished(self, job: Job, result: Any) -> None:
         if job.abandoned:
@@ -155,23 +201,52 @@ class HandlerPool:
                               "result is dropped", job.label, time.monotonic() - job.started)
             if isinstance(result, ResponseStream):
                 result.close()
+            if job.cleanup is not None:
+                job.cleanup()
             return
         self.busy -= 1
         job.done(result)
 
-    def overdue(self, now: float, timeout: float) -> list[Job]:
-        """Running jobs under a deadline that started more than ``timeout`` seconds ago."""
+    def park(self) -> None:
+        """The calling thread waits for a slow client for a while: let another take jobs."""
         with self._lock:
-            running = list(self._running)
-        return [job for job in running
-                if job.deadline and not job.abandoned and now - job.started > timeout]
+            self._taking -= 1
+            self._replace_if_short()
 
-    def abandon(self, job: Job) -> None:
-        """Stop waiting for ``job`` (loop thread): its thread keeps it, its result is dropped."""
-        if not job.abandoned:
+    def unpark(self) -> None:
+        """The calling thread, parked before, works again."""
+        with self._lock:
+            self._taking += 1
+
+    def overdue(self, now: float, timeout: float) -> list[Job]:
+        """Jobs under a deadline submitted more than ``timeout`` seconds ago and not done.
+
+        Running ones count from when they started, queued ones from when they were
+        submitted: a request that waits that long for a thread is answered too.
+        """
+        with self._lock:
+            jobs = list(self._running) + list(self._queued)
+        return [job for job in jobs if job.deadline and not job.abandoned
+                and now - (job.started or job.submitted) > timeout]
+
+    def abandon(self, job: Job) -> bool:
+        """Stop waiting for ``job`` (loop thread); its result, if it ever comes, is dropped.
+
+        Returns:
+            True when a thread is stuck in it (it had started), False when it was
+            still queued (it will never run).
+        """
+        with self._lock:
+            if job.abandoned:
+                return False
             job.abandoned = True
             self.busy -= 1
-            self.stuck += 1
+            running = job in self._running
+            if running:
+                self.stuck += 1
+                self._taking -= 1
+                self._replace_if_short()
+        return running
 
 
 class StreamProducer:
@@ -185,10 +260,13 @@ class StreamProducer:
 
     Args:
         stream: the response whose ``rest`` is produced.
+        pool: the pool the producing thread belongs to: told when the thread waits
+            long for the client (so that another takes its jobs meanwhile).
     """
 
-    def __init__(self, stream: ResponseStream) -> None:
+    def __init__(self, stream: ResponseStream, pool: HandlerPool) -> None:
         self._stream = stream
+        self._pool = pool
         self._owner = threading.get_ident()
         self._cond = threading.Condition(threading.Lock())
         self._budget = 0
@@ -212,8 +290,16 @@ class StreamProducer:
 
     def _next_budget(self) -> int | None:
         with self._cond:
-            while not self._budget and not self._cancelled:
-                self._cond.wait()
+            if not self._budget and not self._cancelled:
+                self._cond.wait(PARK_AFTER)
+            if not self._budget and not self._cancelled:
+                # The client reads slowly (or not at all): stop counting against the pool.
+                self._pool.park()
+                try:
+                    while not self._budget and not self._cancelled:
+                        self._cond.wait()
+                finally:
+                    self._pool.unpark()
             if self._cancelled:
                 return None
             budget, self._budget = self._budget, 0

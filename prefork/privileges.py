@@ -13,6 +13,7 @@ application code and never parses a request.
 
 from __future__ import annotations
 
+import errno
 import grp
 import os
 import pwd
@@ -91,7 +92,22 @@ def give_directories(user: str, group: str, directories: Iterable[str]) -> None:
         if path:
             os.makedirs(path, exist_ok=True)
             if owner is not None:
-                os.chown(path, *owner)
+                _give_directory(path, owner)
+
+
+def _give_directory(path: str, owner: tuple[int, int]) -> None:
+    # Opened without following a symbolic link, then changed through the descriptor:
+    # a service user who swapped the directory for a link gets nothing (no TOCTOU).
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise OSError(errno.ELOOP, f"{path} is a symbolic link, not a directory") from None
+        raise
+    try:
+        os.fchown(fd, *owner)
+    finally:
+        os.close(fd)
 
 
 def drop_privileges(user: str, group: str, own_dirs: Iterable[str] = ()) -> None:

@@ -242,20 +242,29 @@ class Worker:
             self.stop_now()
 
     def _expire_handlers(self, now: float, timeout: float) -> None:
-        """Answer requests whose handler has hung, and have this worker replaced.
+        """Answer requests whose handler has hung (or never got a thread), with 504.
 
-        A thread cannot be stopped from outside: it is left to its handler (its
-        result is dropped if it ever ends), the client gets a 504 now, and the
-        worker drains so that a fresh one takes over its share of the work.
+        A thread cannot be stopped from outside: a hung one is left to its handler
+        (its result is dropped if it ever ends, and the request's body is released
+        only then), the pool starts another in its place, and the worker drains so
+        that a fresh one takes over. A request that waited in the queue for that
+        long is answered too, and never run.
         """
         assert self.pool is not None
         for job in self.pool.overdue(now, timeout):
-            self.pool.abandon(job)
-            error_log.error("worker %d: the handler for %s has run for %.1f s (handler_timeout %g s); "
-                            "answering 504 and recycling the worker. Its thread's stack:\n%s", os.getpid(),
-                            job.label, now - job.started, timeout, _thread_stack(job.thread))
-            job.done(_handler_timeout_response(timeout))
-            self.begin_drain()
+            waited = now - (job.started or job.submitted)
+            running = self.pool.abandon(job)
+            if running:
+                error_log.error("worker %d: the handler for %s has run for %.1f s (handler_timeout %g s); "
+                                "answering 504 and recycling the worker. Its thread's stack:\n%s",
+                                os.getpid(), job.label, waited, timeout, _thread_stack(job.thread))
+            else:
+                error_log.error("worker %d: %s waited %.1f s for a handler thread (handler_timeout %g s); "
+                                "answering 504", os.getpid(), job.label, waited, timeout)
+            if job.on_timeout is not None:
+                job.cleanup = job.on_timeout(running)
+            if running:
+                self.begin_drain()
 
     # --- accepting --------------------------------------------------------------
     def _set_accepting(self, on: bool) -> None:
@@ -349,8 +358,12 @@ class Worker:
         head = request.head
         label = f"{head.method.decode('latin-1')} {head.target.decode('latin-1')}"
         timeout = self.worker_settings.handler_timeout
-        self.pool.submit(functools.partial(self._handle, app, request, conn),
-                         functools.partial(self._handled, conn), label=label, deadline=bool(timeout))
+        job = self.pool.submit(functools.partial(self._handle, app, request, conn),
+                               functools.partial(self._handled, conn), label=label, deadline=bool(timeout))
+        job.on_timeout = functools.partial(self._answer_timeout, conn)
+
+    def _answer_timeout(self, conn: Connection, running: bool) -> Callable[[], None] | None:
+        return conn.on_handler_timeout(_handler_timeout_response(self.worker_settings.handler_timeout), running)
 
     def _handle(self, app: Application, request: CompleteRequest, conn: Connection, job: Job) -> object:
         """Call the application (pool thread); a streamed body goes on being produced here."""
@@ -359,11 +372,15 @@ class Worker:
             return response
         # Frameworks bind a request to its thread (contextvars, thread locals): the body's
         # iterator is advanced by this thread only, for as long as the body lasts.
-        producer = StreamProducer(response)
+        assert self.pool is not None
+        producer = StreamProducer(response, self.pool)
         response.producer = producer
         self.wakeup.defer(self._stream_started, job, conn, response)
-        producer.serve(emit=lambda chunk: self.wakeup.defer(conn.on_chunk, chunk),
-                       pulled=lambda error: self.wakeup.defer(conn.on_pulled, error))
+        try:
+            producer.serve(emit=lambda chunk: self.wakeup.defer(conn.on_chunk, chunk),
+                           pulled=lambda error: self.wakeup.defer(conn.on_pulled, error))
+        except BaseException as exc:  # from the app's close(): the response is the loop's by now
+            error_log.error("closing the body of %s failed: %r", job.label, exc, exc_info=exc)
         return _STREAMING
 
     def _stream_started(self, job: Job, conn: Connection, response: ResponseStream) -> None:

@@ -155,6 +155,14 @@ class Server:
                 pass
 
 
+def process_gone(pid: int) -> bool:
+    """Whether ``pid`` has exited (a zombie not yet reaped counts as gone)."""
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
 def wait_for(predicate: "Callable[[], object]", timeout: float, interval: float = 0.05,
              what: str = "condition") -> object:
     """Poll ``predicate`` until it returns something truthy; fail after ``timeout`` s."""

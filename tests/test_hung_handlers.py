@@ -15,10 +15,9 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-import psutil
 import requests
 
-from tests.server import RawClient, Server, wait_for
+from tests.server import RawClient, Server, process_gone, wait_for
 
 UPLOAD_APP = "tests.apps.upload:app"
 
@@ -31,9 +30,6 @@ def _status(server: Server) -> dict[str, Any]:
     document: dict[str, Any] = requests.get(server.url + "/server-status?format=json", timeout=5).json()
     return document
 
-
-def _gone(pid: int) -> bool:
-    return not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
 
 
 def test_a_hung_handler_gets_504_its_stack_logged_and_its_worker_replaced(
@@ -51,7 +47,7 @@ def test_a_hung_handler_gets_504_its_stack_logged_and_its_worker_replaced(
         assert client.at_eof()
     assert 1.0 <= waited < 5.0, waited
     # Replaced gracefully: the old worker stops accepting and exits although its thread still sleeps.
-    wait_for(lambda: _gone(old) and len(_pids(server) - {old}) == 1, 10, what="the worker replaced")
+    wait_for(lambda: process_gone(old) and len(_pids(server) - {old}) == 1, 10, what="the worker replaced")
     assert requests.get(server.url + "/environ", timeout=5).status_code == 200
     log = server.error_log.read_text()
     assert f"worker {old}: the handler for GET /slow?s=30 has run for " in log
@@ -101,7 +97,7 @@ def test_a_stalled_loop_is_aborted_with_its_stacks_logged_once(start_server: Cal
     [old] = _pids(server)
     with RawClient(server.connect(timeout=20)) as client:
         client.send(b"GET /slow?s=20 HTTP/1.1\r\nHost: t\r\n\r\n")
-        wait_for(lambda: _gone(old), 10, what="the stalled worker ended")
+        wait_for(lambda: process_gone(old), 10, what="the stalled worker ended")
         assert client.at_eof()
     wait_for(lambda: "was killed by SIGABRT" in server.error_log.read_text(), 5, what="its end logged")
     wait_for(lambda: len(_pids(server)) == 1, 10, what="a replacement")
@@ -111,3 +107,20 @@ def test_a_stalled_loop_is_aborted_with_its_stacks_logged_once(start_server: Cal
     assert f"worker {old} missed its heartbeat for " in log
     assert "Current thread 0x" in log and 'File "' in log and "upload.py" in log  # faulthandler's dump
 
+
+
+def test_a_request_queued_behind_a_hung_handler_is_answered(start_server: Callable[..., Server]) -> None:
+    # threads = 1 and it hangs: the pool puts a new thread in its place, and a request
+    # that waited as long as handler_timeout for a thread is answered too.
+    server = start_server(app="tests.apps.pool_apps:app", workers=1, threads=1,
+                          config={"process": "handler_timeout = 1s"})
+    [old] = _pids(server)
+    with RawClient(server.connect(timeout=20)) as hung, RawClient(server.connect(timeout=10)) as queued:
+        hung.send(b"GET /sleep?s=30 HTTP/1.1\r\nHost: t\r\n\r\n")
+        wait_for(lambda: [w["busy_threads"] for w in _status(server)["workers"]] == [1], 5,
+                 what="the only thread busy")
+        queued.send(b"GET /fast HTTP/1.1\r\nHost: t\r\n\r\n")
+        assert hung.read_response().status == 504
+        assert queued.read_response().status in (200, 504)  # run by the new thread, or timed out queued
+    wait_for(lambda: process_gone(old), 10, what="the worker with the hung thread gone")
+    assert requests.get(server.url + "/fast", timeout=5).text == "fast\n"

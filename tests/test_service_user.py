@@ -201,3 +201,31 @@ def test_started_by_an_unprivileged_user_every_path_works(open_dir: Path, nobody
             proc.wait(10)
             for child in children:
                 child.kill()
+
+
+def test_usr1_never_gives_a_symlinked_log_file_to_the_service_user(open_dir: Path) -> None:
+    # The log directory belongs to the service user (as the README's deployment has it), so
+    # whoever runs the app may swap a log file for a symbolic link to a root file before
+    # logrotate's USR1. The master (root) must neither give that file away nor write to it.
+    nobody = pwd.getpwnam("nobody")
+    logs = open_dir / "logs"
+    logs.mkdir()
+    os.chown(logs, nobody.pw_uid, nobody.pw_gid)
+    victim = open_dir / "victim"
+    victim.write_text("root's file\n")
+    server = Server(open_dir, app=UPLOAD_APP, workers=1, log_dir=logs, config={"server": "user = nobody"})
+    try:
+        server.wait_ready()
+        swap = ("import os, sys\nlogs, victim = sys.argv[1:]\n"
+                "os.rename(logs + '/access.log', logs + '/access.log.1')\n"
+                "os.symlink(victim, logs + '/access.log')\n")
+        subprocess.run([SYSTEM_PYTHON, "-c", swap, str(logs), str(victim)], user="nobody", group="nogroup",
+                       extra_groups=[], check=True, timeout=30, cwd="/")
+        server.signal(signal.SIGUSR1)
+        wait_for(lambda: f"cannot reopen log file {logs}/access.log: it is a symbolic link"
+                 in server.error_log.read_text(), 10, what="the refused reopen logged")
+        assert victim.stat().st_uid == 0, "a root file now belongs to nobody"
+        assert victim.read_text() == "root's file\n"
+        assert server.proc.poll() is None
+    finally:
+        server.stop()

@@ -26,13 +26,10 @@ from typing import Any
 import psutil
 import requests
 
-from tests.server import REPO, Server, wait_for
+from tests.server import REPO, Server, process_gone, wait_for
 
 UPLOAD_APP = "tests.apps.upload:app"
 
-
-def _gone(pid: int) -> bool:
-    return not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
 
 
 def _status(server: Server) -> dict[str, Any]:
@@ -62,7 +59,7 @@ def test_an_orphaned_worker_stops_within_graceful_timeout(start_server: Callable
         server.proc.kill()
         server.wait(5)
         killed = time.monotonic()
-        wait_for(lambda: _gone(worker), 10, what="the orphaned worker gone")
+        wait_for(lambda: process_gone(worker), 10, what="the orphaned worker gone")
         lived = time.monotonic() - killed
     finally:
         stop.set()
@@ -131,3 +128,19 @@ def test_ttou_never_stops_a_worker_that_is_still_booting(start_server: Callable[
     assert "killed by SIGTERM" not in log and "before it was ready" not in log, log
     stopped = re.findall(r"worker \d+ exited with code 0", log)
     assert len(stopped) == 3, log  # two of generation 1 after the reload, one of generation 2 after TTOU
+
+
+def test_boot_failures_back_off_while_other_workers_are_ready(start_server: Callable[..., Server],
+                                                             tmp_path: Path) -> None:
+    # A replacement that dies while starting, beside a healthy worker (a recycle after a
+    # deploy broke an extension, the OOM killer): the failures are still in a row.
+    marker = tmp_path / "crash"
+    server = start_server(app="tests.apps.crash_when_marked:app", workers=2, threads=1,
+                          env={"PREFORK_TEST_CRASH_MARKER": str(marker)})
+    marker.write_text("from now on, workers die while starting\n")
+    os.kill(server.workers()[0].pid, signal.SIGTERM)
+    wait_for(lambda: server.error_log.read_text().count("died while starting") >= 3, 10,
+             what="three replacements dead")
+    delays = re.findall(r"died while starting \(was killed by SIGSEGV\); starting another in ([0-9.]+) s",
+                        server.error_log.read_text())
+    assert delays[:3] == ["0.25", "0.5", "1"], delays

@@ -20,7 +20,7 @@ import os
 import socket
 import time
 from collections.abc import Callable
-from typing import IO, TYPE_CHECKING, Any, Protocol
+from typing import IO
 
 from prefork.diskspace import check_free_disk, storage_error
 from prefork.errors import IncompleteBody, ProtocolError, RequestTimeout
@@ -30,13 +30,10 @@ from prefork.http.headers import Headers
 from prefork.http.parser import ParserState, RequestParser
 from prefork.http.response import frame_body, frame_response, has_no_body, simple_error_response
 from prefork.logs import access_log_enabled, error_log, log_access
+from prefork.loop_services import LoopServices
 from prefork.output import OutputQueue
 from prefork.forms import FormSink
-from prefork.settings import ConnectionSettings
 from prefork.spool import BodySpool
-
-if TYPE_CHECKING:
-    from prefork.scoreboard import WorkerSlot
 
 # Output below this many bytes asks the handler pool for more of a streamed body;
 # above HIGH_WATER no more is queued. 256 KiB keeps a socket send buffer busy.
@@ -58,32 +55,6 @@ DIRECT_READS_PER_WAKEUP = 4
 CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 CLIENT_CLOSED_REQUEST = 499  # nginx's access-log status for a client that left first
 _EMPTY_HEADERS = Headers([])
-
-
-class LoopServices(Protocol):
-    """What the worker's loop provides to its connections."""
-
-    settings: ConnectionSettings
-    slot: WorkerSlot | None
-    draining: bool
-
-    def watch(self, conn: Connection, read: bool, write: bool) -> None:
-        """Set which readiness events the loop reports for this connection."""
-
-    def dispatch(self, conn: Connection, request: CompleteRequest) -> None:
-        """Run the application; later call ``conn.on_response``."""
-
-    def pull(self, conn: Connection, stream: ResponseStream, budget: int) -> None:
-        """Run ``stream.pull(budget)`` in the pool; later call ``conn.on_pulled``."""
-
-    def wants_form(self, head: Request) -> bool:
-        """Whether the application wants this body parsed as a form while it arrives."""
-
-    def defer(self, fn: Callable[..., None], *args: Any) -> None:
-        """Run ``fn(*args)`` on the loop thread after what is already queued."""
-
-    def forget(self, conn: Connection) -> None:
-        """The connection is closed; drop it."""
 
 
 class Stage(enum.Enum):

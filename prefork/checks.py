@@ -23,13 +23,11 @@ import traceback
 
 from prefork import runtime
 from prefork.config import Config
+from prefork.exit_codes import EXIT_BOOT, EXIT_CONFIG
 from prefork.loader import load_application
 from prefork.privileges import drop_privileges, resolve
 
-__all__ = ["EXIT_APP", "EXIT_CONFIG", "check_config", "unwritable"]
-
-EXIT_CONFIG = 2
-EXIT_APP = 3
+__all__ = ["check_config", "unwritable"]
 
 
 def _report(message: str) -> None:
@@ -43,7 +41,7 @@ def check_config(cfg: Config) -> int:
         cfg: the loaded (already validated) configuration.
 
     Returns:
-        0, EXIT_CONFIG (a problem with the configuration) or EXIT_APP (only the
+        0, EXIT_CONFIG (a problem with the configuration) or EXIT_BOOT (only the
         application failed to import).
     """
     accounts = account_problems(cfg)
@@ -89,7 +87,7 @@ def _check_as_service_user(cfg: Config) -> int:
         _report(f"[server] {key} = {user or group!r}: cannot switch to it: {exc.strerror} "
                 "(start as root, or leave user and group empty)")
         return EXIT_CONFIG
-    return 0 if _imports(cfg) else EXIT_APP
+    return 0 if _imports(cfg) else EXIT_BOOT
 
 
 def file_problems(cfg: Config) -> list[str]:

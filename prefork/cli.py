@@ -26,14 +26,13 @@ from prefork.config import COMMAND_LINE, Config, describe_config, load_config
 from prefork.config_values import format_size, parse_bind as check_bind
 from prefork.diskspace import free_bytes
 from prefork.errors import ConfigError
+from prefork.exit_codes import EXIT_BIND, EXIT_CONFIG
 from prefork.logs import error_log, setup_logging
 from prefork.master import Master
 from prefork.privileges import give_directories, service_owner, socket_owner
 from prefork.sockets import BindAddress, BindError, bind_listener, parse_bind
 from prefork.status import render_text
 
-EXIT_BIND = 1
-EXIT_CONFIG = 2
 
 USAGE = """%(prog)s [-c FILE] [options] [APP]
        %(prog)s status [-c FILE] [-b ADDR] [--json]"""

@@ -238,9 +238,8 @@ class Connection:
         head = self.request
         assert head is not None
         declared = "?" if head.content_length is None else str(head.content_length)
-        error_log.info("%s:%s %s %s: the client %s after %d of %s body bytes; upload discarded",
-                       self.peer[0], self.peer[1], head.method.decode("latin-1"), head.target.decode("latin-1"),
-                       how, self.body_received, declared)
+        error_log.info("%s:%s %s: the client %s after %d of %s body bytes; upload discarded",
+                       self.peer[0], self.peer[1], head, how, self.body_received, declared)
         self.status = CLIENT_CLOSED_REQUEST
         self.log_request()
         self.close()
@@ -493,8 +492,7 @@ class Connection:
             self.loop.slot.count_request()
         if not access_log_enabled():
             return
-        log_access(self.peer[0], f"{head.method.decode('latin-1')} {head.target.decode('latin-1')} "
-                   f"HTTP/{head.http_version.decode('latin-1')}", self.status, self.sent_body,
+        log_access(self.peer[0], f"{head} HTTP/{head.http_version.decode('latin-1')}", self.status, self.sent_body,
                    (head.headers.get(b"referer") or b"").decode("latin-1"),
                    (head.headers.get(b"user-agent") or b"").decode("latin-1"),
                    time.monotonic() - self.started)
@@ -525,7 +523,7 @@ class Connection:
     def fail(self, exc: ProtocolError, *, response: bytes | None = None) -> None:
         """Answer a protocol error with its status (or ``response``), log it, and close."""
         head = self.request
-        what = f"{head.method.decode('latin-1')} {head.target.decode('latin-1')}" if head else "-"
+        what = head or "-"
         error_log.info("%s:%s %s -> %d: %s", self.peer[0], self.peer[1], what, exc.status, exc)
         self._discard_body()
         if self.stage in (Stage.RESPONDING, Stage.CLOSED, Stage.LINGER):

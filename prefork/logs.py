@@ -9,6 +9,8 @@ duration in microseconds, built with one f-string per request.
 from __future__ import annotations
 
 import errno
+import faulthandler
+import io
 import logging
 import os
 import stat
@@ -148,15 +150,31 @@ def reopen_logs() -> None:
                 except OSError as exc:
                     error_log.error("cannot reopen log file %s: %s; still writing to the file open before",
                                     handler.path, exc.strerror or exc)
+    if faulthandler.is_enabled():
+        dump_stacks_to_error_log()
 
 
-def error_log_stream() -> IO[str] | None:
-    """The stream the error log writes to now (for faulthandler's stack dumps)."""
+def _error_log_stream() -> IO[str] | None:
     for handler in error_log.handlers:
         if isinstance(handler, logging.StreamHandler):
             stream: IO[str] = handler.stream
             return stream
     return None
+
+
+def dump_stacks_to_error_log() -> None:
+    """Have a fatal signal (SIGABRT from the master) write every thread's stack to the error log.
+
+    faulthandler writes to a file descriptor, so ``reopen_logs`` points it at the
+    new file after a rotation (the old descriptor is closed then).
+    """
+    stream = _error_log_stream()
+    if stream is None:
+        return
+    try:
+        faulthandler.enable(file=stream, all_threads=True)
+    except (OSError, ValueError, io.UnsupportedOperation) as exc:
+        error_log.warning("no stack dumps on fatal signals: %s", exc)
 
 
 _clf_cache: list[object] = [0, ""]

@@ -20,30 +20,25 @@ from dataclasses import dataclass
 from typing import Any
 
 from prefork import systemd
+from prefork.boot_backoff import BootBackoff, describe_status
 from prefork.broadcast import Hub
 from prefork.config import Config, load_config
-from prefork.settings import ConnectionSettings
 from prefork.errors import ConfigError
+from prefork.exit_codes import EXIT_CONFIG
 from prefork.logs import error_log, reopen_logs, setup_logging
 from prefork.privileges import drop_privileges, give_directories, service_owner
 from prefork.scoreboard import Scoreboard, WorkerState
 from prefork.sockets import describe_listener
 from prefork.spool import remove_stale_files
-from prefork.worker import WORKER_BOOT_ERROR, Worker, WorkerSettings
-from prefork.wsconn import UpgradeSettings, WsSettings
+from prefork.worker import WORKER_BOOT_ERROR, Worker
+from prefork.worker_settings import WorkerSettings, worker_settings
 
 TICK = 0.5
-EXIT_CONFIG = 2
 STATUS_INTERVAL = 5.0
 # Slots beyond the worker count: during a reload old and new workers overlap.
 SPARE_SLOTS = 2
 # Between SIGABRT (stacks to the error log) and SIGKILL for a worker whose heartbeat stopped.
 ABORT_GRACE = 2.0
-# Workers that die before they are ready: respawned after 0.25 s, 0.5 s, 1 s, ... (at most
-# BOOT_BACKOFF_MAX), and the master gives up after BOOT_FAILURES_MAX failures in a row.
-BOOT_BACKOFF_FIRST = 0.25
-BOOT_BACKOFF_MAX = 8.0
-BOOT_FAILURES_MAX = 5
 _HANDLED = ("HUP", "TERM", "INT", "QUIT", "TTIN", "TTOU", "USR1", "CHLD")
 
 
@@ -58,42 +53,6 @@ class WorkerInfo:
     stopping: bool = False
     aborted_at: float = 0.0  # when it was sent SIGABRT for a missed heartbeat
     killed: bool = False
-
-
-def worker_settings(cfg: Config) -> WorkerSettings:
-    """Derive the plain settings a worker runs with from the configuration."""
-    limits = cfg.limits
-    connection = ConnectionSettings(
-        http_limits=limits.http_limits(),
-        header_timeout=limits.header_timeout,
-        keepalive_timeout=limits.keepalive_timeout,
-        send_timeout=limits.send_timeout,
-        body_min_rate=limits.body_min_rate,
-        body_rate_window=limits.body_rate_window,
-        staging_dir=cfg.staging.dir or None,
-        memory_threshold=cfg.staging.memory_threshold,
-        min_free_disk=cfg.staging.min_free_disk,
-        max_file_size=cfg.uploads.max_file_size or None,
-        checksum=cfg.uploads.checksum == "sha256",
-    )
-    ws = cfg.websocket
-    websocket = UpgradeSettings(
-        limits=ws.ws_limits(),
-        session=WsSettings(ping_interval=ws.ping_interval, ping_timeout=ws.ping_timeout,
-                           close_timeout=ws.close_timeout, send_buffer=ws.send_buffer),
-        compression=ws.compression,
-        allowed_origins=ws.allowed_origins,
-    )
-    return WorkerSettings(connection=connection, app=cfg.server.app, threads=cfg.server.threads,
-                          max_connections=cfg.server.max_connections,
-                          max_requests=cfg.process.max_requests,
-                          max_requests_jitter=cfg.process.max_requests_jitter,
-                          max_worker_memory=cfg.process.max_worker_memory,
-                          handler_timeout=cfg.process.handler_timeout,
-                          graceful_timeout=cfg.process.graceful_timeout,
-                          websocket=websocket, uploads_dir=cfg.uploads.dir,
-                          status_path=cfg.status.path.encode("latin-1"), status_allow=cfg.status.allow,
-                          reload=cfg.server.reload)
 
 
 class Master:
@@ -128,10 +87,8 @@ class Master:
         self.watchdog_interval = systemd.watchdog_interval()
         self.next_watchdog = 0.0
         self.next_status = time.monotonic() + STATUS_INTERVAL
-        self.boot_failures = 0  # workers in a row that died before they were ready
-        self.last_boot_failure = 0.0
+        self.boot = BootBackoff()  # workers in a row that died before they were ready
         self.pidfile = ""  # the pidfile written (the one removed at exit, even after a HUP)
-        self.next_spawn = 0.0  # no spawning before this (backoff after boot failures)
 
     # --- main loop ----------------------------------------------------------
     def run(self) -> int:
@@ -204,16 +161,15 @@ class Master:
     # --- workers ----------------------------------------------------------------
     def _spawn_missing(self) -> None:
         for info in self.workers.values():
-            if (self.boot_failures and info.started > self.last_boot_failure
-                    and self.board.view(info.slot).state == WorkerState.READY):
-                self.boot_failures = 0  # one started since the last failure is ready: no longer in a row
+            if self.boot.failures and self.board.view(info.slot).state == WorkerState.READY:
+                self.boot.ready(info.started)
             # A worker recycling itself (max_requests, max_worker_memory) is replaced as soon as
             # it starts draining, not when it exits: its in-flight uploads may take minutes.
             if not info.stopping and self.board.view(info.slot).state == WorkerState.STOPPING:
                 info.stopping = True
                 error_log.debug("worker %d is recycling itself; starting its replacement", info.pid)
         current = [w for w in self.workers.values() if w.generation == self.generation and not w.stopping]
-        if len(current) < self.num_workers and time.monotonic() < self.next_spawn:
+        if len(current) < self.num_workers and not self.boot.may_spawn(time.monotonic()):
             return  # backing off after workers that failed to boot
         for _ in range(self.num_workers - len(current)):
             try:
@@ -269,7 +225,7 @@ class Master:
             info = self.workers.pop(pid, None)
             if info is None:
                 error_log.warning("reaped process %d, which is not one of this master's workers (%s)",
-                                  pid, _describe_status(status))
+                                  pid, describe_status(status))
                 continue
             booted = self.board.view(info.slot).state != WorkerState.BOOTING
             self._log_exit(info, status, booted)
@@ -287,9 +243,8 @@ class Master:
         """A worker died before it was ready: roll a reload back, back off, or stop.
 
         A worker that cannot import the application stops the master at once; any
-        other early death is retried with a growing delay, up to BOOT_FAILURES_MAX
-        in a row, so a broken deployment ends with the worker's error instead of a
-        respawn loop.
+        other early death is retried with a growing delay (``BootBackoff``), so a
+        broken deployment ends with the worker's error instead of a respawn loop.
         """
         if info.generation > self.generation:
             return  # another worker of a reload that was already rolled back
@@ -309,16 +264,13 @@ class Master:
         if cannot_import:
             error_log.error("worker %d could not load the application; stopping", info.pid)
         else:
-            self.boot_failures += 1
-            self.last_boot_failure = time.monotonic()
-            if self.boot_failures < BOOT_FAILURES_MAX:
-                delay = min(BOOT_BACKOFF_MAX, BOOT_BACKOFF_FIRST * 2 ** (self.boot_failures - 1))
-                self.next_spawn = time.monotonic() + delay
+            delay = self.boot.failed(time.monotonic())
+            if delay is not None:
                 error_log.error("worker %d died while starting (%s); starting another in %g s",
-                                info.pid, _describe_status(status), delay)
+                                info.pid, describe_status(status), delay)
                 return
             error_log.error("%d workers in a row died while starting, the last %s; stopping (see their "
-                            "errors above)", self.boot_failures, _describe_status(status))
+                            "errors above)", self.boot.failures, describe_status(status))
         self.exit_code = WORKER_BOOT_ERROR
         self.begin_stop(graceful=False)
 
@@ -326,7 +278,7 @@ class Master:
         expected = os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0 or (
             info.stopping and os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL)
         level = error_log.info if expected else error_log.warning
-        level("worker %d %s%s", info.pid, _describe_status(status), "" if booted else " before it was ready")
+        level("worker %d %s%s", info.pid, describe_status(status), "" if booted else " before it was ready")
 
     def _stop_surplus(self) -> None:
         """After TTOU, stop the oldest worker over the count, once none is still booting.
@@ -557,9 +509,3 @@ class Master:
                 error_log.warning("cannot remove the pidfile %s: %s", self.pidfile, exc.strerror or exc)
         error_log.info("master %d exiting with code %d", os.getpid(), self.exit_code)
 
-
-def _describe_status(status: int) -> str:
-    """A waitpid status in words: "exited with code 3", "was killed by SIGKILL"."""
-    if os.WIFSIGNALED(status):
-        return f"was killed by {signal.Signals(os.WTERMSIG(status)).name}"
-    return f"exited with code {os.WEXITSTATUS(status)}"

@@ -21,8 +21,10 @@ from __future__ import annotations
 
 import os
 import queue
+import sys
 import threading
 import time
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -84,29 +86,33 @@ class Job:
     Attributes:
         run: the call, made on a pool thread with the job itself.
         done: gets the result (or the exception) on the loop thread.
-        label: what the job is, for log lines ("GET /report").
-        deadline: whether ``handler_timeout`` applies to it now. True while an HTTP
-            handler computes its response; the loop clears it once the response has
-            started (a streamed body may legitimately last for hours).
+        label: what the job is, for log lines; formatted only when a line is written
+            (a request head prints as "GET /report").
         submitted: when it was queued (monotonic).
         started: when a thread took it (monotonic), 0.0 while it waits in the queue.
         thread: the ident of that thread.
         abandoned: the loop gave up on it (it overran its deadline); its result is dropped.
-        on_timeout: answers its request when it overruns (loop thread), told whether a
-            thread still runs it; returns what to release once that thread is done.
+        on_timeout: set while ``handler_timeout`` applies (an HTTP handler computing its
+            response; cleared once the response has started, as a streamed body may
+            last for hours). It answers the request (loop thread), is told whether a
+            thread still runs the job, and returns what to release once that thread is done.
         cleanup: what to release once an abandoned job's thread is done with it.
     """
 
     run: Callable[[Job], Any]
     done: Callable[[Any], None]
-    label: str = ""
-    deadline: bool = False
+    label: object = ""
     submitted: float = 0.0
     started: float = 0.0
     thread: int = 0
     abandoned: bool = False
     on_timeout: Callable[[bool], Callable[[], None] | None] | None = None
     cleanup: Callable[[], None] | None = None
+
+    def stack(self) -> str:
+        """The stack of the thread running this job now, for the error log."""
+        frame = sys._current_frames().get(self.thread)
+        return "".join(traceback.format_stack(frame)).rstrip() if frame is not None else "(thread gone)"
 
 
 class HandlerPool:
@@ -154,10 +160,10 @@ class HandlerPool:
         if self._taking < self.size and self._alive < self._limit:
             self._start_thread()
 
-    def submit(self, run: Callable[[Job], Any], done: Callable[[Any], None], *, label: str = "",
-               deadline: bool = False) -> Job:
+    def submit(self, run: Callable[[Job], Any], done: Callable[[Any], None], *, label: object = "",
+               on_timeout: Callable[[bool], Callable[[], None] | None] | None = None) -> Job:
         """Run ``run(job)`` in a thread, then ``done(result or exception)`` on the loop."""
-        job = Job(run, done, label, deadline, time.monotonic())
+        job = Job(run, done, label, time.monotonic(), on_timeout=on_timeout)
         self.busy += 1
         with self._lock:
             self._queued[job] = None
@@ -226,7 +232,7 @@ class HandlerPool:
         """
         with self._lock:
             jobs = list(self._running) + list(self._queued)
-        return [job for job in jobs if job.deadline and not job.abandoned
+        return [job for job in jobs if job.on_timeout is not None and not job.abandoned
                 and now - (job.started or job.submitted) > timeout]
 
     def abandon(self, job: Job) -> bool:

@@ -13,37 +13,34 @@ from __future__ import annotations
 
 import ctypes
 import errno
-import faulthandler
 import functools
-import io
 import os
 import random
 import selectors
 import signal
 import socket
-import sys
 import time
-import traceback
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import psutil
 
 from prefork import broadcast, memory, runtime
 from prefork.connection import Connection
-from prefork.settings import ConnectionSettings
 from prefork.errors import ProtocolError
 from prefork.handlers import Application, CompleteRequest, ResponseStream
 from prefork.http.events import EndOfMessage, Request
-from prefork.logs import error_log, error_log_stream, reopen_logs
-from prefork.pool import HandlerPool, Job, StreamProducer, Wakeup
+from prefork.app_runner import AppRunner
+from prefork.exit_codes import EXIT_BOOT
+from prefork.logs import dump_stacks_to_error_log, error_log, reopen_logs
+from prefork.pool import HandlerPool, Wakeup
 from prefork.scoreboard import WorkerSlot, WorkerState
 from prefork.status import status_response
 from prefork.websocket.handshake import HandshakeError, build_error_response
-from prefork.wsconn import UpgradeSettings, WebSocketSession, accept_upgrade
+from prefork.worker_settings import WorkerSettings
+from prefork.wsconn import WebSocketSession, accept_upgrade
 
-WORKER_BOOT_ERROR = 3
+WORKER_BOOT_ERROR = EXIT_BOOT  # the app cannot be imported: the master stops, no respawn loop
 # Large enough that a fast upload costs few recv/write calls per MiB (256 KiB
 # measured twice the throughput of 64 KiB, 1 MiB another ~10%); one buffer per
 # worker, and only the bytes received are ever copied out of it.
@@ -53,26 +50,6 @@ SWEEP_INTERVAL = 0.5
 # pending connection, so each takes its share instead of the first one taking all.
 ACCEPT_BURST = 1
 PR_SET_PDEATHSIG = 1
-
-
-@dataclass(frozen=True, slots=True)
-class WorkerSettings:
-    """What a worker needs beyond the per-connection settings."""
-
-    connection: ConnectionSettings
-    app: str = ""
-    threads: int = 4
-    max_connections: int = 1000
-    max_requests: int = 0
-    max_requests_jitter: int = 0
-    max_worker_memory: int = 0
-    handler_timeout: float = 0.0
-    graceful_timeout: float = 30.0
-    websocket: UpgradeSettings | None = None
-    uploads_dir: str = "uploads"
-    status_path: bytes = b""
-    status_allow: tuple[str, ...] = ("127.0.0.1", "::1")
-    reload: bool = False  # --reload: see prefork.reloader
 
 
 class _Readable:
@@ -85,10 +62,6 @@ class _Readable:
 
     def on_writable(self) -> None:
         """Never asked for."""
-
-
-# What a handler job returns when its thread went on to stream the body itself.
-_STREAMING = object()
 
 
 class Worker:
@@ -146,8 +119,9 @@ class Worker:
             from prefork.reloader import start_reloader
             start_reloader(lambda: self.wakeup.defer(self.begin_drain))
         self._install_signals()
-        _dump_stacks_on_abort()
+        dump_stacks_to_error_log()  # the master's SIGABRT for a stalled loop writes every stack
         self.pool = HandlerPool(self.worker_settings.threads, self.wakeup) if self.worker_settings.threads else None
+        self.runner = AppRunner(self.app, self.pool, self.wakeup, self.worker_settings.handler_timeout)
         self.selector = selectors.DefaultSelector()
         self.selector.register(self.wakeup, selectors.EVENT_READ, _Readable(self.wakeup.run_pending))
         self._recv_buffer = memoryview(bytearray(RECV_BUFFER_SIZE))
@@ -168,7 +142,7 @@ class Worker:
         # Ctrl-C signals the whole process group: the master turns INT into a graceful stop.
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGQUIT, lambda *_: self.wakeup.defer(self.stop_now))
-        signal.signal(signal.SIGUSR1, lambda *_: self.wakeup.defer(_reopen_logs))
+        signal.signal(signal.SIGUSR1, lambda *_: self.wakeup.defer(reopen_logs))
         signal.signal(signal.SIGHUP, signal.SIG_IGN)
         signal.signal(signal.SIGTTIN, signal.SIG_IGN)
         signal.signal(signal.SIGTTOU, signal.SIG_IGN)
@@ -211,11 +185,10 @@ class Worker:
         if self.slot is not None:
             self.slot.heartbeat(now)
             self._trimmer.sweep(self.slot.read())  # memory back to the OS once uploads are over
-        if self.pool is not None:
-            if self.worker_settings.handler_timeout:
-                self._expire_handlers(now, self.worker_settings.handler_timeout)
-            if self.slot is not None:
-                self.slot.set_threads(self.pool.size, self.pool.running)
+        if self.runner.expire(now):
+            self.begin_drain()  # a handler thread is stuck for good: a fresh worker takes over
+        if self.pool is not None and self.slot is not None:
+            self.slot.set_threads(self.pool.size, self.pool.running)
         if not self._accepting and not self.draining and now >= self._accept_retry:
             self._set_accepting(True)
         for conn in list(self.connections):
@@ -240,31 +213,6 @@ class Worker:
             error_log.warning("worker %d: graceful_timeout (%g s) is over without a master; closing %d "
                               "connections", os.getpid(), grace, len(self.connections))
             self.stop_now()
-
-    def _expire_handlers(self, now: float, timeout: float) -> None:
-        """Answer requests whose handler has hung (or never got a thread), with 504.
-
-        A thread cannot be stopped from outside: a hung one is left to its handler
-        (its result is dropped if it ever ends, and the request's body is released
-        only then), the pool starts another in its place, and the worker drains so
-        that a fresh one takes over. A request that waited in the queue for that
-        long is answered too, and never run.
-        """
-        assert self.pool is not None
-        for job in self.pool.overdue(now, timeout):
-            waited = now - (job.started or job.submitted)
-            running = self.pool.abandon(job)
-            if running:
-                error_log.error("worker %d: the handler for %s has run for %.1f s (handler_timeout %g s); "
-                                "answering 504 and recycling the worker. Its thread's stack:\n%s",
-                                os.getpid(), job.label, waited, timeout, _thread_stack(job.thread))
-            else:
-                error_log.error("worker %d: %s waited %.1f s for a handler thread (handler_timeout %g s); "
-                                "answering 504", os.getpid(), job.label, waited, timeout)
-            if job.on_timeout is not None:
-                job.cleanup = job.on_timeout(running)
-            if running:
-                self.begin_drain()
 
     # --- accepting --------------------------------------------------------------
     def _set_accepting(self, on: bool) -> None:
@@ -347,65 +295,11 @@ class Worker:
         if self._max_requests and self.requests >= self._max_requests and not self.draining:
             error_log.info("worker %d: served %d requests, recycling", os.getpid(), self.requests)
             self.begin_drain()
-        app = self.app
-        if self.pool is None:
-            try:
-                result: ResponseStream | BaseException = app(request)
-            except Exception as exc:
-                result = exc
-            conn.on_response(result)
-            return
-        head = request.head
-        label = f"{head.method.decode('latin-1')} {head.target.decode('latin-1')}"
-        timeout = self.worker_settings.handler_timeout
-        job = self.pool.submit(functools.partial(self._handle, app, request, conn),
-                               functools.partial(self._handled, conn), label=label, deadline=bool(timeout))
-        job.on_timeout = functools.partial(self._answer_timeout, conn)
-
-    def _answer_timeout(self, conn: Connection, running: bool) -> Callable[[], None] | None:
-        return conn.on_handler_timeout(_handler_timeout_response(self.worker_settings.handler_timeout), running)
-
-    def _handle(self, app: Application, request: CompleteRequest, conn: Connection, job: Job) -> object:
-        """Call the application (pool thread); a streamed body goes on being produced here."""
-        response = app(request)
-        if response.rest is None:
-            return response
-        # Frameworks bind a request to its thread (contextvars, thread locals): the body's
-        # iterator is advanced by this thread only, for as long as the body lasts.
-        assert self.pool is not None
-        producer = StreamProducer(response, self.pool)
-        response.producer = producer
-        self.wakeup.defer(self._stream_started, job, conn, response)
-        try:
-            producer.serve(emit=lambda chunk: self.wakeup.defer(conn.on_chunk, chunk),
-                           pulled=lambda error: self.wakeup.defer(conn.on_pulled, error))
-        except BaseException as exc:  # from the app's close(): the response is the loop's by now
-            error_log.error("closing the body of %s failed: %r", job.label, exc, exc_info=exc)
-        return _STREAMING
-
-    def _stream_started(self, job: Job, conn: Connection, response: ResponseStream) -> None:
-        if job.abandoned:  # answered with 504 already: the producing thread closes the body
-            response.close()
-            return
-        job.deadline = False  # the response has started: a stream may last as long as it likes
-        conn.on_response(response)
-
-    def _handled(self, conn: Connection, result: object) -> None:
-        if result is not _STREAMING:
-            conn.on_response(result)  # type: ignore[arg-type]
+        self.runner.run(conn, request)
 
     def pull(self, conn: Connection, stream: ResponseStream, budget: int) -> None:
-        """Have more of a streamed body produced, by the thread that started it."""
-        if stream.producer is not None:
-            stream.producer.request(budget)
-            return
-        # Inline mode (threads = 0): produce here, and finish on the next loop turn
-        # rather than by recursing into the connection.
-        try:
-            stream.pull(budget, emit=lambda chunk: self.wakeup.defer(conn.on_chunk, chunk))
-            self.wakeup.defer(conn.on_pulled, None)
-        except Exception as exc:
-            self.wakeup.defer(conn.on_pulled, exc)
+        """Have more of a streamed body produced (``AppRunner.pull``)."""
+        self.runner.pull(conn, stream, budget)
 
     def wants_form(self, head: Request) -> bool:
         """Whether the application wants this request's multipart body parsed as it arrives."""
@@ -487,7 +381,7 @@ class Worker:
             except Exception as exc:
                 done(exc)
         else:
-            self.pool.submit(lambda job: call(), done, label="WebSocket handler")
+            self.pool.submit(lambda job: call(), done, label="a WebSocket handler")
 
     def _upgrade(self, conn: Connection, head: Request) -> bool:
         """Take over a WebSocket handshake; False leaves the request to the HTTP app."""
@@ -550,33 +444,6 @@ class Worker:
         self.stopping_now = True
         for conn in list(self.connections):
             conn.close()
-
-
-def _dump_stacks_on_abort() -> None:
-    # The master sends SIGABRT to a worker whose heartbeat stopped: faulthandler then
-    # writes every thread's stack to the error log before the process dies.
-    stream = error_log_stream()
-    if stream is not None:
-        try:
-            faulthandler.enable(file=stream, all_threads=True)
-        except (OSError, ValueError, io.UnsupportedOperation) as exc:
-            error_log.warning("worker %d: no stack dumps on SIGABRT: %s", os.getpid(), exc)
-
-
-def _reopen_logs() -> None:
-    reopen_logs()
-    _dump_stacks_on_abort()  # faulthandler holds the old file's descriptor: give it the new one
-
-
-def _thread_stack(ident: int) -> str:
-    frame = sys._current_frames().get(ident)
-    return "".join(traceback.format_stack(frame)).rstrip() if frame is not None else "(thread gone)"
-
-
-def _handler_timeout_response(timeout: float) -> ResponseStream:
-    body = f"Gateway Timeout: the application did not answer within {timeout:g} s.\n".encode()
-    return ResponseStream(504, "Gateway Timeout", [("Content-Type", "text/plain; charset=utf-8")], [body],
-                          close_connection=True)
 
 
 def _local_address(lsock: socket.socket) -> tuple[str, int]:

@@ -16,7 +16,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "prefork"
 # Layer of each module (lower number = lower layer). A module may import only
 # modules of its own layer or below.
 LAYERS: dict[str, int] = {
-    "prefork": 0, "prefork.errors": 0, "prefork.limits": 0, "prefork.buffer": 0,
+    "prefork": 0, "prefork.errors": 0, "prefork.exit_codes": 0, "prefork.limits": 0, "prefork.buffer": 0,
     "prefork.http": 1, "prefork.websocket": 1, "prefork.multipart": 1,
     "prefork.spool": 2, "prefork.writebehind": 2, "prefork.diskspace": 2, "prefork.forms": 2, "prefork.uploads": 2,
     "prefork.rambuffer": 2, "prefork.memory": 2,
@@ -25,7 +25,8 @@ LAYERS: dict[str, int] = {
     "prefork.logs": 3, "prefork.config": 3, "prefork.config_values": 3, "prefork.scoreboard": 3,
     "prefork.status": 3, "prefork.reloader": 3,
     "prefork.output": 4, "prefork.settings": 4, "prefork.connection": 4, "prefork.wsconn": 4, "prefork.worker": 4,
-    "prefork.pool": 4, "prefork.loop_services": 4,
+    "prefork.pool": 4, "prefork.loop_services": 4, "prefork.app_runner": 4, "prefork.worker_settings": 4,
+    "prefork.boot_backoff": 5,
     "prefork.sockets": 5, "prefork.systemd": 5, "prefork.privileges": 5, "prefork.master": 5,
     "prefork.cli": 6, "prefork.cli_flags": 6, "prefork.checks": 6,
 }

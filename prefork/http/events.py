@@ -55,6 +55,10 @@ class Request:
     content_length: int | None
     chunked: bool
 
+    def __str__(self) -> str:
+        """Method and target as received, for log lines (``GET /x?y``)."""
+        return f"{self.method.decode('latin-1')} {self.target.decode('latin-1')}"
+
     @property
     def path(self) -> bytes:
         """The path of the target, not percent-decoded, without query or fragment.

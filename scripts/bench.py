@@ -663,7 +663,12 @@ class ProcessSampler:
                 rss = self._rss(proc)
                 total += rss
                 self.peak_rss[proc.pid] = max(self.peak_rss[proc.pid], rss)
-            self.peak_sum = max(self.peak_sum, total)
+            if total > self.peak_sum:
+                self.peak_sum = total
+                self.on_new_peak()
+
+    def on_new_peak(self) -> None:
+        """Called from the sampling thread when Σ RSS reaches a new peak (a hook for subclasses)."""
 
     def __enter__(self) -> ProcessSampler:
         self._thread.start()

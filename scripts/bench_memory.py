@@ -95,38 +95,21 @@ def smaps_breakdown(pid: int) -> dict[str, int]:
     return out
 
 
-class RssSampler:
-    """Samples Σ RSS of some PIDs in a thread (and, with ``detail``, a smaps breakdown at the peak)."""
+class RssSampler(bench.ProcessSampler):
+    """``bench.ProcessSampler`` every 10 ms, plus where the memory sits at the peak (smaps)."""
 
-    def __init__(self, pids: list[int], interval: float = 0.01, detail: bool = False) -> None:
-        self.pids = pids
-        self.interval = interval
+    def __init__(self, pids: list[int], *, detail: bool = False) -> None:
+        super().__init__(pids, interval=0.01)
         self.detail = detail
-        self.base = rss_sum(pids)
-        self.peak = self.base
         self.peak_detail: dict[str, int] = {}
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
         self._last_detail = 0.0
 
-    def _run(self) -> None:
-        while not self._stop.wait(self.interval):
-            total = rss_sum(self.pids)
-            if total > self.peak:
-                self.peak = total
-                now = time.monotonic()
-                if self.detail and now - self._last_detail > 0.2:  # smaps is slow to read
-                    self._last_detail = now
-                    parts = [smaps_breakdown(pid) for pid in self.pids]
-                    self.peak_detail = {k: sum(p[k] for p in parts) for k in parts[0]}
-
-    def __enter__(self) -> RssSampler:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(5)
+    def on_new_peak(self) -> None:
+        now = time.monotonic()
+        if self.detail and now - self._last_detail > 0.2:  # smaps is slow to read
+            self._last_detail = now
+            parts = [smaps_breakdown(proc.pid) for proc in self.procs]
+            self.peak_detail = {k: sum(p[k] for p in parts) for k in parts[0]}
 
 
 def post_all(port: int, mode: str, clients: int, each: int) -> list[bytes]:
@@ -175,8 +158,9 @@ def measure_once(server: RunningServer, mode: str, clients: int, each: int, budg
         elapsed = time.perf_counter() - start
     ok = sum(bench.check_answer(server, answer, each, failures) for answer in answers)
     after = settle(pids)
-    metrics = {"before_mib": sampler.base / MiB, "peak_growth_mib": (sampler.peak - sampler.base) / MiB,
-               "after_growth_mib": (after - sampler.base) / MiB, "mib_s": clients * each / MiB / elapsed,
+    metrics = {"before_mib": sampler.base_sum / MiB,
+               "peak_growth_mib": (sampler.peak_sum - sampler.base_sum) / MiB,
+               "after_growth_mib": (after - sampler.base_sum) / MiB, "mib_s": clients * each / MiB / elapsed,
                "ok": float(ok == clients), "budget_mib": budget_mib}
     metrics.update({f"peak_{k}_mib": v / MiB for k, v in sampler.peak_detail.items()})
     if detail:

@@ -39,7 +39,9 @@ from prefork.spool import BodySpool
 # above HIGH_WATER no more is queued. 256 KiB keeps a socket send buffer busy.
 LOW_WATER = 64 * 1024
 HIGH_WATER = 256 * 1024
-# Pipelined bytes buffered while a request is being handled, before we stop reading.
+# Unread input a connection holds outside a body (pipelined requests waiting their
+# turn) before it stops reading: the rest waits in the kernel, and a client that
+# sends without reading its answers blocks on its TCP window, not on our memory.
 MAX_PIPELINE_BUFFER = 256 * 1024
 # How long an errored connection keeps draining the client's bytes after our
 # answer, so the client reads the answer instead of a reset (nginx lingering_time).
@@ -88,7 +90,10 @@ class Connection:
         self.loop = loop
         self.settings = loop.settings
         self._buffer = recv_buffer
-        self.parser = RequestParser(loop.settings.http_limits)
+        limits = loop.settings.http_limits
+        self.parser = RequestParser(limits)
+        # A head must fit, however large the limits allow it to be.
+        self._input_bound = max(MAX_PIPELINE_BUFFER, limits.max_request_line + limits.max_header_bytes + 8)
         self.stage = Stage.HEAD
         self.out = OutputQueue()
         self.eof = False
@@ -130,8 +135,14 @@ class Connection:
         if self.stage is Stage.BODY and self.parser.direct_body_remaining():
             self._receive_body_directly()
             return
+        room = len(self._buffer)
+        if self.stage is not Stage.BODY and self.stage is not Stage.LINGER:
+            room = min(room, self._input_bound - self.parser.buffered)
+            if room <= 0:
+                self._set_reading(False)
+                return
         try:
-            n = self.sock.recv_into(self._buffer)
+            n = self.sock.recv_into(self._buffer, room)
         except (BlockingIOError, InterruptedError):
             return
         except OSError:
@@ -150,7 +161,7 @@ class Connection:
             self.parser.feed(self._buffer[:n])
         if self.stage in (Stage.HEAD, Stage.BODY):
             self.process()
-        elif self.parser.buffered > MAX_PIPELINE_BUFFER:
+        if self.parser.buffered >= self._input_bound:
             self._set_reading(False)
 
     def _receive_body_directly(self) -> None:
@@ -514,10 +525,12 @@ class Connection:
             # This response said keep-alive, so its client may be sending the next request
             # right now: stay for the drain's linger (that request gets Connection: close).
             self.deadline = min(self.deadline, now + DRAIN_LINGER)
-        if not self.eof:
-            self._set_reading(True)
         if self.parser.buffered or self.eof:
             self.process()  # a pipelined request (or the peer's EOF) is already here
+        if self.stage is Stage.HEAD or self.stage is Stage.BODY:
+            # Read on only below the bound: reading after every answer, however much is
+            # already waiting, would let a client that never reads grow this buffer forever.
+            self._set_reading(not self.eof and self.parser.buffered < self._input_bound)
 
     # --- errors and timeouts ---------------------------------------------------
     def fail(self, exc: ProtocolError, *, response: bytes | None = None) -> None:

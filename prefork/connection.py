@@ -606,6 +606,22 @@ class Connection:
         if self.stage is Stage.HEAD and not self.parser.buffered:
             self.close()
 
+    def waiting_since(self) -> float | None:
+        """When this connection began waiting for its current request head; None when busy."""
+        return self.started if self.stage is Stage.HEAD else None
+
+    def shed(self) -> bool:
+        """Close to make room for a new connection, unless a request has just arrived.
+
+        Returns:
+            True when closed; False when the last read found a complete head.
+        """
+        self.on_readable()
+        if self.stage is not Stage.HEAD:
+            return self.stage is Stage.CLOSED
+        self.close()
+        return True
+
     def on_drain(self) -> None:
         """The worker is stopping: idle connections stay for a short linger, no longer.
 

@@ -23,8 +23,8 @@ from dataclasses import dataclass
 
 # Slot header: pid, state, generation, heartbeat (monotonic), started (wall),
 # requests, http connections, ws connections, bytes received, staged RAM, staged disk,
-# uploads in flight, handler threads, threads running a handler.
-_HEAD = struct.Struct("<qiiddQIIQQQIHH")
+# uploads in flight, handler threads, threads running a handler, connections shed at max_connections.
+_HEAD = struct.Struct("<qiiddQIIQQQIHHQ")
 MAX_UPLOADS = 8
 _PATH_BYTES = 120
 # One upload: path, bytes so far, declared length (-1 unknown), start (wall clock).
@@ -52,6 +52,15 @@ class Upload:
 
 
 @dataclass(frozen=True, slots=True)
+class Retired:
+    """Counters of workers that are gone, kept so that totals never go down."""
+
+    requests: int
+    bytes_received: int
+    shed: int
+
+
+@dataclass(frozen=True, slots=True)
 class SlotView:
     """A snapshot of one worker slot."""
 
@@ -70,6 +79,7 @@ class SlotView:
     uploads: tuple[Upload, ...]
     threads: int = 0
     busy_threads: int = 0
+    shed: int = 0
 
 
 class Scoreboard:
@@ -83,9 +93,10 @@ class Scoreboard:
     def __init__(self, slots: int, memory_budget: int) -> None:
         self.slots = slots
         self.memory_budget = memory_budget
-        # After the slots: retired requests, retired bytes, and a sequence number that is odd
-        # while the master moves a dead worker's counters into the retired totals.
-        self._mem = mmap.mmap(-1, SLOT_SIZE * slots + 24)
+        # After the slots: retired requests, retired bytes, a sequence number that is odd
+        # while the master moves a dead worker's counters into the retired totals, and
+        # retired connections shed.
+        self._mem = mmap.mmap(-1, SLOT_SIZE * slots + 32)
         # A POSIX record lock on an unlinked file: shared by the forked workers, and
         # released by the kernel if its holder dies (a semaphore would stay taken).
         # lockf locks belong to the process, so a thread lock orders threads within one.
@@ -109,7 +120,7 @@ class Scoreboard:
             if self._read_head(index)[0] == 0:
                 self._mem[index * SLOT_SIZE:(index + 1) * SLOT_SIZE] = bytes(SLOT_SIZE)
                 _HEAD.pack_into(self._mem, index * SLOT_SIZE, pid, WorkerState.BOOTING, generation,
-                                time.monotonic(), time.time(), 0, 0, 0, 0, 0, 0, 0, 0, 0)
+                                time.monotonic(), time.time(), 0, 0, 0, 0, 0, 0, 0, 0, 0, 0)
                 return index
         raise RuntimeError(f"scoreboard full: all {self.slots} slots are in use")
 
@@ -133,13 +144,13 @@ class Scoreboard:
             struct.pack_into("<Q", self._mem, seq_offset, seq + 1)
             try:
                 head = self._read_head(index)
-                self.add_retired(head[5], head[8])
+                self.add_retired(head[5], head[8], head[14])
                 self._mem[index * SLOT_SIZE:(index + 1) * SLOT_SIZE] = bytes(SLOT_SIZE)
             finally:
                 struct.pack_into("<Q", self._mem, seq_offset, seq + 2)
 
-    def totals_and_views(self) -> tuple[int, int, list[SlotView]]:
-        """Retired requests, retired bytes received and every occupied slot, read consistently.
+    def totals_and_views(self) -> tuple[Retired, list[SlotView]]:
+        """The retired totals and every occupied slot, read consistently.
 
         A seqlock read: retried while the master is retiring a worker (``retire``), so that a
         dead worker's counters are counted exactly once.
@@ -149,21 +160,28 @@ class Scoreboard:
             before = struct.unpack_from("<Q", self._mem, seq_offset)[0]
             if before % 2 == 0:
                 views = self.views()
-                requests, received = self.retired_requests, self.retired_bytes_received
+                retired = Retired(self.retired_requests, self.retired_bytes_received, self.retired_shed)
                 if struct.unpack_from("<Q", self._mem, seq_offset)[0] == before:
-                    return requests, received, views
+                    return retired, views
             time.sleep(0.0001)
 
-    def add_retired(self, requests: int, bytes_received: int = 0) -> None:
+    def add_retired(self, requests: int, bytes_received: int = 0, shed: int = 0) -> None:
         """Add a dead worker's counters to the totals kept across respawns."""
         offset = SLOT_SIZE * self.slots
         total, received = struct.unpack_from("<QQ", self._mem, offset)
         struct.pack_into("<QQ", self._mem, offset, total + requests, received + bytes_received)
+        retired_shed = struct.unpack_from("<Q", self._mem, offset + 24)[0]
+        struct.pack_into("<Q", self._mem, offset + 24, retired_shed + shed)
 
     @property
     def retired_requests(self) -> int:
         """Requests served by workers that are gone (so counters never go down)."""
         return int(struct.unpack_from("<Q", self._mem, SLOT_SIZE * self.slots)[0])
+
+    @property
+    def retired_shed(self) -> int:
+        """Connections shed by workers that are gone."""
+        return int(struct.unpack_from("<Q", self._mem, SLOT_SIZE * self.slots + 24)[0])
 
     @property
     def retired_bytes_received(self) -> int:
@@ -184,7 +202,8 @@ class Scoreboard:
             uploads.append(Upload(path.rstrip(b"\0").decode("utf-8", "replace"), received,
                                   None if declared < 0 else declared, started))
         return SlotView(index, head[0], WorkerState(head[1]), head[2], head[3], head[4], head[5],
-                        head[6], head[7], head[8], head[9], head[10], tuple(uploads), head[12], head[13])
+                        head[6], head[7], head[8], head[9], head[10], tuple(uploads), head[12], head[13],
+                        head[14])
 
     def views(self) -> list[SlotView]:
         """Snapshots of every occupied slot."""
@@ -231,6 +250,10 @@ class WorkerSlot:
     def count_request(self) -> None:
         """One more request served."""
         self._add("requests", 1)
+
+    def count_shed(self, count: int) -> None:
+        """Connections closed to make room at max_connections."""
+        self._add("shed", count)
 
     def add_connections(self, http: int = 0, ws: int = 0) -> None:
         """Adjust the open connection counters."""
@@ -299,8 +322,8 @@ class WorkerSlot:
 def _offsets() -> tuple[dict[str, int], dict[str, str]]:
     names = ["pid", "state", "generation", "heartbeat", "started", "requests", "connections",
              "ws_connections", "bytes_received", "staged_ram", "staged_disk", "uploads", "threads",
-             "busy_threads"]
-    codes = "qiiddQIIQQQIHH"
+             "busy_threads", "shed"]
+    codes = "qiiddQIIQQQIHHQ"
     offsets, formats, position = {}, {}, 0
     for name, code in zip(names, codes):
         size = struct.calcsize("<" + code)

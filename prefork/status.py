@@ -54,7 +54,7 @@ def snapshot(board: Scoreboard, master_pid: int, now: float | None = None) -> di
     wall = time.time() if now is None else now
     mono = time.monotonic()
     workers: list[dict[str, Any]] = []
-    retired_requests, retired_bytes, views = board.totals_and_views()
+    retired, views = board.totals_and_views()
     for view in views:
         uploads = []
         for upload in view.uploads:
@@ -71,13 +71,15 @@ def snapshot(board: Scoreboard, master_pid: int, now: float | None = None) -> di
             "connections": view.connections, "websockets": view.ws_connections,
             "bytes_received": view.bytes_received, "staged_ram": view.staged_ram,
             "staged_disk": view.staged_disk, "threads": view.threads, "busy_threads": view.busy_threads,
+            "shed": view.shed,
             "uploads": uploads,
         })
     return {
         "master_pid": master_pid,
         "time": wall,
-        "requests_total": retired_requests + sum(w["requests"] for w in workers),
-        "bytes_received_total": retired_bytes + sum(w["bytes_received"] for w in workers),
+        "requests_total": retired.requests + sum(w["requests"] for w in workers),
+        "bytes_received_total": retired.bytes_received + sum(w["bytes_received"] for w in workers),
+        "shed_total": retired.shed + sum(w["shed"] for w in workers),
         "staged_ram": sum(w["staged_ram"] for w in workers),
         "staged_disk": sum(w["staged_disk"] for w in workers),
         "memory_budget": board.memory_budget,
@@ -100,6 +102,9 @@ def render_prometheus(snap: dict[str, Any]) -> bytes:
         "# HELP prefork_received_bytes_total Bytes received from clients since the master started.",
         "# TYPE prefork_received_bytes_total counter",
         f"prefork_received_bytes_total {snap['bytes_received_total']}",
+        "# HELP prefork_connections_shed_total Connections closed at max_connections to let new ones in.",
+        "# TYPE prefork_connections_shed_total counter",
+        f"prefork_connections_shed_total {snap['shed_total']}",
         "# HELP prefork_workers Worker processes by state.",
         "# TYPE prefork_workers gauge",
     ]
@@ -157,7 +162,7 @@ def render_text(snap: dict[str, Any]) -> str:
     """The snapshot as a terminal table (``prefork-serve status``)."""
     out = [f"requests {snap['requests_total']}  received {_size(snap['bytes_received_total'])}  "
            f"staged RAM {_size(snap['staged_ram'])} / {_size(snap['memory_budget'])}  "
-           f"staged disk {_size(snap['staged_disk'])}",
+           f"staged disk {_size(snap['staged_disk'])}  shed {snap['shed_total']}",
            f"{'PID':>8} {'STATE':<9} {'GEN':>3} {'BEAT':>6} {'REQS':>8} {'HTTP':>5} {'WS':>5} "
            f"{'BUSY':>7} {'RAM':>10} {'DISK':>10}"]
     for w in snap["workers"]:
@@ -201,7 +206,8 @@ def render_html(snap: dict[str, Any], refresh: float = 2.0) -> bytes:
 <meta http-equiv="refresh" content="{refresh:g}"><title>prefork status</title><style>{_STYLE}</style></head>
 <body><h1>prefork status</h1>
 <p>{snap['requests_total']} requests served; {_size(snap['bytes_received_total'])} received;
-staged in RAM {_size(snap['staged_ram'])} of {_size(snap['memory_budget'])}; on disk {_size(snap['staged_disk'])}.</p>
+staged in RAM {_size(snap['staged_ram'])} of {_size(snap['memory_budget'])}; on disk {_size(snap['staged_disk'])};
+{snap['shed_total']} idle connections shed at max_connections.</p>
 <h2>Workers</h2><table><tr><th>pid</th><th class='l'>state</th><th>gen</th><th>heartbeat</th>
 <th>requests</th><th>http</th><th>ws</th><th>busy threads</th><th>RAM staged</th><th>disk staged</th></tr>{''.join(rows)}</table>
 <h2>Uploads in progress</h2>{upload_table}

@@ -37,6 +37,7 @@ from prefork.pool import HandlerPool, Wakeup
 from prefork.scoreboard import WorkerSlot, WorkerState
 from prefork.status import status_response
 from prefork.websocket.handshake import HandshakeError, build_error_response
+from prefork.shedding import IdleShedder
 from prefork.worker_settings import WorkerSettings
 from prefork.wsconn import WebSocketSession, accept_upgrade
 
@@ -128,6 +129,7 @@ class Worker:
         self._server_names = {lsock.fileno(): _local_address(lsock) for lsock in self.listeners}
         self._listener_targets = {lsock: _Readable(functools.partial(self._accept, lsock))
                                   for lsock in self.listeners}
+        self._shedder = IdleShedder(self.worker_settings.max_connections)
         self._websockets = self.worker_settings.websocket is not None and hasattr(self.app, "websocket_handler")
         self._setup_broadcast()
         self._set_accepting(True)
@@ -182,8 +184,11 @@ class Worker:
                 error_log.error("closing after an internal error failed: %s", again)
 
     def _sweep(self, now: float) -> None:
+        shed = self._shedder.take_shed()
         if self.slot is not None:
             self.slot.heartbeat(now)
+            if shed:
+                self.slot.count_shed(shed)
             self._trimmer.sweep(self.slot.read())  # memory back to the OS once uploads are over
         if self.runner.expire(now):
             self.begin_drain()  # a handler thread is stuck for good: a fresh worker takes over
@@ -231,8 +236,10 @@ class Worker:
             # this worker drain, which closed its copy of the listener (accept would get EBADF).
             return
         for _ in range(ACCEPT_BURST):
-            if len(self.connections) >= self.worker_settings.max_connections:
-                self._set_accepting(False)
+            at_limit = len(self.connections) >= self.worker_settings.max_connections
+            if at_limit and not self._shedder.has_candidate(
+                    c for c in self.connections if isinstance(c, Connection)):
+                self._set_accepting(False)  # every connection is busy: new ones wait in the backlog
                 return
             try:
                 sock, peer = lsock.accept()
@@ -246,6 +253,8 @@ class Worker:
                     self._accept_retry = time.monotonic() + 1.0
                 error_log.warning("accept failed on %s: %s", self._server_names.get(lsock.fileno(), "?"), exc)
                 return
+            if at_limit:
+                self._shedder.shed_one()
             sock.setblocking(False)
             if sock.family != socket.AF_UNIX:
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)

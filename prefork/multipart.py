@@ -22,6 +22,10 @@ Policies (chosen on purpose, tested):
   ``MultipartError`` (400). Errors are final: the parser then refuses input.
 - Header names are reported lower-cased; values are decoded as UTF-8 (what
   browsers send, HTML §4.10.21.8) with a Latin-1 fallback.
+- No "last one wins": a part with two Content-Disposition (or Content-Type)
+  headers, and a repeated parameter (``name``, ``filename``, ``boundary``,
+  ...) in either or in the request's Content-Type, are 400 (RFC 6266 §4.1,
+  RFC 6838 §4.3), since two readers could take different ones.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ from dataclasses import dataclass
 
 from prefork.errors import BodyTooLarge, HeadersTooLarge, MultipartError, describe
 from prefork.limits import FormLimits
+from prefork.mediatype import HeaderValue, parse_header_value, parse_options_header
 
 __all__ = [
     "MultipartParser",
@@ -57,13 +62,6 @@ KEEP_BUFFER = 64 * 1024
 _BOUNDARY_RE = re.compile(rb"[0-9A-Za-z'()+_,\-./:=? ]{0,69}[0-9A-Za-z'()+_,\-./:=?]")
 # RFC 9110 §5.6.2: token = 1*tchar
 _TOKEN_RE = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
-# One ``; key[=value]`` parameter; value is a quoted-string (RFC 9110 §5.6.4) or a token.
-_PARAM_RE = re.compile(
-    r';\s*(?P<key>[^\s;=]*)\s*(?:=\s*(?:"(?P<quoted>(?:[^"\\]|\\.)*)"\s*|(?P<token>[^;]*)))?',
-    re.S,
-)
-# RFC 8187 §3.2.1: ext-value = charset "'" [ language ] "'" value-chars
-_EXT_VALUE_RE = re.compile(r"(?P<charset>[^']*)'[^']*'(?P<value>.*)", re.S)
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,70 +108,13 @@ class _State(enum.Enum):
     ERROR = 6
 
 
-def _unquote(value: str) -> str:
-    # Only \" and \\ are unescaped: IE-style paths (C:\dir\f.txt) keep their
-    # backslashes, as in Werkzeug and defnull/multipart.
-    return value.replace('\\\\', '\\').replace('\\"', '"')
-
-
-def _decode_ext_value(value: str) -> str | None:
-    """Decode an RFC 8187 ext-value; None when malformed or of unknown charset."""
-    match = _EXT_VALUE_RE.fullmatch(value.strip())
-    if match is None:
-        return None
-    charset = match["charset"].lower()
-    if charset not in ("utf-8", "iso-8859-1"):  # the two RFC 8187 §3.2.1 requires
-        return None
-    pieces = match["value"].split("%")
-    try:
-        raw = bytearray(pieces[0].encode("ascii"))
-        for piece in pieces[1:]:
-            if len(piece) < 2:
-                return None
-            raw += bytes.fromhex(piece[:2]) + piece[2:].encode("ascii")
-        return raw.decode(charset)
-    except ValueError:  # non-hex, non-ASCII or undecodable
-        return None
-
-
-def parse_options_header(value: str) -> tuple[str, dict[str, str]]:
-    """Split a header like Content-Type or Content-Disposition into value and parameters.
-
-    Handles quoted strings (RFC 9110 §5.6.4) and RFC 8187 extended parameters
-    (``filename*=UTF-8''...``), which take precedence over the plain form.
-    Malformed parameters are skipped rather than fatal.
-
-    Args:
-        value: the header value.
-
-    Returns:
-        The lower-cased main value and a dict of lower-cased parameter names to values.
-    """
-    main, sep, _ = value.partition(";")
-    params: dict[str, str] = {}
-    extended: dict[str, str] = {}
-    pos = len(main)
-    while sep and pos < len(value):
-        match = _PARAM_RE.match(value, pos)
-        if match is None:  # junk after a quoted string: skip to the next ';'
-            pos = value.find(";", pos + 1)
-            if pos < 0:
-                break
-            continue
-        pos = match.end()
-        key = match["key"].lower()
-        if not key:
-            continue
-        if match["quoted"] is not None:
-            params[key] = _unquote(match["quoted"])
-        elif key.endswith("*"):
-            decoded = _decode_ext_value(match["token"] or "")
-            if decoded is not None:
-                extended[key[:-1]] = decoded
-        else:
-            params[key] = (match["token"] or "").strip()
-    params.update(extended)
-    return main.strip().lower(), params
+def _parameters(value: str, what: str) -> HeaderValue:
+    """Parse a header value; a repeated parameter is invalid (RFC 6838 §4.3, RFC 6266 §4.1)."""
+    parsed = parse_header_value(value)
+    if parsed.repeated:
+        raise MultipartError(
+            f"repeated parameter {parsed.repeated[0]!r} in {what}: {describe(value.encode('utf-8', 'replace'))}")
+    return parsed
 
 
 def parse_boundary(content_type: str | bytes) -> bytes:
@@ -186,14 +127,15 @@ def parse_boundary(content_type: str | bytes) -> bytes:
         The boundary as bytes (without the leading ``--``).
 
     Raises:
-        MultipartError: not multipart, or the boundary is missing, empty, longer
-            than 70 characters, or has characters outside RFC 2046 §5.1.1 bchars.
+        MultipartError: not multipart, a repeated parameter, or the boundary is
+            missing, empty, longer than 70 characters, or has characters outside
+            RFC 2046 §5.1.1 bchars.
     """
     text = content_type.decode("latin-1") if isinstance(content_type, bytes) else content_type
-    main, params = parse_options_header(text)
-    if not main.startswith("multipart/"):
+    parsed = _parameters(text, "multipart content type")
+    if not parsed.main.startswith("multipart/"):
         raise MultipartError(f"not a multipart content type: {describe(text.encode('utf-8', 'replace'))}")
-    boundary = params.get("boundary")
+    boundary = parsed.params.get("boundary")
     if boundary is None:
         raise MultipartError("multipart content type without boundary")
     raw = boundary.encode("utf-8", "replace")
@@ -220,18 +162,28 @@ def _parse_part_headers(block: bytes) -> list[tuple[str, str]]:
     return headers
 
 
+def _single(headers: list[tuple[str, str]], name: str) -> str | None:
+    """The value of a header a part may have at most once."""
+    values = [value for key, value in headers if key == name]
+    if len(values) > 1:
+        raise MultipartError(f"part has {len(values)} {name} headers")
+    return values[0] if values else None
+
+
 def _part_start(headers: list[tuple[str, str]]) -> PartStart:
     """Build a PartStart from headers; RFC 7578 §4.2 requires form-data with a name."""
-    fields = dict(headers)
-    disposition = fields.get("content-disposition")
+    disposition = _single(headers, "content-disposition")
     if disposition is None:
         raise MultipartError("part without Content-Disposition header")
-    kind, params = parse_options_header(disposition)
-    if kind != "form-data" or "name" not in params:
+    parsed = _parameters(disposition, "part Content-Disposition")
+    if parsed.main != "form-data" or "name" not in parsed.params:
         raise MultipartError(
             f"part Content-Disposition is not form-data with a name: {describe(disposition.encode())}"
         )
-    return PartStart(params["name"], params.get("filename"), fields.get("content-type"), headers)
+    content_type = _single(headers, "content-type")
+    if content_type is not None:
+        _parameters(content_type, "part Content-Type")  # its charset decides how a field decodes
+    return PartStart(parsed.params["name"], parsed.params.get("filename"), content_type, headers)
 
 
 class MultipartParser:

@@ -17,7 +17,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "prefork"
 # modules of its own layer or below.
 LAYERS: dict[str, int] = {
     "prefork": 0, "prefork.errors": 0, "prefork.exit_codes": 0, "prefork.limits": 0, "prefork.buffer": 0,
-    "prefork.http": 1, "prefork.websocket": 1, "prefork.multipart": 1,
+    "prefork.http": 1, "prefork.websocket": 1, "prefork.multipart": 1, "prefork.mediatype": 1,
     "prefork.spool": 2, "prefork.writebehind": 2, "prefork.diskspace": 2, "prefork.forms": 2, "prefork.uploads": 2,
     "prefork.rambuffer": 2, "prefork.memory": 2,
     "prefork.handlers": 3, "prefork.wsgi": 3, "prefork.app": 3, "prefork.static": 3,

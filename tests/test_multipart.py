@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 
 from prefork.errors import BodyTooLarge, HeadersTooLarge, MultipartError, ProtocolError
 from prefork.limits import FormLimits
+from prefork.mediatype import HeaderValue, parse_header_value
 from prefork.multipart import (
     KEEP_BUFFER,
     MultipartParser,
@@ -23,6 +24,7 @@ from prefork.multipart import (
     parse_boundary,
     parse_options_header,
 )
+from tests.helpers import Raised, feed_variants
 
 SEED = Path(__file__).parent / "data" / "seed_multipart.http"
 B = b"----WebKitFormBoundarycriD3u6M0UuPR1ia"
@@ -415,3 +417,86 @@ def test_junk_only_raises_protocol_errors(junk: list[bytes]) -> None:
         parser.feed(b"")
     except ProtocolError:
         pass
+
+
+# -- no "last one wins" (issue 12) -------------------------------------------------
+
+
+def _drive(boundary: bytes) -> Callable[[list[bytes]], list[object]]:
+    def drive(chunks: list[bytes]) -> list[object]:
+        parser = MultipartParser(boundary)
+        events: list[PartStart | PartData | PartEnd] = []
+        for chunk in chunks:
+            events += [PartData(bytes(e.data)) if isinstance(e, PartData) else e for e in parser.feed(chunk)]
+        events += parser.feed(b"")
+        return _merge(events)
+    return drive
+
+
+def _rejected_in_every_split(body: bytes) -> Raised:
+    """The body is refused with the same error whole, byte by byte and in random splits."""
+    events = feed_variants(_drive(B), body, trailing=b"--" + B + b"--\r\n")
+    assert isinstance(events[-1], Raised) and events[-1].type is MultipartError, events
+    return events[-1]
+
+
+@pytest.mark.parametrize(
+    ("head", "message"),
+    [
+        (b'Content-Disposition: form-data; name="a"\r\nContent-Disposition: form-data; name="b"\r\n',
+         "part has 2 content-disposition headers"),
+        (b'Content-Disposition: form-data; name="a"\r\nX: 1\r\ncontent-disposition: form-data; name="a"\r\n',
+         "part has 2 content-disposition headers"),
+        (b'Content-Disposition: form-data; name="a"; name="b"\r\n',
+         "repeated parameter 'name' in part Content-Disposition: b'form-data; name=\"a\"; name=\"b\"'"),
+        (b'Content-Disposition: form-data; name=a; Name=a\r\n',
+         "repeated parameter 'name' in part Content-Disposition: b'form-data; name=a; Name=a'"),
+        (b'Content-Disposition: form-data; name="f"; filename="a.txt"; filename="b.exe"\r\n',
+         "repeated parameter 'filename' in part Content-Disposition: "
+         "b'form-data; name=\"f\"; filename=\"a.txt\"; filename=\"b.exe\"'"),
+        (b"Content-Disposition: form-data; name=f; filename*=UTF-8''a; filename*=UTF-8''b\r\n",
+         "repeated parameter 'filename*' in part Content-Disposition: "
+         "b\"form-data; name=f; filename*=UTF-8''a; filename*=UTF-8''b\""),
+        (b'Content-Disposition: form-data; name="f"\r\nContent-Type: text/plain\r\nContent-Type: image/png\r\n',
+         "part has 2 content-type headers"),
+        (b'Content-Disposition: form-data; name="f"\r\nContent-Type: text/plain; charset=utf-8; charset=koi8-r\r\n',
+         "repeated parameter 'charset' in part Content-Type: b'text/plain; charset=utf-8; charset=koi8-r'"),
+    ],
+)
+def test_repeated_headers_and_parameters_are_rejected_in_every_split(head: bytes, message: str) -> None:
+    body = _body(B, [_part("ok", b"first"), head + b"\r\ndata", _part("later", b"x")])
+    raised = _rejected_in_every_split(body)
+    assert raised.message == message
+    assert _errors(B, body).status == 400
+
+
+def test_filename_and_filename_star_together_are_not_a_repeat() -> None:
+    head = b"Content-Disposition: form-data; name=f; filename=\"a.txt\"; filename*=UTF-8''%C3%A9.txt\r\n\r\n"
+    events = feed_variants(_drive(B), _body(B, [head + b"x"]))
+    assert isinstance(events[0], PartStart) and events[0].filename == "\u00e9.txt"
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("multipart/form-data; boundary=a; boundary=b",
+         "repeated parameter 'boundary' in multipart content type: b'multipart/form-data; boundary=a; boundary=b'"),
+        ('multipart/form-data; BOUNDARY="a"; boundary=a',
+         "repeated parameter 'boundary' in multipart content type: "
+         "b'multipart/form-data; BOUNDARY=\"a\"; boundary=a'"),
+        ("multipart/form-data; charset=x; boundary=a; charset=x",
+         "repeated parameter 'charset' in multipart content type: "
+         "b'multipart/form-data; charset=x; boundary=a; charset=x'"),
+    ],
+)
+def test_repeated_boundary_parameter_is_rejected(value: str, message: str) -> None:
+    with pytest.raises(MultipartError) as info:
+        parse_boundary(value)
+    assert str(info.value) == message and info.value.status == 400
+
+
+def test_parse_header_value_reports_repeats() -> None:
+    assert parse_header_value('form-data; name="a"; filename=x; Name=b; filename*=UTF-8\'\'y; name=c') == HeaderValue(
+        "form-data", {"name": "c", "filename": "y"}, ("name", "name"))
+    assert parse_header_value("text/plain").repeated == ()
+    assert parse_options_header("a; x=1; x=2") == ("a", {"x": "2"})  # the lenient view keeps the last

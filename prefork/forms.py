@@ -282,19 +282,28 @@ class FormParser:
                 charset = _known_charset(parse_options_header(content_type)[1].get("charset", ""), default)
             try:
                 text = raw.decode(charset, "replace")
-            except (UnicodeError, LookupError):  # codecs such as idna do not support "replace"
+            except (ValueError, LookupError):  # codecs such as idna do not support "replace"
                 text = raw.decode(self._charset, "replace")
             fields.add(name, text)
         return fields
 
 
+#: Longest charset name looked up: IANA registers names of at most 40 characters (RFC 2978 §2.3).
+MAX_CHARSET_NAME = 40
+
+
 def _known_charset(name: str, default: str) -> str:
-    """Return ``name`` if it is a text encoding Python knows, else ``default``."""
-    if not name:
+    """Return ``name`` if it is a text encoding Python knows, else ``default``.
+
+    An unknown or malformed name (too long, a NUL that ``codecs.lookup`` refuses
+    with ValueError) is ignored, not an error: RFC 7578 §4.6 makes ``_charset_``
+    and a part's ``charset`` hints, and §5.1.2 gives UTF-8 as the default.
+    """
+    if not name or len(name) > MAX_CHARSET_NAME:
         return default
     try:
         info = codecs.lookup(name)
-    except LookupError:
+    except (LookupError, ValueError):
         return default
     # Bytes-to-bytes codecs ("hex", "zlib") are not text encodings.
     return info.name if getattr(info, "_is_text_encoding", True) else default

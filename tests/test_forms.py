@@ -221,3 +221,34 @@ def test_budget_and_disk_accounting(tmp_path: Path) -> None:
     assert budget.used >= small._ram._small.__alloc__()  # type: ignore[attr-defined]
     form.close()
     assert sum(disk) == 0 and budget.used == 0 and os.listdir(tmp_path) == []
+
+
+@pytest.mark.parametrize("charset", [b"utf\x00-8", b"latin-1\x00", b"no-such-charset", b"x" * 5000, b"hex", b" "])
+def test_unusable_charsets_are_ignored_in_every_split(tmp_path: Path, charset: bytes) -> None:
+    """RFC 7578 §4.6: ``_charset_`` and a part's ``charset`` are hints; one that Python cannot
+    use as a text encoding (unknown, NUL inside, absurdly long) leaves the UTF-8 default."""
+    ctype = b"Content-Type: text/plain; charset=\"" + charset + b"\"\r\n"
+    body = _body(
+        _part("_charset_", charset),
+        _part("a", "\u00e9".encode()),
+        b'Content-Disposition: form-data; name="b"\r\n' + ctype + b"\r\n" + "\u00e8".encode(),
+    )
+    for pieces in _feed_variants(body):
+        with _parse(tmp_path, pieces) as form:
+            assert form.fields["a"] == "\u00e9" and form.fields["b"] == "\u00e8"
+    assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.parametrize("disposition", [
+    b'form-data; name="f"; filename="a.txt"; filename="b.exe"',
+    b'form-data; name="f"; name="g"; filename="a.txt"',
+])
+def test_repeated_parameters_are_400_and_leave_nothing_on_disk(tmp_path: Path, disposition: bytes) -> None:
+    body = _body(_part("big", BIG, "big.bin"), b"Content-Disposition: " + disposition + b"\r\n\r\nx")
+    for pieces in _feed_variants(body):
+        parser = _parser(tmp_path, spool_threshold=0)
+        with pytest.raises(MultipartError, match=r"^repeated parameter '(filename|name)' in part Content-Disp"):
+            for piece in pieces:
+                parser.feed(piece)
+            parser.feed(b"")
+        assert os.listdir(tmp_path) == []

@@ -31,6 +31,8 @@ if TYPE_CHECKING:
 
 __all__ = ["content_disposition", "guess_type", "safe_join", "serve_file"]
 
+#: Stands for a range position of more than 18 digits: larger than any file.
+HUGE_POSITION = 10**18
 _RANGE = re.compile(r"bytes=\s*(?P<first>[0-9]*)\s*-\s*(?P<last>[0-9]*)\s*", re.ASCII)
 # Text types are served as UTF-8; mimetypes does not know a charset.
 _TEXT_TYPES = frozenset({"application/javascript", "text/javascript", "application/json",
@@ -170,6 +172,23 @@ def _parse_date(value: str) -> int | None:
         return None
 
 
+def _number_key(digits: str) -> tuple[int, str]:
+    """Orders decimal strings of any length as their numbers, without ``int()``."""
+    digits = digits.lstrip("0") or "0"
+    return len(digits), digits
+
+
+def _position(digits: str) -> int:
+    """A range's byte position; ``HUGE_POSITION`` when it is longer than 18 digits.
+
+    RFC 9110 §14.1.1 sets no length on a position, but ``int()`` refuses more than
+    4,300 digits, and no file is 10**18 bytes: a huge first-pos is then unsatisfiable
+    (416), a huge last-pos or suffix means "to the end" (§14.1.2).
+    """
+    length, digits = _number_key(digits)
+    return int(digits) if length <= 18 else HUGE_POSITION
+
+
 class _NotSatisfiable(Exception):
     """The one requested range starts past the end of the file (416)."""
 
@@ -193,14 +212,14 @@ def _requested_range(request: Request, etag: str, last_modified: str, size: int)
     if not first:
         if not last:
             return None
-        suffix = int(last)
+        suffix = _position(last)
         if suffix == 0 or size == 0:
             raise _NotSatisfiable
         return max(0, size - suffix), size - 1
-    start = int(first)
-    end = int(last) if last else size - 1
-    if last and end < start:
-        return None  # invalid range-spec: ignore the header
+    if last and _number_key(last) < _number_key(first):
+        return None  # invalid range-spec: the header MUST be ignored (§14.1.1)
+    start = _position(first)
+    end = _position(last) if last else size - 1
     if start >= size:
         raise _NotSatisfiable
     return start, min(end, size - 1)

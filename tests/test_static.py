@@ -142,6 +142,34 @@ def test_ignored_ranges_give_whole_file(server: Any, spec: str) -> None:
     assert resp.content == DATA
 
 
+HUGE = "9" * 5000  # past Python's 4,300-digit limit for int()
+
+
+@pytest.mark.parametrize(("spec", "status", "first", "last"), [
+    (f"bytes={HUGE}-", 416, None, None),  # starts past the end: unsatisfiable
+    (f"bytes={HUGE}-{HUGE}", 416, None, None),
+    (f"bytes=10-{HUGE}", 206, 10, 9999),  # a last-pos past the end means "to the end"
+    (f"bytes=-{HUGE}", 206, 0, 9999),  # a suffix longer than the file is the whole file
+    ("bytes=" + "0" * 5000 + "5-" + "0" * 5000 + "9", 206, 5, 9),  # leading zeros are still small numbers
+    (f"bytes={HUGE}-1", 200, None, None),  # last-pos < first-pos: invalid, the header is ignored
+    (f"bytes=2{'0' * 30}-1{'0' * 30}", 200, None, None),
+], ids=["huge-first", "huge-both", "huge-last", "huge-suffix", "leading-zeros", "huge-first-small-last",
+        "31-digit-last-before-first"])
+def test_range_with_more_digits_than_int_accepts(server: Any, spec: str, status: int, first: int | None,
+                                                 last: int | None) -> None:
+    resp = get(server, "/static/data.bin", Range=spec)
+    assert resp.status_code == status
+    if status == 416:
+        assert resp.headers["Content-Range"] == f"bytes */{len(DATA)}"
+    elif status == 206:
+        assert first is not None and last is not None
+        assert resp.headers["Content-Range"] == f"bytes {first}-{last}/{len(DATA)}"
+        assert resp.content == DATA[first:last + 1]
+    else:
+        assert resp.content == DATA
+    assert "Traceback" not in server.error_log.read_text()
+
+
 def test_if_range(server: Any) -> None:
     etag = get(server, "/static/data.bin").headers["ETag"]
     assert get(server, "/static/data.bin", Range="bytes=0-9", **{"If-Range": etag}).status_code == 206

@@ -388,10 +388,11 @@ class App:
         allowed: list[str] = []
         for route in self.routes:
             found = route.pattern.match(path)
-            if found is None:
+            params = _convert(found, route.converters) if found is not None else None
+            if params is None:
                 continue
             if method in route.methods:
-                return route, _convert(found, route.converters), []
+                return route, params, []
             allowed.extend(route.methods)
         return None, {}, allowed
 
@@ -399,8 +400,9 @@ class App:
         """The WebSocket handler class for ``path``, if any, and its path parameters."""
         for route in self.ws_routes:
             found = route.pattern.match(path)
-            if found is not None:
-                return route.handler, _convert(found, route.converters)
+            params = _convert(found, route.converters) if found is not None else None
+            if params is not None:
+                return route.handler, params
         return None, {}
 
     def prefork_application(self) -> NativeApplication:
@@ -408,10 +410,15 @@ class App:
         return NativeApplication(self)
 
 
-def _convert(found: re.Match[str], converters: tuple[tuple[str, str], ...]) -> dict[str, Any]:
+def _convert(found: re.Match[str], converters: tuple[tuple[str, str], ...]) -> dict[str, Any] | None:
+    """The captured values, converted; None when an ``int`` value has more digits than
+    ``int()`` accepts (4,300 by default): the path then does not match this route (404)."""
     # The path was percent-decoded once before matching; decoding again would turn
     # "%2541" into "A" and let "%252e%252e" become "..".
-    return {name: int(found[name]) if kind == "int" else found[name] for name, kind in converters}
+    try:
+        return {name: int(found[name]) if kind == "int" else found[name] for name, kind in converters}
+    except ValueError:
+        return None
 
 
 class NativeApplication:

@@ -131,6 +131,20 @@ def test_not_found_and_int_converter_rejects_text(app: App) -> None:
     assert body_of(call(app, "GET", "/nope")) == b"404 Not Found\n"
 
 
+def test_int_converter_with_more_digits_than_int_accepts_is_404(app: App) -> None:
+    """Python's int() refuses over 4,300 digits: such a path matches no int route (404, not 500)."""
+    huge = "9" * 5000
+    assert call(app, "GET", f"/items/{huge}").status == 404
+    assert call(app, "DELETE", f"/items/{huge}").status == 404
+    assert call(app, "PUT", f"/items/{huge}").status == 404  # not 405: the route does not match
+    assert call(app, "GET", "/items/" + "0" * 4999 + "7").status == 404  # the limit counts digits
+    assert json.loads(body_of(call(app, "GET", "/items/" + "0" * 99 + "7"))) == {"n": 7, "method": "GET"}
+    ws = App()
+    ws.websocket("/ws/<int:room>")(type("Room", (), {}))
+    assert ws.match_websocket("/ws/" + huge) == (None, {})
+    assert ws.match_websocket("/ws/12")[1] == {"room": 12}
+
+
 def test_method_not_allowed_lists_allow(app: App) -> None:
     resp = call(app, "PUT", "/items/1")
     assert resp.status == 405

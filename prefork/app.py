@@ -33,6 +33,7 @@ from prefork import broadcast
 from prefork.forms import FormData, MultiDict, UploadedFile
 from prefork.handlers import CompleteRequest, FileBody, ResponseStream
 from prefork.http.events import Request as RequestHead
+from prefork.mediatype import essence, is_form_data
 
 __all__ = ["App", "HTTPError", "NativeApplication", "Request", "Response", "MAX_MEMORY_BODY"]
 
@@ -112,7 +113,13 @@ class Request:
     @property
     def content_type(self) -> str:
         """The media type of the body, lower-cased, without parameters."""
-        return self.headers.get("content-type").partition(";")[0].strip().lower()
+        return essence(self.headers.get("content-type"))
+
+    @property
+    def is_form(self) -> bool:
+        """Whether the body is ``multipart/form-data``: then it was parsed into ``form``
+        and ``files`` while it arrived, and ``body`` is empty (``prefork.mediatype``)."""
+        return is_form_data(self.headers.get("content-type"))
 
     def _read_small_body(self) -> bytes:
         if self.content_length > MAX_MEMORY_BODY:
@@ -429,8 +436,7 @@ class NativeApplication:
 
     def wants_form(self, head: RequestHead) -> bool:
         """Whether this request's multipart body should be parsed while it arrives."""
-        content_type = head.headers.get(b"content-type") or b""
-        if not content_type.lower().startswith(b"multipart/form-data"):
+        if not is_form_data(head.headers.get(b"content-type")):
             return False
         route, _, _ = self.app.match(_decode_path(head.path), head.method.decode("latin-1"))
         return route is not None

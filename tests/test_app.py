@@ -192,6 +192,31 @@ def test_form_ignores_other_content_types(app: App) -> None:
     assert json.loads(body_of(resp)) == {}
 
 
+@pytest.mark.parametrize(("content_type", "form"), [
+    ("multipart/form-data; boundary=x", True),
+    ("Multipart/Form-Data ; boundary=x", True),
+    ("MULTIPART/FORM-DATA\t;boundary=x", True),
+    ("multipart/form-data", True),
+    ("multipart/form-datax; boundary=x", False),
+    ("multipart/form-data-x; boundary=x", False),
+    ("multipart/form-data\xa0; boundary=x", False),
+    ("multipart/mixed; boundary=x", False),
+    ("text/plain; x=multipart/form-data", False),
+    ("", False),
+])
+def test_one_decision_on_what_is_a_form(app: App, content_type: str, form: bool) -> None:
+    """The sink choice (wants_form) and the handler's view (Request.is_form) agree: a
+    ``multipart/form-datax`` body is a raw body for both (RFC 9110 §8.3.1 media type)."""
+    native = app.prefork_application()
+    head = RequestHead(b"POST", b"/form", b"1.1", Headers([(b"content-type", content_type.encode("latin-1"))]),
+                       keep_alive=True, expects_continue=False, upgrade=None, content_length=1, chunked=False)
+    assert native.wants_form(head) is form
+    complete = CompleteRequest(head, io.BytesIO(b"x"), 1, Headers([]), ("127.0.0.1", 5000), ("127.0.0.1", 8000))
+    request = Request(complete, {})
+    assert request.is_form is form
+    assert (request.content_type == "multipart/form-data") is form
+
+
 def test_query_args(app: App) -> None:
     resp = call(app, "GET", "/query?x=1&x=2&y=%20z&flag")
     assert json.loads(body_of(resp)) == {"x": ["1", "2"], "y": [" z"], "flag": [""]}

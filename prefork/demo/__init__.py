@@ -128,7 +128,7 @@ def upload(request: Request) -> Response:
     or a percent-encoded ``X-Filename`` header. Answers 201 with JSON for scripts
     and ``Accept: application/json``; a plain HTML form gets 303 back to ``/``.
     """
-    if request.content_type == "multipart/form-data":
+    if request.is_form:
         parts = [f for _, f in request.files.items() if f.filename or f.size]
         if not parts:
             raise HTTPError(400, "no file in the form")
@@ -139,7 +139,7 @@ def upload(request: Request) -> Response:
         filename = request.args.get("filename") or unquote(request.headers.get("x-filename"))
         saved = [store.save_stream(request.body, filename, request.headers.get("content-type"))]
     _announce(saved)
-    if request.content_type == "multipart/form-data" and not _wants_json(request):
+    if request.is_form and not _wants_json(request):
         return Response.redirect("/", 303)
     return Response.json({"files": [entry.to_dict() for entry in saved]}, 201)
 

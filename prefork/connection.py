@@ -287,9 +287,10 @@ class Connection:
                             spool_dir=self.settings.staging_dir,
                             max_size=self.settings.http_limits.max_body_size,
                             max_file_size=self.settings.max_file_size, budget=slot, on_disk_bytes=on_disk,
-                            checksum=self.settings.checksum)
+                            checksum=self.settings.checksum, min_free_disk=self.settings.min_free_disk)
         return BodySpool(self.settings.memory_threshold, max_size=self.settings.http_limits.max_body_size,
-                         dir=self.settings.staging_dir, budget=slot, on_disk_bytes=on_disk)
+                         dir=self.settings.staging_dir, budget=slot, on_disk_bytes=on_disk,
+                         min_free_disk=self.settings.min_free_disk)
 
     def _check_free_disk(self, declared: int | None) -> None:
         if declared is None or declared <= self.settings.memory_threshold or not self.settings.min_free_disk:

@@ -162,6 +162,7 @@ class FormParser:
         budget: the worker's global RAM budget, handed to each spool.
         on_disk_bytes: staging-bytes accounting callback, handed to each spool.
         checksum: compute each file's SHA-256 while it arrives.
+        min_free_disk: bytes that must stay free in ``spool_dir`` while files grow there (507).
     """
 
     def __init__(
@@ -176,10 +177,11 @@ class FormParser:
         budget: MemoryBudget | None = None,
         on_disk_bytes: Callable[[int], None] | None = None,
         checksum: bool = True,
+        min_free_disk: int = 0,
     ) -> None:
         self._parser = MultipartParser(boundary, limits, zero_copy=True)
         self._limits = limits
-        self._spool_args = (spool_threshold, max_file_size, spool_dir, budget, on_disk_bytes)
+        self._spool_args = (spool_threshold, max_file_size, spool_dir, budget, on_disk_bytes, min_free_disk)
         self._checksum = checksum
         self._charset = charset
         self._raw_fields: list[tuple[str, bytearray, str | None]] = []
@@ -242,9 +244,10 @@ class FormParser:
         if start.filename is None:
             self._field = bytearray()
             return
-        threshold, max_size, spool_dir, budget, on_disk = self._spool_args
+        threshold, max_size, spool_dir, budget, on_disk, min_free_disk = self._spool_args
         self._spool = BodySpool(threshold, max_size=max_size, dir=spool_dir, budget=budget,
-                                on_disk_bytes=on_disk, checksum=self._checksum, write_behind=True)
+                                on_disk_bytes=on_disk, checksum=self._checksum, min_free_disk=min_free_disk,
+                                write_behind=True)
 
     def _on_data(self, data: bytes | memoryview) -> None:
         if self._spool is not None:
@@ -326,16 +329,17 @@ class FormSink:
         budget: the worker's global RAM budget.
         on_disk_bytes: staging-bytes accounting callback.
         checksum: compute each file's SHA-256 while it arrives.
+        min_free_disk: bytes that must stay free in ``spool_dir`` while files grow there (507).
     """
 
     def __init__(self, content_type: bytes, *, limits: FormLimits, spool_threshold: int,
                  spool_dir: str | None, max_size: int | None = None, max_file_size: int | None = None,
-                 budget: MemoryBudget | None = None,
-                 on_disk_bytes: Callable[[int], None] | None = None, checksum: bool = True) -> None:
+                 budget: MemoryBudget | None = None, on_disk_bytes: Callable[[int], None] | None = None,
+                 checksum: bool = True, min_free_disk: int = 0) -> None:
         self._parser = FormParser(parse_boundary(content_type), limits=limits,
                                   spool_threshold=spool_threshold, spool_dir=spool_dir,
                                   max_file_size=max_file_size, budget=budget, on_disk_bytes=on_disk_bytes,
-                                  checksum=checksum)
+                                  checksum=checksum, min_free_disk=min_free_disk)
         self._max_size = max_size
         self.size = 0
         self.form: FormData | None = None

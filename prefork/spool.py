@@ -17,7 +17,8 @@ no copy); across filesystems copy into an unnamed or temporary file in the
 destination directory and link that into place.
 
 Disk full (ENOSPC/EDQUOT) raises ``InsufficientStorage`` (507) and removes the
-partial file; exceeding ``max_size`` raises ``BodyTooLarge`` (413).
+partial file, and so does growing past ``min_free_disk`` (``diskspace.FreeSpaceGuard``,
+checked before the bytes are written); exceeding ``max_size`` raises ``BodyTooLarge`` (413).
 """
 
 from __future__ import annotations
@@ -28,11 +29,11 @@ import errno
 import hashlib
 import io
 import os
-import secrets
 import tempfile
 from collections.abc import Callable, Iterator
 from typing import Any, Protocol
 
+from prefork.diskspace import FreeSpaceGuard, remove_stale_files, staging_name
 from prefork.errors import BodyTooLarge, InsufficientStorage
 from prefork.rambuffer import RamBuffer
 from prefork.writebehind import WriteBehind
@@ -61,38 +62,6 @@ class MemoryBudget(Protocol):
     def release(self, nbytes: int) -> None:
         """Give back ``nbytes`` previously reserved."""
         ...
-
-
-def _staging_name(pid: int | None = None) -> str:
-    return f"prefork-{os.getpid() if pid is None else pid}-{secrets.token_hex(8)}.part"
-
-
-def remove_stale_files(dir: str | os.PathLike[str], pid: int) -> int:
-    """Remove the named staging files a dead worker left behind.
-
-    Only the fallback (named) files can survive a SIGKILL; O_TMPFILE files
-    vanish with the last descriptor. The master calls this before respawning.
-
-    Args:
-        dir: the staging directory.
-        pid: the PID of the worker that died.
-
-    Returns:
-        The number of files removed.
-    """
-    prefix, removed = f"prefork-{pid}-", 0
-    try:
-        entries = list(os.scandir(dir))
-    except OSError:  # the directory is gone or unreadable: nothing of ours to remove there
-        return 0
-    for entry in entries:
-        if entry.name.startswith(prefix) and entry.name.endswith(".part"):
-            try:
-                os.unlink(entry.path)
-                removed += 1
-            except FileNotFoundError:
-                pass
-    return removed
 
 
 def _link_empty_path(fd: int, dest: str) -> None:
@@ -124,6 +93,7 @@ class BodySpool(io.RawIOBase):
         on_disk_bytes: called with the change in bytes staged on disk: positive
             on each file write, negative once when the file is released.
         checksum: compute the body's SHA-256 while it is written (see ``sha256``).
+        min_free_disk: bytes that must stay free under ``dir`` as the file grows (507).
         write_behind: once on disk, write (and hash) large chunks on the helper
             thread of ``prefork.writebehind``; worth it when the caller parses
             the bytes or ``checksum`` is on.
@@ -138,6 +108,7 @@ class BodySpool(io.RawIOBase):
         budget: MemoryBudget | None = None,
         on_disk_bytes: Callable[[int], None] | None = None,
         checksum: bool = False,
+        min_free_disk: int = 0,
         write_behind: bool = False,
     ) -> None:
         super().__init__()
@@ -146,6 +117,7 @@ class BodySpool(io.RawIOBase):
         self._dir = os.fspath(dir) if dir is not None else tempfile.gettempdir()
         self._budget = budget
         self._on_disk = on_disk_bytes
+        self._guard = FreeSpaceGuard(self._dir, min_free_disk) if min_free_disk else None
         self._ram: RamBuffer | None = RamBuffer(threshold)
         self._reserved = 0
         self._fd: int | None = None
@@ -258,7 +230,10 @@ class BodySpool(io.RawIOBase):
             raise BodyTooLarge(f"body of {self._size + n} bytes exceeds limit of {self._max_size} bytes")
         if n == 0:
             return 0
-        if self._ram is not None and not self._keep_in_ram(n):
+        to_disk = self._ram is None or not self._keep_in_ram(n)
+        if to_disk and self._guard is not None:
+            self._check_free_disk(n)
+        if self._ram is not None and to_disk:
             self._spill()
         if self._ram is not None:
             self._ram.append(data)
@@ -268,6 +243,16 @@ class BodySpool(io.RawIOBase):
             self._file_write(data, n)
         self._size += n
         return n
+
+    def _check_free_disk(self, n: int) -> None:
+        """Before ``n`` more bytes (and the RAM bytes, when spilling) go to disk: 507
+        if they would leave less than ``min_free_disk`` free; the file goes."""
+        assert self._guard is not None
+        try:
+            self._guard.check(self._disk_bytes, n if self._ram is None else self._size + n)
+        except InsufficientStorage:
+            self._drop_file()
+            raise
 
     def _keep_in_ram(self, n: int) -> bool:
         """Whether ``n`` more bytes may stay in RAM; reserves the memory they need."""
@@ -346,7 +331,7 @@ class BodySpool(io.RawIOBase):
 
     @staticmethod
     def _open_named(dir: str) -> tuple[int, str | None]:
-        path = os.path.join(dir, _staging_name())
+        path = os.path.join(dir, staging_name())
         return os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600), path
 
     def _link(self, src: str, dest: str) -> None:

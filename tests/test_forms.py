@@ -252,3 +252,16 @@ def test_repeated_parameters_are_400_and_leave_nothing_on_disk(tmp_path: Path, d
                 parser.feed(piece)
             parser.feed(b"")
         assert os.listdir(tmp_path) == []
+
+
+def test_file_parts_growing_past_min_free_disk_are_507_in_every_split(tmp_path: Path) -> None:
+    """Each file part is checked as it goes to disk (issue 12): no disk has 1000 TiB free."""
+    body = _body(_part("small", b"in RAM", "s.txt"), _part("big", BIG, "big.bin"))
+    for pieces in _feed_variants(body):
+        parser = _parser(tmp_path, min_free_disk=1000 << 40)
+        with pytest.raises(InsufficientStorage, match=r"^not enough disk space to keep staging a body in "):
+            for piece in pieces:
+                parser.feed(piece)
+        assert os.listdir(tmp_path) == []
+    with _parse(tmp_path, [_body(_part("small", b"in RAM", "s.txt"))], min_free_disk=1000 << 40) as form:
+        assert form.files["small"].open().read() == b"in RAM"

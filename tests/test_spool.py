@@ -333,3 +333,59 @@ def test_real_full_filesystem_and_real_cross_fs_move(tiny_tmpfs: Path, tmp_path:
     src.close()
     assert (tiny_tmpfs / "moved.bin").read_bytes() == DATA
     assert os.listdir(tiny_tmpfs) == ["moved.bin"] and not [p for p in os.listdir(tmp_path) if p != "tiny"]
+
+
+class _ShrinkingDisk:
+    """Stands in for statvfs: ``free`` bytes less what the spools under test wrote."""
+
+    def __init__(self, free: int) -> None:
+        self.free, self.written, self.calls = free, 0, 0
+
+    def __call__(self, directory: str | None) -> int:
+        self.calls += 1
+        return self.free - self.written
+
+
+@pytest.mark.parametrize("cls", [BodySpool, NamedSpool])
+def test_min_free_disk_is_kept_as_a_body_grows(tmp_path: Path, cls: type[BodySpool],
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """A body of unknown length: free space is checked when it goes to disk, then every
+    CHECK_STEP bytes (not per write); once the next bytes would leave less than
+    min_free_disk, 507 and the staging file is gone (issue 12)."""
+    from prefork import diskspace
+
+    MiB = 1 << 20
+    disk = _ShrinkingDisk(free=100 * MiB)
+    monkeypatch.setattr(diskspace, "free_bytes", disk)
+    deltas: list[int] = []
+    s = cls(64 * 1024, dir=tmp_path, min_free_disk=90 * MiB, on_disk_bytes=deltas.append)
+    chunk = b"z" * (16 * 1024)
+    s.write(chunk)
+    assert disk.calls == 0  # in RAM: nothing to check
+    with pytest.raises(InsufficientStorage) as info:
+        while True:
+            s.write(chunk)
+            disk.written += len(chunk)
+    assert info.value.status == 507
+    staged = s.size
+    assert 10 * MiB - diskspace.CHECK_STEP < staged <= 10 * MiB + diskspace.CHECK_STEP  # overshoot < one step
+    assert disk.calls <= staged // diskspace.CHECK_STEP + 2  # about one statvfs per MiB, not per write
+    assert str(info.value) == (
+        f"not enough disk space to keep staging a body in {tmp_path}: {disk.free - disk.written} bytes free "
+        f"with {staged} bytes staged, and [staging] min_free_disk = {90 * MiB} bytes must stay free")
+    assert os.listdir(tmp_path) == [] and sum(deltas) == 0
+    s.close()
+
+
+def test_min_free_disk_refuses_the_spill_itself(tmp_path: Path) -> None:
+    """No disk has 1000 TiB free: the first byte that would go to disk is refused."""
+    s = NamedSpool(100, dir=tmp_path, min_free_disk=1000 << 40)
+    s.write(b"a" * 100)  # RAM: fine
+    with pytest.raises(InsufficientStorage, match=r"^not enough disk space to keep staging a body in .* "
+                                                  r"with 0 bytes staged, and \[staging\] min_free_disk = "):
+        s.write(b"b")
+    assert os.listdir(tmp_path) == []
+    s.close()
+    with BodySpool(100, dir=tmp_path, min_free_disk=1) as ok:  # any real disk has a byte free
+        ok.write(b"c" * 5000)
+        assert not ok.in_memory

@@ -22,7 +22,8 @@ import time
 from collections.abc import Callable
 from typing import IO
 
-from prefork.diskspace import check_free_disk, storage_error
+from prefork.body_sinks import open_sink
+from prefork.diskspace import storage_error
 from prefork.errors import IncompleteBody, ProtocolError, RequestTimeout
 from prefork.handlers import CompleteRequest, ResponseStream
 from prefork.http.events import ConnectionClosed, Data, EndOfMessage, Request, Signal
@@ -268,8 +269,7 @@ class Connection:
         declared = head.content_length
         has_body = head.chunked or bool(declared)
         if has_body:
-            self._check_free_disk(declared)
-            self.sink = self._make_sink(head)
+            self.sink = open_sink(head, self.settings, self.loop.slot, self.loop.wants_form(head))
             if declared is None or declared > self.settings.memory_threshold:
                 self._track_upload(head, declared)
             if head.expects_continue and head.http_version == b"1.1":
@@ -277,25 +277,6 @@ class Connection:
         self.stage = Stage.BODY
         self.deadline = self.started + self.settings.body_rate_window
         self.window_start = self.started
-
-    def _make_sink(self, head: Request) -> BodySpool | FormSink:
-        slot = self.loop.slot
-        on_disk = slot.add_staged_disk if slot is not None else None
-        if self.loop.wants_form(head):
-            return FormSink(head.headers.get(b"content-type") or b"", limits=self.settings.form_limits,
-                            spool_threshold=self.settings.memory_threshold,
-                            spool_dir=self.settings.staging_dir,
-                            max_size=self.settings.http_limits.max_body_size,
-                            max_file_size=self.settings.max_file_size, budget=slot, on_disk_bytes=on_disk,
-                            checksum=self.settings.checksum, min_free_disk=self.settings.min_free_disk)
-        return BodySpool(self.settings.memory_threshold, max_size=self.settings.http_limits.max_body_size,
-                         dir=self.settings.staging_dir, budget=slot, on_disk_bytes=on_disk,
-                         min_free_disk=self.settings.min_free_disk)
-
-    def _check_free_disk(self, declared: int | None) -> None:
-        if declared is None or declared <= self.settings.memory_threshold or not self.settings.min_free_disk:
-            return
-        check_free_disk(self.settings.staging_dir, declared, self.settings.min_free_disk)
 
     def _track_upload(self, head: Request, declared: int | None) -> None:
         if self.loop.slot is not None:

@@ -96,6 +96,12 @@ class InsufficientStorage(ProtocolError):
     status = 507
 
 
+class ServiceUnavailable(ProtocolError):
+    """The server cannot take the request now (503): the shared staging RAM is taken."""
+
+    status = 503
+
+
 class MultipartError(BadRequest):
     """A malformed multipart/form-data body (400)."""
 

@@ -24,7 +24,7 @@ import os
 from collections.abc import Callable, Iterator
 from typing import BinaryIO, Generic, TypeVar, cast
 
-from prefork.errors import BodyTooLarge, MultipartError
+from prefork.errors import BodyTooLarge, MultipartError, ServiceUnavailable
 from prefork.limits import FormLimits
 from prefork.multipart import MultipartParser, PartData, PartEnd, PartStart, parse_boundary, parse_options_header
 from prefork.spool import BodySpool, MemoryBudget
@@ -190,6 +190,7 @@ class FormParser:
         self._field: bytearray | None = None
         self._spool: BodySpool | None = None
         self._done = False
+        self._fields_size = 0  # bytes of every text field so far, reserved from the RAM budget
 
     def feed(self, data: bytes | bytearray | memoryview) -> None:
         """Feed body bytes; ``b""`` marks the end of the body.
@@ -230,6 +231,14 @@ class FormParser:
             self._files = MultiDict()
         self._raw_fields.clear()
         self._field = None
+        self.release()
+
+    def release(self) -> None:
+        """Give the text fields' share of the RAM budget back (the request is over); idempotent."""
+        budget = self._spool_args[3]
+        if self._fields_size and budget is not None:
+            budget.release(self._fields_size)
+        self._fields_size = 0
 
     def _handle(self, event: PartStart | PartData | PartEnd) -> None:
         if type(event) is PartData:
@@ -254,10 +263,16 @@ class FormParser:
             self._spool.write(data)
             return
         assert self._field is not None and self._start is not None
-        if len(self._field) + len(data) > self._limits.max_field_size:
-            raise BodyTooLarge(
-                f"form field {self._start.name!r} exceeds limit of {self._limits.max_field_size} bytes"
-            )
+        limits = self._limits
+        if len(self._field) + len(data) > limits.max_field_size:
+            raise BodyTooLarge(f"form field {self._start.name!r} exceeds limit of {limits.max_field_size} bytes")
+        if self._fields_size + len(data) > limits.max_fields_total:
+            raise BodyTooLarge(f"form text fields exceed the limit of {limits.max_fields_total} bytes in total")
+        # Text fields stay in RAM until the request ends, so they count in the shared budget.
+        budget = self._spool_args[3]
+        if budget is not None and not budget.try_reserve(len(data)):
+            raise ServiceUnavailable("the staging memory budget is taken: form text fields cannot be held")
+        self._fields_size += len(data)
         self._field += data
 
     def _on_end(self) -> None:
@@ -362,5 +377,6 @@ class FormSink:
         """Remove every upload that was not saved."""
         if self.form is not None:
             self.form.close()
+            self._parser.release()
         else:
             self._parser.abort()

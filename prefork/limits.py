@@ -45,13 +45,16 @@ class FormLimits:
         max_parts: parts in one body (defnull/multipart: 128 by default; forms with
             many files exist, so 1000) -> 413.
         max_part_header_bytes: header block of one part (defnull/multipart: 8 KiB) -> 431.
-        max_field_size: a non-file field held in RAM (Werkzeug max_form_memory_size
-            is 500 KB) -> 413.
+        max_field_size: a non-file field held in RAM -> 413.
+        max_fields_total: all non-file fields of one form together (Werkzeug's
+            max_form_memory_size is 500 KB, Django's DATA_UPLOAD_MAX_MEMORY_SIZE
+            2.5 MB); without it 1000 parts of 1 MiB each would be 1 GiB -> 413.
     """
 
     max_parts: int = 1000
     max_part_header_bytes: int = 16 * KiB
     max_field_size: int = 1 * MiB
+    max_fields_total: int = 8 * MiB
 
 
 @dataclass(frozen=True, slots=True)

@@ -265,3 +265,54 @@ def test_file_parts_growing_past_min_free_disk_are_507_in_every_split(tmp_path: 
         assert os.listdir(tmp_path) == []
     with _parse(tmp_path, [_body(_part("small", b"in RAM", "s.txt"))], min_free_disk=1000 << 40) as form:
         assert form.files["small"].open().read() == b"in RAM"
+
+
+class _CappedBudget:
+    """A RAM budget of ``capacity`` bytes, like the scoreboard's."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self.used = 0
+
+    def try_reserve(self, nbytes: int) -> bool:
+        if self.used + nbytes > self.capacity:
+            return False
+        self.used += nbytes
+        return True
+
+    def release(self, nbytes: int) -> None:
+        self.used -= nbytes
+
+
+def test_text_fields_over_their_total_are_413_in_every_split(tmp_path: Path) -> None:
+    body = _body(_part("a", b"0123456789"), _part("f", BIG, "keep.bin"), _part("b", b"0123456789"),
+                 _part("c", b"0123456789"))
+    for pieces in _feed_variants(body):
+        budget = _CappedBudget(1 << 30)
+        parser = _parser(tmp_path, limits=FormLimits(max_field_size=10, max_fields_total=25), spool_threshold=0,
+                         budget=budget)
+        with pytest.raises(BodyTooLarge) as info:
+            for piece in pieces:
+                parser.feed(piece)
+        assert str(info.value) == "form text fields exceed the limit of 25 bytes in total"
+        assert info.value.status == 413
+        assert os.listdir(tmp_path) == [] and budget.used == 0
+
+
+def test_text_fields_count_in_the_ram_budget(tmp_path: Path) -> None:
+    from prefork.errors import ServiceUnavailable
+    from prefork.forms import FormSink
+
+    content_type = b"multipart/form-data; boundary=" + B
+    sink_args: dict[str, object] = {"limits": FormLimits(), "spool_threshold": 0, "spool_dir": str(tmp_path)}
+    budget = _CappedBudget(1000)
+    sink = FormSink(content_type, budget=budget, **sink_args)  # type: ignore[arg-type]
+    sink.write(_body(_part("a", b"x" * 600), _part("b", b"y" * 300)))
+    form = sink.seal()
+    assert form.fields["a"] == "x" * 600 and budget.used == 900, "held text fields are reserved"
+    with pytest.raises(ServiceUnavailable) as info:
+        other = FormSink(content_type, budget=budget, **sink_args)  # type: ignore[arg-type]
+        other.write(_body(_part("c", b"z" * 200)))
+    assert info.value.status == 503 and budget.used == 900, "a refused request keeps nothing"
+    sink.close()
+    assert budget.used == 0, "the request is over: its fields' share is back"

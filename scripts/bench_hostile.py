@@ -346,7 +346,7 @@ def _get_time(results: Results, name: str, metric: str, plan: Plan) -> str:
     value = median(results, name, "idle", metric)
     if median(results, name, "idle", "timeouts") >= 0.5 and (metric == "get_max_s" or value >= plan.cap):
         return f"timeout (> {plan.cap:g} s)"
-    return fmt(value, "s")
+    return fmt(value * 1e3, "ms") if value < 1 else fmt(value, "s")
 
 
 def table_rows(results: Results, plan: Plan) -> list[list[str]]:

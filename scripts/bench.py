@@ -1318,6 +1318,13 @@ def scenario_reload(args: argparse.Namespace, ws: Workspace) -> list[SummaryRow]
     return run(args, ws)
 
 
+def scenario_hostile(args: argparse.Namespace, ws: Workspace) -> list[SummaryRow]:
+    """A pipelining flood and 10,000 idle connections vs gunicorn and granian (``bench_hostile``)."""
+    from bench_hostile import scenario_hostile as run
+
+    return run(args, ws)
+
+
 # --------------------------------------------------------------------------- CLI
 
 
@@ -1347,6 +1354,7 @@ SCENARIOS: dict[str, Callable[[argparse.Namespace, Workspace], list[SummaryRow]]
     "concurrent": scenario_concurrent,
     "memory": scenario_memory,
     "slow": scenario_slow,
+    "hostile": scenario_hostile,
     "ws": scenario_ws,
     "reload": scenario_reload,
 }
@@ -1373,6 +1381,7 @@ def build_parser() -> argparse.ArgumentParser:
                             ("concurrent", "20 concurrent 50 MiB multipart uploads vs gunicorn + Flask"),
                             ("memory", "Σ worker RSS, 40 concurrent 50 MiB uploads, memory_budget 64/256 MiB"),
                             ("slow", "hello req/s with 500 slowloris + 50 slow-body clients vs none"),
+                            ("hostile", "pipelining flood that never reads; 10,000 idle connections; vs peers"),
                             ("ws", "WebSocket echo msg/s and MiB/s vs the websockets library"),
                             ("reload", "failed requests under keep-alive load during 16 reload signals "
                                        "and max_requests recycling, vs gunicorn gthread"),

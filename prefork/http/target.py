@@ -34,7 +34,10 @@ _VERSIONS = {b"HTTP/1.1": b"1.1", b"HTTP/1.0": b"1.0"}
 # is how a field becomes a list -- one hop might route on "a" of "a,b" and the
 # next on "b". IPv4address needs no branch of its own: every dotted quad is
 # also a reg-name (RFC 3986 §3.2.2 "first-match-wins" only names it).
-_REG_NAME = rb"(?:[A-Za-z0-9\-._~!$&'()*+;=]|%[0-9A-Fa-f]{2})*"
+# Written as runs of plain characters between pct-encodings ("unrolled"), which
+# the regex engine matches several times faster than a per-byte alternation.
+_REG_CHARS = rb"[A-Za-z0-9\-._~!$&'()*+;=]*"
+_REG_NAME = _REG_CHARS + rb"(?:%[0-9A-Fa-f]{2}" + _REG_CHARS + rb")*"
 # IP-literal = "[" ( IPv6address / IPvFuture ) "]". The bracket's content is
 # checked by ``ipaddress``; IPvFuture ("v1.x") is refused, as RFC 3986 §3.2.2
 # lets an application that knows no such version do. No zone identifier ("%"):
@@ -43,7 +46,7 @@ _REG_NAME = rb"(?:[A-Za-z0-9\-._~!$&'()*+;=]|%[0-9A-Fa-f]{2})*"
 # means the scheme's default (RFC 9110 §4.2.3 "an empty port component is
 # equivalent to the default port"), so "example.com:" is accepted; a port of
 # more than 5 digits or above 65535 names no TCP port and is refused.
-_HOST = re.compile(rb"(?:\[([0-9A-Fa-f:.]+)\]|" + _REG_NAME + rb")(?::([0-9]*))?")
+_HOST = re.compile(rb"(?:\[([0-9A-Fa-f:.]+)\]|" + _REG_NAME + rb")(?::([0-9]{0,5}))?")
 # authority = [ userinfo "@" ] host [ ":" port ]                (RFC 3986 §3.2)
 # userinfo = *( unreserved / pct-encoded / sub-delims / ":" ); it holds no "@",
 # so the authority splits unambiguously at the only "@" it may have.
@@ -62,9 +65,9 @@ def _valid_host(value: bytes, *, need_port: bool = False) -> bool:
             ipaddress.IPv6Address(literal.decode("ascii"))
         except ValueError:
             return False
-    if port is None:
+    if not port:  # none, or empty (the default port)
         return not need_port
-    return not (len(port) > 5 or (port and int(port) > 65535) or (need_port and not port))
+    return len(port) < 5 or int(port) <= 65535
 
 
 def _empty_host(value: bytes) -> bool:

@@ -2,10 +2,13 @@
 
 Strategy: bytes go into one ``ReceiveBuffer``; ``next_event`` turns them into
 events. The head is found with two ``find`` calls that resume where the last
-attempt stopped (the request line's CRLF, then the blank line), so a head
+attempt stopped (the request line's LF, then the blank line), so a head
 trickled one byte at a time costs O(n) in total, and every limit is checked
 against the unterminated bytes as they arrive (414/431 before the terminator).
-The request line is validated as soon as it is complete; the header block is
+Each check reports what a byte-by-byte reader would meet first (a line ends at
+its first LF; a bare LF within a limit beats the limit), so the answer never
+depends on how the input was split into reads. The request line is validated
+as soon as it is complete (``target.parse_request_line``); the header block is
 validated and split by one regex pass (``headers.parse_fields``). Bodies are
 read by small reader objects, ``ContentLengthReader`` and ``ChunkedReader``,
 that return an event, None ("need data") or raise, as in h11's

@@ -13,7 +13,6 @@ import re
 
 __all__ = [
     "ABSOLUTE_FORM",
-    "AUTHORITY_FORM",
     "CHUNK_LINE",
     "FIELD_LINE",
     "FIELD_NAME",
@@ -76,8 +75,7 @@ ABSOLUTE_FORM = re.compile(
     rb"[A-Za-z][A-Za-z0-9+\-.]*://" + _AUTHORITY + rb"(/[^?#]*)?(?:\?([^#]*))?(?:#.*)?",
     re.DOTALL,
 )
-# authority-form = uri-host ":" port, only for CONNECT (RFC 9112 §3.2.3).
-AUTHORITY_FORM = re.compile(rb"(?:\[[0-9A-Fa-f:.vV]+\]|[" + _UNRESERVED_SUB + rb"]+):[0-9]+")
+# authority-form (CONNECT, RFC 9112 §3.2.3) and every host: see http/target.py.
 
 # chunk          = chunk-size [ chunk-ext ] CRLF chunk-data CRLF (RFC 9112 §7.1)
 # chunk-size     = 1*HEXDIG

@@ -36,7 +36,9 @@ class Request:
         method: the method token, case kept.
         target: the request-target as received.
         http_version: ``b"1.1"`` or ``b"1.0"``.
-        headers: the header fields as received.
+        headers: the header fields as received, except that for an
+            absolute-form target Host holds the target's host (RFC 9112
+            §3.2.2: it replaces the received Host; added if there was none).
         keep_alive: whether the connection may persist after this request.
         expects_continue: ``Expect: 100-continue`` on an HTTP/1.1 request.
         upgrade: lower-cased first Upgrade protocol when Connection has the

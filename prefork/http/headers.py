@@ -18,10 +18,12 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 
+from prefork.buffer import ReceiveBuffer
 from prefork.errors import BadRequest, HeadersTooLarge, NotImplementedCoding, describe
 from prefork.http.abnf import FIELD_LINE, FIELD_NAME, FIELD_VALUE
+from prefork.http.target import check_host
 
-__all__ = ["EMPTY_HEADERS", "Framing", "Headers", "decide_framing", "parse_fields"]
+__all__ = ["EMPTY_HEADERS", "Framing", "Headers", "check_line_ends", "decide_framing", "parse_fields"]
 
 Pair = tuple[bytes, bytes]
 # (content_length, chunked, keep_alive, expects_continue, upgrade)
@@ -141,6 +143,29 @@ def parse_fields(data: bytes, pos: int, end: int, max_count: int) -> list[Pair]:
     return pairs
 
 
+def check_line_ends(buf: ReceiveBuffer, start: int, scan: int, stop: int, max_count: int) -> None:
+    """Reject a field block still arriving as soon as a line in it ends in bare LF.
+
+    Only ``buf[scan:stop]`` is new since the last call: each LF there must
+    follow a CR, and counting both keeps the check O(new bytes) and loop-free.
+    On a mismatch the lines so far are parsed, so the error names the first bad
+    line, exactly as parsing the finished block would.
+
+    Args:
+        buf: the receive buffer.
+        start: offset of the block's first field line (after an LF, or 0).
+        scan: where the bytes not yet checked begin.
+        stop: where to stop checking.
+        max_count: most fields allowed (passed on to ``parse_fields``).
+
+    Raises:
+        BadRequest: a line ends in bare LF (or an earlier line is malformed).
+    """
+    scan = max(scan, start)
+    if scan < stop and buf.count(b"\n", scan, stop) != buf.count(b"\r\n", max(scan - 1, start), stop):
+        parse_fields(b"\n" + buf.peek(start, stop), 1, stop - start + 1, max_count)
+
+
 def _diagnose(block: bytes) -> None:
     """Raise BadRequest naming the first bad line of a block that failed to parse."""
     for line in block.split(b"\n")[:-1]:
@@ -186,7 +211,7 @@ def decide_framing(head: bytes, version: bytes) -> Framing:
         ``content_length`` is None when ``chunked`` is True.
 
     Raises:
-        BadRequest: Host missing or repeated, bad or conflicting framing.
+        BadRequest: Host missing, repeated or invalid; bad or conflicting framing.
         NotImplementedCoding: a transfer coding other than chunked.
     """
     # One C-level pass over the lower-cased head finds the few fields that
@@ -208,7 +233,9 @@ def _framing(found: dict[bytes, list[bytes]], version: bytes) -> Framing:
     hosts = found.get(b"host", ())
     if len(hosts) > 1:
         raise BadRequest(f"multiple Host headers: {describe(b', '.join(hosts))}")
-    if not hosts and version == b"1.1":
+    if hosts:
+        check_host(hosts[0])
+    elif version == b"1.1":
         raise BadRequest("missing Host header")
     tokens = _connection_tokens(found.get(b"connection"))
     if version == b"1.1":

@@ -2,10 +2,13 @@
 
 Strategy: bytes go into one ``ReceiveBuffer``; ``next_event`` turns them into
 events. The head is found with two ``find`` calls that resume where the last
-attempt stopped (the request line's CRLF, then the blank line), so a head
+attempt stopped (the request line's LF, then the blank line), so a head
 trickled one byte at a time costs O(n) in total, and every limit is checked
 against the unterminated bytes as they arrive (414/431 before the terminator).
-The request line is validated as soon as it is complete; the header block is
+Each check reports what a byte-by-byte reader would meet first (a line ends at
+its first LF; a bare LF within a limit beats the limit), so the answer never
+depends on how the input was split into reads. The request line is validated
+as soon as it is complete (``target.parse_request_line``); the header block is
 validated and split by one regex pass (``headers.parse_fields``). Bodies are
 read by small reader objects, ``ContentLengthReader`` and ``ChunkedReader``,
 that return an event, None ("need data") or raise, as in h11's
@@ -27,24 +30,15 @@ from __future__ import annotations
 import enum
 
 from prefork.buffer import ReceiveBuffer
-from prefork.errors import (
-    BadRequest,
-    BodyTooLarge,
-    HeadersTooLarge,
-    IncompleteBody,
-    ProtocolError,
-    UriTooLong,
-    VersionNotSupported,
-    describe,
-)
-from prefork.http.abnf import ABSOLUTE_FORM, AUTHORITY_FORM, CHUNK_LINE, HTTP_VERSION, REQUEST_LINE, TCHAR_BYTES
+from prefork.errors import BadRequest, BodyTooLarge, HeadersTooLarge, IncompleteBody, ProtocolError, UriTooLong, describe
+from prefork.http.abnf import CHUNK_LINE, TCHAR_BYTES
 from prefork.http.events import ConnectionClosed, Data, EndOfMessage, Request, Signal
-from prefork.http.headers import EMPTY_HEADERS, Headers, decide_framing, parse_fields
+from prefork.http.headers import EMPTY_HEADERS, Headers, check_line_ends, decide_framing, parse_fields
+from prefork.http.target import RequestLine, parse_request_line, with_host
 from prefork.limits import HttpLimits
 
 __all__ = ["ChunkedReader", "ContentLengthReader", "ParserState", "RequestParser", "Signal"]
 
-_VERSIONS = {b"HTTP/1.1": b"1.1", b"HTTP/1.0": b"1.0"}
 _END_OF_MESSAGE = EndOfMessage(EMPTY_HEADERS)
 # A chunk size with more significant hex digits than this could not be
 # buffered by anyone; the cap keeps int() bounded (2**60 bytes).
@@ -165,9 +159,14 @@ class ChunkedReader:
                     break
                 self._state = _Chunk.DATA_END
             elif state is _Chunk.DATA_END:
-                if len(buf) < 2:
+                # Reject at the first wrong byte (a bare LF must not wait for a
+                # second byte that may never come) and show just that far.
+                n = len(buf)
+                if n and buf.byte_at(0) != 0x0D:
+                    raise BadRequest(f"chunk data not followed by CRLF: {describe(buf.peek(0, 1))}")
+                if n < 2:
                     break
-                if buf.find(b"\r\n", 0, 2) != 0:
+                if buf.byte_at(1) != 0x0A:
                     raise BadRequest(f"chunk data not followed by CRLF: {describe(buf.peek(0, 2))}")
                 buf.skip(2)
                 self._state = _Chunk.SIZE
@@ -188,17 +187,22 @@ class ChunkedReader:
         return None
 
     def _read_size_line(self, buf: ReceiveBuffer) -> bool:
+        # The line ends at its first LF, which must follow a CR. Judging by the
+        # LF's position alone gives the same answer however the line was split:
+        # "too long" if it lies past the limit, else bare LF or the line itself.
         limit = self._limits.max_chunk_line
-        idx = buf.find(b"\r\n", self._scan)
-        if idx < 0:
+        lf = buf.find(b"\n", self._scan)
+        if lf < 0:
             n = len(buf)
             if n > limit + 1:
                 raise BadRequest(f"chunk size line too long (limit {limit} bytes)")
-            self._scan = max(n - 1, 0)
+            self._scan = n
             return False
-        if idx > limit:
+        if lf > limit + 1:
             raise BadRequest(f"chunk size line too long (limit {limit} bytes)")
-        line = buf.peek(0, idx + 2)
+        line = buf.peek(0, lf + 1)
+        if line[-2:] != b"\r\n":
+            raise BadRequest(f"chunk size line ends in bare LF: {describe(line)}")
         m = CHUNK_LINE.fullmatch(line)
         if m is None:
             raise BadRequest(f"invalid chunk size line: {describe(line[:-2])}")
@@ -210,7 +214,7 @@ class ChunkedReader:
         max_body = self._limits.max_body_size
         if max_body is not None and self._total > max_body:
             raise BodyTooLarge(f"chunked body exceeds the limit of {max_body} bytes")
-        buf.skip(idx + 2)
+        buf.skip(lf + 1)
         self._scan = 0
         if size:
             self._state, self._remaining = _Chunk.DATA, size
@@ -221,20 +225,20 @@ class ChunkedReader:
     def _read_trailers(self, buf: ReceiveBuffer) -> EndOfMessage | None:
         # trailer-section = *( field-line CRLF ) CRLF (RFC 9112 §7.1.2). Trailers
         # are returned apart from the headers; never merged (RFC 9110 §6.5.1).
-        if len(buf) < 2:
-            return None
-        if buf.find(b"\r\n", 0, 2) == 0:
+        n = len(buf)
+        if n >= 2 and buf.find(b"\r\n", 0, 2) == 0:
             buf.skip(2)
             return _END_OF_MESSAGE
         limit = self._limits.max_trailer_bytes
         idx = buf.find(b"\r\n\r\n", self._scan)
-        if idx < 0:
-            if len(buf) > limit + 2:
+        if idx < 0 or idx + 2 > limit:
+            # Unterminated or too large: a bare LF within the limit is what a
+            # byte-by-byte reader would have met first, so it wins over 431.
+            check_line_ends(buf, 0, self._scan, min(n, limit + 2), self._limits.max_header_count)
+            if n > limit + 2:
                 raise HeadersTooLarge(f"trailer block too large (limit {limit} bytes)")
-            self._scan = max(len(buf) - 3, 0)
+            self._scan = max(n - 3, 0)
             return None
-        if idx + 2 > limit:
-            raise HeadersTooLarge(f"trailer block too large (limit {limit} bytes)")
         block = b"\n" + buf.take(idx + 4)  # the LF anchors the first field line
         pairs = parse_fields(block, 1, idx + 3, self._limits.max_header_count)
         return EndOfMessage(Headers(pairs))
@@ -265,7 +269,7 @@ class RequestParser:
         self._reset_head()
 
     def _reset_head(self) -> None:
-        self._line: tuple[bytes, bytes, bytes] | None = None  # method, target, version
+        self._line: RequestLine | None = None  # method, target, version, target's host
         self._line_end = -1  # offset of the request line's CRLF once found
         self._scan = 0  # offset where the next search resumes
         self._skipped_crlf = False
@@ -400,21 +404,21 @@ class RequestParser:
         limits = self._limits
         line_end = self._line_end
         end = buf.find(b"\r\n\r\n", max(self._scan, line_end))
-        if end < 0:
-            self._check_partial_block()
+        if end < 0 or end - line_end > limits.max_header_bytes:
+            self._check_partial_block()  # raises 431 for a complete block that is too large
             if self._eof:
                 raise BadRequest("connection closed in the middle of a request head")
             return None
-        if end - line_end > limits.max_header_bytes:
-            raise HeadersTooLarge(f"header block too large (limit {limits.max_header_bytes} bytes)")
         head = buf.take(end + 4)
         pairs = parse_fields(head, line_end + 2, end + 2, limits.max_header_count) if end > line_end else []
         return self._start_body(head, pairs)
 
     def _start_body(self, head: bytes, pairs: list[tuple[bytes, bytes]]) -> Request:
         assert self._line is not None
-        method, target, version = self._line
+        method, target, version, target_host = self._line
         content_length, chunked, keep_alive, expects, upgrade = decide_framing(head, version)
+        if target_host is not None:
+            pairs = with_host(pairs, target_host)
         max_body = self._limits.max_body_size
         if max_body is not None and content_length is not None and content_length > max_body:
             raise BodyTooLarge(f"declared body of {content_length} bytes exceeds the limit of {max_body} bytes")
@@ -443,36 +447,39 @@ class RequestParser:
             if first == _TLS_HANDSHAKE:
                 raise BadRequest("TLS handshake received on a plain HTTP port")
             raise BadRequest(f"invalid first byte of a request line: {describe(bytes([first]))}")
-        idx = buf.find(b"\r\n", self._scan)
+        # The line ends at its first LF. Its position alone decides between 414
+        # (past the limit) and the line's own verdict (bare LF, bad syntax), so
+        # the answer does not depend on how the line was split into reads.
+        lf = buf.find(b"\n", self._scan)
         max_line = self._limits.max_request_line
-        if idx < 0:
+        if lf < 0:
             n = len(buf)
-            lf = buf.find(b"\n", self._scan)
-            if lf >= 0:
-                raise BadRequest(f"request line ends in bare LF: {describe(buf.peek(0, lf + 1))}")
             if n > max_line + 1:
                 raise UriTooLong(_too_long(max_line, buf.peek(0, min(40, max_line))))
-            self._scan = n - 1
+            self._scan = n
             return False
-        if idx > max_line:
+        if lf > max_line + 1:
             raise UriTooLong(_too_long(max_line, buf.peek(0, min(40, max_line))))
-        self._line = _parse_request_line(buf.peek(0, idx + 2))
-        self._line_end = self._scan = idx
+        line = buf.peek(0, lf + 1)
+        if line[-2:] != b"\r\n":
+            raise BadRequest(f"request line ends in bare LF: {describe(line)}")
+        self._line = parse_request_line(line)
+        self._line_end = self._scan = lf - 1
         return True
 
     def _check_partial_block(self) -> None:
-        """Enforce limits and catch bare LF on an unterminated header block."""
+        """Catch bare LF, then enforce the size limit, on a block not yet accepted.
+
+        In that order, and a bare LF only within the limit: that is what a
+        byte-by-byte reader meets first, so whole and trickled input agree.
+        """
         buf = self._buf
         n = len(buf)
         start = self._line_end + 2
         limit = self._limits.max_header_bytes
+        check_line_ends(buf, start, self._scan, min(n, start + limit + 2), self._limits.max_header_count)
         if n - start > limit + 2:
             raise HeadersTooLarge(f"header block too large (limit {limit} bytes)")
-        # Each LF scanned for the first time must follow a CR; counting both in
-        # the new region keeps this O(new bytes) and loop-free.
-        scan = max(self._scan, start)
-        if buf.count(b"\n", scan) != buf.count(b"\r\n", scan - 1):
-            parse_fields(b"\n" + buf.peek(start, n), 1, n - start + 1, self._limits.max_header_count)
         self._scan = max(n - 3, self._line_end)
 
 
@@ -481,31 +488,3 @@ def _too_long(max_line: int, prefix: bytes) -> str:
     # the line was split into reads.
     return f"request line too long (limit {max_line} bytes): {describe(prefix)}..."
 
-
-def _parse_request_line(line: bytes) -> tuple[bytes, bytes, bytes]:
-    """Validate ``method SP request-target SP HTTP-version CRLF`` (RFC 9112 §3)."""
-    lf = line.find(b"\n")
-    if lf < len(line) - 1:
-        raise BadRequest(f"request line ends in bare LF: {describe(line[: lf + 1])}")
-    m = REQUEST_LINE.fullmatch(line)
-    if m is None:
-        raise BadRequest(f"invalid request line: {describe(line[:-2])}")
-    method, target, version = m.groups()
-    short = _VERSIONS.get(version)
-    if short is None:
-        if HTTP_VERSION.fullmatch(version):
-            raise VersionNotSupported(f"unsupported HTTP version: {describe(version)}")
-        raise BadRequest(f"invalid HTTP version: {describe(version)}")
-    if target[0] != 0x2F and not _other_target_form(method, target):  # 0x2F: "/" origin-form
-        raise BadRequest(f"invalid request target: {describe(target)}")
-    return method, target, short
-
-
-def _other_target_form(method: bytes, target: bytes) -> bool:
-    # RFC 9112 §3.2: absolute-form for any method, authority-form only for
-    # CONNECT (§3.2.3), asterisk-form only for OPTIONS (§3.2.4).
-    if target == b"*":
-        return method == b"OPTIONS"
-    if ABSOLUTE_FORM.fullmatch(target):
-        return True
-    return method == b"CONNECT" and AUTHORITY_FORM.fullmatch(target) is not None

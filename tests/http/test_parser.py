@@ -289,6 +289,24 @@ def test_header_block_limit_431_before_terminator() -> None:
     rejected(b"GET / HTTP/1.1\r\nHost: h\r\nX: " + b"v" * 200 + b"\r\n\r\n", HeadersTooLarge, limits=limits)
 
 
+def test_request_line_bare_lf_within_the_limit_wins_over_414() -> None:
+    # Found by the split-invariance fuzz test: whole, this was 414 (the CRLF lies
+    # past the limit); in pieces, 400 (the bare LF arrives first). Now the first
+    # LF decides, in every split.
+    limits = HttpLimits(max_request_line=40)
+    rejected(b"GET /abcdefghij /TTP/1.1/\nHost: example.com\r\nX-A: 1234567890\r\n\r\n", BadRequest,
+             "request line ends in bare LF: b'GET /abcdefghij /TTP/1.1/\\n'", limits=limits)
+    rejected(b"GET /" + b"a" * 40 + b"\nHost: h\r\n\r\n", UriTooLong, limits=limits)
+
+
+def test_header_bare_lf_within_the_limit_wins_over_431() -> None:
+    limits = HttpLimits(max_header_bytes=60)
+    rejected(b"GET / HTTP/1.1\r\nHos\n" + b"\n" * 80 + b"t: h\r\n\r\n", BadRequest,
+             "header line ends in bare LF: b'Hos'", limits=limits)
+    rejected(b"GET / HTTP/1.1\r\nHost: h\r\nX: " + b"v" * 70 + b"\n\r\n\r\n", HeadersTooLarge,
+             "header block too large (limit 60 bytes)", limits=limits)
+
+
 def test_bare_lf_detected_before_block_ends() -> None:
     parser = RequestParser()
     parser.feed(b"GET / HTTP/1.1\r\nHost: h\nX: 1")
@@ -404,8 +422,45 @@ def test_bad_chunk_size_lines(line: bytes) -> None:
 
 def test_chunk_errors_exact_messages() -> None:
     rejected(_post(CHUNKED, b"-5\r\nhello\r\n0\r\n\r\n"), BadRequest, "invalid chunk size line: b'-5'")
-    rejected(_post(CHUNKED, b"5\r\nhelloXX0\r\n\r\n"), BadRequest, "chunk data not followed by CRLF: b'XX'")
+    # Rejected at the first byte that is not the CRLF, shown as far as it was read.
+    rejected(_post(CHUNKED, b"5\r\nhelloXX0\r\n\r\n"), BadRequest, "chunk data not followed by CRLF: b'X'")
+    rejected(_post(CHUNKED, b"5\r\nhello\rX0\r\n\r\n"), BadRequest, "chunk data not followed by CRLF: b'\\rX'")
     rejected(_post(CHUNKED, b"1" * 16 + b"\r\n"), BadRequest, "chunk size too large: b'1111111111111111'")
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        (b"5\n", "chunk size line ends in bare LF: b'5\\n'"),
+        (b"5;a=b\n", "chunk size line ends in bare LF: b'5;a=b\\n'"),
+        (b"5\r\nhello\r\n0\n", "chunk size line ends in bare LF: b'0\\n'"),
+        (b"5\r\nhello\n", "chunk data not followed by CRLF: b'\\n'"),
+        (b"0\r\n\n", "header line ends in bare LF: b''"),
+        (b"0\r\nX: 1\n", "header line ends in bare LF: b'X: 1'"),
+        (b"0\r\nX: 1\r\n\n", "header line ends in bare LF: b''"),
+        (b"0\r\nX: 1\r\nY: 2\nZ", "header line ends in bare LF: b'Y: 2'"),
+    ],
+)
+def test_bare_lf_in_chunked_framing_is_rejected_at_once(body: bytes, message: str) -> None:
+    # No EOF and nothing after: the verdict must not wait for bytes that a
+    # client expecting an answer will never send (it used to end in a 408).
+    rejected(_post(CHUNKED, body), BadRequest, message, trailing=None)
+
+
+def test_bare_lf_in_trailers_wins_over_431_in_every_split() -> None:
+    limits = HttpLimits(max_trailer_bytes=30)
+    rejected(_post(CHUNKED, b"0\r\nX: 1\n" + b"v" * 40 + b"\r\n\r\n"), BadRequest,
+             "header line ends in bare LF: b'X: 1'", limits=limits)
+    rejected(_post(CHUNKED, b"0\r\nX: 1\r\n" + b"v" * 40 + b"\n\r\n"), HeadersTooLarge,
+             "trailer block too large (limit 30 bytes)", limits=limits)
+
+
+def test_chunk_size_line_bare_lf_vs_too_long_in_every_split() -> None:
+    limits = HttpLimits(max_chunk_line=20)
+    rejected(_post(CHUNKED, b"5;" + b"a" * 10 + b"\n" + b"a" * 30 + b"\r\n"), BadRequest,
+             "chunk size line ends in bare LF: b'5;aaaaaaaaaa\\n'", limits=limits)
+    rejected(_post(CHUNKED, b"5;" + b"a" * 30 + b"\n"), BadRequest, "chunk size line too long (limit 20 bytes)",
+             limits=limits)
 
 
 def test_chunk_size_leading_zeros_and_uppercase_hex() -> None:

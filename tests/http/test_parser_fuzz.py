@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 from prefork.errors import ProtocolError
 from prefork.http.events import ConnectionClosed, Data, EndOfMessage, Request, Signal
 from prefork.http.parser import ParserState, RequestParser
+from prefork.limits import HttpLimits
 from tests.helpers import random_splits
 
 TCHARS = "!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
@@ -106,3 +107,81 @@ def test_junk_outcome_is_split_independent(data: bytes) -> None:
             return type(exc)
 
     assert outcome([data]) == outcome([data[i : i + 1] for i in range(len(data))])
+
+
+# --- split invariance on mutated requests ---------------------------------------------
+
+# Valid requests (a few near the small limits below, so that a mutation can push a
+# line or block past one), mutated by byte flips, insertions, deletions and
+# duplicated lines, and parsed under the default limits and under small ones.
+SEEDS = [
+    b"GET /abcdefghij/klmnopqrstuvw HTTP/1.1\r\nHost: example.com:8080\r\nAccept: */*\r\n\r\n",
+    b"POST /u?x=1 HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\nConnection: keep-alive\r\n\r\nhello"
+    b"GET / HTTP/1.1\r\nHost: [::1]\r\n\r\n",
+    b"POST /c HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n5;a=b\r\nhello\r\n10\r\n0123456789abcdef\r\n"
+    b"0\r\nX-Sum: 1\r\n\r\n",
+    b"GET http://user@example.com/p?q HTTP/1.0\r\nHost: other\r\n\r\n",
+    b"OPTIONS * HTTP/1.1\r\nHost: \r\nExpect: 100-continue\r\nContent-Length: 2\r\n\r\nok",
+]
+SMALL = HttpLimits(max_request_line=40, max_header_bytes=60, max_header_count=4, max_body_size=20,
+                   max_chunk_line=8, max_trailer_bytes=16)
+INTERESTING = b"\r\n\r\n \t:;,@/[]%0aA\x00\x7f\x80\xff"
+
+
+@st.composite
+def mutated(draw: st.DrawFn) -> bytes:
+    data = bytearray(draw(st.sampled_from(SEEDS)))
+    for _ in range(draw(st.integers(1, 4))):
+        pos = draw(st.integers(0, len(data)))
+        op = draw(st.sampled_from(["flip", "insert", "delete", "repeat", "dup_line"]))
+        byte = draw(st.one_of(st.sampled_from(list(INTERESTING)), st.integers(0, 255)))
+        if op == "flip" and pos < len(data):
+            data[pos] = byte
+        elif op == "insert":
+            data[pos:pos] = bytes([byte]) * draw(st.integers(1, 50))
+        elif op == "delete":
+            del data[pos : pos + draw(st.integers(1, 8))]
+        elif op == "repeat":
+            data[pos:pos] = data[pos : pos + draw(st.integers(1, 60))]
+        else:  # duplicate the line around pos (a duplicated header, or request line)
+            start = data.rfind(b"\n", 0, pos) + 1
+            end = data.find(b"\n", pos)
+            if end >= 0:
+                data[start:start] = data[start : end + 1]
+    return bytes(data)
+
+
+def outcome(chunks: list[bytes], limits: HttpLimits, eof: bool) -> list[object]:
+    """Events (adjacent Data merged, since their boundaries follow the reads) and any error, message included."""
+    parser = RequestParser(limits)
+    events: list[object] = []
+    try:
+        for piece in [*chunks, *([b""] if eof else [])]:
+            parser.feed(piece)
+            for _ in range(10_000):
+                event = parser.next_event()
+                if event is Signal.NEED_DATA or isinstance(event, ConnectionClosed):
+                    break
+                if event is Signal.PAUSED:
+                    if parser.state is not ParserState.DONE:
+                        break
+                    parser.start_next_cycle()
+                    continue
+                if isinstance(event, Data) and events and isinstance(events[-1], Data):
+                    events[-1] = Data(events[-1].data + event.data)  # type: ignore[attr-defined]
+                else:
+                    events.append(event)
+            else:
+                raise AssertionError("parser did not settle")
+    except ProtocolError as exc:
+        events.append((type(exc), exc.status, str(exc)))
+    return events
+
+
+@settings(max_examples=600, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(mutated(), st.sampled_from([HttpLimits(), SMALL]), st.booleans(), st.integers(0, 2**32))
+def test_mutated_requests_give_the_same_answer_in_every_split(data: bytes, limits: HttpLimits, eof: bool,
+                                                              seed: int) -> None:
+    whole = outcome([data], limits, eof)
+    assert outcome([data[i : i + 1] for i in range(len(data))], limits, eof) == whole
+    assert outcome(random_splits(data, random.Random(seed), max_piece=7), limits, eof) == whole

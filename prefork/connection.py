@@ -358,7 +358,8 @@ class Connection:
         head = self.request
         assert head is not None
         self.status = resp.status
-        keep_alive = head.keep_alive and not resp.close_connection and not self.eof
+        # A client that half-closed after pipelining still reads: answer what it already sent.
+        keep_alive = head.keep_alive and not resp.close_connection and not (self.eof and not self.parser.buffered)
         if self.loop.draining:
             # Requests the client pipelined are already here: answer them too, then close.
             self.drain_responses += 1

@@ -86,3 +86,14 @@ def test_unread_input_bound_fits_the_largest_allowed_head(start_server: Callable
         response = client.read_response()
     assert response.status == 200
     assert b'"path": "/big"' in response.body
+
+
+def test_a_client_that_half_closes_after_pipelining_gets_every_answer(start_server: Callable[..., Server]) -> None:
+    server = start_server(app="tests.apps.echo:app")
+    count = 20
+    with RawClient(server.connect()) as client:
+        client.send(b"".join(b"GET /n%d HTTP/1.1\r\nHost: t\r\n\r\n" % i for i in range(count)))
+        client.sock.shutdown(socket.SHUT_WR)
+        paths = [client.read_response().body for _ in range(count)]
+        assert client.at_eof(), "the server closes after the last answer"
+    assert [b'"path": "/n%d"' % i in body for i, body in enumerate(paths)] == [True] * count

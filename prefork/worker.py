@@ -36,7 +36,7 @@ from prefork.logs import dump_stacks_to_error_log, error_log, reopen_logs
 from prefork.pool import HandlerPool, Wakeup
 from prefork.scoreboard import WorkerSlot, WorkerState
 from prefork.status import status_response
-from prefork.websocket.handshake import HandshakeError, build_error_response
+from prefork.websocket.handshake import HandshakeError, build_error_response, requests_websocket
 from prefork.worker_settings import WorkerSettings
 from prefork.wsconn import WebSocketSession, accept_upgrade
 
@@ -385,8 +385,8 @@ class Worker:
 
     def _upgrade(self, conn: Connection, head: Request) -> bool:
         """Take over a WebSocket handshake; False leaves the request to the HTTP app."""
-        if head.upgrade != b"websocket":
-            return False
+        if head.upgrade != b"websocket" and not requests_websocket(head.headers.raw):
+            return False  # head.upgrade is the first protocol listed; websocket may come later
         handler_cls, params = self.app.websocket_handler(head.path)  # type: ignore[union-attr]
         if handler_cls is None:
             return False

@@ -426,8 +426,9 @@ def accept_upgrade(head: Request, handler_cls: Any, path_params: dict[str, Any],
     Raises:
         HandshakeError: the request is not an acceptable handshake (400/403/426).
     """
+    # allowed_origins: empty = the same origin as Host only, "*" = any (handshake.py).
     request = validate_upgrade(head.method, head.http_version, head.headers.raw,
-                               allowed_origins=settings.allowed_origins or None)
+                               allowed_origins=settings.allowed_origins)
     # A 4 KiB compression window (memLevel 8) bounds each connection's compressor to
     # about 24 KiB instead of 256 KiB, as the websockets library does (RFC 7692 §7.1.2.1
     # lets the server lower its own window even when the client did not ask).

@@ -226,6 +226,7 @@ def test_other_value_checks() -> None:
     with pytest.raises(ValueError):
         parse_network("10.0.0.0/33")
     assert parse_origin("https://example.com:8443") == "https://example.com:8443"
+    assert parse_origin(" * ") == "*"  # any origin
     with pytest.raises(ValueError):
         parse_origin("https://example.com/path")
 

@@ -6,7 +6,11 @@ what it wants to send; complete messages go to the handler object in the
 worker's pool, one call at a time per connection, in order. Handlers talk to
 the connection through ``WebSocket``, a thread-safe façade whose calls are
 deferred to the loop thread. Output is bounded by ``send_buffer``: a peer
-that does not read is closed (1008) instead of growing RAM. Pings every
+that does not read is closed (1008) instead of growing RAM. The bound covers
+every frame queued, control frames included: while the socket is blocked the
+protocol keeps only the latest ping's pong (RFC 6455 §5.5.3) and the bytes of
+the pongs it dropped count against the bound, so a ping flood from a peer
+that never reads costs no memory and ends in the same 1008. Pings every
 ``ping_interval`` detect dead peers; a close that the peer never answers ends
 the TCP connection after ``close_timeout``.
 """
@@ -153,6 +157,7 @@ class WebSocketSession:
         self.ws: WebSocket | None = None
         self.out = OutputQueue()
         self._unflushed = 0
+        self._owed = 0  # pongs coalesced while the socket was blocked (bytes), see _check_send_buffer
         self._flush_scheduled = False
         self.closed = False
         self.writing = False
@@ -211,7 +216,9 @@ class WebSocketSession:
                     self._pong_deadline = None
             elif isinstance(event, CloseReceived):
                 self._deliver_close(event.code, event.reason)
+        self._owed += self.protocol.take_coalesced()
         self._pump_protocol()
+        self._check_send_buffer(0)
         if self._queued_input > MAX_QUEUED_INPUT:
             self._set_reading(False)
 
@@ -269,11 +276,7 @@ class WebSocketSession:
         if self.closed:
             return
         size = len(message)
-        if self.out.size + self._unflushed + size > self.settings.send_buffer:
-            if self.protocol.state is ConnState.OPEN:  # once; later messages are just dropped
-                error_log.warning("WebSocket %s:%s: send buffer over %d bytes (peer not reading); closing",
-                                  self.peer[0], self.peer[1], self.settings.send_buffer)
-                self.close_with(CLOSE_POLICY, "send buffer overflow")
+        if not self._check_send_buffer(size):
             return
         try:
             if isinstance(message, str):
@@ -288,6 +291,23 @@ class WebSocketSession:
         if not self._flush_scheduled:
             self._flush_scheduled = True
             self.loop.defer(self._flush_burst)
+
+    def _check_send_buffer(self, adding: int) -> bool:
+        """Whether ``adding`` more bytes fit in ``send_buffer``; if not, close 1008 (once).
+
+        Counted: bytes not yet taken by the socket, messages queued in this burst,
+        and pongs the peer asked for while it did not read (coalesced, so they
+        cost no memory, but a peer that pings faster than it reads is not reading).
+        """
+        queued = self.out.size + self._unflushed + self._owed + adding
+        if queued <= self.settings.send_buffer:
+            return True
+        if self.protocol.state is ConnState.OPEN:  # once; later messages are just dropped
+            error_log.warning("WebSocket %s:%s: send buffer over %d bytes: %d bytes queued (%d of them "
+                              "pongs) for a peer that does not read; closing 1008", self.peer[0],
+                              self.peer[1], self.settings.send_buffer, queued, self._owed)
+            self.close_with(CLOSE_POLICY, "send buffer overflow")
+        return False
 
     def _flush_burst(self) -> None:
         self._flush_scheduled = False
@@ -323,25 +343,30 @@ class WebSocketSession:
             self.out.append(data)
         self._flush()
 
-    def _flush(self) -> None:
+    def _flush(self) -> bool:
         try:
             drained = self.out.write_to(self.sock)
         except OSError:
             self.close()
-            return
+            return False
+        if drained:
+            self._owed = 0  # the peer has read everything: it reads after all
         self._set_writing(not drained)
+        return drained
 
     def on_writable(self) -> None:
         """The socket has room again."""
         if self.closed:
             return
-        self._flush()
-        if not self.out and self.protocol.close_expected():
+        if self._flush():
+            self._pump_protocol()  # a pong held while the socket was blocked goes out now
+        if not self.closed and not self.out and self.protocol.close_expected():
             self.close()
 
     def _set_writing(self, on: bool) -> None:
         if on != self.writing and not self.closed:
             self.writing = on
+            self.protocol.hold_pongs = on  # blocked: keep only the latest pong (§5.5.3)
             self.loop.watch(self, self.reading, on)
 
     def _set_reading(self, on: bool) -> None:

@@ -41,6 +41,68 @@ from tests.test_server_websocket import (
 MiB = 1 << 20
 
 
+class PeakRss:
+    """The worker's peak RSS, sampled every 10 ms in a thread while the block runs."""
+
+    def __init__(self, proc: psutil.Process) -> None:
+        self.proc = proc
+        self.base = proc.memory_info().rss
+        self.peak = self.base
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.01):
+            try:
+                self.peak = max(self.peak, self.proc.memory_info().rss)
+            except psutil.NoSuchProcess:
+                return
+
+    @property
+    def growth(self) -> int:
+        return self.peak - self.base
+
+    def __enter__(self) -> PeakRss:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(5)
+
+
+def frames_until_close(sock: socket.socket) -> tuple[int, int, bytes]:
+    """Read server frames (offsets into one buffer: megabytes of pongs are cheap) up to a close.
+
+    Returns:
+        (frames before the close, the close code, the close reason).
+    """
+    buf, pos, count = bytearray(), 0, 0
+    while True:
+        while True:
+            if len(buf) - pos < 2:
+                break
+            b0, b1 = buf[pos], buf[pos + 1]
+            n, head = b1 & 0x7F, 2
+            if n == 126:
+                if len(buf) - pos < 4:
+                    break
+                n, head = struct.unpack_from("!H", buf, pos + 2)[0], 4
+            if len(buf) - pos < head + n:
+                break
+            payload = bytes(buf[pos + head : pos + head + n])
+            pos += head + n
+            if b0 & 0x0F == CLOSE:
+                return count, struct.unpack("!H", payload[:2])[0], payload[2:]
+            count += 1
+        del buf[:pos]
+        pos = 0
+        data = sock.recv(1 << 20)
+        if not data:
+            raise EOFError(f"no close frame after {count} frames")
+        buf += data
+
+
 def upgrade_request(*lines: str, host: str = "127.0.0.1") -> tuple[bytes, str]:
     """A handshake with the given extra header lines (Upgrade included) and its key."""
     key = base64.b64encode(os.urandom(16)).decode()
@@ -103,3 +165,43 @@ def test_star_allows_every_origin(start_server: Callable[..., Server]) -> None:
     with raw_ws(server, origin="http://anywhere.example") as (client, _head):
         client.send(frame(TEXT, b"any"))
         assert client.recv_data() == (TEXT, b"any")
+
+
+# --- a ping flood from a peer that never reads ---------------------------------------------
+
+FLOOD = 96 * MiB
+
+
+def test_ping_flood_from_a_peer_that_never_reads(start_server: Callable[..., Server]) -> None:
+    """Issue 12 High 2: 400 MB of 125-byte pings, never reading, took the worker from 23 to
+    322 MiB. Now the pongs it cannot send are coalesced (RFC 6455 §5.5.3), count against
+    send_buffer, and the peer is closed with 1008 and one log line."""
+    server = start_server(app=APP, workers=1, config={"websocket": "send_buffer = 1MiB\nclose_timeout = 5s"})
+    (worker,) = server.workers()
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 32 * 1024)  # before connect: a small window
+    sock.settimeout(20)
+    sock.connect(("127.0.0.1", server.port))
+    client = RawWS(sock)
+    data, _key = handshake()
+    client.send(data)
+    assert client.read_head().status == 101
+    block = b"".join(frame(PING, os.urandom(125)) for _ in range(8192))  # 1 MiB of pings
+    sent = 0
+    with PeakRss(worker) as rss:
+        try:
+            while sent < FLOOD and "send buffer over" not in server.output():
+                client.send(block)
+                sent += len(block)
+        except OSError:  # the server may give up on us before we stop
+            pass
+    assert rss.growth < 64 * MiB, f"worker RSS grew by {rss.growth / MiB:.1f} MiB after {sent / MiB:.0f} MiB of pings"
+    wait_for(lambda: "send buffer over 1048576 bytes" in server.output(), 10, what="the 1008 close logged")
+    lines = [line for line in server.output().splitlines() if "send buffer over" in line]
+    assert len(lines) == 1 and "for a peer that does not read; closing 1008" in lines[0], lines
+    assert "Traceback" not in server.output()
+    pongs, code, reason = frames_until_close(sock)  # the pongs the kernel held, then the close
+    assert (code, reason) == (1008, b"send buffer overflow"), (pongs, code, reason)
+    assert sent < FLOOD, "the server read every ping"
+    client.close()
+    assert [p.pid for p in server.workers()] == [worker.pid]

@@ -13,6 +13,11 @@ its close frame; that frame, like the echo of a peer's close, is queued at the
 next ``data_to_send`` so the application's replies to earlier events in the
 same batch still precede it. No clocks or sockets here: keep-alive pings and
 timeouts are driven by the I/O layer through ``send_ping`` and ``Pong`` events.
+Every ping is answered in order, unless the I/O layer sets ``hold_pongs``
+(its peer is not reading what it was sent): then only the latest ping's pong
+is kept, until the flag is cleared (RFC 6455 §5.5.3 allows answering only the
+most recent ping), and the bytes of the pongs it replaced are counted, so the
+I/O layer can hold them against its send buffer without queueing them.
 """
 
 from __future__ import annotations
@@ -190,6 +195,10 @@ class WebSocketConnection:
         # Our close frame (echo or failure) waits here until data_to_send(), so
         # replies to the events that preceded it still go out before it.
         self._pending_close: bytes | None = None
+        #: Set by the I/O layer while its peer does not read: pongs are coalesced.
+        self.hold_pongs = False
+        self._held_pong: bytes | None = None  # the latest ping's payload, not yet answered
+        self._coalesced = 0  # wire bytes of pongs replaced by a later one
         self._close_sent = False
         self._close_received = False
         if trailing_data:
@@ -262,7 +271,7 @@ class WebSocketConnection:
         """Dispatch one validated frame."""
         if frame.opcode is Opcode.PING:
             if not self._close_sent:
-                self._send_frame(Frame(Opcode.PONG, frame.payload))  # §5.5.2
+                self._answer_ping(frame.payload)
             self._events.append(Ping(frame.payload))
         elif frame.opcode is Opcode.PONG:
             self._events.append(Pong(frame.payload))
@@ -270,6 +279,30 @@ class WebSocketConnection:
             self._handle_close(frame.payload)
         else:
             self._handle_data(frame)
+
+    def _answer_ping(self, payload: bytes) -> None:
+        """Queue the pong (§5.5.2), or only keep the latest while ``hold_pongs`` (§5.5.3)."""
+        if not self.hold_pongs:
+            self._send_frame(Frame(Opcode.PONG, payload))
+            return
+        if self._held_pong is not None:
+            self._coalesced += 2 + len(self._held_pong)
+        self._held_pong = payload
+
+    def _release_held_pong(self, force: bool = False) -> None:
+        """Queue the held pong once pongs may flow again, or before our close (§5.5.1)."""
+        if self._held_pong is not None and (force or not self.hold_pongs):
+            self._send_frame(Frame(Opcode.PONG, self._held_pong))
+            self._held_pong = None
+
+    def take_coalesced(self) -> int:
+        """Return and reset the wire bytes of pongs not sent because a later ping replaced them.
+
+        Returns:
+            Bytes the peer asked for (by pinging) and will never get, since the last call.
+        """
+        coalesced, self._coalesced = self._coalesced, 0
+        return coalesced
 
     def _handle_data(self, frame: Frame) -> None:
         """Add a data frame to the message in progress; emit it when final."""
@@ -346,6 +379,7 @@ class WebSocketConnection:
         Returns:
             The queued buffers (possibly none).
         """
+        self._release_held_pong(force=self._pending_close is not None)
         if self._pending_close is not None:
             self._small += self._pending_close
             self._pending_close = None
@@ -451,6 +485,7 @@ class WebSocketConnection:
 
     def _send_close_frame(self, code: int, reason: str) -> None:
         """Queue a close frame and remember that no more frames may follow (§5.5.1)."""
+        self._release_held_pong(force=True)
         self._send_frame(Frame(Opcode.CLOSE, _close_payload(code, reason)))
         self._close_sent = True
 

@@ -36,6 +36,7 @@ from prefork.logs import dump_stacks_to_error_log, error_log, reopen_logs
 from prefork.pool import HandlerPool, Wakeup
 from prefork.scoreboard import WorkerSlot, WorkerState
 from prefork.status import status_response
+from prefork.websocket.budget import InflateBudget
 from prefork.websocket.handshake import HandshakeError, build_error_response, requests_websocket
 from prefork.worker_settings import WorkerSettings
 from prefork.wsconn import WebSocketSession, accept_upgrade
@@ -129,6 +130,8 @@ class Worker:
         self._listener_targets = {lsock: _Readable(functools.partial(self._accept, lsock))
                                   for lsock in self.listeners}
         self._websockets = self.worker_settings.websocket is not None and hasattr(self.app, "websocket_handler")
+        self._inflate_budget = InflateBudget(self.worker_settings.websocket.inflate_budget
+                                             if self.worker_settings.websocket else 0)
         self._setup_broadcast()
         self._set_accepting(True)
         if self.slot is not None:
@@ -399,7 +402,8 @@ class Worker:
             session, ws, response = accept_upgrade(
                 head, handler_cls, params, settings, conn.parser.trailing_data,
                 lambda protocol, handler: WebSocketSession(conn.sock, conn.peer, self, protocol, handler,
-                                                           settings.session, self._recv_buffer))
+                                                           settings.session, self._recv_buffer),
+                self._inflate_budget)
         except HandshakeError as exc:
             conn.fail(exc, response=build_error_response(exc))
             return True

@@ -12,7 +12,10 @@ protocol keeps only the latest ping's pong (RFC 6455 §5.5.3) and the bytes of
 the pongs it dropped count against the bound, so a ping flood from a peer
 that never reads costs no memory and ends in the same 1008. Pings every
 ``ping_interval`` detect dead peers; a close that the peer never answers ends
-the TCP connection after ``close_timeout``.
+the TCP connection after ``close_timeout``; a message not finished within
+``message_timeout`` closes it with 1008. What unfinished compressed messages
+hold is drawn from the worker's ``InflateBudget`` (1009 past it). Each
+protocol error, like each of these, is one line in the error log.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from prefork.http.events import Request
 from prefork.limits import WsLimits
 from prefork.logs import error_log
 from prefork.output import OutputQueue
+from prefork.websocket.budget import InflateBudget
 from prefork.websocket.deflate import negotiate
 from prefork.websocket.handshake import build_accept_response, validate_upgrade
 from prefork.websocket.protocol import (
@@ -61,6 +65,7 @@ class WsSettings:
     ping_timeout: float = 20.0
     close_timeout: float = 10.0
     send_buffer: int = 16 * 1024 * 1024
+    message_timeout: float = 60.0  # 0: no limit
 
 
 class WsLoopServices(Protocol):
@@ -171,6 +176,8 @@ class WebSocketSession:
         self._pong_deadline: float | None = None
         self._close_deadline: float | None = None
         self._ping_payload = b""
+        self._message_started: float | None = None  # when the unfinished message began
+        self._error_logged = False
         self.pending_input = b""
 
     @property
@@ -216,11 +223,24 @@ class WebSocketSession:
                     self._pong_deadline = None
             elif isinstance(event, CloseReceived):
                 self._deliver_close(event.code, event.reason)
+        self._log_failure()
+        if self.protocol.message_in_progress:
+            if self._message_started is None:
+                self._message_started = time.monotonic()
+        else:
+            self._message_started = None
         self._owed += self.protocol.take_coalesced()
         self._pump_protocol()
         self._check_send_buffer(0)
         if self._queued_input > MAX_QUEUED_INPUT:
             self._set_reading(False)
+
+    def _log_failure(self) -> None:
+        """One line for the error that failed the connection (bad frame, limit, timeout)."""
+        err = self.protocol.last_error
+        if err is not None and not self._error_logged:
+            self._error_logged = True
+            error_log.info("WebSocket %s:%s: %s; closing %d", self.peer[0], self.peer[1], err, err.close_code)
 
     def _deliver_close(self, code: int, reason: str) -> None:
         if not self._close_delivered:
@@ -383,6 +403,12 @@ class WebSocketSession:
         if self._close_deadline is not None and now >= self._close_deadline:
             self.close()
             return
+        timeout = self.settings.message_timeout
+        if timeout and self._message_started is not None and now - self._message_started >= timeout:
+            self._message_started = None
+            self.protocol.fail(CLOSE_POLICY, f"message not finished within {timeout:g} s")
+            self._after_input()  # logs it, tells the handler, sends the close
+            return
         if self._pong_deadline is not None and now >= self._pong_deadline:
             error_log.info("WebSocket %s:%s: no pong within %g s; closing", self.peer[0], self.peer[1],
                            self.settings.ping_timeout)
@@ -406,6 +432,7 @@ class WebSocketSession:
         if self.closed:
             return
         self.closed = True
+        self.protocol.abort()  # an unfinished message gives its inflate budget back
         self._deliver_close(1006, "connection closed")
         self.out.clear()
         self.loop.watch(self, False, False)
@@ -430,11 +457,13 @@ class UpgradeSettings:
     session: WsSettings
     compression: bool = True
     allowed_origins: tuple[str, ...] = ()
+    inflate_budget: int = 64 * 1024 * 1024  # per worker: see prefork.websocket.budget
 
 
 def accept_upgrade(head: Request, handler_cls: Any, path_params: dict[str, Any],
                    settings: UpgradeSettings, trailing: bytes,
-                   make_session: Callable[[WebSocketConnection, Any], WebSocketSession]) -> tuple[WebSocketSession, WebSocket, bytes]:
+                   make_session: Callable[[WebSocketConnection, Any], WebSocketSession],
+                   inflate_budget: InflateBudget | None = None) -> tuple[WebSocketSession, WebSocket, bytes]:
     """Validate a handshake and build the session that will own the socket.
 
     Args:
@@ -444,6 +473,7 @@ def accept_upgrade(head: Request, handler_cls: Any, path_params: dict[str, Any],
         settings: handshake and session settings.
         trailing: bytes that arrived after the request: the first frame bytes.
         make_session: builds the session around the protocol and handler object.
+        inflate_budget: the worker's budget for unfinished compressed messages.
 
     Returns:
         The session, the handler's façade and the 101 response to send.
@@ -465,7 +495,7 @@ def accept_upgrade(head: Request, handler_cls: Any, path_params: dict[str, Any],
         if subprotocol not in request.subprotocols:
             subprotocol = None
     response = build_accept_response(request, subprotocol=subprotocol, deflate=deflate)
-    protocol = WebSocketConnection(settings.limits, deflate=deflate)
+    protocol = WebSocketConnection(settings.limits, deflate=deflate, inflate_budget=inflate_budget)
     session = make_session(protocol, handler_cls())
     ws = WebSocket(session, head, path_params, subprotocol)
     session.pending_input = trailing

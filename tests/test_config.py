@@ -77,7 +77,9 @@ def test_defaults() -> None:
     assert cfg.staging.dir == ""
     assert cfg.staging.memory_threshold == 1 * MiB
     assert cfg.uploads.dir == "uploads"
-    assert cfg.websocket.max_message_size == 64 * MiB
+    assert cfg.websocket.max_message_size == 16 * MiB
+    assert cfg.websocket.inflate_budget == 64 * MiB
+    assert cfg.websocket.message_timeout == 60.0
     assert cfg.websocket.compression is True
     assert cfg.logging.level == "info"
     assert cfg.status.allow == ("127.0.0.1", "::1")

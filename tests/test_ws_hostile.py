@@ -23,13 +23,14 @@ from collections.abc import Callable
 import psutil
 import pytest
 
-from tests.server import RawClient, Server, request, wait_for
+from tests.server import Server, request, wait_for
 from tests.test_server_websocket import (
     APP,
     BINARY,
     CLOSE,
     CONT,
     PING,
+    PONG,
     TEXT,
     RawWS,
     accept_value,
@@ -106,7 +107,7 @@ def frames_until_close(sock: socket.socket) -> tuple[int, int, bytes]:
 def upgrade_request(*lines: str, host: str = "127.0.0.1") -> tuple[bytes, str]:
     """A handshake with the given extra header lines (Upgrade included) and its key."""
     key = base64.b64encode(os.urandom(16)).decode()
-    head = [f"GET / HTTP/1.1", f"Host: {host}", "Connection: Upgrade", "Sec-WebSocket-Version: 13",
+    head = ["GET / HTTP/1.1", f"Host: {host}", "Connection: Upgrade", "Sec-WebSocket-Version: 13",
             f"Sec-WebSocket-Key: {key}", *lines]
     return ("\r\n".join(head) + "\r\n\r\n").encode(), key
 
@@ -205,3 +206,72 @@ def test_ping_flood_from_a_peer_that_never_reads(start_server: Callable[..., Ser
     assert sent < FLOOD, "the server read every ping"
     client.close()
     assert [p.pid for p in server.workers()] == [worker.pid]
+
+
+# --- unfinished compressed messages ---------------------------------------------------------
+
+CONNECTIONS = 10
+EACH = 15 * MiB  # inflated, per connection: under max_message_size, so only the budget can stop it
+BUDGET_REASON = b"unfinished compressed messages would hold over 67108864 bytes of this worker's inflate budget"
+
+
+def deflate_start(size: int) -> bytes:
+    """The first frame of a compressed message that never ends: ``size`` zero bytes inflated."""
+    comp = zlib.compressobj(9, zlib.DEFLATED, -15)
+    payload = comp.compress(bytes(size)) + comp.flush(zlib.Z_SYNC_FLUSH)
+    return frame(BINARY, payload, fin=False, rsv=4)
+
+
+def test_unfinished_compressed_messages_are_bounded_per_worker(start_server: Callable[..., Server]) -> None:
+    """Issue 12 Medium 4: 10 connections, 0.6 MB of never-finished deflate, ~615 MiB held.
+    Now the worker's inflate_budget (64 MiB by default) bounds their sum: the connection
+    that would go past it is closed with 1009 and one log line."""
+    server = start_server(app=APP, workers=1, config={"websocket": "max_message_size = 16MiB"})
+    (worker,) = server.workers()
+    start = deflate_start(EACH)
+    assert len(start) < 64 * 1024
+    clients: list[RawWS] = []
+    closed: list[tuple[int, bytes]] = []
+    try:
+        with PeakRss(worker) as rss:
+            for _ in range(CONNECTIONS):
+                client = RawWS(server.connect(10))
+                clients.append(client)
+                data, _key = handshake(extensions="permessage-deflate")
+                client.send(data)
+                head = client.read_head()
+                assert head.status == 101 and "permessage-deflate" in (head.header("sec-websocket-extensions") or "")
+                client.send(start)
+            for client in clients:  # each message is held (the ping is answered) or refused
+                client.send(frame(PING, b"still there?"))
+                opcode, payload, _fin, _rsv = client.recv_frame()
+                if opcode == CLOSE:
+                    closed.append((struct.unpack("!H", payload[:2])[0], payload[2:]))
+                else:
+                    assert (opcode, payload) == (PONG, b"still there?")
+    finally:
+        for client in clients:
+            client.close()
+    # The budget, plus the inflate of one piece in flight (its output blocks and their
+    # join); it was 10 x 15 MiB and more before.
+    assert rss.growth < 64 * MiB + 3 * 16 * MiB, f"worker RSS grew by {rss.growth / MiB:.1f} MiB"
+    assert len(closed) >= CONNECTIONS - 64 // 15, closed
+    assert set(closed) == {(1009, BUDGET_REASON)}, closed
+    wait_for(lambda: server.output().count("inflate budget; closing 1009") == len(closed), 5,
+             what="one log line per refused connection")
+    assert "Traceback" not in server.output()
+
+
+def test_message_not_finished_in_time_is_1008(start_server: Callable[..., Server]) -> None:
+    server = start_server(app=APP, workers=1, config={"websocket": "message_timeout = 1s"})
+    with raw_ws(server) as (client, _head):
+        started = time.monotonic()
+        client.send(frame(TEXT, b"the start of a message that never ends", fin=False))
+        assert client.expect_close(1008) == b"message not finished within 1 s"
+        assert 0.9 < time.monotonic() - started < 5
+    wait_for(lambda: "message not finished within 1 s; closing 1008" in server.output(), 5,
+             what="the timeout logged")
+    with raw_ws(server) as (client, _head):  # a message finished in time is not affected
+        client.send(frame(TEXT, b"split ", fin=False))
+        client.send(frame(CONT, b"but finished"))
+        assert client.recv_data() == (TEXT, b"split but finished")

@@ -7,7 +7,9 @@ is buffered; data frames then stream in pieces as their bytes arrive and
 update the message in progress. TEXT payloads go through an incremental UTF-8
 decoder piece by piece, so invalid UTF-8 fails as soon as the bad bytes
 arrive, even mid-frame; compressed messages are inflated piece by piece with
-the remaining size as the cap. Every
+the remaining size as the cap; what an unfinished compressed message holds
+is reserved from the worker's ``InflateBudget`` (1009 when it is spent) and
+given back when the message completes or the connection ends. Every
 ``WebSocketError`` ends up in ``_fail``, the one place that turns an error into
 its close frame; that frame, like the echo of a peer's close, is queued at the
 next ``data_to_send`` so the application's replies to earlier events in the
@@ -29,6 +31,7 @@ from dataclasses import dataclass, field
 
 from prefork.errors import PreforkError, WebSocketError
 from prefork.limits import WsLimits
+from prefork.websocket.budget import InflateBudget
 from prefork.websocket.deflate import DeflateParams, PerMessageDeflate
 from prefork.websocket.frames import (
     CloseCode,
@@ -152,6 +155,7 @@ class _Message:
     parts: list[bytes] = field(default_factory=list)
     text: list[str] = field(default_factory=list)
     decoder: codecs.IncrementalDecoder | None = None
+    held: int = 0  # inflated bytes reserved from the inflate budget
 
 
 class WebSocketConnection:
@@ -168,6 +172,7 @@ class WebSocketConnection:
         trailing_data: bytes = b"",
         *,
         deflate: DeflateParams | None = None,
+        inflate_budget: InflateBudget | None = None,
     ) -> None:
         """Create the connection.
 
@@ -176,8 +181,11 @@ class WebSocketConnection:
             trailing_data: bytes received after the handshake request; they are
                 the first frame bytes and are processed now.
             deflate: negotiated permessage-deflate parameters, if any.
+            inflate_budget: the worker's budget for the inflated bytes of
+                unfinished compressed messages (None: only ``max_message_size``).
         """
         self.limits = limits
+        self._budget = inflate_budget
         self.state = ConnState.OPEN
         self.last_error: WebSocketError | None = None
         self._codec = PerMessageDeflate(deflate) if deflate is not None else None
@@ -231,6 +239,7 @@ class WebSocketConnection:
         if self.state is ConnState.CLOSED:
             return
         self.state = ConnState.CLOSED
+        self._drop_message()
         if self.last_error is None and not self._close_received:
             self._events.append(CloseReceived(CloseCode.ABNORMAL_CLOSURE, ""))
 
@@ -313,9 +322,7 @@ class WebSocketConnection:
                 msg.decoder = codecs.getincrementaldecoder("utf-8")()
         payload = frame.payload
         if msg.compressed:
-            assert self._codec is not None  # RSV1 is only accepted with deflate
-            remaining = self.limits.max_message_size - msg.size
-            payload = self._codec.decompress(payload, fin=frame.fin, limit=remaining)
+            payload = self._inflate(msg, payload, frame.fin)
         msg.size += len(payload)
         if msg.decoder is not None:
             try:
@@ -333,6 +340,68 @@ class WebSocketConnection:
                 data = msg.parts[0] if len(msg.parts) == 1 else b"".join(msg.parts)
                 self._events.append(BytesMessage(data))
 
+    def _inflate(self, msg: _Message, payload: bytes, fin: bool) -> bytes:
+        """Inflate a piece of a compressed message within its size limit and the budget.
+
+        A piece that completes its message is delivered at once and never reserved
+        (a budget spent by unfinished messages does not stop whole ones); any other
+        is inflated at most up to the budget's room, so a refused piece costs no more
+        than that, and what it adds is reserved until the message ends.
+        """
+        assert self._codec is not None  # RSV1 is only accepted with deflate
+        remaining = self.limits.max_message_size - msg.size
+        budget = self._budget
+        if budget is None or fin:
+            out = self._codec.decompress(payload, fin=fin, limit=remaining)
+            if budget is not None:
+                budget.release(msg.held)
+                msg.held = 0
+            return out
+        room = budget.limit - budget.used
+        try:
+            out = self._codec.decompress(payload, fin=fin, limit=min(remaining, room))
+        except WebSocketError as err:
+            if err.close_code != CloseCode.MESSAGE_TOO_BIG or room >= remaining:
+                raise
+            raise WebSocketError(
+                f"unfinished compressed messages would hold over {budget.limit} bytes "
+                f"of this worker's inflate budget",
+                close_code=CloseCode.MESSAGE_TOO_BIG,
+            ) from None
+        budget.reserve(len(out))  # fits: at most ``room``
+        msg.held += len(out)
+        return out
+
+    def _drop_message(self) -> None:
+        """Forget the message in progress, giving back what it held."""
+        msg, self._message = self._message, None
+        if msg is not None and msg.held and self._budget is not None:
+            self._budget.release(msg.held)
+            msg.held = 0
+
+    @property
+    def message_in_progress(self) -> bool:
+        """Whether a data message has begun and its final frame not yet arrived."""
+        return self._message is not None
+
+    def fail(self, code: int, reason: str) -> None:
+        """Fail the connection on the I/O layer's behalf (e.g. a message timeout).
+
+        Like a protocol error (§7.1.7): the close frame is queued, the message in
+        progress is dropped, nothing more is processed, and a ``CloseReceived``
+        with ``code`` is the last event. A no-op once failed or closed.
+
+        Args:
+            code: the close code to send, e.g. 1008.
+            reason: the close reason (cut to 123 bytes).
+        """
+        if self.last_error is None and self.state is not ConnState.CLOSED:
+            self._fail(WebSocketError(reason, close_code=code))
+
+    def abort(self) -> None:
+        """The transport is gone without an EOF seen here: drop the message in progress."""
+        self._drop_message()
+
     def _handle_close(self, payload: bytes) -> None:
         """Answer or complete the closing handshake (§5.5.1, §7.1.2-3)."""
         code, reason = _parse_close(payload)
@@ -342,11 +411,14 @@ class WebSocketConnection:
             self._pending_close = serialize_frame(Frame(Opcode.CLOSE, payload[:2]))
             self._close_sent = True
         self.state = ConnState.CLOSED
+        self._drop_message()  # §5.5.1: an unfinished message stays unfinished
         self._events.append(CloseReceived(code, reason))
 
     def _fail(self, err: WebSocketError) -> None:
         """_Fail the WebSocket Connection_ (§7.1.7): send a close, stop reading."""
-        self.last_error = err
+        # Kept for the connection's life: without its traceback, which would keep the
+        # raising frames' locals alive (a refused piece of a zip bomb: up to 16 MiB).
+        self.last_error = err.with_traceback(None)
         reason = str(err).encode("utf-8")[:MAX_CLOSE_REASON].decode("utf-8", "ignore")
         if not self._close_sent:
             payload = _close_payload(err.close_code, reason)
@@ -354,7 +426,7 @@ class WebSocketConnection:
             self._close_sent = True
         if self.state is ConnState.OPEN:
             self.state = ConnState.CLOSING
-        self._message = None
+        self._drop_message()
         self._events.append(CloseReceived(err.close_code, reason))
 
     # -- output --------------------------------------------------------------

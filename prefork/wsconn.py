@@ -404,6 +404,8 @@ class WebSocketSession:
             self.close()
             return
         timeout = self.settings.message_timeout
+        if self._message_started is not None and not self.reading:
+            self._message_started = now  # we are not reading (our handler is behind): not the peer's time
         if timeout and self._message_started is not None and now - self._message_started >= timeout:
             self._message_started = None
             self.protocol.fail(CLOSE_POLICY, f"message not finished within {timeout:g} s")

@@ -5,15 +5,26 @@ from __future__ import annotations
 
 import json
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
 
-from prefork import demo
+from prefork import broadcast, demo
 from tests.server import Server
-from tests.test_demo import FakeWs, bus  # noqa: F401  (bus is a fixture)
+from tests.test_demo import FakeWs
 from tests.test_server_websocket import CLOSE, TEXT, close_frame, frame, raw_ws
+
+
+@pytest.fixture
+def bus() -> Iterator[list[tuple[str, Any]]]:
+    """What the chat broadcasts (a local transport, as in tests/test_demo.py)."""
+    published: list[tuple[str, Any]] = []
+    demo._history.clear()
+    broadcast.set_transport(broadcast.LocalTransport(lambda channel, message: published.append((channel, message))))
+    yield published
+    broadcast.set_transport(None)
+    demo._history.clear()
 
 
 class ClosingWs(FakeWs):

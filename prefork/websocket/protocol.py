@@ -25,14 +25,26 @@ I/O layer can hold them against its send buffer without queueing them.
 from __future__ import annotations
 
 import codecs
-import enum
-import struct
 from dataclasses import dataclass, field
 
-from prefork.errors import PreforkError, WebSocketError
+from prefork.errors import WebSocketError
 from prefork.limits import WsLimits
 from prefork.websocket.budget import InflateBudget
 from prefork.websocket.deflate import DeflateParams, PerMessageDeflate
+from prefork.websocket.events import (
+    MAX_CLOSE_REASON,
+    BytesMessage,
+    CloseReceived,
+    ConnState,
+    Event,
+    InvalidState,
+    Ping,
+    Pong,
+    TextMessage,
+    close_payload,
+    parse_close,
+    valid_close_code,
+)
 from prefork.websocket.frames import (
     CloseCode,
     Frame,
@@ -55,94 +67,9 @@ __all__ = [
     "WebSocketConnection",
 ]
 
-#: A close reason fits in a control frame after the 2-byte code (§5.5.1).
-MAX_CLOSE_REASON = 123
 #: Payloads of this size or more are queued as their own buffer, after the
 #: frame header, rather than copied behind it.
 _SEPARATE_PAYLOAD = 16 * 1024
-
-
-class ConnState(enum.Enum):
-    """Connection state (RFC 6455 §7): CLOSING = our close sent, or failed."""
-
-    OPEN = 1
-    CLOSING = 2
-    CLOSED = 3
-
-
-@dataclass(frozen=True, slots=True)
-class TextMessage:
-    """A complete, valid UTF-8 text message."""
-
-    data: str
-
-
-@dataclass(frozen=True, slots=True)
-class BytesMessage:
-    """A complete binary message."""
-
-    data: bytes
-
-
-@dataclass(frozen=True, slots=True)
-class Ping:
-    """A ping from the peer; the pong has already been queued."""
-
-    payload: bytes = b""
-
-
-@dataclass(frozen=True, slots=True)
-class Pong:
-    """A pong from the peer (keep-alive bookkeeping is the I/O layer's)."""
-
-    payload: bytes = b""
-
-
-@dataclass(frozen=True, slots=True)
-class CloseReceived:
-    """The connection ended (or is ending); the last event of a connection.
-
-    Attributes:
-        code: the peer's close code (1005 if it sent none); 1006 on EOF without
-            a close frame; on a protocol error, the code we closed with.
-        reason: the peer's reason, or the error message when we failed.
-    """
-
-    code: int
-    reason: str = ""
-
-
-Event = TextMessage | BytesMessage | Ping | Pong | CloseReceived
-
-
-class InvalidState(PreforkError):
-    """The application tried to send in a state that forbids it."""
-
-
-def _valid_close_code(code: int) -> bool:
-    """Codes a peer may send (§7.4.1-2, IANA registry); 1004-1006 and 1015 never."""
-    return code in (1000, 1001, 1002, 1003) or 1007 <= code <= 1014 or 3000 <= code <= 4999
-
-
-def _close_payload(code: int, reason: str) -> bytes:
-    """Encode a close frame's payload: 2-byte code, then UTF-8 reason (§5.5.1)."""
-    return struct.pack("!H", code) + reason.encode("utf-8")
-
-
-def _parse_close(payload: bytes) -> tuple[int, str]:
-    """Decode a close frame's payload (§5.5.1), raising 1002/1007 when invalid."""
-    if not payload:
-        return CloseCode.NO_STATUS_RCVD, ""
-    if len(payload) == 1:
-        raise WebSocketError("close frame with a 1-byte payload")
-    (code,) = struct.unpack_from("!H", payload)
-    if not _valid_close_code(code):
-        raise WebSocketError(f"invalid close code {code}")
-    try:
-        reason = payload[2:].decode("utf-8")
-    except UnicodeDecodeError:
-        raise WebSocketError("close reason is not valid UTF-8", close_code=1007) from None
-    return code, reason
 
 
 @dataclass(slots=True)
@@ -404,7 +331,7 @@ class WebSocketConnection:
 
     def _handle_close(self, payload: bytes) -> None:
         """Answer or complete the closing handshake (§5.5.1, §7.1.2-3)."""
-        code, reason = _parse_close(payload)
+        code, reason = parse_close(payload)
         self._close_received = True
         if not self._close_sent:
             # Echo the peer's code; an empty close is answered with an empty one.
@@ -421,7 +348,7 @@ class WebSocketConnection:
         self.last_error = err.with_traceback(None)
         reason = str(err).encode("utf-8")[:MAX_CLOSE_REASON].decode("utf-8", "ignore")
         if not self._close_sent:
-            payload = _close_payload(err.close_code, reason)
+            payload = close_payload(err.close_code, reason)
             self._pending_close = serialize_frame(Frame(Opcode.CLOSE, payload))
             self._close_sent = True
         if self.state is ConnState.OPEN:
@@ -531,7 +458,7 @@ class WebSocketConnection:
         Raises:
             ValueError: for a code that must not be sent, or a reason too long.
         """
-        if not _valid_close_code(code):
+        if not valid_close_code(code):
             raise ValueError(f"close code {code} must not be sent")
         if len(reason.encode("utf-8")) > MAX_CLOSE_REASON:
             raise ValueError(f"close reason longer than {MAX_CLOSE_REASON} bytes")
@@ -558,7 +485,7 @@ class WebSocketConnection:
     def _send_close_frame(self, code: int, reason: str) -> None:
         """Queue a close frame and remember that no more frames may follow (§5.5.1)."""
         self._release_held_pong(force=True)
-        self._send_frame(Frame(Opcode.CLOSE, _close_payload(code, reason)))
+        self._send_frame(Frame(Opcode.CLOSE, close_payload(code, reason)))
         self._close_sent = True
 
     def _send_frame(self, frame: Frame) -> None:

@@ -151,7 +151,9 @@ class UploadsConfig:
 class WebSocketConfig:
     """``[websocket]``: message limits, keep-alive pings and broadcast backend."""
 
-    max_message_size: int = _setting(size_value(1), 64 * MiB)
+    max_message_size: int = _setting(size_value(1), 16 * MiB)
+    inflate_budget: int = _setting(size_value(1), 64 * MiB)
+    message_timeout: float = _setting(duration_value(), 60.0)
     ping_interval: float = _setting(duration_value(), 20.0)
     ping_timeout: float = _setting(duration_value(), 20.0)
     close_timeout: float = _setting(duration_value(), 10.0)

@@ -301,7 +301,7 @@ def parse_network(text: str) -> str:
 
 
 def parse_origin(text: str) -> str:
-    """Validate a browser Origin (RFC 6454): ``http(s)://host[:port]``, no path.
+    """Validate a browser Origin (RFC 6454): ``http(s)://host[:port]``, no path; or ``*`` (any).
 
     Args:
         text: e.g. ``"https://example.com"``.
@@ -313,8 +313,8 @@ def parse_origin(text: str) -> str:
         ValueError: anything else.
     """
     entry = text.strip()
-    if not _ORIGIN_RE.fullmatch(entry):
-        raise ValueError("expected an origin like https://example.com or http://localhost:8080")
+    if entry != "*" and not _ORIGIN_RE.fullmatch(entry):
+        raise ValueError("expected * or an origin like https://example.com or http://localhost:8080")
     return entry
 
 

@@ -36,8 +36,9 @@ from prefork.logs import dump_stacks_to_error_log, error_log, reopen_logs
 from prefork.pool import HandlerPool, Wakeup
 from prefork.scoreboard import WorkerSlot, WorkerState
 from prefork.status import status_response
-from prefork.websocket.handshake import HandshakeError, build_error_response
 from prefork.shedding import IdleShedder
+from prefork.websocket.budget import InflateBudget
+from prefork.websocket.handshake import HandshakeError, build_error_response, requests_websocket
 from prefork.worker_settings import WorkerSettings
 from prefork.wsconn import WebSocketSession, accept_upgrade
 
@@ -131,6 +132,8 @@ class Worker:
                                   for lsock in self.listeners}
         self._shedder = IdleShedder(self.worker_settings.max_connections)
         self._websockets = self.worker_settings.websocket is not None and hasattr(self.app, "websocket_handler")
+        self._inflate_budget = InflateBudget(self.worker_settings.websocket.inflate_budget
+                                             if self.worker_settings.websocket else 0)
         self._setup_broadcast()
         self._set_accepting(True)
         if self.slot is not None:
@@ -394,8 +397,8 @@ class Worker:
 
     def _upgrade(self, conn: Connection, head: Request) -> bool:
         """Take over a WebSocket handshake; False leaves the request to the HTTP app."""
-        if head.upgrade != b"websocket":
-            return False
+        if head.upgrade != b"websocket" and not requests_websocket(head.headers.raw):
+            return False  # head.upgrade is the first protocol listed; websocket may come later
         handler_cls, params = self.app.websocket_handler(head.path)  # type: ignore[union-attr]
         if handler_cls is None:
             return False
@@ -408,7 +411,8 @@ class Worker:
             session, ws, response = accept_upgrade(
                 head, handler_cls, params, settings, conn.parser.trailing_data,
                 lambda protocol, handler: WebSocketSession(conn.sock, conn.peer, self, protocol, handler,
-                                                           settings.session, self._recv_buffer))
+                                                           settings.session, self._recv_buffer),
+                self._inflate_budget)
         except HandshakeError as exc:
             conn.fail(exc, response=build_error_response(exc))
             return True

@@ -54,9 +54,11 @@ def worker_settings(cfg: Config) -> WorkerSettings:
     websocket = UpgradeSettings(
         limits=ws.ws_limits(),
         session=WsSettings(ping_interval=ws.ping_interval, ping_timeout=ws.ping_timeout,
-                           close_timeout=ws.close_timeout, send_buffer=ws.send_buffer),
+                           close_timeout=ws.close_timeout, send_buffer=ws.send_buffer,
+                           message_timeout=ws.message_timeout),
         compression=ws.compression,
         allowed_origins=ws.allowed_origins,
+        inflate_budget=ws.inflate_budget,
     )
     return WorkerSettings(connection=connection, app=cfg.server.app, threads=cfg.server.threads,
                           max_connections=cfg.server.max_connections,

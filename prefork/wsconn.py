@@ -6,9 +6,16 @@ what it wants to send; complete messages go to the handler object in the
 worker's pool, one call at a time per connection, in order. Handlers talk to
 the connection through ``WebSocket``, a thread-safe façade whose calls are
 deferred to the loop thread. Output is bounded by ``send_buffer``: a peer
-that does not read is closed (1008) instead of growing RAM. Pings every
+that does not read is closed (1008) instead of growing RAM. The bound covers
+every frame queued, control frames included: while the socket is blocked the
+protocol keeps only the latest ping's pong (RFC 6455 §5.5.3) and the bytes of
+the pongs it dropped count against the bound, so a ping flood from a peer
+that never reads costs no memory and ends in the same 1008. Pings every
 ``ping_interval`` detect dead peers; a close that the peer never answers ends
-the TCP connection after ``close_timeout``.
+the TCP connection after ``close_timeout``; a message not finished within
+``message_timeout`` closes it with 1008. What unfinished compressed messages
+hold is drawn from the worker's ``InflateBudget`` (1009 past it). Each
+protocol error, like each of these, is one line in the error log.
 """
 
 from __future__ import annotations
@@ -26,6 +33,7 @@ from prefork.http.events import Request
 from prefork.limits import WsLimits
 from prefork.logs import error_log
 from prefork.output import OutputQueue
+from prefork.websocket.budget import InflateBudget
 from prefork.websocket.deflate import negotiate
 from prefork.websocket.handshake import build_accept_response, validate_upgrade
 from prefork.websocket.protocol import (
@@ -57,6 +65,7 @@ class WsSettings:
     ping_timeout: float = 20.0
     close_timeout: float = 10.0
     send_buffer: int = 16 * 1024 * 1024
+    message_timeout: float = 60.0  # 0: no limit
 
 
 class WsLoopServices(Protocol):
@@ -153,6 +162,7 @@ class WebSocketSession:
         self.ws: WebSocket | None = None
         self.out = OutputQueue()
         self._unflushed = 0
+        self._owed = 0  # pongs coalesced while the socket was blocked (bytes), see _check_send_buffer
         self._flush_scheduled = False
         self.closed = False
         self.writing = False
@@ -166,6 +176,8 @@ class WebSocketSession:
         self._pong_deadline: float | None = None
         self._close_deadline: float | None = None
         self._ping_payload = b""
+        self._message_started: float | None = None  # when the unfinished message began
+        self._error_logged = False
         self.pending_input = b""
 
     @property
@@ -211,9 +223,24 @@ class WebSocketSession:
                     self._pong_deadline = None
             elif isinstance(event, CloseReceived):
                 self._deliver_close(event.code, event.reason)
+        self._log_failure()
+        if self.protocol.message_in_progress:
+            if self._message_started is None:
+                self._message_started = time.monotonic()
+        else:
+            self._message_started = None
+        self._owed += self.protocol.take_coalesced()
         self._pump_protocol()
+        self._check_send_buffer(0)
         if self._queued_input > MAX_QUEUED_INPUT:
             self._set_reading(False)
+
+    def _log_failure(self) -> None:
+        """One line for the error that failed the connection (bad frame, limit, timeout)."""
+        err = self.protocol.last_error
+        if err is not None and not self._error_logged:
+            self._error_logged = True
+            error_log.info("WebSocket %s:%s: %s; closing %d", self.peer[0], self.peer[1], err, err.close_code)
 
     def _deliver_close(self, code: int, reason: str) -> None:
         if not self._close_delivered:
@@ -269,11 +296,7 @@ class WebSocketSession:
         if self.closed:
             return
         size = len(message)
-        if self.out.size + self._unflushed + size > self.settings.send_buffer:
-            if self.protocol.state is ConnState.OPEN:  # once; later messages are just dropped
-                error_log.warning("WebSocket %s:%s: send buffer over %d bytes (peer not reading); closing",
-                                  self.peer[0], self.peer[1], self.settings.send_buffer)
-                self.close_with(CLOSE_POLICY, "send buffer overflow")
+        if not self._check_send_buffer(size):
             return
         try:
             if isinstance(message, str):
@@ -288,6 +311,23 @@ class WebSocketSession:
         if not self._flush_scheduled:
             self._flush_scheduled = True
             self.loop.defer(self._flush_burst)
+
+    def _check_send_buffer(self, adding: int) -> bool:
+        """Whether ``adding`` more bytes fit in ``send_buffer``; if not, close 1008 (once).
+
+        Counted: bytes not yet taken by the socket, messages queued in this burst,
+        and pongs the peer asked for while it did not read (coalesced, so they
+        cost no memory, but a peer that pings faster than it reads is not reading).
+        """
+        queued = self.out.size + self._unflushed + self._owed + adding
+        if queued <= self.settings.send_buffer:
+            return True
+        if self.protocol.state is ConnState.OPEN:  # once; later messages are just dropped
+            error_log.warning("WebSocket %s:%s: send buffer over %d bytes: %d bytes queued (%d of them "
+                              "pongs) for a peer that does not read; closing 1008", self.peer[0],
+                              self.peer[1], self.settings.send_buffer, queued, self._owed)
+            self.close_with(CLOSE_POLICY, "send buffer overflow")
+        return False
 
     def _flush_burst(self) -> None:
         self._flush_scheduled = False
@@ -323,25 +363,30 @@ class WebSocketSession:
             self.out.append(data)
         self._flush()
 
-    def _flush(self) -> None:
+    def _flush(self) -> bool:
         try:
             drained = self.out.write_to(self.sock)
         except OSError:
             self.close()
-            return
+            return False
+        if drained:
+            self._owed = 0  # the peer has read everything: it reads after all
         self._set_writing(not drained)
+        return drained
 
     def on_writable(self) -> None:
         """The socket has room again."""
         if self.closed:
             return
-        self._flush()
-        if not self.out and self.protocol.close_expected():
+        if self._flush():
+            self._pump_protocol()  # a pong held while the socket was blocked goes out now
+        if not self.closed and not self.out and self.protocol.close_expected():
             self.close()
 
     def _set_writing(self, on: bool) -> None:
         if on != self.writing and not self.closed:
             self.writing = on
+            self.protocol.hold_pongs = on  # blocked: keep only the latest pong (§5.5.3)
             self.loop.watch(self, self.reading, on)
 
     def _set_reading(self, on: bool) -> None:
@@ -357,6 +402,14 @@ class WebSocketSession:
             return
         if self._close_deadline is not None and now >= self._close_deadline:
             self.close()
+            return
+        timeout = self.settings.message_timeout
+        if self._message_started is not None and not self.reading:
+            self._message_started = now  # we are not reading (our handler is behind): not the peer's time
+        if timeout and self._message_started is not None and now - self._message_started >= timeout:
+            self._message_started = None
+            self.protocol.fail(CLOSE_POLICY, f"message not finished within {timeout:g} s")
+            self._after_input()  # logs it, tells the handler, sends the close
             return
         if self._pong_deadline is not None and now >= self._pong_deadline:
             error_log.info("WebSocket %s:%s: no pong within %g s; closing", self.peer[0], self.peer[1],
@@ -381,6 +434,7 @@ class WebSocketSession:
         if self.closed:
             return
         self.closed = True
+        self.protocol.abort()  # an unfinished message gives its inflate budget back
         self._deliver_close(1006, "connection closed")
         self.out.clear()
         self.loop.watch(self, False, False)
@@ -405,11 +459,13 @@ class UpgradeSettings:
     session: WsSettings
     compression: bool = True
     allowed_origins: tuple[str, ...] = ()
+    inflate_budget: int = 64 * 1024 * 1024  # per worker: see prefork.websocket.budget
 
 
 def accept_upgrade(head: Request, handler_cls: Any, path_params: dict[str, Any],
                    settings: UpgradeSettings, trailing: bytes,
-                   make_session: Callable[[WebSocketConnection, Any], WebSocketSession]) -> tuple[WebSocketSession, WebSocket, bytes]:
+                   make_session: Callable[[WebSocketConnection, Any], WebSocketSession],
+                   inflate_budget: InflateBudget | None = None) -> tuple[WebSocketSession, WebSocket, bytes]:
     """Validate a handshake and build the session that will own the socket.
 
     Args:
@@ -419,6 +475,7 @@ def accept_upgrade(head: Request, handler_cls: Any, path_params: dict[str, Any],
         settings: handshake and session settings.
         trailing: bytes that arrived after the request: the first frame bytes.
         make_session: builds the session around the protocol and handler object.
+        inflate_budget: the worker's budget for unfinished compressed messages.
 
     Returns:
         The session, the handler's façade and the 101 response to send.
@@ -426,8 +483,9 @@ def accept_upgrade(head: Request, handler_cls: Any, path_params: dict[str, Any],
     Raises:
         HandshakeError: the request is not an acceptable handshake (400/403/426).
     """
+    # allowed_origins: empty = the same origin as Host only, "*" = any (handshake.py).
     request = validate_upgrade(head.method, head.http_version, head.headers.raw,
-                               allowed_origins=settings.allowed_origins or None)
+                               allowed_origins=settings.allowed_origins)
     # A 4 KiB compression window (memLevel 8) bounds each connection's compressor to
     # about 24 KiB instead of 256 KiB, as the websockets library does (RFC 7692 §7.1.2.1
     # lets the server lower its own window even when the client did not ask).
@@ -439,7 +497,7 @@ def accept_upgrade(head: Request, handler_cls: Any, path_params: dict[str, Any],
         if subprotocol not in request.subprotocols:
             subprotocol = None
     response = build_accept_response(request, subprotocol=subprotocol, deflate=deflate)
-    protocol = WebSocketConnection(settings.limits, deflate=deflate)
+    protocol = WebSocketConnection(settings.limits, deflate=deflate, inflate_budget=inflate_budget)
     session = make_session(protocol, handler_cls())
     ws = WebSocket(session, head, path_params, subprotocol)
     session.pending_input = trailing

@@ -14,6 +14,7 @@ Usage (from the repo root)::
     python scripts/bench.py slow                   # hello under 500 slowloris + 50 slow bodies
     python scripts/bench.py ws --runs 3
     python scripts/bench.py reload --runs 1        # requests lost to HUP/TTIN/TTOU + max_requests
+    python scripts/bench.py ws-hostile --runs 1    # worker RSS: ping flood, unfinished deflate (bench_ws_hostile.py)
 
 ``all`` (alias ``perf``) runs every scenario and ends with one table, scenario |
 prefork | peer | ratio | target | met?, headed by the date and the command line:
@@ -1345,6 +1346,13 @@ def scenario_memory(args: argparse.Namespace, ws: Workspace) -> list[SummaryRow]
     return memory(args, ws)
 
 
+def scenario_ws_hostile(args: argparse.Namespace, ws: Workspace) -> list[SummaryRow]:
+    """Worker RSS under a WebSocket ping flood and unfinished deflate messages: scripts/bench_ws_hostile.py."""
+    from bench_ws_hostile import scenario_ws_hostile as run
+
+    return run(args, ws)
+
+
 SCENARIOS: dict[str, Callable[[argparse.Namespace, Workspace], list[SummaryRow]]] = {
     "parse": scenario_parse,
     "hello": scenario_hello,
@@ -1357,6 +1365,7 @@ SCENARIOS: dict[str, Callable[[argparse.Namespace, Workspace], list[SummaryRow]]
     "hostile": scenario_hostile,
     "ws": scenario_ws,
     "reload": scenario_reload,
+    "ws-hostile": scenario_ws_hostile,
 }
 
 
@@ -1385,6 +1394,8 @@ def build_parser() -> argparse.ArgumentParser:
                             ("ws", "WebSocket echo msg/s and MiB/s vs the websockets library"),
                             ("reload", "failed requests under keep-alive load during 16 reload signals "
                                        "and max_requests recycling, vs gunicorn gthread"),
+                            ("ws-hostile", "worker RSS: WebSocket ping flood from a peer that never reads, "
+                                           "unfinished deflate messages on 10 connections"),
                             ("all", "every scenario, then the summary table with targets"),
                             ("perf", "the same as all")]:
         sub.add_parser(name, parents=[common], help=help_text)

@@ -77,7 +77,9 @@ def test_defaults() -> None:
     assert cfg.staging.dir == ""
     assert cfg.staging.memory_threshold == 1 * MiB
     assert cfg.uploads.dir == "uploads"
-    assert cfg.websocket.max_message_size == 64 * MiB
+    assert cfg.websocket.max_message_size == 16 * MiB
+    assert cfg.websocket.inflate_budget == 64 * MiB
+    assert cfg.websocket.message_timeout == 60.0
     assert cfg.websocket.compression is True
     assert cfg.logging.level == "info"
     assert cfg.status.allow == ("127.0.0.1", "::1")
@@ -226,6 +228,7 @@ def test_other_value_checks() -> None:
     with pytest.raises(ValueError):
         parse_network("10.0.0.0/33")
     assert parse_origin("https://example.com:8443") == "https://example.com:8443"
+    assert parse_origin(" * ") == "*"  # any origin
     with pytest.raises(ValueError):
         parse_origin("https://example.com/path")
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import html
 import json
+import re
 import secrets
 import threading
 import time
@@ -29,6 +30,7 @@ from urllib.parse import unquote
 
 from prefork import broadcast, runtime
 from prefork.app import App, HTTPError, Request, Response
+from prefork.logs import error_log
 from prefork.static import content_disposition, serve_file
 from prefork.uploads import StoredFile, UploadStore
 
@@ -166,6 +168,38 @@ def get_file(request: Request) -> Response:
 
 
 # --- chat -------------------------------------------------------------------------------
+#: Longest chat frame taken from a client (characters or bytes): the page sends one
+#: message of at most MAX_MESSAGE characters (cut here anyway), JSON-escaped; 32x that
+#: is room for any paste, and bounds what one frame costs to parse -> close 1009.
+MAX_CHAT_FRAME = 64 * 1024
+#: Deepest JSON nesting taken (the page sends a flat object). json.loads recurses per
+#: level, so ~1,000 levels raised RecursionError: a traceback and close 1011 -> close 1003.
+MAX_JSON_DEPTH = 32
+_JSON_STRING = re.compile(r'"(?:[^"\\]|\\.)*"')
+_JSON_BRACKET = re.compile(r"[\[\]{}]")
+
+
+def _refusal(message: str | bytes) -> tuple[int, str] | None:
+    """Why a chat frame is not even parsed, as (close code, reason), or None to parse it.
+
+    Too large: 1009 (RFC 6455 §7.4.1, "too big to process"). Nested deeper than
+    MAX_JSON_DEPTH: 1003, data this endpoint cannot accept (it is valid UTF-8 and
+    may be valid JSON, so 1007 would be wrong).
+    """
+    if len(message) > MAX_CHAT_FRAME:
+        return 1009, f"chat message over {MAX_CHAT_FRAME} characters"
+    # Bytes are read as json.loads would read them (UTF-8, or UTF-16/32 by their first bytes).
+    text = message if isinstance(message, str) else message.decode(json.detect_encoding(message), "replace")
+    if text.lstrip()[:1] not in ("[", "{"):
+        return None  # no nesting: plain text, or a JSON scalar
+    depth = 0
+    for bracket in _JSON_BRACKET.finditer(_JSON_STRING.sub("", text)):
+        depth += 1 if bracket.group() in "[{" else -1
+        if depth > MAX_JSON_DEPTH:
+            return 1003, f"JSON nested deeper than {MAX_JSON_DEPTH} levels"
+    return None
+
+
 def _remember(channel: str, message: str | bytes) -> None:
     """Keep the chat history of this worker (runs on the loop thread for every message)."""
     try:
@@ -212,6 +246,12 @@ class Chat:
 
     def on_message(self, ws: Any, message: str | bytes) -> None:
         """Validate a message from the page and broadcast it."""
+        refusal = _refusal(message)
+        if refusal is not None:
+            code, reason = refusal
+            error_log.info("demo chat %s: %s; closing %d", ws.remote_addr, reason, code)
+            ws.close(code, reason)
+            return
         try:
             data = json.loads(message)
         except ValueError:

@@ -9,7 +9,12 @@ compressor and decompressor per connection, kept between messages unless the
 Each frame of a compressed message is inflated as it arrives, with
 ``decompress(data, max_length)`` capped at the bytes the message may still
 grow by, so a zip bomb costs at most ``max_message_size`` of output before it
-is refused with 1009, never its full inflated size. zlib refuses an 8-bit
+is refused with 1009, never its full inflated size. A message's stream may end
+with a BFINAL block (§7.2.3.3) and carry padding after it: that padding is
+ignored, and only the next message starts a new decompressor, so where the
+TCP reads happen to split a message never changes what it inflates to (a
+piece that ends right after BFINAL does not make the next piece of the same
+message a new stream). zlib refuses an 8-bit
 window for compression, so 9 is used when 8 is negotiated: zlib's deflate never
 emits distances beyond ``window - 262`` bytes, so its 9-bit output is readable
 with a 256-byte window (the same choice as websockets and Autobahn).
@@ -199,6 +204,7 @@ class PerMessageDeflate:
         self._level = level
         self._compressor: zlib._Compress | None = None
         self._decompressor: zlib._Decompress | None = None
+        self._in_message = False  # a message's first piece was inflated, its last not yet
 
     def compress(self, data: bytes) -> bytes:
         """Compress one whole message (§7.2.1).
@@ -222,10 +228,10 @@ class PerMessageDeflate:
         return out[:-4] if out.endswith(_TAIL) else out
 
     def decompress(self, payload: bytes, *, fin: bool, limit: int) -> bytes:
-        """Inflate one frame of a compressed message (§7.2.2).
+        """Inflate one frame, or one piece of a frame, of a compressed message (§7.2.2).
 
         Args:
-            payload: the frame's (compressed) payload.
+            payload: the frame's (compressed) payload, or the next piece of it.
             fin: whether this is the message's last frame; the stripped tail is
                 then appended before inflating.
             limit: how many more bytes the message may grow by.
@@ -238,10 +244,13 @@ class PerMessageDeflate:
                 1007 if the data is not valid deflate.
         """
         decomp = self._decompressor
-        if decomp is None or decomp.eof:
-            # A stream ended with BFINAL leaves nothing to take over (§7.2.3.3).
+        if decomp is None or (decomp.eof and not self._in_message):
+            # A stream ended with BFINAL leaves nothing to take over (§7.2.3.3), but
+            # only a new message starts a new one: bytes after BFINAL in the same
+            # message are padding, whichever piece of the message they arrive in.
             decomp = zlib.decompressobj(_zlib_wbits(self.params.client_max_window_bits))
         self._decompressor = decomp
+        self._in_message = not fin
         out = self._inflate(decomp, payload, limit)
         if fin:
             out += self._inflate(decomp, _TAIL, limit - len(out))

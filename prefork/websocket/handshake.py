@@ -24,6 +24,7 @@ from prefork.errors import BadRequest, describe
 from prefork.websocket.deflate import DeflateParams, ExtensionOffer
 
 __all__ = [
+    "ANY_ORIGIN",
     "GUID",
     "HandshakeError",
     "HandshakeRequest",
@@ -31,6 +32,7 @@ __all__ = [
     "build_accept_response",
     "build_error_response",
     "parse_extensions",
+    "requests_websocket",
     "validate_upgrade",
 ]
 
@@ -46,6 +48,14 @@ _TOKEN = r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"
 _QUOTED = r'"(?:[^"\\]|\\.)*"'
 _PARAM_RE = re.compile(rf"\s*({_TOKEN})\s*(?:=\s*({_TOKEN}|{_QUOTED})\s*)?")
 _TOKEN_RE = re.compile(rf"{_TOKEN}\Z")
+
+#: In ``allowed_origins``: accept every Origin.
+ANY_ORIGIN = "*"
+# RFC 6454 §6.1 serialisation of an http(s) origin, and RFC 9110 §7.2 Host.
+_HOSTNAME = r"(?P<host>\[[0-9A-Fa-f:.]+\]|[^\s/:\[\]@]+)(?::(?P<port>[0-9]{1,5}))?"
+_ORIGIN_RE = re.compile(rf"(?P<scheme>[Hh][Tt][Tt][Pp][Ss]?)://{_HOSTNAME}")
+_HOST_RE = re.compile(_HOSTNAME)
+_DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
 class HandshakeError(BadRequest):
@@ -125,6 +135,21 @@ def _single(fields: dict[bytes, list[bytes]], name: bytes) -> bytes | None:
     return values[0]
 
 
+def requests_websocket(headers: Sequence[tuple[bytes, bytes]]) -> bool:
+    """Whether any protocol the Upgrade header lists is ``websocket``, case-insensitively.
+
+    Upgrade is a list in the client's order of preference (RFC 9110 §7.8), so
+    ``Upgrade: foo, websocket`` asks for a WebSocket as much as ``Upgrade: websocket``.
+
+    Args:
+        headers: raw (name, value) pairs as received.
+
+    Returns:
+        True when one of the listed protocols is ``websocket``.
+    """
+    return "websocket" in _tokens([v.strip(b" \t") for n, v in headers if n.strip().lower() == b"upgrade"])
+
+
 def _check_key(key: bytes | None) -> bytes:
     """Require a base64 nonce of exactly 16 bytes (RFC 6455 §4.1 item 7)."""
     if key is None:
@@ -161,9 +186,36 @@ def _check_upgrade_headers(fields: dict[bytes, list[bytes]]) -> None:
                              426, [(b"Sec-WebSocket-Version", b"13")])
 
 
-def _check_origin(origin: str | None, allowed: Sequence[str] | None) -> None:
-    """Refuse an Origin outside the allow-list with 403 (RFC 6455 §4.2.2, §10.2)."""
-    if allowed is None:
+def _authority(text: str, pattern: re.Pattern[str], default_port: int) -> tuple[str, int] | None:
+    """(lower-cased host, port) of an Origin or Host value; None if it is neither."""
+    m = pattern.fullmatch(text)
+    if m is None:
+        return None
+    return m.group("host").lower(), int(m.group("port")) if m.group("port") else default_port
+
+
+def _same_origin(origin: str, host: str | None) -> bool:
+    """Whether ``origin`` names the host (and port) the request was sent to (RFC 6454 §4)."""
+    m = _ORIGIN_RE.fullmatch(origin)
+    if m is None or host is None:
+        return False  # "null", other schemes, no Host: never the same origin
+    default = _DEFAULT_PORTS[m.group("scheme").lower()]
+    # A Host without a port means the default port of the scheme the page was loaded with.
+    return _authority(origin, _ORIGIN_RE, default) == _authority(host, _HOST_RE, default)
+
+
+def _check_origin(origin: str | None, allowed: Sequence[str] | None, host: str | None) -> None:
+    """Refuse a cross-site handshake with 403 (RFC 6455 §4.2.2 item 4, §10.2).
+
+    ``allowed``: None accepts any Origin; containing ``*`` likewise; empty means the
+    same origin as the request's Host (a client that sends no Origin is not a
+    browser, so it is accepted); otherwise only the Origins listed.
+    """
+    if allowed is None or ANY_ORIGIN in allowed:
+        return
+    if not allowed:
+        if origin is not None and not _same_origin(origin, host):
+            raise HandshakeError(f"cross-origin handshake: Origin {origin!r} is not Host {host!r}", 403)
         return
     # Origins are ASCII serialisations whose scheme and host are case-insensitive.
     if origin is None or origin.lower() not in {o.lower() for o in allowed}:
@@ -227,7 +279,9 @@ def validate_upgrade(
         method: the request method, e.g. ``b"GET"``.
         http_version: ``b"1.1"`` or ``b"HTTP/1.1"``.
         headers: raw (name, value) pairs as received.
-        allowed_origins: if given, only these Origin values are accepted.
+        allowed_origins: None (the default) accepts any Origin, as does a list
+            holding ``"*"``; an empty list accepts only the same origin as Host
+            (or no Origin at all: not a browser); otherwise only the Origins listed.
 
     Returns:
         The parsed request.
@@ -241,7 +295,8 @@ def validate_upgrade(
     key = _check_key(_single(fields, b"sec-websocket-key"))
     origin_raw = _single(fields, b"origin")
     origin = origin_raw.decode("latin-1") if origin_raw is not None else None
-    _check_origin(origin, allowed_origins)
+    host = _single(fields, b"host")
+    _check_origin(origin, allowed_origins, host.decode("latin-1") if host is not None else None)
     subprotocols = [t.strip() for v in fields.get(b"sec-websocket-protocol", [])
                     for t in v.decode("latin-1").split(",") if t.strip()]
     extensions = parse_extensions(fields.get(b"sec-websocket-extensions", []))

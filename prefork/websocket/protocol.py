@@ -7,24 +7,44 @@ is buffered; data frames then stream in pieces as their bytes arrive and
 update the message in progress. TEXT payloads go through an incremental UTF-8
 decoder piece by piece, so invalid UTF-8 fails as soon as the bad bytes
 arrive, even mid-frame; compressed messages are inflated piece by piece with
-the remaining size as the cap. Every
+the remaining size as the cap; what an unfinished compressed message holds
+is reserved from the worker's ``InflateBudget`` (1009 when it is spent) and
+given back when the message completes or the connection ends. Every
 ``WebSocketError`` ends up in ``_fail``, the one place that turns an error into
 its close frame; that frame, like the echo of a peer's close, is queued at the
 next ``data_to_send`` so the application's replies to earlier events in the
 same batch still precede it. No clocks or sockets here: keep-alive pings and
 timeouts are driven by the I/O layer through ``send_ping`` and ``Pong`` events.
+Every ping is answered in order, unless the I/O layer sets ``hold_pongs``
+(its peer is not reading what it was sent): then only the latest ping's pong
+is kept, until the flag is cleared (RFC 6455 §5.5.3 allows answering only the
+most recent ping), and the bytes of the pongs it replaced are counted, so the
+I/O layer can hold them against its send buffer without queueing them.
 """
 
 from __future__ import annotations
 
 import codecs
-import enum
-import struct
 from dataclasses import dataclass, field
 
-from prefork.errors import PreforkError, WebSocketError
+from prefork.errors import WebSocketError
 from prefork.limits import WsLimits
+from prefork.websocket.budget import InflateBudget
 from prefork.websocket.deflate import DeflateParams, PerMessageDeflate
+from prefork.websocket.events import (
+    MAX_CLOSE_REASON,
+    BytesMessage,
+    CloseReceived,
+    ConnState,
+    Event,
+    InvalidState,
+    Ping,
+    Pong,
+    TextMessage,
+    close_payload,
+    parse_close,
+    valid_close_code,
+)
 from prefork.websocket.frames import (
     CloseCode,
     Frame,
@@ -47,94 +67,9 @@ __all__ = [
     "WebSocketConnection",
 ]
 
-#: A close reason fits in a control frame after the 2-byte code (§5.5.1).
-MAX_CLOSE_REASON = 123
 #: Payloads of this size or more are queued as their own buffer, after the
 #: frame header, rather than copied behind it.
 _SEPARATE_PAYLOAD = 16 * 1024
-
-
-class ConnState(enum.Enum):
-    """Connection state (RFC 6455 §7): CLOSING = our close sent, or failed."""
-
-    OPEN = 1
-    CLOSING = 2
-    CLOSED = 3
-
-
-@dataclass(frozen=True, slots=True)
-class TextMessage:
-    """A complete, valid UTF-8 text message."""
-
-    data: str
-
-
-@dataclass(frozen=True, slots=True)
-class BytesMessage:
-    """A complete binary message."""
-
-    data: bytes
-
-
-@dataclass(frozen=True, slots=True)
-class Ping:
-    """A ping from the peer; the pong has already been queued."""
-
-    payload: bytes = b""
-
-
-@dataclass(frozen=True, slots=True)
-class Pong:
-    """A pong from the peer (keep-alive bookkeeping is the I/O layer's)."""
-
-    payload: bytes = b""
-
-
-@dataclass(frozen=True, slots=True)
-class CloseReceived:
-    """The connection ended (or is ending); the last event of a connection.
-
-    Attributes:
-        code: the peer's close code (1005 if it sent none); 1006 on EOF without
-            a close frame; on a protocol error, the code we closed with.
-        reason: the peer's reason, or the error message when we failed.
-    """
-
-    code: int
-    reason: str = ""
-
-
-Event = TextMessage | BytesMessage | Ping | Pong | CloseReceived
-
-
-class InvalidState(PreforkError):
-    """The application tried to send in a state that forbids it."""
-
-
-def _valid_close_code(code: int) -> bool:
-    """Codes a peer may send (§7.4.1-2, IANA registry); 1004-1006 and 1015 never."""
-    return code in (1000, 1001, 1002, 1003) or 1007 <= code <= 1014 or 3000 <= code <= 4999
-
-
-def _close_payload(code: int, reason: str) -> bytes:
-    """Encode a close frame's payload: 2-byte code, then UTF-8 reason (§5.5.1)."""
-    return struct.pack("!H", code) + reason.encode("utf-8")
-
-
-def _parse_close(payload: bytes) -> tuple[int, str]:
-    """Decode a close frame's payload (§5.5.1), raising 1002/1007 when invalid."""
-    if not payload:
-        return CloseCode.NO_STATUS_RCVD, ""
-    if len(payload) == 1:
-        raise WebSocketError("close frame with a 1-byte payload")
-    (code,) = struct.unpack_from("!H", payload)
-    if not _valid_close_code(code):
-        raise WebSocketError(f"invalid close code {code}")
-    try:
-        reason = payload[2:].decode("utf-8")
-    except UnicodeDecodeError:
-        raise WebSocketError("close reason is not valid UTF-8", close_code=1007) from None
-    return code, reason
 
 
 @dataclass(slots=True)
@@ -147,6 +82,7 @@ class _Message:
     parts: list[bytes] = field(default_factory=list)
     text: list[str] = field(default_factory=list)
     decoder: codecs.IncrementalDecoder | None = None
+    held: int = 0  # inflated bytes reserved from the inflate budget
 
 
 class WebSocketConnection:
@@ -163,6 +99,7 @@ class WebSocketConnection:
         trailing_data: bytes = b"",
         *,
         deflate: DeflateParams | None = None,
+        inflate_budget: InflateBudget | None = None,
     ) -> None:
         """Create the connection.
 
@@ -171,8 +108,11 @@ class WebSocketConnection:
             trailing_data: bytes received after the handshake request; they are
                 the first frame bytes and are processed now.
             deflate: negotiated permessage-deflate parameters, if any.
+            inflate_budget: the worker's budget for the inflated bytes of
+                unfinished compressed messages (None: only ``max_message_size``).
         """
         self.limits = limits
+        self._budget = inflate_budget
         self.state = ConnState.OPEN
         self.last_error: WebSocketError | None = None
         self._codec = PerMessageDeflate(deflate) if deflate is not None else None
@@ -190,6 +130,10 @@ class WebSocketConnection:
         # Our close frame (echo or failure) waits here until data_to_send(), so
         # replies to the events that preceded it still go out before it.
         self._pending_close: bytes | None = None
+        #: Set by the I/O layer while its peer does not read: pongs are coalesced.
+        self.hold_pongs = False
+        self._held_pong: bytes | None = None  # the latest ping's payload, not yet answered
+        self._coalesced = 0  # wire bytes of pongs replaced by a later one
         self._close_sent = False
         self._close_received = False
         if trailing_data:
@@ -222,6 +166,7 @@ class WebSocketConnection:
         if self.state is ConnState.CLOSED:
             return
         self.state = ConnState.CLOSED
+        self._drop_message()
         if self.last_error is None and not self._close_received:
             self._events.append(CloseReceived(CloseCode.ABNORMAL_CLOSURE, ""))
 
@@ -262,7 +207,7 @@ class WebSocketConnection:
         """Dispatch one validated frame."""
         if frame.opcode is Opcode.PING:
             if not self._close_sent:
-                self._send_frame(Frame(Opcode.PONG, frame.payload))  # §5.5.2
+                self._answer_ping(frame.payload)
             self._events.append(Ping(frame.payload))
         elif frame.opcode is Opcode.PONG:
             self._events.append(Pong(frame.payload))
@@ -270,6 +215,30 @@ class WebSocketConnection:
             self._handle_close(frame.payload)
         else:
             self._handle_data(frame)
+
+    def _answer_ping(self, payload: bytes) -> None:
+        """Queue the pong (§5.5.2), or only keep the latest while ``hold_pongs`` (§5.5.3)."""
+        if not self.hold_pongs:
+            self._send_frame(Frame(Opcode.PONG, payload))
+            return
+        if self._held_pong is not None:
+            self._coalesced += 2 + len(self._held_pong)
+        self._held_pong = payload
+
+    def _release_held_pong(self, force: bool = False) -> None:
+        """Queue the held pong once pongs may flow again, or before our close (§5.5.1)."""
+        if self._held_pong is not None and (force or not self.hold_pongs):
+            self._send_frame(Frame(Opcode.PONG, self._held_pong))
+            self._held_pong = None
+
+    def take_coalesced(self) -> int:
+        """Return and reset the wire bytes of pongs not sent because a later ping replaced them.
+
+        Returns:
+            Bytes the peer asked for (by pinging) and will never get, since the last call.
+        """
+        coalesced, self._coalesced = self._coalesced, 0
+        return coalesced
 
     def _handle_data(self, frame: Frame) -> None:
         """Add a data frame to the message in progress; emit it when final."""
@@ -280,9 +249,7 @@ class WebSocketConnection:
                 msg.decoder = codecs.getincrementaldecoder("utf-8")()
         payload = frame.payload
         if msg.compressed:
-            assert self._codec is not None  # RSV1 is only accepted with deflate
-            remaining = self.limits.max_message_size - msg.size
-            payload = self._codec.decompress(payload, fin=frame.fin, limit=remaining)
+            payload = self._inflate(msg, payload, frame.fin)
         msg.size += len(payload)
         if msg.decoder is not None:
             try:
@@ -300,28 +267,93 @@ class WebSocketConnection:
                 data = msg.parts[0] if len(msg.parts) == 1 else b"".join(msg.parts)
                 self._events.append(BytesMessage(data))
 
+    def _inflate(self, msg: _Message, payload: bytes, fin: bool) -> bytes:
+        """Inflate a piece of a compressed message within its size limit and the budget.
+
+        A piece that completes its message is delivered at once and never reserved
+        (a budget spent by unfinished messages does not stop whole ones); any other
+        is inflated at most up to the budget's room, so a refused piece costs no more
+        than that, and what it adds is reserved until the message ends.
+        """
+        assert self._codec is not None  # RSV1 is only accepted with deflate
+        remaining = self.limits.max_message_size - msg.size
+        budget = self._budget
+        if budget is None or fin:
+            out = self._codec.decompress(payload, fin=fin, limit=remaining)
+            if budget is not None:
+                budget.release(msg.held)
+                msg.held = 0
+            return out
+        room = budget.limit - budget.used
+        try:
+            out = self._codec.decompress(payload, fin=fin, limit=min(remaining, room))
+        except WebSocketError as err:
+            if err.close_code != CloseCode.MESSAGE_TOO_BIG or room >= remaining:
+                raise
+            raise WebSocketError(
+                f"unfinished compressed messages would hold over {budget.limit} bytes "
+                f"of this worker's inflate budget",
+                close_code=CloseCode.MESSAGE_TOO_BIG,
+            ) from None
+        budget.reserve(len(out))  # fits: at most ``room``
+        msg.held += len(out)
+        return out
+
+    def _drop_message(self) -> None:
+        """Forget the message in progress, giving back what it held."""
+        msg, self._message = self._message, None
+        if msg is not None and msg.held and self._budget is not None:
+            self._budget.release(msg.held)
+            msg.held = 0
+
+    @property
+    def message_in_progress(self) -> bool:
+        """Whether a data message has begun and its final frame not yet arrived."""
+        return self._message is not None
+
+    def fail(self, code: int, reason: str) -> None:
+        """Fail the connection on the I/O layer's behalf (e.g. a message timeout).
+
+        Like a protocol error (§7.1.7): the close frame is queued, the message in
+        progress is dropped, nothing more is processed, and a ``CloseReceived``
+        with ``code`` is the last event. A no-op once failed or closed.
+
+        Args:
+            code: the close code to send, e.g. 1008.
+            reason: the close reason (cut to 123 bytes).
+        """
+        if self.last_error is None and self.state is not ConnState.CLOSED:
+            self._fail(WebSocketError(reason, close_code=code))
+
+    def abort(self) -> None:
+        """The transport is gone without an EOF seen here: drop the message in progress."""
+        self._drop_message()
+
     def _handle_close(self, payload: bytes) -> None:
         """Answer or complete the closing handshake (§5.5.1, §7.1.2-3)."""
-        code, reason = _parse_close(payload)
+        code, reason = parse_close(payload)
         self._close_received = True
         if not self._close_sent:
             # Echo the peer's code; an empty close is answered with an empty one.
             self._pending_close = serialize_frame(Frame(Opcode.CLOSE, payload[:2]))
             self._close_sent = True
         self.state = ConnState.CLOSED
+        self._drop_message()  # §5.5.1: an unfinished message stays unfinished
         self._events.append(CloseReceived(code, reason))
 
     def _fail(self, err: WebSocketError) -> None:
         """_Fail the WebSocket Connection_ (§7.1.7): send a close, stop reading."""
-        self.last_error = err
+        # Kept for the connection's life: without its traceback, which would keep the
+        # raising frames' locals alive (a refused piece of a zip bomb: up to 16 MiB).
+        self.last_error = err.with_traceback(None)
         reason = str(err).encode("utf-8")[:MAX_CLOSE_REASON].decode("utf-8", "ignore")
         if not self._close_sent:
-            payload = _close_payload(err.close_code, reason)
+            payload = close_payload(err.close_code, reason)
             self._pending_close = serialize_frame(Frame(Opcode.CLOSE, payload))
             self._close_sent = True
         if self.state is ConnState.OPEN:
             self.state = ConnState.CLOSING
-        self._message = None
+        self._drop_message()
         self._events.append(CloseReceived(err.close_code, reason))
 
     # -- output --------------------------------------------------------------
@@ -346,6 +378,7 @@ class WebSocketConnection:
         Returns:
             The queued buffers (possibly none).
         """
+        self._release_held_pong(force=self._pending_close is not None)
         if self._pending_close is not None:
             self._small += self._pending_close
             self._pending_close = None
@@ -425,7 +458,7 @@ class WebSocketConnection:
         Raises:
             ValueError: for a code that must not be sent, or a reason too long.
         """
-        if not _valid_close_code(code):
+        if not valid_close_code(code):
             raise ValueError(f"close code {code} must not be sent")
         if len(reason.encode("utf-8")) > MAX_CLOSE_REASON:
             raise ValueError(f"close reason longer than {MAX_CLOSE_REASON} bytes")
@@ -451,7 +484,8 @@ class WebSocketConnection:
 
     def _send_close_frame(self, code: int, reason: str) -> None:
         """Queue a close frame and remember that no more frames may follow (§5.5.1)."""
-        self._send_frame(Frame(Opcode.CLOSE, _close_payload(code, reason)))
+        self._release_held_pong(force=True)
+        self._send_frame(Frame(Opcode.CLOSE, close_payload(code, reason)))
         self._close_sent = True
 
     def _send_frame(self, frame: Frame) -> None:

@@ -13,6 +13,7 @@ from prefork.websocket.handshake import (
     build_accept_response,
     build_error_response,
     parse_extensions,
+    requests_websocket,
     validate_upgrade,
 )
 
@@ -130,6 +131,73 @@ def test_origin_in_allow_list_is_accepted() -> None:
     req = validate_upgrade(b"GET", b"1.1", headers(Origin=b"https://Example.com"),
                            allowed_origins=["https://example.com"])
     assert req.origin == "https://Example.com"
+
+
+SAME_ORIGIN = [
+    (b"http://example.com", b"example.com"),
+    (b"https://example.com", b"example.com"),
+    (b"http://EXAMPLE.com:80", b"example.com"),
+    (b"https://example.com:443", b"Example.COM"),
+    (b"http://127.0.0.1:8000", b"127.0.0.1:8000"),
+    (b"http://[::1]:8080", b"[::1]:8080"),
+    (b"http://example.com:8080", b"example.com:8080"),
+]
+CROSS_ORIGIN = [
+    (b"http://evil.example", b"example.com"),
+    (b"http://example.com:8080", b"example.com"),
+    (b"http://example.com", b"example.com:8080"),
+    (b"https://example.com", b"example.com:80"),
+    (b"http://example.com.evil.example", b"example.com"),
+    (b"http://example.com@evil.example", b"example.com"),
+    (b"null", b"example.com"),  # sandboxed frames, file: pages
+    (b"chrome-extension://abcdef", b"example.com"),
+    (b"http://127.0.0.1:8001", b"127.0.0.1:8000"),
+]
+
+
+@pytest.mark.parametrize(("origin", "host"), SAME_ORIGIN)
+def test_default_accepts_the_same_origin(origin: bytes, host: bytes) -> None:
+    req = validate_upgrade(b"GET", b"1.1", headers(Origin=origin, Host=host), allowed_origins=())
+    assert req.origin == origin.decode()
+
+
+@pytest.mark.parametrize(("origin", "host"), CROSS_ORIGIN)
+def test_default_refuses_a_cross_origin_browser_with_403(origin: bytes, host: bytes) -> None:
+    err = refused(hdrs=headers(Origin=origin, Host=host), allowed_origins=())
+    assert err.status == 403
+    assert str(err) == f"cross-origin handshake: Origin {origin.decode()!r} is not Host {host.decode()!r}"
+
+
+def test_default_accepts_clients_without_origin() -> None:
+    # Not a browser: nothing for a cross-site page to hijack.
+    assert validate_upgrade(b"GET", b"1.1", headers(), allowed_origins=()).origin is None
+
+
+@pytest.mark.parametrize(("origin", "host"), CROSS_ORIGIN + [(None, b"example.com")])
+def test_star_accepts_every_origin(origin: bytes | None, host: bytes) -> None:
+    validate_upgrade(b"GET", b"1.1", headers(Origin=origin, Host=host), allowed_origins=["*"])
+
+
+def test_a_list_accepts_only_its_origins_even_the_same_origin() -> None:
+    allowed = ["https://app.example"]
+    validate_upgrade(b"GET", b"1.1", headers(Origin=b"https://app.example"), allowed_origins=allowed)
+    err = refused(hdrs=headers(Origin=b"http://example.com"), allowed_origins=allowed)
+    assert (err.status, str(err)) == (403, "origin not allowed: 'http://example.com'")
+
+
+@pytest.mark.parametrize(("values", "expected"), [
+    ([b"websocket"], True),
+    ([b"foo, websocket"], True),
+    ([b"h2c, WebSocket"], True),
+    ([b"foo", b"WEBSOCKET"], True),
+    ([b" foo ,\twebsocket "], True),
+    ([b"foo, websocket/13x"], False),
+    ([b"foo, h2c"], False),
+    ([], False),
+])
+def test_requests_websocket_looks_at_every_upgrade_token(values: list[bytes], expected: bool) -> None:
+    hdrs = [(b"Host", b"example.com")] + [(b"Upgrade", v) for v in values]
+    assert requests_websocket(hdrs) is expected
 
 
 def test_parse_extensions_grammar() -> None:

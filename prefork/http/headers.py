@@ -244,8 +244,9 @@ def _framing(found: dict[bytes, list[bytes]], version: bytes) -> Framing:
         keep_alive = b"keep-alive" in tokens and b"close" not in tokens
     upgrade = None
     if b"upgrade" in tokens and b"upgrade" in found:
-        first = found[b"upgrade"][0].split(b",", 1)[0].strip(b" \t").lower()
-        upgrade = first or None
+        # The first protocol named; empty list elements are allowed and skipped (RFC 9110 §5.6.1).
+        named = (t.strip(b" \t").lower() for t in found[b"upgrade"][0].split(b","))
+        upgrade = next((t for t in named if t), None)
     # RFC 9110 §10.1.1: a server MUST ignore 100-continue in an HTTP/1.0 request.
     expects = version == b"1.1" and any(v.lower() == b"100-continue" for v in found.get(b"expect", ()))
     te = found.get(b"transfer-encoding")

@@ -358,6 +358,12 @@ def test_upgrade_requires_connection_token_and_decline() -> None:
     assert isinstance(parser.next_event(), Request)
 
 
+
+def test_upgrade_names_the_first_non_empty_protocol() -> None:
+    for value, expected in ((b", websocket", b"websocket"), (b" ,, h2c, websocket", b"h2c"), (b" , ", None)):
+        data = b"GET / HTTP/1.1\r\nHost: h\r\nUpgrade: " + value + b"\r\nConnection: Upgrade\r\n\r\n"
+        assert only_request(feed_variants(make_driver(), data, normalize=merge_data)).upgrade == expected, value
+
 # --- body framing -----------------------------------------------------------------
 
 

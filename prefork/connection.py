@@ -29,7 +29,7 @@ from prefork.handlers import CompleteRequest, ResponseStream
 from prefork.http.events import ConnectionClosed, Data, EndOfMessage, Request, Signal
 from prefork.http.headers import Headers
 from prefork.http.parser import ParserState, RequestParser
-from prefork.http.response import frame_body, frame_response, has_no_body, simple_error_response
+from prefork.http.response import CONTINUE, ResponseWriter, simple_error_response
 from prefork.logs import access_log_enabled, error_log, log_access
 from prefork.loop_services import LoopServices
 from prefork.output import OutputQueue
@@ -55,7 +55,6 @@ DRAIN_LINGER = 2.0
 DRAIN_PIPELINE_MAX = 16
 # Receive-buffer fills per wake-up on the body fast path.
 DIRECT_READS_PER_WAKEUP = 4
-CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 CLIENT_CLOSED_REQUEST = 499  # nginx's access-log status for a client that left first
 _EMPTY_HEADERS = Headers([])
 
@@ -97,6 +96,7 @@ class Connection:
         self._input_bound = max(MAX_PIPELINE_BUFFER, limits.max_request_line + limits.max_header_bytes + 8)
         self.stage = Stage.HEAD
         self.out = OutputQueue()
+        self.writer = ResponseWriter()
         self.eof = False
         self.close_after_write = False
         self.reading = True
@@ -116,10 +116,7 @@ class Connection:
         self.started = now
         self.response: ResponseStream | None = None
         self.status = 0
-        self.sent_body = 0
-        self.chunked = False
-        self.head_only = False
-        self.remaining: int | None = None
+        self.writer.body_sent = 0
         self.pulling = False
         self._pump_scheduled = False
         self.window_start = now
@@ -359,29 +356,28 @@ class Connection:
         assert head is not None
         self.status = resp.status
         # A client that half-closed after pipelining still reads: answer what it already sent.
-        keep_alive = head.keep_alive and not resp.close_connection and not (self.eof and not self.parser.buffered)
+        keep_alive = not (self.eof and not self.parser.buffered)
         if self.loop.draining:
             # Requests the client pipelined are already here: answer them too, then close.
             self.drain_responses += 1
             keep_alive = keep_alive and bool(self.parser.buffered) and self.drain_responses < DRAIN_PIPELINE_MAX
         known = (resp.file.count if resp.file is not None
                  else sum(len(c) for c in resp.chunks) if resp.rest is None else None)
-        framing = frame_response(head.method, head.http_version, keep_alive, resp.status, resp.reason,
-                                 resp.headers, resp.content_length, known)
-        self.head_only = has_no_body(head.method, resp.status)
-        self.remaining, self.chunked = framing.body_length, framing.chunked
-        if framing.close:
+        response_head = self.writer.start(head, resp, known, keep_alive)
+        if self.writer.close:
             self.close_after_write = True
-        return framing.head
+        return response_head
 
     def _pump(self) -> None:
         """Move response body from the stream to the socket as far as it will go."""
         resp = self.response
+        writer = self.writer
         while resp is not None and self.stage is Stage.RESPONDING:
             if resp.chunks:
-                self._queue_body(resp.chunks)
+                for piece in writer.frame(resp.chunks):
+                    self.out.append(piece)
                 resp.chunks = []
-            if resp.rest is not None and self.head_only and not self.pulling:
+            if resp.rest is not None and writer.no_body and not self.pulling:
                 resp.rest = None  # HEAD/204/304: the body is never sent, so never produce it
                 resp.close()
             if resp.rest is not None and not self.pulling and self.out.size < LOW_WATER:
@@ -393,7 +389,7 @@ class Connection:
                 continue
             if resp.rest is not None and not self.pulling:
                 continue  # the queue drained in one write: ask the stream for more now
-            if resp.file is not None and resp.file.count > 0 and not self.head_only:
+            if resp.file is not None and resp.file.count > 0 and not writer.no_body:
                 if not self._sendfile(resp):
                     return
                 continue
@@ -430,14 +426,6 @@ class Connection:
             return
         self._pump()
 
-    def _queue_body(self, chunks: list[bytes]) -> None:
-        if self.head_only:
-            return
-        pieces, size, self.remaining = frame_body(chunks, self.remaining, self.chunked)
-        self.sent_body += size
-        for piece in pieces:
-            self.send(piece, flush=False)
-
     def _sendfile(self, resp: ResponseStream) -> bool:
         body = resp.file
         assert body is not None
@@ -454,19 +442,17 @@ class Connection:
             return False
         body.offset += sent
         body.count -= sent
-        self.sent_body += sent
-        if self.remaining is not None:
-            self.remaining -= sent
+        self.writer.sent_file(sent)
         return True
 
     def _finish_response(self) -> None:
         resp = self.response
         assert resp is not None and self.request is not None
-        if self.chunked:
-            self.send(b"0\r\n\r\n", flush=False)
-        if self.remaining:  # the app promised more bytes than it produced
+        self.out.append(self.writer.end())
+        if self.writer.remaining:  # the app promised more bytes than it produced: the writer closes
             error_log.error("response to %s ended %d bytes short of its Content-Length; closing",
-                            self.request.target.decode("latin-1"), self.remaining)
+                            self.request.target.decode("latin-1"), self.writer.remaining)
+        if self.writer.close:
             self.close_after_write = True
         resp.close()
         self.log_request()
@@ -486,7 +472,8 @@ class Connection:
             self.loop.slot.count_request()
         if not access_log_enabled():
             return
-        log_access(self.peer[0], f"{head} HTTP/{head.http_version.decode('latin-1')}", self.status, self.sent_body,
+        log_access(self.peer[0], f"{head} HTTP/{head.http_version.decode('latin-1')}", self.status,
+                   self.writer.body_sent,
                    (head.headers.get(b"referer") or b"").decode("latin-1"),
                    (head.headers.get(b"user-agent") or b"").decode("latin-1"),
                    time.monotonic() - self.started)

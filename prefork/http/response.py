@@ -6,23 +6,32 @@ WSGI does) and every name and value is checked for CR, LF and NUL so that no
 handler can split a response (CWE-113). Reason phrases come from
 ``http.HTTPStatus`` and are cached per status. The ``Date`` value changes once
 a second, so it is formatted once per second and cached (DESIGN §10).
+
+``ResponseWriter`` holds every framing rule of an application's response:
+Content-Length vs chunked vs close-delimited, no body for HEAD/1xx/204/304,
+HTTP/1.0 keep-alive, a body that ends short of its length. The I/O layer
+only queues the bytes it returns and closes when it says so.
 """
 
 from __future__ import annotations
 
 import re
 import time
-from dataclasses import dataclass
 from email.utils import formatdate
 from http import HTTPStatus
+from typing import Protocol
 
-__all__ = ["LAST_CHUNK", "ResponseFraming", "chunk", "frame_body", "frame_response", "http_date",
+from prefork.http.events import Request
+
+__all__ = ["CONTINUE", "LAST_CHUNK", "ResponseHead", "ResponseWriter", "chunk", "http_date",
            "simple_error_response", "status_line_and_headers"]
 
 HeaderItem = tuple[bytes | str, bytes | str]
 
 # The chunk that ends a chunked body, with an empty trailer section (RFC 9112 §7.1).
 LAST_CHUNK = b"0\r\n\r\n"
+# The interim answer to ``Expect: 100-continue`` (RFC 9110 §10.1.1).
+CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 
 # field-name = token (RFC 9110 §5.1); values must not hold CR, LF or NUL (§5.5).
 _TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
@@ -136,101 +145,142 @@ def simple_error_response(status: int, message: str, *, close: bool = True) -> b
     return status_line_and_headers(status, headers) + body
 
 
-@dataclass(frozen=True, slots=True)
-class ResponseFraming:
-    """How one response is delimited on the wire, and what it does to the connection.
+class ResponseHead(Protocol):
+    """What the writer reads of an application's response."""
+
+    status: int
+    reason: str
+    headers: list[tuple[str, str]]  # already validated, no framing fields but a Content-Length
+    content_length: int | None  # the application's own Content-Length, if it gave one
+    close_connection: bool  # the application asked for ``Connection: close``
+
+
+class ResponseWriter:
+    """Frames the responses of one connection, one after another (RFC 9112 §6 and §9).
+
+    ``start`` decides the framing and returns the head; ``frame`` turns body
+    chunks into wire pieces; ``end`` returns what ends the body. The same writer
+    is reused for every response on a connection, so framing allocates nothing
+    beyond the bytes it returns.
 
     Attributes:
-        head: the status line and header block, ready to send.
-        body_length: body bytes to send; None when the body is chunked or ends with the close.
-        chunked: the body goes out in chunks (``Transfer-Encoding: chunked``).
-        close: the connection closes once this response is sent.
+        close: the connection must close once this response is sent (set by
+            ``start``; ``end`` sets it too when the body ended short).
+        no_body: the response has no body (HEAD, 1xx, 204, 304): none is sent, so
+            none needs producing.
+        chunked: the body goes out as chunks (``Transfer-Encoding: chunked``).
+        remaining: body bytes the framing still allows (a Content-Length), or None
+            when the body is chunked or delimited by the close.
+        body_sent: body bytes framed so far (the access log's size).
     """
 
-    head: bytes
-    body_length: int | None
-    chunked: bool
-    close: bool
+    __slots__ = ("close", "no_body", "chunked", "remaining", "body_sent")
 
+    def __init__(self) -> None:
+        self.close = False
+        self.no_body = False
+        self.chunked = False
+        self.remaining: int | None = None
+        self.body_sent = 0
 
-def has_no_body(method: bytes, status: int) -> bool:
-    """A response to HEAD, a 1xx, 204 or 304 never has a body (RFC 9112 §6.3 rule 1)."""
-    return method == b"HEAD" or status in (204, 304) or status < 200
+    def start(self, head: Request, response: ResponseHead, known_length: int | None, may_keep_alive: bool) -> bytes:
+        """Decide how a response is framed and build its head.
 
+        Args:
+            head: the request being answered (its method, version and keep-alive wish).
+            response: the application's status, reason, fields and Content-Length.
+            known_length: the body's length when the server knows it (a complete body,
+                a file), sent as ``Content-Length``; None for a body still to come.
+            may_keep_alive: whether the server lets the connection stay open (it is not
+                stopping, the client has not gone); a body of unknown length on
+                HTTP/1.0 closes it anyway.
 
-def frame_response(method: bytes, http_version: bytes, keep_alive: bool, status: int, reason: str,
-                   headers: list[tuple[str, str]], declared_length: int | None,
-                   known_length: int | None) -> ResponseFraming:
-    """Decide how a response is framed and build its head (RFC 9112 §6 and §9).
-
-    Args:
-        method: the request's method (HEAD responses have no body).
-        http_version: the request's version, ``b"1.1"`` or ``b"1.0"``.
-        keep_alive: whether the connection may stay open (the request's and the
-            server's wish); a body with no known length on HTTP/1.0 closes it anyway.
-        status, reason: the status code and reason phrase.
-        headers: the application's fields (already validated, no framing fields
-            but its own ``Content-Length``).
-        declared_length: the application's ``Content-Length``, if it gave one.
-        known_length: the body's length when the server knows it (a complete body,
-            a file), added as ``Content-Length``; None for a body still to come.
-
-    Returns:
-        The head and the framing decisions.
-    """
-    no_body = has_no_body(method, status)
-    # RFC 9110 §8.6: no Content-Length on 1xx and 204; on 304 it would describe another body.
-    may_send_length = not (status in (204, 304) or status < 200)
-    lines = [f"HTTP/1.1 {status} {reason}\r\nDate: {http_date().decode('latin-1')}\r\nServer: prefork\r\n"]
-    lines.extend(f"{name}: {value}\r\n" for name, value in headers)
-    chunked = False
-    length: int | None
-    if declared_length is not None:
-        length = declared_length
-    elif known_length is not None:
-        length = known_length
-        if may_send_length:
-            lines.append(f"Content-Length: {known_length}\r\n")
-    else:
-        length = None
-        if http_version == b"1.1" and not no_body:
-            chunked = True
-            lines.append("Transfer-Encoding: chunked\r\n")
+        Returns:
+            The status line and header block.
+        """
+        status = response.status
+        http_version = head.http_version
+        keep_alive = may_keep_alive and head.keep_alive and not response.close_connection
+        # RFC 9112 §6.3 rule 1: a response to HEAD, a 1xx, 204 or 304 never has a body.
+        self.no_body = no_body = head.method == b"HEAD" or status in (204, 304) or status < 200
+        self.body_sent = 0
+        # RFC 9110 §8.6: no Content-Length on 1xx and 204; on 304 it would describe another body.
+        may_send_length = not (status in (204, 304) or status < 200)
+        lines = [f"HTTP/1.1 {status} {response.reason}\r\nDate: {http_date().decode('latin-1')}\r\n"
+                 "Server: prefork\r\n"]
+        lines.extend(f"{name}: {value}\r\n" for name, value in response.headers)
+        chunked = False
+        length: int | None
+        if response.content_length is not None:
+            length = response.content_length
+        elif known_length is not None:
+            length = known_length
+            if may_send_length:
+                lines.append(f"Content-Length: {known_length}\r\n")
         else:
-            keep_alive = False  # no length known: the close delimits the body (§6.3 rule 8)
-    if not keep_alive:
-        lines.append("Connection: close\r\n")
-    elif http_version == b"1.0":
-        lines.append("Connection: keep-alive\r\n")
-    lines.append("\r\n")
-    return ResponseFraming("".join(lines).encode("latin-1"), 0 if no_body else length, chunked, not keep_alive)
+            length = None
+            if http_version == b"1.1" and not no_body:
+                chunked = True
+                lines.append("Transfer-Encoding: chunked\r\n")
+            else:
+                keep_alive = False  # no length known: the close delimits the body (§6.3 rule 8)
+        if not keep_alive:
+            lines.append("Connection: close\r\n")
+        elif http_version == b"1.0":
+            lines.append("Connection: keep-alive\r\n")
+        lines.append("\r\n")
+        self.remaining = 0 if no_body else length
+        self.chunked = chunked
+        self.close = not keep_alive
+        return "".join(lines).encode("latin-1")
 
+    def frame(self, chunks: list[bytes]) -> list[bytes]:
+        """Frame a batch of body chunks for the wire.
 
-def frame_body(chunks: list[bytes], remaining: int | None, chunked: bool) -> tuple[list[bytes], int, int | None]:
-    """Frame a batch of body chunks for the wire.
+        A batch, not one chunk: a chunked body gets one chunk header per batch
+        (not one per tiny application chunk), and the pieces are returned apart
+        so that a large chunk is sent as it is, never copied into a joined buffer.
 
-    Args:
-        chunks: what the application produced, in order (empty ones are skipped:
-            an empty chunk would read as the end of a chunked body).
-        remaining: bytes the framing still allows (Content-Length), or None.
-        chunked: frame the batch as one chunk (one per batch, not one per tiny
-            application chunk).
+        Args:
+            chunks: what the application produced, in order; empty ones are skipped
+                (an empty chunk would read as the end of a chunked body).
 
-    Returns:
-        The pieces to send, the body bytes among them, and what remains allowed:
-        bytes beyond a declared length are dropped, never sent.
-    """
-    if remaining is not None:
-        kept = []
-        for piece in chunks:
-            if remaining <= 0:
-                break
-            piece = piece[:remaining]
-            remaining -= len(piece)
-            kept.append(piece)
-        chunks = kept
-    chunks = [piece for piece in chunks if piece]
-    size = sum(len(piece) for piece in chunks)
-    if chunked and size:
-        return [b"%x\r\n" % size, *chunks, b"\r\n"], size, remaining
-    return chunks, size, remaining
+        Returns:
+            The pieces to send. Bytes beyond a Content-Length are dropped, never
+            sent, and no body at all goes out when ``no_body``.
+        """
+        if self.no_body:
+            return []
+        remaining = self.remaining
+        if remaining is not None:
+            kept = []
+            for piece in chunks:
+                if remaining <= 0:
+                    break
+                piece = piece[:remaining]
+                remaining -= len(piece)
+                kept.append(piece)
+            chunks = kept
+            self.remaining = remaining
+        chunks = [piece for piece in chunks if piece]
+        size = sum(len(piece) for piece in chunks)
+        self.body_sent += size
+        if self.chunked and size:
+            return [b"%x\r\n" % size, *chunks, b"\r\n"]
+        return chunks
+
+    def sent_file(self, count: int) -> None:
+        """Account for ``count`` body bytes the caller sent from a file itself (sendfile)."""
+        self.body_sent += count
+        if self.remaining is not None:
+            self.remaining -= count
+
+    def end(self) -> bytes:
+        """What ends the body: the last chunk of a chunked one, else nothing.
+
+        A body that ended short of its Content-Length (``remaining`` stays above
+        0) cannot be delimited any more: the connection must close (``close``).
+        """
+        if self.remaining:
+            self.close = True
+        return LAST_CHUNK if self.chunked else b""

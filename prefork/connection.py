@@ -5,24 +5,27 @@ Strategy: a ``Connection`` is driven entirely by its worker's event loop: it is
 told when its socket is readable or writable, when its application call has
 finished, and when a second has passed (timeouts). It never blocks and never
 runs application code: handlers and response iterators run in the worker's
-handler pool, which hands results back through the loop. Output is a queue of
-buffers written with ``sendmsg`` (or ``sendfile`` for file bodies); the next
-part of a streamed response is only produced once the queue has drained below a
-low-water mark, so a slow reader costs a bounded buffer, not a whole response.
-This is the one module that holds both a socket and a parser.
+handler pool, which hands results back through the loop. It talks to its
+client through a ``Channel`` (the socket, its output queue and readiness) and
+frames responses with a sans-IO ``ResponseWriter``: this module only decides
+when to read, what to queue and when to close. The next part of a streamed
+response is only produced once the queue has drained below a low-water mark,
+so a slow reader costs a bounded buffer, not a whole response. A request that
+asks to switch protocols, when the loop takes it, ends the connection's
+HTTP life as an ``Upgrade`` outcome: the new protocol gets the channel.
 """
 
 from __future__ import annotations
 
 import enum
 import io
-import os
-import socket
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import IO
 
 from prefork.body_sinks import open_sink
+from prefork.channel import Channel
 from prefork.diskspace import storage_error
 from prefork.errors import IncompleteBody, ProtocolError, RequestTimeout
 from prefork.handlers import CompleteRequest, ResponseStream
@@ -32,7 +35,6 @@ from prefork.http.parser import ParserState, RequestParser
 from prefork.http.response import CONTINUE, ResponseWriter, simple_error_response
 from prefork.logs import access_log_enabled, error_log, log_access
 from prefork.loop_services import LoopServices
-from prefork.output import OutputQueue
 from prefork.forms import FormSink
 from prefork.spool import BodySpool
 
@@ -67,24 +69,42 @@ class Stage(enum.Enum):
     HANDLING = 3    # the application is running
     RESPONDING = 4  # writing the response
     LINGER = 5      # answered an error; draining the client's bytes before closing
-    HANDED_OFF = 6  # the socket belongs to another protocol now (WebSocket)
-    CLOSED = 7
+    UPGRADING = 6   # the loop took an upgrade: the new protocol is being set up
+    HANDED_OFF = 7  # the channel belongs to another protocol now (WebSocket)
+    CLOSED = 8
+
+
+@dataclass(frozen=True, slots=True)
+class Upgrade:
+    """A complete request that switches the connection to another protocol (RFC 9110 §7.8).
+
+    Attributes:
+        head: the request.
+        data: the bytes that followed it: the new protocol's first bytes.
+        has_body: the request came with a body (``data`` is empty then), which the
+            new protocol may refuse.
+    """
+
+    head: Request
+    data: bytes
+    has_body: bool
 
 
 class Connection:
     """One client connection, from accept to close.
 
     Args:
-        sock: the accepted, non-blocking socket.
+        channel: the accepted socket's channel (the connection becomes its owner).
         peer: the client address.
         server: the local address.
         loop: the worker's services.
         recv_buffer: the worker's reusable receive buffer.
     """
 
-    def __init__(self, sock: socket.socket, peer: tuple[str, int], server: tuple[str, int],
+    def __init__(self, channel: Channel, peer: tuple[str, int], server: tuple[str, int],
                  loop: LoopServices, recv_buffer: memoryview) -> None:
-        self.sock = sock
+        self.channel = channel
+        channel.owner = self
         self.peer = peer
         self.server = server
         self.loop = loop
@@ -95,18 +115,16 @@ class Connection:
         # A head must fit, however large the limits allow it to be.
         self._input_bound = max(MAX_PIPELINE_BUFFER, limits.max_request_line + limits.max_header_bytes + 8)
         self.stage = Stage.HEAD
-        self.out = OutputQueue()
         self.writer = ResponseWriter()
         self.eof = False
         self.close_after_write = False
-        self.reading = True
-        self.writing = False
         now = time.monotonic()
         self.deadline = now + self.settings.header_timeout
         self.timeout_is_keepalive = False
         self.drain_responses = 0
         self._reset_request(now)
-        self.upgrade_handler: Callable[[Connection, Request], bool] | None = None
+        if loop.slot is not None:
+            loop.slot.add_connections(http=1)
 
     # --- request state ------------------------------------------------------
     def _reset_request(self, now: float) -> None:
@@ -125,7 +143,7 @@ class Connection:
 
     def fileno(self) -> int:
         """The socket's file descriptor."""
-        return self.sock.fileno()
+        return self.channel.fileno()
 
     # --- reading ------------------------------------------------------------
     def on_readable(self) -> None:
@@ -137,14 +155,14 @@ class Connection:
         if self.stage is not Stage.BODY and self.stage is not Stage.LINGER:
             room = min(room, self._input_bound - self.parser.buffered)
             if room <= 0:
-                self._set_reading(False)
+                self.channel.set_reading(False)
                 return
         try:
-            n = self.sock.recv_into(self._buffer, room)
-        except (BlockingIOError, InterruptedError):
-            return
+            n = self.channel.recv_into(self._buffer, room)
         except OSError:
             self._connection_lost()
+            return
+        if n is None:
             return
         slot = self.loop.slot
         if slot is not None and n:
@@ -160,7 +178,7 @@ class Connection:
         if self.stage in (Stage.HEAD, Stage.BODY):
             self.process()
         if self.parser.buffered >= self._input_bound:
-            self._set_reading(False)
+            self.channel.set_reading(False)
 
     def _receive_body_directly(self) -> None:
         """The fast path for Content-Length bodies: socket -> receive buffer -> sink.
@@ -175,12 +193,12 @@ class Connection:
             if not remaining or self.stage is not Stage.BODY:
                 break
             try:
-                n = self.sock.recv_into(buffer, min(remaining, len(buffer)))
-            except (BlockingIOError, InterruptedError):
-                break
+                n = self.channel.recv_into(buffer, min(remaining, len(buffer)))
             except OSError:
                 self._connection_lost()
                 return
+            if n is None:
+                break
             if n == 0:
                 self._peer_closed()
                 break
@@ -202,7 +220,7 @@ class Connection:
     def _peer_closed(self) -> None:
         """The client sent EOF: stop reading and let the parser see the end."""
         self.eof = True
-        self._set_reading(False)
+        self.channel.set_reading(False)
         self.parser.feed(b"")
 
     def process(self) -> None:
@@ -260,9 +278,9 @@ class Connection:
     def _on_head(self, head: Request) -> None:
         self.request = head
         self.started = time.monotonic()
-        if head.upgrade is not None and self.upgrade_handler is not None:
-            if self.upgrade_handler(self, head):
-                return
+        if head.upgrade is not None and self.loop.wants_upgrade(head):
+            self._upgrade(head)
+            return
         declared = head.content_length
         has_body = head.chunked or bool(declared)
         if has_body:
@@ -274,6 +292,24 @@ class Connection:
         self.stage = Stage.BODY
         self.deadline = self.started + self.settings.body_rate_window
         self.window_start = self.started
+
+    def _upgrade(self, head: Request) -> None:
+        """Hand the request to the protocol it switches to, as an ``Upgrade`` outcome."""
+        event = self.parser.next_event()
+        complete = isinstance(event, EndOfMessage)
+        self.stage = Stage.UPGRADING
+        self.deadline = float("inf")
+        self.channel.set_reading(False)  # the next bytes are the new protocol's
+        self.loop.upgrade(self, Upgrade(head, self.parser.trailing_data if complete else b"", not complete))
+
+    def hand_off(self) -> Channel:
+        """The upgrade went through (101 sent next): log it and give up the channel."""
+        self.stage = Stage.HANDED_OFF
+        self.status = 101
+        self.log_request()
+        if self.loop.slot is not None:
+            self.loop.slot.add_connections(http=-1)
+        return self.channel
 
     def _track_upload(self, head: Request, declared: int | None) -> None:
         if self.loop.slot is not None:
@@ -327,7 +363,7 @@ class Connection:
         self.response = result
         self.stage = Stage.RESPONDING
         self.deadline = time.monotonic() + self.settings.send_timeout
-        self.send(self._response_head(result), flush=False)
+        self.channel.queue(self._response_head(result))
         self._pump()
 
     def on_handler_timeout(self, response: ResponseStream, running: bool) -> Callable[[], None] | None:
@@ -375,12 +411,12 @@ class Connection:
         while resp is not None and self.stage is Stage.RESPONDING:
             if resp.chunks:
                 for piece in writer.frame(resp.chunks):
-                    self.out.append(piece)
+                    self.channel.queue(piece)
                 resp.chunks = []
             if resp.rest is not None and writer.no_body and not self.pulling:
                 resp.rest = None  # HEAD/204/304: the body is never sent, so never produce it
                 resp.close()
-            if resp.rest is not None and not self.pulling and self.out.size < LOW_WATER:
+            if resp.rest is not None and not self.pulling and self.channel.queued < LOW_WATER:
                 self.pulling = True
                 self.loop.pull(self, resp, HIGH_WATER)
             if not self._flush():
@@ -430,13 +466,12 @@ class Connection:
         body = resp.file
         assert body is not None
         try:
-            sent = os.sendfile(self.sock.fileno(), body.file.fileno(), body.offset, min(body.count, 1 << 30))
-        except (BlockingIOError, InterruptedError):
-            self._set_writing(True)
-            return False
+            sent = self.channel.sendfile(body.file.fileno(), body.offset, min(body.count, 1 << 30))
         except OSError:
             self.abort()
             return False
+        if sent is None:
+            return False  # the socket is full: on_writable goes on
         if sent == 0:  # the file shrank under us: the promised length cannot be kept
             self.abort()
             return False
@@ -448,7 +483,7 @@ class Connection:
     def _finish_response(self) -> None:
         resp = self.response
         assert resp is not None and self.request is not None
-        self.out.append(self.writer.end())
+        self.channel.queue(self.writer.end())
         if self.writer.remaining:  # the app promised more bytes than it produced: the writer closes
             error_log.error("response to %s ended %d bytes short of its Content-Length; closing",
                             self.request.target.decode("latin-1"), self.writer.remaining)
@@ -500,7 +535,7 @@ class Connection:
         if self.stage is Stage.HEAD or self.stage is Stage.BODY:
             # Read on only below the bound: reading after every answer, however much is
             # already waiting, would let a client that never reads grow this buffer forever.
-            self._set_reading(not self.eof and self.parser.buffered < self._input_bound)
+            self.channel.set_reading(not self.eof and self.parser.buffered < self._input_bound)
 
     # --- errors and timeouts ---------------------------------------------------
     def fail(self, exc: ProtocolError, *, response: bytes | None = None) -> None:
@@ -515,17 +550,17 @@ class Connection:
         self.status = exc.status
         if head is not None:
             self.log_request()
-        self.out.clear()
-        self.send(response or simple_error_response(exc.status, str(exc)), flush=False)
+        self.channel.discard_output()
+        self.channel.queue(response or simple_error_response(exc.status, str(exc)))
         self.stage = Stage.LINGER
         self.deadline = time.monotonic() + LINGER_SECONDS
-        self._set_reading(not self.eof)
+        self.channel.set_reading(not self.eof)
         if self._flush():
             self._linger()
 
     def _linger(self) -> None:
         try:
-            self.sock.shutdown(socket.SHUT_WR)
+            self.channel.shutdown_write()
         except OSError:
             self.close()
             return
@@ -547,7 +582,7 @@ class Connection:
         elif self.stage is Stage.LINGER:
             self.close()
         elif self.stage is Stage.RESPONDING:
-            if not self.out:  # waiting for the application, not for the client
+            if not self.channel.queued:  # waiting for the application, not for the client
                 self.deadline = now + self.settings.send_timeout
                 return
             error_log.info("%s:%s: no response bytes accepted for %g s; closing",
@@ -605,22 +640,21 @@ class Connection:
             self.deadline = min(self.deadline, time.monotonic() + DRAIN_LINGER)
 
     # --- output -------------------------------------------------------------------
-    def send(self, data: bytes | memoryview, flush: bool = True) -> None:
-        """Queue bytes for the client, and try to write them now unless told not to."""
-        self.out.append(data)
-        if flush:
-            self._flush()
+    def send(self, data: bytes | memoryview) -> None:
+        """Queue bytes for the client and try to write them now."""
+        self.channel.queue(data)
+        self._flush()
 
     def _flush(self) -> bool:
         """Write queued output; True when all of it went out."""
-        before = self.out.size
+        channel = self.channel
+        before = channel.queued
         try:
-            drained = self.out.write_to(self.sock)
+            drained = channel.flush()
         except OSError:
             self.abort()
             return False
-        self._set_writing(not drained)
-        if self.stage is Stage.RESPONDING and (drained or self.out.size < before):
+        if self.stage is Stage.RESPONDING and (drained or channel.queued < before):
             self.deadline = time.monotonic() + self.settings.send_timeout  # progress: the client reads
         return drained
 
@@ -637,24 +671,14 @@ class Connection:
         elif self._flush() and self.stage is Stage.LINGER:
             self._linger()
 
-    def _set_reading(self, on: bool) -> None:
-        if on != self.reading and self.stage is not Stage.CLOSED:
-            self.reading = on
-            self.loop.watch(self, self.reading, self.writing)
-
-    def _set_writing(self, on: bool) -> None:
-        if on != self.writing and self.stage is not Stage.CLOSED:
-            self.writing = on
-            self.loop.watch(self, self.reading, self.writing)
-
     # --- teardown -----------------------------------------------------------------
     def abort(self) -> None:
         """Close at once (peer gone, or a response cannot be completed)."""
         self.close()
 
     def close(self) -> None:
-        """Release everything the connection holds; idempotent."""
-        if self.stage is Stage.CLOSED and self.sock.fileno() < 0:
+        """Release everything the connection holds; idempotent (and a no-op once handed off)."""
+        if self.stage is Stage.CLOSED or self.stage is Stage.HANDED_OFF:
             return
         was_handling = self.stage is Stage.HANDLING or self.pulling
         self.stage = Stage.CLOSED
@@ -664,17 +688,10 @@ class Connection:
             if self.response is not None:
                 self.response.close()
                 self.response = None
-        self.out.clear()
+        self.channel.close()
         self.loop.forget(self)
-        try:
-            self.sock.close()
-        except OSError:
-            pass
-
-    def detach(self) -> socket.socket:
-        """Hand the socket to another protocol (after a WebSocket upgrade)."""
-        self.stage = Stage.HANDED_OFF
-        return self.sock
+        if self.loop.slot is not None:
+            self.loop.slot.add_connections(http=-1)
 
 
 def _storage_error(exc: OSError) -> ProtocolError:

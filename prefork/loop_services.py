@@ -1,8 +1,10 @@
-"""What the worker's event loop provides to its HTTP connections.
+"""What the worker's event loop provides to its connections, and what it asks of them.
 
-Strategy: ``Connection`` is written against this protocol, not against the
+Strategy: ``Connection`` is written against ``LoopServices``, not against the
 ``Worker`` class, so that the connection never reaches into the loop's state
-and can be driven by a stand-in in tests.
+and can be driven by a stand-in in tests. ``LoopTarget`` is the other side:
+what the loop calls on anything it holds a socket for (an HTTP connection, a
+WebSocket session), so the loop needs to know neither protocol.
 """
 
 from __future__ import annotations
@@ -15,7 +17,8 @@ from prefork.http.events import Request
 from prefork.settings import ConnectionSettings
 
 if TYPE_CHECKING:
-    from prefork.connection import Connection
+    from prefork.channel import Channel
+    from prefork.connection import Connection, Upgrade
     from prefork.scoreboard import WorkerSlot
 
 
@@ -26,8 +29,8 @@ class LoopServices(Protocol):
     slot: WorkerSlot | None
     draining: bool
 
-    def watch(self, conn: Connection, read: bool, write: bool) -> None:
-        """Set which readiness events the loop reports for this connection."""
+    def watch(self, channel: Channel, read: bool, write: bool) -> None:
+        """Set which readiness events the loop reports to the channel's owner."""
 
     def dispatch(self, conn: Connection, request: CompleteRequest) -> None:
         """Run the application; later call ``conn.on_response``."""
@@ -38,8 +41,41 @@ class LoopServices(Protocol):
     def wants_form(self, head: Request) -> bool:
         """Whether the application wants this body parsed as a form while it arrives."""
 
+    def wants_upgrade(self, head: Request) -> bool:
+        """Whether a request that asks to switch protocols is taken (else it is plain HTTP)."""
+
+    def upgrade(self, conn: Connection, upgrade: Upgrade) -> None:
+        """Switch protocols: later ``conn.hand_off()`` (accepted) or ``conn.fail(...)`` (refused)."""
+
     def defer(self, fn: Callable[..., None], *args: Any) -> None:
         """Run ``fn(*args)`` on the loop thread after what is already queued."""
 
     def forget(self, conn: Connection) -> None:
         """The connection is closed; drop it."""
+
+
+class LoopTarget(Protocol):
+    """What the loop calls on a connection it holds (HTTP or WebSocket)."""
+
+    channel: Channel
+
+    def on_readable(self) -> None:
+        """The socket has input (or EOF)."""
+
+    def on_writable(self) -> None:
+        """The socket has room for output."""
+
+    def check_timeouts(self, now: float) -> None:
+        """The periodic sweep: apply this connection's timeouts."""
+
+    def waiting_since(self) -> float | None:
+        """When it began waiting for a request head (it may be shed); None when busy."""
+
+    def shed(self) -> bool:
+        """Close to make room unless a request has just arrived; True when closed."""
+
+    def on_drain(self) -> None:
+        """The worker is stopping gracefully."""
+
+    def close(self) -> None:
+        """Close now."""

@@ -26,21 +26,20 @@ from typing import Any
 import psutil
 
 from prefork import broadcast, memory, runtime
-from prefork.connection import Connection
-from prefork.errors import ProtocolError
+from prefork.channel import Channel
+from prefork.connection import Connection, Upgrade
 from prefork.handlers import Application, CompleteRequest, ResponseStream
-from prefork.http.events import EndOfMessage, Request
+from prefork.http.events import Request
 from prefork.app_runner import AppRunner
 from prefork.exit_codes import EXIT_BOOT
 from prefork.logs import dump_stacks_to_error_log, error_log, reopen_logs
+from prefork.loop_services import LoopTarget
 from prefork.pool import HandlerPool, Wakeup
 from prefork.scoreboard import WorkerSlot, WorkerState
 from prefork.status import status_response
 from prefork.shedding import IdleShedder
-from prefork.websocket.budget import InflateBudget
-from prefork.websocket.handshake import HandshakeError, build_error_response, requests_websocket
 from prefork.worker_settings import WorkerSettings
-from prefork.wsconn import WebSocketSession, accept_upgrade
+from prefork.ws_upgrade import WebSocketSide
 
 WORKER_BOOT_ERROR = EXIT_BOOT  # the app cannot be imported: the master stops, no respawn loop
 # Large enough that a fast upload costs few recv/write calls per MiB (256 KiB
@@ -87,9 +86,8 @@ class Worker:
         self.app = app
         self.draining = False
         self.stopping_now = False
-        self.connections: set[Connection | WebSocketSession] = set()
-        self._registered: dict[Connection | WebSocketSession, int] = {}
-        self.subscribers: dict[str, set[WebSocketSession]] = {}
+        self.connections: set[LoopTarget] = set()
+        self._registered: dict[Channel, int] = {}
         self._link_socket = link
         self._accepting = False
         self._accept_retry = 0.0
@@ -131,9 +129,7 @@ class Worker:
         self._listener_targets = {lsock: _Readable(functools.partial(self._accept, lsock))
                                   for lsock in self.listeners}
         self._shedder = IdleShedder(self.worker_settings.max_connections)
-        self._websockets = self.worker_settings.websocket is not None and hasattr(self.app, "websocket_handler")
-        self._inflate_budget = InflateBudget(self.worker_settings.websocket.inflate_budget
-                                             if self.worker_settings.websocket else 0)
+        self._upgrades = WebSocketSide(self.app, self.worker_settings.websocket, self, self.pool, self._recv_buffer)
         self._setup_broadcast()
         self._set_accepting(True)
         if self.slot is not None:
@@ -240,8 +236,7 @@ class Worker:
             return
         for _ in range(ACCEPT_BURST):
             at_limit = len(self.connections) >= self.worker_settings.max_connections
-            if at_limit and not self._shedder.has_candidate(
-                    c for c in self.connections if isinstance(c, Connection)):
+            if at_limit and not self._shedder.has_candidate(self.connections):
                 self._set_accepting(False)  # every connection is busy: new ones wait in the backlog
                 return
             try:
@@ -263,14 +258,11 @@ class Worker:
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             else:
                 peer = ("unix", 0)
-            conn = Connection(sock, peer, self._server_names[lsock.fileno()], self, self._recv_buffer)
-            if self._websockets:
-                conn.upgrade_handler = self._upgrade
+            channel = Channel(sock, self.watch)
+            conn = Connection(channel, peer, self._server_names[lsock.fileno()], self, self._recv_buffer)
             self.connections.add(conn)
             self.selector.register(sock, selectors.EVENT_READ, conn)
-            self._registered[conn] = selectors.EVENT_READ
-            if self.slot is not None:
-                self.slot.add_connections(http=1)
+            self._registered[channel] = selectors.EVENT_READ
             # Clients send the request right after connecting, so it is usually
             # here already: read it now rather than one select() later.
             try:
@@ -279,21 +271,29 @@ class Worker:
                 self._contain(conn, exc)
 
     # --- LoopServices for connections --------------------------------------------------
-    def watch(self, conn: Connection | WebSocketSession, read: bool, write: bool) -> None:
-        """Set the readiness events reported for ``conn``."""
+    def watch(self, channel: Channel, read: bool, write: bool) -> None:
+        """Set the readiness events reported to ``channel``'s owner."""
         mask = (selectors.EVENT_READ if read else 0) | (selectors.EVENT_WRITE if write else 0)
-        current = self._registered.get(conn, 0)
+        current = self._registered.get(channel, 0)
         if mask == current:
             return
         if not mask:
-            self.selector.unregister(conn.sock)
-            del self._registered[conn]
+            self.selector.unregister(channel.sock)
+            del self._registered[channel]
         elif not current:
-            self.selector.register(conn.sock, mask, conn)
-            self._registered[conn] = mask
+            self.selector.register(channel.sock, mask, channel.owner)
+            self._registered[channel] = mask
         else:
-            self.selector.modify(conn.sock, mask, conn)
-            self._registered[conn] = mask
+            self.selector.modify(channel.sock, mask, channel.owner)
+            self._registered[channel] = mask
+
+    def switch(self, old: LoopTarget, new: LoopTarget) -> None:
+        """``new`` (an upgraded protocol) now owns ``old``'s channel: report its events to it."""
+        mask = self._registered.get(new.channel, 0)
+        if mask:
+            self.selector.modify(new.channel.sock, mask, new)
+        self.connections.discard(old)
+        self.connections.add(new)
 
     def dispatch(self, conn: Connection, request: CompleteRequest) -> None:
         """Run the application for a complete request."""
@@ -318,25 +318,30 @@ class Worker:
         hook = getattr(self.app, "wants_form", None)
         return bool(hook is not None and hook(head))
 
-    def forget(self, conn: Connection | WebSocketSession) -> None:
+    def wants_upgrade(self, head: Request) -> bool:
+        """Whether a request that asks to switch protocols is taken (``WebSocketSide.wants``)."""
+        return self._upgrades.wants(head)
+
+    def upgrade(self, conn: Connection, upgrade: Upgrade) -> None:
+        """Switch protocols (``WebSocketSide.take``)."""
+        self._upgrades.take(conn, upgrade)
+
+    def forget(self, target: LoopTarget) -> None:
         """Drop a closed connection."""
-        if self._registered.pop(conn, 0):
-            self.selector.unregister(conn.sock)
-        if conn in self.connections:
-            self.connections.discard(conn)
-            if self.slot is not None:
-                is_ws = isinstance(conn, WebSocketSession)
-                self.slot.add_connections(http=0 if is_ws else -1, ws=-1 if is_ws else 0)
+        if self._registered.pop(target.channel, 0):
+            self.selector.unregister(target.channel.sock)
+        self.connections.discard(target)
         if not self._accepting and not self.draining:
             self._set_accepting(True)
 
-    # --- WebSockets and broadcast -------------------------------------------------
+    # --- broadcast --------------------------------------------------------------------
     def _setup_broadcast(self) -> None:
+        deliver = self._upgrades.deliver
         if self._link_socket is None:
             broadcast.set_transport(broadcast.LocalTransport(
-                lambda channel, message: self.wakeup.defer(self._deliver, channel, message)))
+                lambda channel, message: self.wakeup.defer(deliver, channel, message)))
             return
-        link = broadcast.WorkerLink(self._link_socket, self._deliver, self.wakeup.defer)
+        link = broadcast.WorkerLink(self._link_socket, deliver, self.wakeup.defer)
         self.selector.register(link, selectors.EVENT_READ, link)
 
         def blocked(on: bool) -> None:
@@ -353,89 +358,9 @@ class Worker:
         link.on_eof = master_gone
         broadcast.set_transport(link)
 
-    def _deliver(self, channel: str, message: str | bytes) -> None:
-        for observer in broadcast.observers(channel):
-            try:
-                observer(channel, message)
-            except Exception as exc:
-                error_log.error("broadcast observer for %r failed: %s", channel, exc, exc_info=exc)
-        for session in list(self.subscribers.get(channel, ())):
-            session.send_message(message)
-
-    def subscribe(self, session: WebSocketSession, channel: str) -> None:
-        """Add a session to a broadcast channel (loop thread)."""
-        if not session.ended:
-            self.subscribers.setdefault(channel, set()).add(session)
-
-    def unsubscribe(self, session: WebSocketSession, channel: str | None) -> None:
-        """Remove a session from one channel, or from all of them."""
-        names = [channel] if channel is not None else list(self.subscribers)
-        for name in names:
-            members = self.subscribers.get(name)
-            if members is not None:
-                members.discard(session)
-                if not members:
-                    del self.subscribers[name]
-
     def defer(self, fn: Callable[..., None], *args: Any) -> None:
         """Run ``fn(*args)`` on the loop thread."""
         self.wakeup.defer(fn, *args)
-
-    def run_handler(self, session: WebSocketSession, call: Callable[[], None]) -> None:
-        """Run a WebSocket handler call in the pool (or inline with threads = 0)."""
-        def done(result: Any) -> None:
-            session.on_handler_done(result if isinstance(result, BaseException) else None)
-
-        if self.pool is None:
-            try:
-                call()
-                done(None)
-            except Exception as exc:
-                done(exc)
-        else:
-            self.pool.submit(lambda job: call(), done, label="a WebSocket handler")
-
-    def _upgrade(self, conn: Connection, head: Request) -> bool:
-        """Take over a WebSocket handshake; False leaves the request to the HTTP app."""
-        if head.upgrade != b"websocket" and not requests_websocket(head.headers.raw):
-            return False  # head.upgrade is the first protocol listed; websocket may come later
-        handler_cls, params = self.app.websocket_handler(head.path)  # type: ignore[union-attr]
-        if handler_cls is None:
-            return False
-        settings = self.worker_settings.websocket
-        assert settings is not None
-        event = conn.parser.next_event()
-        try:
-            if not isinstance(event, EndOfMessage):
-                raise HandshakeError("a WebSocket handshake request must not have a body", 400)
-            session, ws, response = accept_upgrade(
-                head, handler_cls, params, settings, conn.parser.trailing_data,
-                lambda protocol, handler: WebSocketSession(conn.sock, conn.peer, self, protocol, handler,
-                                                           settings.session, self._recv_buffer),
-                self._inflate_budget)
-        except HandshakeError as exc:
-            conn.fail(exc, response=build_error_response(exc))
-            return True
-        except Exception as exc:  # the application's handler class failed to start
-            error_log.error("WebSocket handler %r failed to start: %s", handler_cls, exc, exc_info=exc)
-            conn.fail(ProtocolError("the WebSocket handler failed to start", 500))
-            return True
-        sock = conn.detach()
-        if self._registered.pop(conn, 0):
-            self.selector.modify(sock, selectors.EVENT_READ, session)
-        else:
-            self.selector.register(sock, selectors.EVENT_READ, session)
-        self._registered[session] = selectors.EVENT_READ
-        self.connections.discard(conn)
-        self.connections.add(session)
-        if self.slot is not None:
-            self.slot.add_connections(http=-1, ws=1)
-        conn.status = 101
-        conn.log_request()
-        session.start(ws, response)
-        if self.draining:  # accepted just before the stop: tell it at once, like the others
-            session.on_drain()
-        return True
 
     # --- stopping -----------------------------------------------------------------
     def begin_drain(self) -> None:

@@ -1,6 +1,7 @@
 """Per-socket glue for WebSocket connections after the HTTP upgrade.
 
-Strategy: a ``WebSocketSession`` owns the socket once the 101 is sent. The
+Strategy: a ``WebSocketSession`` owns the HTTP connection's ``Channel`` once
+the 101 is sent (``prefork.ws_upgrade`` builds it from the ``Upgrade``). The
 loop feeds received bytes to the sans-IO ``WebSocketConnection`` and writes
 what it wants to send; complete messages go to the handler object in the
 worker's pool, one call at a time per connection, in order. Handlers talk to
@@ -22,20 +23,17 @@ from __future__ import annotations
 
 import itertools
 import os
-import socket
 import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from prefork.channel import Channel
 from prefork.http.events import Request
 from prefork.limits import WsLimits
 from prefork.logs import error_log
-from prefork.output import OutputQueue
-from prefork.websocket.budget import InflateBudget
-from prefork.websocket.deflate import negotiate
-from prefork.websocket.handshake import build_accept_response, validate_upgrade
+from prefork.scoreboard import WorkerSlot
 from prefork.websocket.protocol import (
     BytesMessage,
     CloseReceived,
@@ -68,11 +66,21 @@ class WsSettings:
     message_timeout: float = 60.0  # 0: no limit
 
 
-class WsLoopServices(Protocol):
-    """What the worker's loop provides to WebSocket sessions."""
+@dataclass(frozen=True, slots=True)
+class UpgradeSettings:
+    """What the handshake needs: limits, extension policy, origins, session settings."""
 
-    def watch(self, conn: Any, read: bool, write: bool) -> None:
-        """Set the readiness events for a session."""
+    limits: WsLimits
+    session: WsSettings
+    compression: bool = True
+    allowed_origins: tuple[str, ...] = ()
+    inflate_budget: int = 64 * 1024 * 1024  # per worker: see prefork.websocket.budget
+
+
+class WsLoopServices(Protocol):
+    """What the worker's WebSocket side provides to its sessions."""
+
+    slot: WorkerSlot | None
 
     def run_handler(self, session: WebSocketSession, call: Callable[[], None]) -> None:
         """Run ``call`` in the pool; then ``session.on_handler_done(error)`` on the loop."""
@@ -86,8 +94,8 @@ class WsLoopServices(Protocol):
     def unsubscribe(self, session: WebSocketSession, channel: str | None) -> None:
         """Remove a session from one channel, or all (None)."""
 
-    def forget(self, conn: Any) -> None:
-        """The session is closed."""
+    def forget(self, session: WebSocketSession) -> None:
+        """The session is closed and its handler has returned: drop it."""
 
 
 class WebSocket:
@@ -140,7 +148,7 @@ class WebSocketSession:
     """One upgraded connection, driven by the worker's loop.
 
     Args:
-        sock: the socket, taken over from the HTTP connection.
+        channel: the channel, taken over from the HTTP connection.
         peer: the client address.
         loop: the worker's services.
         protocol: the sans-IO connection (created with the bytes that followed the handshake).
@@ -149,10 +157,11 @@ class WebSocketSession:
         recv_buffer: the worker's reusable receive buffer.
     """
 
-    def __init__(self, sock: socket.socket, peer: tuple[str, int], loop: WsLoopServices,
+    def __init__(self, channel: Channel, peer: tuple[str, int], loop: WsLoopServices,
                  protocol: WebSocketConnection, handler: Any, settings: WsSettings,
                  recv_buffer: memoryview) -> None:
-        self.sock = sock
+        self.channel = channel
+        channel.owner = self
         self.peer = peer
         self.loop = loop
         self.protocol = protocol
@@ -160,13 +169,11 @@ class WebSocketSession:
         self.settings = settings
         self._buffer = recv_buffer
         self.ws: WebSocket | None = None
-        self.out = OutputQueue()
         self._unflushed = 0
         self._owed = 0  # pongs coalesced while the socket was blocked (bytes), see _check_send_buffer
         self._flush_scheduled = False
         self.closed = False
-        self.writing = False
-        self.reading = True
+        self._forgotten = False
         self._calls: deque[tuple[int, Callable[[], None]]] = deque()
         self._queued_input = 0
         self._busy = False
@@ -178,21 +185,22 @@ class WebSocketSession:
         self._ping_payload = b""
         self._message_started: float | None = None  # when the unfinished message began
         self._error_logged = False
-        self.pending_input = b""
 
     @property
     def ended(self) -> bool:
         """Closed, or the handler was already told the connection ended."""
         return self.closed or self._close_delivered
 
-    def start(self, ws: WebSocket, handshake_response: bytes) -> None:
-        """Send the 101, schedule ``on_open`` and process any bytes that came with the request."""
+    def start(self, ws: WebSocket, handshake_response: bytes, first_data: bytes) -> None:
+        """Send the 101, schedule ``on_open`` and process the bytes that came with the request."""
         self.ws = ws
+        if self.loop.slot is not None:
+            self.loop.slot.add_connections(ws=1)
+        self.channel.set_reading(True)
         self._write(handshake_response)
         self._call("on_open", ws)
-        if self.pending_input:
-            self.protocol.receive_data(self.pending_input)
-            self.pending_input = b""
+        if first_data:
+            self.protocol.receive_data(first_data)
         self._after_input()
 
     # --- input -------------------------------------------------------------------
@@ -201,11 +209,11 @@ class WebSocketSession:
         if self.closed:
             return
         try:
-            n = self.sock.recv_into(self._buffer)
-        except (BlockingIOError, InterruptedError):
-            return
+            n = self.channel.recv_into(self._buffer, len(self._buffer))
         except OSError:
             n = 0
+        if n is None:
+            return
         if n == 0:
             self.protocol.receive_data(b"")
             self._after_input()
@@ -233,7 +241,7 @@ class WebSocketSession:
         self._pump_protocol()
         self._check_send_buffer(0)
         if self._queued_input > MAX_QUEUED_INPUT:
-            self._set_reading(False)
+            self.channel.set_reading(False)  # input back-pressure: see MAX_QUEUED_INPUT
 
     def _log_failure(self) -> None:
         """One line for the error that failed the connection (bad frame, limit, timeout)."""
@@ -284,8 +292,8 @@ class WebSocketSession:
                             exc_info=error)
             self.close_with(CLOSE_INTERNAL_ERROR, "internal error")
         self._next_call()
-        if not self.reading and self._queued_input <= MAX_QUEUED_INPUT // 2:
-            self._set_reading(True)
+        if not self.channel.reading and self._queued_input <= MAX_QUEUED_INPUT // 2:
+            self.channel.set_reading(True)
         if not self._busy:
             self._pump_protocol()
         self._maybe_forget()
@@ -319,7 +327,7 @@ class WebSocketSession:
         and pongs the peer asked for while it did not read (coalesced, so they
         cost no memory, but a peer that pings faster than it reads is not reading).
         """
-        queued = self.out.size + self._unflushed + self._owed + adding
+        queued = self.channel.queued + self._unflushed + self._owed + adding
         if queued <= self.settings.send_buffer:
             return True
         if self.protocol.state is ConnState.OPEN:  # once; later messages are just dropped
@@ -353,25 +361,25 @@ class WebSocketSession:
         chunks = self.protocol.chunks_to_send()
         if chunks:
             self._write(*chunks)
-        if self.protocol.close_expected() and not self.out:
+        if self.protocol.close_expected() and not self.channel.queued:
             self.close()
 
     def _write(self, *buffers: bytes) -> None:
         if self.closed:
             return
         for data in buffers:
-            self.out.append(data)
+            self.channel.queue(data)
         self._flush()
 
     def _flush(self) -> bool:
         try:
-            drained = self.out.write_to(self.sock)
+            drained = self.channel.flush()
         except OSError:
             self.close()
             return False
         if drained:
             self._owed = 0  # the peer has read everything: it reads after all
-        self._set_writing(not drained)
+        self.protocol.hold_pongs = not drained  # blocked: keep only the latest pong (§5.5.3)
         return drained
 
     def on_writable(self) -> None:
@@ -380,20 +388,8 @@ class WebSocketSession:
             return
         if self._flush():
             self._pump_protocol()  # a pong held while the socket was blocked goes out now
-        if not self.closed and not self.out and self.protocol.close_expected():
+        if not self.closed and not self.channel.queued and self.protocol.close_expected():
             self.close()
-
-    def _set_writing(self, on: bool) -> None:
-        if on != self.writing and not self.closed:
-            self.writing = on
-            self.protocol.hold_pongs = on  # blocked: keep only the latest pong (§5.5.3)
-            self.loop.watch(self, self.reading, on)
-
-    def _set_reading(self, on: bool) -> None:
-        # Input back-pressure: see MAX_QUEUED_INPUT.
-        if on != self.reading and not self.closed:
-            self.reading = on
-            self.loop.watch(self, on, self.writing)
 
     # --- timers -----------------------------------------------------------------------
     def check_timeouts(self, now: float) -> None:
@@ -404,7 +400,7 @@ class WebSocketSession:
             self.close()
             return
         timeout = self.settings.message_timeout
-        if self._message_started is not None and not self.reading:
+        if self._message_started is not None and not self.channel.reading:
             self._message_started = now  # we are not reading (our handler is behind): not the peer's time
         if timeout and self._message_started is not None and now - self._message_started >= timeout:
             self._message_started = None
@@ -428,6 +424,14 @@ class WebSocketSession:
         """The worker is stopping: tell the client we are going away."""
         self.close_with(CLOSE_GOING_AWAY, "server shutting down")
 
+    def waiting_since(self) -> float | None:
+        """Never waiting for a request head: a WebSocket is never shed."""
+        return None
+
+    def shed(self) -> bool:
+        """Never shed (see ``waiting_since``)."""
+        return False
+
     # --- teardown -------------------------------------------------------------------------
     def close(self) -> None:
         """Close the TCP connection; ``on_close`` still reaches the handler."""
@@ -436,69 +440,15 @@ class WebSocketSession:
         self.closed = True
         self.protocol.abort()  # an unfinished message gives its inflate budget back
         self._deliver_close(1006, "connection closed")
-        self.out.clear()
-        self.loop.watch(self, False, False)
-        try:
-            self.sock.close()
-        except OSError:
-            pass
+        self.channel.close()
         self._maybe_forget()
 
     def _maybe_forget(self) -> None:
         # The session stays known to the loop until its last handler call has run,
         # so a graceful stop waits for on_close.
-        if self.closed and not self._busy and not self._calls:
+        if self.closed and not self._busy and not self._calls and not self._forgotten:
+            self._forgotten = True
+            if self.loop.slot is not None:
+                self.loop.slot.add_connections(ws=-1)
             self.loop.forget(self)
 
-
-@dataclass(frozen=True, slots=True)
-class UpgradeSettings:
-    """What the handshake needs: limits, extension policy, origins, session settings."""
-
-    limits: WsLimits
-    session: WsSettings
-    compression: bool = True
-    allowed_origins: tuple[str, ...] = ()
-    inflate_budget: int = 64 * 1024 * 1024  # per worker: see prefork.websocket.budget
-
-
-def accept_upgrade(head: Request, handler_cls: Any, path_params: dict[str, Any],
-                   settings: UpgradeSettings, trailing: bytes,
-                   make_session: Callable[[WebSocketConnection, Any], WebSocketSession],
-                   inflate_budget: InflateBudget | None = None) -> tuple[WebSocketSession, WebSocket, bytes]:
-    """Validate a handshake and build the session that will own the socket.
-
-    Args:
-        head: the upgrade request.
-        handler_cls: the route's handler class (instantiated once per connection).
-        path_params: values captured by the route.
-        settings: handshake and session settings.
-        trailing: bytes that arrived after the request: the first frame bytes.
-        make_session: builds the session around the protocol and handler object.
-        inflate_budget: the worker's budget for unfinished compressed messages.
-
-    Returns:
-        The session, the handler's façade and the 101 response to send.
-
-    Raises:
-        HandshakeError: the request is not an acceptable handshake (400/403/426).
-    """
-    # allowed_origins: empty = the same origin as Host only, "*" = any (handshake.py).
-    request = validate_upgrade(head.method, head.http_version, head.headers.raw,
-                               allowed_origins=settings.allowed_origins)
-    # A 4 KiB compression window (memLevel 8) bounds each connection's compressor to
-    # about 24 KiB instead of 256 KiB, as the websockets library does (RFC 7692 §7.1.2.1
-    # lets the server lower its own window even when the client did not ask).
-    deflate = negotiate(request.extensions, server_max_window_bits=12) if settings.compression else None
-    subprotocol = None
-    chooser = getattr(handler_cls, "select_subprotocol", None)
-    if chooser is not None and request.subprotocols:
-        subprotocol = chooser(list(request.subprotocols))
-        if subprotocol not in request.subprotocols:
-            subprotocol = None
-    response = build_accept_response(request, subprotocol=subprotocol, deflate=deflate)
-    protocol = WebSocketConnection(settings.limits, deflate=deflate, inflate_budget=inflate_budget)
-    session = make_session(protocol, handler_cls())
-    ws = WebSocket(session, head, path_params, subprotocol)
-    session.pending_input = trailing
-    return session, ws, response

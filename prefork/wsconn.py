@@ -16,7 +16,9 @@ that never reads costs no memory and ends in the same 1008. Pings every
 the TCP connection after ``close_timeout``; a message not finished within
 ``message_timeout`` closes it with 1008. What unfinished compressed messages
 hold is drawn from the worker's ``InflateBudget`` (1009 past it). Each
-protocol error, like each of these, is one line in the error log.
+protocol error, like each of these, is one line in the error log. Whatever
+the application's handler raises, wherever it runs, ends in ``handler_failed``:
+its traceback in the error log and close code 1011 for the peer.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from prefork.http.events import Request
 from prefork.limits import WsLimits
 from prefork.logs import error_log
 from prefork.scoreboard import WorkerSlot
+from prefork.websocket.events import MAX_CLOSE_REASON, valid_close_code
 from prefork.websocket.protocol import (
     BytesMessage,
     CloseReceived,
@@ -122,11 +125,27 @@ class WebSocket:
         self.state: dict[str, Any] = {}
 
     def send(self, message: str | bytes) -> None:
-        """Send a text (str) or binary (bytes) message."""
+        """Send a text (str) or binary (bytes) message.
+
+        Raises:
+            TypeError: ``message`` is neither (raised here, in the handler's code,
+                rather than later on the loop thread).
+        """
+        if not isinstance(message, (str, bytes, bytearray)):
+            raise TypeError(f"a WebSocket message is str or bytes, not {type(message).__name__}")
         self._session.loop.defer(self._session.send_message, message)
 
     def close(self, code: int = 1000, reason: str = "") -> None:
-        """Start the close handshake."""
+        """Start the close handshake.
+
+        Raises:
+            ValueError: a code that must not be sent (RFC 6455 §7.4), or a reason
+                over 123 bytes of UTF-8.
+        """
+        if not valid_close_code(code):
+            raise ValueError(f"close code {code} must not be sent")
+        if len(reason.encode("utf-8")) > MAX_CLOSE_REASON:
+            raise ValueError(f"close reason longer than {MAX_CLOSE_REASON} bytes")
         self._session.loop.defer(self._session.close_with, code, reason)
 
     def subscribe(self, channel: str) -> None:
@@ -140,8 +159,9 @@ class WebSocket:
     def call_soon(self, fn: Callable[[], None]) -> None:
         """Run ``fn`` on the worker's loop thread after the calls this WebSocket already
         made (e.g. read a history kept by ``broadcast.observe`` once ``subscribe`` has
-        taken effect, so that no message falls between the two). ``fn`` must be quick."""
-        self._session.loop.defer(fn)
+        taken effect, so that no message falls between the two). ``fn`` must be quick;
+        if it raises, the connection closes with 1011 as if a handler had raised."""
+        self._session.loop.defer(self._session.run_soon, fn)
 
 
 class WebSocketSession:
@@ -288,15 +308,29 @@ class WebSocketSession:
         """A handler call returned (on the loop thread)."""
         self._busy = False
         if error is not None:
-            error_log.error("WebSocket handler %s failed: %s", type(self.handler).__name__, error,
-                            exc_info=error)
-            self.close_with(CLOSE_INTERNAL_ERROR, "internal error")
+            self.handler_failed(error)
         self._next_call()
         if not self.channel.reading and self._queued_input <= MAX_QUEUED_INPUT // 2:
             self.channel.set_reading(True)
         if not self._busy:
             self._pump_protocol()
         self._maybe_forget()
+
+    def run_soon(self, fn: Callable[[], None]) -> None:
+        """Run what the handler gave ``call_soon`` (loop thread)."""
+        try:
+            fn()
+        except Exception as exc:
+            self.handler_failed(exc)
+
+    def handler_failed(self, error: BaseException) -> None:
+        """The application's code raised: the one place that answers it (close 1011).
+
+        Logged with its traceback; the peer gets a close frame with 1011, "internal
+        error" (RFC 6455 §7.4.1), never the exception's text.
+        """
+        error_log.error("WebSocket handler %s failed: %s", type(self.handler).__name__, error, exc_info=error)
+        self.close_with(CLOSE_INTERNAL_ERROR, "internal error")
 
     # --- output ---------------------------------------------------------------------
     def send_message(self, message: str | bytes) -> None:

@@ -5,7 +5,7 @@ Strategy: the real server with ``tests.apps.ws_handlers`` and the raw client of
 (``threads = 0``). The application's handshake code (``select_subprotocol``,
 the constructor) runs in the handler pool, never on the loop thread; whatever
 a handler raises — in ``on_open``, in ``on_message``, in a function it gave
-``call_soon`` — reaches the client as a close frame with 1011 and its
+``call_soon``, from a misused ``close`` or ``send`` — reaches the client as a close frame with 1011 and its
 traceback reaches the error log, and the worker goes on serving.
 """
 
@@ -54,6 +54,9 @@ def test_handshake_code_runs_in_the_pool(served: tuple[Server, int]) -> None:
 @pytest.mark.parametrize("path,first,where", [
     ("/open", b"", "FailsOnOpen failed: on_open failed on purpose"),
     ("/message", frame(TEXT, b"raise"), "FailsOnMessage failed: on_message failed on purpose"),
+    ("/soon", b"", "FailsSoon failed: call_soon failed on purpose"),
+    ("/badclose", b"", "ClosesWithABadCode failed: close code 5000 must not be sent"),
+    ("/badsend", b"", "SendsAnInt failed: a WebSocket message is str or bytes, not int"),
 ])
 def test_a_handler_that_raises_gets_its_client_a_1011_close(server: Server, path: str, first: bytes,
                                                             where: str) -> None:
@@ -76,3 +79,4 @@ def test_a_handler_that_cannot_be_made_is_a_500_without_a_101(server: Server) ->
     response = send(server, data)
     assert response.status == 500 and response.body == b"the WebSocket handler failed to start\n"
     wait_for(lambda: "failed to start: the constructor failed on purpose" in server.error_log.read_text(), 5.0)
+

@@ -3,7 +3,8 @@
 ``/thread`` reports the threads its ``select_subprotocol`` and its constructor
 ran on; ``/open`` raises in ``on_open``; ``/message`` echoes until a message
 says "raise", then raises; ``/soon`` hands ``call_soon`` a function that
-raises; ``/init`` cannot even be constructed.
+raises; ``/badclose`` and ``/badsend`` misuse their WebSocket (close code
+5000, a message that is an int); ``/init`` cannot even be constructed.
 """
 
 from __future__ import annotations
@@ -69,6 +70,22 @@ class FailsSoon:
         raise RuntimeError("call_soon failed on purpose")
 
 
+class ClosesWithABadCode:
+    """Closes with a code that must not be sent."""
+
+    def on_open(self, ws: Any) -> None:
+        """Misuse ``close``."""
+        ws.close(5000)
+
+
+class SendsAnInt:
+    """Sends something that is neither str nor bytes."""
+
+    def on_open(self, ws: Any) -> None:
+        """Misuse ``send``."""
+        ws.send(42)
+
+
 class FailsToStart:
     """Its constructor raises."""
 
@@ -80,6 +97,8 @@ app.websocket("/thread")(ReportsThreads)
 app.websocket("/open")(FailsOnOpen)
 app.websocket("/message")(FailsOnMessage)
 app.websocket("/soon")(FailsSoon)
+app.websocket("/badclose")(ClosesWithABadCode)
+app.websocket("/badsend")(SendsAnInt)
 app.websocket("/init")(FailsToStart)
 
 
@@ -87,3 +106,4 @@ app.websocket("/init")(FailsToStart)
 def index(request: Any) -> str:
     """A page for readiness checks."""
     return "ws handlers"
+

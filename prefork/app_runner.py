@@ -58,7 +58,11 @@ class AppRunner:
         body = f"Gateway Timeout: the application did not answer within {self.handler_timeout:g} s.\n".encode()
         response = ResponseStream(504, "Gateway Timeout", [("Content-Type", "text/plain; charset=utf-8")], [body],
                                   close_connection=True)
-        return conn.on_handler_timeout(response, running)
+        # A thread still running the handler may be reading the body: it is released when
+        # that thread is done with it, not now.
+        release = conn.body.let_go() if running else None
+        conn.on_response(response)
+        return release
 
     def _handle(self, request: CompleteRequest, conn: Connection, job: Job) -> object:
         """Call the application (pool thread); a streamed body goes on being produced here."""
@@ -71,8 +75,8 @@ class AppRunner:
         defer = self.wakeup.defer
         defer(self._stream_started, job, conn, response)
         try:
-            producer.serve(emit=lambda chunk: defer(conn.on_chunk, chunk),
-                           pulled=lambda error: defer(conn.on_pulled, error))
+            producer.serve(emit=lambda chunk: defer(conn.sender.on_chunk, chunk),
+                           pulled=lambda error: defer(conn.sender.on_pulled, error))
         except BaseException as exc:  # from the app's close(): the response is the loop's by now
             error_log.error("closing the body of %s failed: %r", job.label, exc, exc_info=exc)
         return _STREAMING
@@ -96,10 +100,10 @@ class AppRunner:
         # Inline mode (threads = 0): produce here, and finish on the next loop turn
         # rather than by recursing into the connection.
         try:
-            stream.pull(budget, emit=lambda chunk: self.wakeup.defer(conn.on_chunk, chunk))
-            self.wakeup.defer(conn.on_pulled, None)
+            stream.pull(budget, emit=lambda chunk: self.wakeup.defer(conn.sender.on_chunk, chunk))
+            self.wakeup.defer(conn.sender.on_pulled, None)
         except Exception as exc:
-            self.wakeup.defer(conn.on_pulled, exc)
+            self.wakeup.defer(conn.sender.on_pulled, exc)
 
     def expire(self, now: float) -> bool:
         """Answer requests whose handler has hung (or never got a thread), with 504.

@@ -1,47 +1,36 @@
-"""Per-socket glue: bytes from the socket into the parser, bodies into spools,
-complete requests to the worker, responses back out without blocking.
+"""One HTTP/1.1 connection's request cycle: bytes into the parser, bodies into
+their sink, complete requests to the worker, responses back out, never blocking.
 
 Strategy: a ``Connection`` is driven entirely by its worker's event loop: it is
 told when its socket is readable or writable, when its application call has
 finished, and when a second has passed (timeouts). It never blocks and never
 runs application code: handlers and response iterators run in the worker's
 handler pool, which hands results back through the loop. It talks to its
-client through a ``Channel`` (the socket, its output queue and readiness) and
-frames responses with a sans-IO ``ResponseWriter``: this module only decides
-when to read, what to queue and when to close. The next part of a streamed
-response is only produced once the queue has drained below a low-water mark,
-so a slow reader costs a bounded buffer, not a whole response. A request that
-asks to switch protocols, when the loop takes it, ends the connection's
-HTTP life as an ``Upgrade`` outcome: the new protocol gets the channel.
+client through a ``Channel``; bodies go into a ``RequestBody``
+(``prefork.body_sinks``), responses out through a ``ResponseSender``
+(``prefork.sender``, framing by the sans-IO ``ResponseWriter``). What stays
+here is the cycle's policy: when to read, keep-alive, timeouts, errors, linger,
+close. A request that switches protocols, if the loop takes it, ends the HTTP
+life as an ``Upgrade`` outcome: the new protocol gets the channel.
 """
 
 from __future__ import annotations
 
 import enum
-import io
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
-from typing import IO
 
-from prefork.body_sinks import open_sink
+from prefork.body_sinks import RequestBody, staging_failed
 from prefork.channel import Channel
-from prefork.diskspace import storage_error
 from prefork.errors import IncompleteBody, ProtocolError, RequestTimeout
 from prefork.handlers import CompleteRequest, ResponseStream
 from prefork.http.events import ConnectionClosed, Data, EndOfMessage, Request, Signal
 from prefork.http.headers import Headers
 from prefork.http.parser import ParserState, RequestParser
-from prefork.http.response import CONTINUE, ResponseWriter, simple_error_response
+from prefork.http.response import CONTINUE, simple_error_response
 from prefork.logs import access_log_enabled, error_log, log_access
-from prefork.loop_services import LoopServices
-from prefork.forms import FormSink
-from prefork.spool import BodySpool
+from prefork.loop_services import LoopServices, Upgrade
+from prefork.sender import ResponseSender
 
-# Output below this many bytes asks the handler pool for more of a streamed body;
-# above HIGH_WATER no more is queued. 256 KiB keeps a socket send buffer busy.
-LOW_WATER = 64 * 1024
-HIGH_WATER = 256 * 1024
 # Unread input a connection holds outside a body (pipelined requests waiting their
 # turn) before it stops reading: the rest waits in the kernel, and a client that
 # sends without reading its answers blocks on its TCP window, not on our memory.
@@ -74,22 +63,6 @@ class Stage(enum.Enum):
     CLOSED = 8
 
 
-@dataclass(frozen=True, slots=True)
-class Upgrade:
-    """A complete request that switches the connection to another protocol (RFC 9110 §7.8).
-
-    Attributes:
-        head: the request.
-        data: the bytes that followed it: the new protocol's first bytes.
-        has_body: the request came with a body (``data`` is empty then), which the
-            new protocol may refuse.
-    """
-
-    head: Request
-    data: bytes
-    has_body: bool
-
-
 class Connection:
     """One client connection, from accept to close.
 
@@ -115,9 +88,9 @@ class Connection:
         # A head must fit, however large the limits allow it to be.
         self._input_bound = max(MAX_PIPELINE_BUFFER, limits.max_request_line + limits.max_header_bytes + 8)
         self.stage = Stage.HEAD
-        self.writer = ResponseWriter()
+        self.body = RequestBody(self.settings, loop.slot, loop.wants_form)
+        self.sender = ResponseSender(self, channel, loop)
         self.eof = False
-        self.close_after_write = False
         now = time.monotonic()
         self.deadline = now + self.settings.header_timeout
         self.timeout_is_keepalive = False
@@ -129,21 +102,9 @@ class Connection:
     # --- request state ------------------------------------------------------
     def _reset_request(self, now: float) -> None:
         self.request: Request | None = None
-        self.sink: BodySpool | FormSink | None = None
-        self.body_received = 0
         self.started = now
-        self.response: ResponseStream | None = None
         self.status = 0
-        self.writer.body_sent = 0
-        self.pulling = False
-        self._pump_scheduled = False
-        self.window_start = now
-        self.window_bytes = 0
-        self.uploading = False
-
-    def fileno(self) -> int:
-        """The socket's file descriptor."""
-        return self.channel.fileno()
+        self.sender.writer.body_sent = 0
 
     # --- reading ------------------------------------------------------------
     def on_readable(self) -> None:
@@ -206,12 +167,9 @@ class Connection:
                 self.loop.slot.add_received(n)
             self.parser.consume_body(n)
             try:
-                self._on_body(buffer[:n])
+                self.body.write(buffer[:n])
             except ProtocolError as exc:
                 self.fail(exc)
-                return
-            except OSError as exc:
-                self.fail(_storage_error(exc))
                 return
             if n < len(buffer):
                 break  # the socket is drained for now
@@ -229,7 +187,7 @@ class Connection:
             while self.stage in (Stage.HEAD, Stage.BODY):
                 event = self.parser.next_event()
                 if isinstance(event, Data):
-                    self._on_body(event.data)
+                    self.body.write(event.data)
                 elif isinstance(event, Request):
                     self._on_head(event)
                 elif isinstance(event, EndOfMessage):
@@ -247,14 +205,14 @@ class Connection:
         except ProtocolError as exc:
             self.fail(exc)
         except OSError as exc:  # staging failed (missing directory, EMFILE, EIO, ...)
-            self.fail(_storage_error(exc))
+            self.fail(staging_failed(exc))
 
     def _connection_lost(self) -> None:
         """The socket failed (reset): an upload in progress was aborted by its client."""
         if self.stage is Stage.BODY:
             self._client_aborted("reset the connection")
         else:
-            self.abort()
+            self.close()
 
     def _client_aborted(self, how: str) -> None:
         """The client went away in the middle of its request body: not a bad request.
@@ -266,7 +224,7 @@ class Connection:
         assert head is not None
         declared = "?" if head.content_length is None else str(head.content_length)
         error_log.info("%s:%s %s: the client %s after %d of %s body bytes; upload discarded",
-                       self.peer[0], self.peer[1], head, how, self.body_received, declared)
+                       self.peer[0], self.peer[1], head, how, self.body.received, declared)
         self.status = CLIENT_CLOSED_REQUEST
         self.log_request()
         self.close()
@@ -281,17 +239,12 @@ class Connection:
         if head.upgrade is not None and self.loop.wants_upgrade(head):
             self._upgrade(head)
             return
-        declared = head.content_length
-        has_body = head.chunked or bool(declared)
-        if has_body:
-            self.sink = open_sink(head, self.settings, self.loop.slot, self.loop.wants_form(head))
-            if declared is None or declared > self.settings.memory_threshold:
-                self._track_upload(head, declared)
-            if head.expects_continue and head.http_version == b"1.1":
-                self.send(CONTINUE)
+        self.body.start(head, self.started)
+        if head.expects_continue and head.http_version == b"1.1" and self.body.sink is not None:
+            self.channel.queue(CONTINUE)
+            self.flush()
         self.stage = Stage.BODY
         self.deadline = self.started + self.settings.body_rate_window
-        self.window_start = self.started
 
     def _upgrade(self, head: Request) -> None:
         """Hand the request to the protocol it switches to, as an ``Upgrade`` outcome."""
@@ -311,41 +264,16 @@ class Connection:
             self.loop.slot.add_connections(http=-1)
         return self.channel
 
-    def _track_upload(self, head: Request, declared: int | None) -> None:
-        if self.loop.slot is not None:
-            self.uploading = True
-            self.loop.slot.upload_started(id(self), head.target.decode("latin-1"), declared)
-
-    def _on_body(self, data: bytes | memoryview) -> None:
-        assert self.sink is not None
-        self.sink.write(data)
-        self.body_received += len(data)
-        self.window_bytes += len(data)
-        if self.uploading and self.loop.slot is not None:
-            self.loop.slot.upload_progress(id(self), self.body_received)
-
     def _on_complete(self, trailers: Headers) -> None:
         assert self.request is not None
-        self._end_upload()
         if self.parser.state is ParserState.UPGRADED:
             self.parser.decline_upgrade()  # nobody took the upgrade: answer it as plain HTTP
-        body: IO[bytes] = io.BytesIO()
-        form = None
-        if isinstance(self.sink, FormSink):
-            form = self.sink.seal()
-        elif self.sink is not None:
-            self.sink.seal()
-            body = self.sink  # type: ignore[assignment]
+        body, form = self.body.seal()
         self.stage = Stage.HANDLING
         self.deadline = float("inf")
-        request = CompleteRequest(self.request, body, self.body_received, trailers or _EMPTY_HEADERS,
+        request = CompleteRequest(self.request, body, self.body.received, trailers or _EMPTY_HEADERS,
                                   self.peer, self.server, self.settings.url_scheme, form)
         self.loop.dispatch(self, request)
-
-    def _end_upload(self) -> None:
-        if self.uploading and self.loop.slot is not None:
-            self.loop.slot.upload_finished(id(self))
-        self.uploading = False
 
     # --- responding -----------------------------------------------------------
     def on_response(self, result: ResponseStream | BaseException) -> None:
@@ -353,154 +281,49 @@ class Connection:
         if self.stage is Stage.CLOSED:
             if isinstance(result, ResponseStream):
                 result.close()
-            self._discard_body()
+            self.body.discard()
             return
         if isinstance(result, BaseException):
-            self._log_app_error(result)
+            self.log_app_error(result)
             result = ResponseStream(500, "Internal Server Error",
                                     [("Content-Type", "text/plain; charset=utf-8")],
                                     [b"Internal Server Error\n"])
-        self.response = result
-        self.stage = Stage.RESPONDING
-        self.deadline = time.monotonic() + self.settings.send_timeout
-        self.channel.queue(self._response_head(result))
-        self._pump()
-
-    def on_handler_timeout(self, response: ResponseStream, running: bool) -> Callable[[], None] | None:
-        """The handler overran ``handler_timeout``: answer with ``response`` (504).
-
-        Args:
-            response: the answer.
-            running: a thread still runs the handler: it may be reading the body.
-
-        Returns:
-            The body's release, for when that thread is done with it (None: nothing kept).
-        """
-        release = None
-        if running and self.sink is not None:
-            release, self.sink = self.sink.close, None
-        self.on_response(response)
-        return release
-
-    def _log_app_error(self, exc: BaseException) -> None:
-        head = self.request
-        target = head.target.decode("latin-1") if head is not None else "?"
-        error_log.error("error handling request %s: %s", target, exc, exc_info=exc)
-
-    def _response_head(self, resp: ResponseStream) -> bytes:
         head = self.request
         assert head is not None
-        self.status = resp.status
+        self.stage = Stage.RESPONDING
+        self.deadline = time.monotonic() + self.settings.send_timeout
+        self.status = result.status
         # A client that half-closed after pipelining still reads: answer what it already sent.
         keep_alive = not (self.eof and not self.parser.buffered)
         if self.loop.draining:
             # Requests the client pipelined are already here: answer them too, then close.
             self.drain_responses += 1
             keep_alive = keep_alive and bool(self.parser.buffered) and self.drain_responses < DRAIN_PIPELINE_MAX
-        known = (resp.file.count if resp.file is not None
-                 else sum(len(c) for c in resp.chunks) if resp.rest is None else None)
-        response_head = self.writer.start(head, resp, known, keep_alive)
-        if self.writer.close:
-            self.close_after_write = True
-        return response_head
+        self.sender.start(head, result, keep_alive)
 
-    def _pump(self) -> None:
-        """Move response body from the stream to the socket as far as it will go."""
-        resp = self.response
-        writer = self.writer
-        while resp is not None and self.stage is Stage.RESPONDING:
-            if resp.chunks:
-                for piece in writer.frame(resp.chunks):
-                    self.channel.queue(piece)
-                resp.chunks = []
-            if resp.rest is not None and writer.no_body and not self.pulling:
-                resp.rest = None  # HEAD/204/304: the body is never sent, so never produce it
-                resp.close()
-            if resp.rest is not None and not self.pulling and self.channel.queued < LOW_WATER:
-                self.pulling = True
-                self.loop.pull(self, resp, HIGH_WATER)
-            if not self._flush():
-                return
-            if resp.chunks:
-                continue
-            if resp.rest is not None and not self.pulling:
-                continue  # the queue drained in one write: ask the stream for more now
-            if resp.file is not None and resp.file.count > 0 and not writer.no_body:
-                if not self._sendfile(resp):
-                    return
-                continue
-            if resp.rest is None and not self.pulling:
-                self._finish_response()
-            return
+    def log_app_error(self, exc: BaseException) -> None:
+        """Log what the application raised (with its traceback), naming the request."""
+        head = self.request
+        target = head.target.decode("latin-1") if head is not None else "?"
+        error_log.error("error handling request %s: %s", target, exc, exc_info=exc)
 
-    def on_chunk(self, chunk: bytes) -> None:
-        """A pull job produced a chunk (loop thread): queue it for the client now."""
-        if self.stage is not Stage.RESPONDING or self.response is None:
-            return
-        self.response.chunks.append(chunk)
-        if not self._pump_scheduled:
-            # Chunks that arrive together go out in one write: pump once they are all in.
-            self._pump_scheduled = True
-            self.loop.defer(self._scheduled_pump)
+    def response_sent(self, close: bool) -> None:
+        """The sender queued all of the response: on to the next request, or close.
 
-    def _scheduled_pump(self) -> None:
-        self._pump_scheduled = False
-        if self.stage is Stage.RESPONDING:
-            self._pump()
-
-    def on_pulled(self, error: BaseException | None) -> None:
-        """A pull job returned: more chunks are ready, or the iterator failed."""
-        self.pulling = False
-        if self.stage is not Stage.RESPONDING:
-            if self.response is not None:
-                self.response.close()
-            self._discard_body()
-            return
-        if error is not None:
-            self._log_app_error(error)
-            self.abort()
-            return
-        self._pump()
-
-    def _sendfile(self, resp: ResponseStream) -> bool:
-        body = resp.file
-        assert body is not None
-        try:
-            sent = self.channel.sendfile(body.file.fileno(), body.offset, min(body.count, 1 << 30))
-        except OSError:
-            self.abort()
-            return False
-        if sent is None:
-            return False  # the socket is full: on_writable goes on
-        if sent == 0:  # the file shrank under us: the promised length cannot be kept
-            self.abort()
-            return False
-        body.offset += sent
-        body.count -= sent
-        self.writer.sent_file(sent)
-        return True
-
-    def _finish_response(self) -> None:
-        resp = self.response
-        assert resp is not None and self.request is not None
-        self.channel.queue(self.writer.end())
-        if self.writer.remaining:  # the app promised more bytes than it produced: the writer closes
-            error_log.error("response to %s ended %d bytes short of its Content-Length; closing",
-                            self.request.target.decode("latin-1"), self.writer.remaining)
-        if self.writer.close:
-            self.close_after_write = True
-        resp.close()
+        Args:
+            close: the connection closes after this response (the writer said so).
+        """
         self.log_request()
-        self._discard_body()
-        if self.close_after_write:
-            self.response = None
-            if self._flush():
+        self.body.discard()
+        if close:
+            if self.flush():
                 self.close()
-            return
-        self._flush()  # the last chunk marker is still queued
+            return  # on_writable closes once the rest is out
+        self.flush()  # the last chunk marker may still be queued
         self._next_cycle()
 
     def log_request(self) -> None:
+        """The access log line (and the scoreboard's count) for the current request."""
         head = self.request
         assert head is not None
         if self.loop.slot is not None:
@@ -508,16 +331,10 @@ class Connection:
         if not access_log_enabled():
             return
         log_access(self.peer[0], f"{head} HTTP/{head.http_version.decode('latin-1')}", self.status,
-                   self.writer.body_sent,
+                   self.sender.writer.body_sent,
                    (head.headers.get(b"referer") or b"").decode("latin-1"),
                    (head.headers.get(b"user-agent") or b"").decode("latin-1"),
                    time.monotonic() - self.started)
-
-    def _discard_body(self) -> None:
-        self._end_upload()
-        if self.sink is not None:
-            self.sink.close()
-            self.sink = None
 
     def _next_cycle(self) -> None:
         now = time.monotonic()
@@ -543,9 +360,9 @@ class Connection:
         head = self.request
         what = head or "-"
         error_log.info("%s:%s %s -> %d: %s", self.peer[0], self.peer[1], what, exc.status, exc)
-        self._discard_body()
+        self.body.discard()
         if self.stage in (Stage.RESPONDING, Stage.CLOSED, Stage.LINGER):
-            self.abort()
+            self.close()
             return
         self.status = exc.status
         if head is not None:
@@ -555,7 +372,7 @@ class Connection:
         self.stage = Stage.LINGER
         self.deadline = time.monotonic() + LINGER_SECONDS
         self.channel.set_reading(not self.eof)
-        if self._flush():
+        if self.flush():
             self._linger()
 
     def _linger(self) -> None:
@@ -578,7 +395,12 @@ class Connection:
                 self.fail(RequestTimeout(
                     f"request head not complete within {self.settings.header_timeout:g} s"))
         elif self.stage is Stage.BODY:
-            self._check_body_rate(now)
+            try:
+                self.body.check_rate(now)
+            except RequestTimeout as exc:
+                self.fail(exc)
+                return
+            self.deadline = now + self.settings.body_rate_window
         elif self.stage is Stage.LINGER:
             self.close()
         elif self.stage is Stage.RESPONDING:
@@ -587,18 +409,7 @@ class Connection:
                 return
             error_log.info("%s:%s: no response bytes accepted for %g s; closing",
                            self.peer[0], self.peer[1], self.settings.send_timeout)
-            self.abort()
-
-    def _check_body_rate(self, now: float) -> None:
-        window = now - self.window_start
-        rate = self.window_bytes / window if window > 0 else 0.0
-        if self.settings.body_min_rate and rate < self.settings.body_min_rate:
-            self.fail(RequestTimeout(
-                f"request body arrived at {rate:.0f} bytes/s over {window:.1f} s, "
-                f"below the minimum of {self.settings.body_min_rate} bytes/s"))
-            return
-        self.window_start, self.window_bytes = now, 0
-        self.deadline = now + self.settings.body_rate_window
+            self.close()
 
     def _close_idle(self) -> None:
         """Close a connection with no request in progress, unless one has just arrived.
@@ -640,19 +451,14 @@ class Connection:
             self.deadline = min(self.deadline, time.monotonic() + DRAIN_LINGER)
 
     # --- output -------------------------------------------------------------------
-    def send(self, data: bytes | memoryview) -> None:
-        """Queue bytes for the client and try to write them now."""
-        self.channel.queue(data)
-        self._flush()
-
-    def _flush(self) -> bool:
+    def flush(self) -> bool:
         """Write queued output; True when all of it went out."""
         channel = self.channel
         before = channel.queued
         try:
             drained = channel.flush()
         except OSError:
-            self.abort()
+            self.close()
             return False
         if self.stage is Stage.RESPONDING and (drained or channel.queued < before):
             self.deadline = time.monotonic() + self.settings.send_timeout  # progress: the client reads
@@ -663,37 +469,28 @@ class Connection:
         if self.stage in (Stage.CLOSED, Stage.HANDED_OFF):
             return
         if self.stage is Stage.RESPONDING:
-            if self.response is None:
-                if self._flush():
+            if not self.sender.sending:  # the response is all queued; the connection closes after it
+                if self.flush():
                     self.close()
                 return
-            self._pump()
-        elif self._flush() and self.stage is Stage.LINGER:
+            self.sender.pump()
+        elif self.flush() and self.stage is Stage.LINGER:
             self._linger()
 
     # --- teardown -----------------------------------------------------------------
-    def abort(self) -> None:
-        """Close at once (peer gone, or a response cannot be completed)."""
-        self.close()
-
     def close(self) -> None:
-        """Release everything the connection holds; idempotent (and a no-op once handed off)."""
+        """Close at once and release everything; idempotent (and a no-op once handed off)."""
         if self.stage is Stage.CLOSED or self.stage is Stage.HANDED_OFF:
             return
-        was_handling = self.stage is Stage.HANDLING or self.pulling
+        # The application (a handler, or a pull job for the body) may still read the
+        # body: it is released when that job comes back (on_response, on_pulled).
+        was_handling = self.stage is Stage.HANDLING or self.sender.pulling
         self.stage = Stage.CLOSED
-        self._end_upload()
+        self.body.end_upload()
         if not was_handling:
-            self._discard_body()
-            if self.response is not None:
-                self.response.close()
-                self.response = None
+            self.body.discard()
+        self.sender.stop()  # closes the response, unless its pull job will
         self.channel.close()
         self.loop.forget(self)
         if self.loop.slot is not None:
             self.loop.slot.add_connections(http=-1)
-
-
-def _storage_error(exc: OSError) -> ProtocolError:
-    error_log.error("staging a request body failed: %s", exc)
-    return storage_error(exc)

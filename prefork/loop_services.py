@@ -2,7 +2,8 @@
 
 Strategy: ``Connection`` is written against ``LoopServices``, not against the
 ``Worker`` class, so that the connection never reaches into the loop's state
-and can be driven by a stand-in in tests. ``LoopTarget`` is the other side:
+and can be driven by a stand-in in tests; a request that switches protocols
+reaches the loop as an ``Upgrade``. ``LoopTarget`` is the other side:
 what the loop calls on anything it holds a socket for (an HTTP connection, a
 WebSocket session), so the loop needs to know neither protocol.
 """
@@ -10,6 +11,7 @@ WebSocket session), so the loop needs to know neither protocol.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 from prefork.handlers import CompleteRequest, ResponseStream
@@ -18,8 +20,24 @@ from prefork.settings import ConnectionSettings
 
 if TYPE_CHECKING:
     from prefork.channel import Channel
-    from prefork.connection import Connection, Upgrade
+    from prefork.connection import Connection
     from prefork.scoreboard import WorkerSlot
+
+
+@dataclass(frozen=True, slots=True)
+class Upgrade:
+    """A complete request that switches the connection to another protocol (RFC 9110 §7.8).
+
+    Attributes:
+        head: the request.
+        data: the bytes that followed it: the new protocol's first bytes.
+        has_body: the request came with a body (``data`` is empty then), which the
+            new protocol may refuse.
+    """
+
+    head: Request
+    data: bytes
+    has_body: bool
 
 
 class LoopServices(Protocol):
@@ -36,7 +54,7 @@ class LoopServices(Protocol):
         """Run the application; later call ``conn.on_response``."""
 
     def pull(self, conn: Connection, stream: ResponseStream, budget: int) -> None:
-        """Run ``stream.pull(budget)`` in the pool; later call ``conn.on_pulled``."""
+        """Run ``stream.pull(budget)`` in the pool: chunks to ``conn.sender.on_chunk``, then ``on_pulled``."""
 
     def wants_form(self, head: Request) -> bool:
         """Whether the application wants this body parsed as a form while it arrives."""

@@ -27,13 +27,13 @@ import psutil
 
 from prefork import broadcast, memory, runtime
 from prefork.channel import Channel
-from prefork.connection import Connection, Upgrade
+from prefork.connection import Connection
 from prefork.handlers import Application, CompleteRequest, ResponseStream
 from prefork.http.events import Request
 from prefork.app_runner import AppRunner
 from prefork.exit_codes import EXIT_BOOT
 from prefork.logs import dump_stacks_to_error_log, error_log, reopen_logs
-from prefork.loop_services import LoopTarget
+from prefork.loop_services import LoopTarget, Upgrade
 from prefork.pool import HandlerPool, Wakeup
 from prefork.scoreboard import WorkerSlot, WorkerState
 from prefork.status import status_response

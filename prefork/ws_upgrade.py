@@ -24,7 +24,8 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from prefork import broadcast
-from prefork.connection import Connection, Upgrade
+from prefork.connection import Connection
+from prefork.loop_services import Upgrade
 from prefork.errors import ProtocolError
 from prefork.http.events import Request
 from prefork.logs import error_log

@@ -26,7 +26,7 @@ LAYERS: dict[str, int] = {
     "prefork.status": 3, "prefork.reloader": 3,
     "prefork.channel": 4, "prefork.settings": 4, "prefork.connection": 4, "prefork.wsconn": 4, "prefork.worker": 4,
     "prefork.pool": 4, "prefork.loop_services": 4, "prefork.shedding": 4, "prefork.body_sinks": 4,
-    "prefork.app_runner": 4, "prefork.worker_settings": 4, "prefork.ws_upgrade": 4,
+    "prefork.app_runner": 4, "prefork.worker_settings": 4, "prefork.ws_upgrade": 4, "prefork.sender": 4,
     "prefork.boot_backoff": 5,
     "prefork.sockets": 5, "prefork.systemd": 5, "prefork.privileges": 5, "prefork.master": 5,
     "prefork.cli": 6, "prefork.cli_flags": 6, "prefork.checks": 6,

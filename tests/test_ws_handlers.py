@@ -17,7 +17,7 @@ import pytest
 
 from tests.server import RawClient, Server, wait_for
 from tests.server import request as send
-from tests.test_server_websocket import CLOSE, TEXT, close_frame, frame, raw_ws
+from tests.test_server_websocket import BINARY, CLOSE, TEXT, close_frame, frame, raw_ws
 
 APP = "tests.apps.ws_handlers:app"
 
@@ -80,3 +80,11 @@ def test_a_handler_that_cannot_be_made_is_a_500_without_a_101(server: Server) ->
     assert response.status == 500 and response.body == b"the WebSocket handler failed to start\n"
     wait_for(lambda: "failed to start: the constructor failed on purpose" in server.error_log.read_text(), 5.0)
 
+
+
+def test_frames_sent_with_the_handshake_beyond_the_pipeline_bound_are_all_echoed(server: Server) -> None:
+    # 320 KiB of frames in the handshake's own write: more than an HTTP connection buffers
+    # (256 KiB) before it stops reading. They belong to the WebSocket, which must read on.
+    messages = [bytes([65 + i]) * (32 << 10) for i in range(10)]
+    with raw_ws(server, "/message", timeout=10.0, first=b"".join(frame(BINARY, m) for m in messages)) as (client, _):
+        assert [client.recv_data() for _ in messages] == [(BINARY, m) for m in messages]

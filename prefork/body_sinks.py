@@ -72,7 +72,8 @@ class RequestBody:
         received: body bytes received so far.
     """
 
-    __slots__ = ("_settings", "_slot", "_parse_form", "sink", "received", "_uploading", "_window_start", "_window_bytes")
+    __slots__ = ("_settings", "_slot", "_parse_form", "sink", "received", "_uploading", "_window_start",
+                 "_window_bytes")
 
     def __init__(self, settings: ConnectionSettings, slot: WorkerSlot | None,
                  parse_form: Callable[[Request], bool]) -> None:

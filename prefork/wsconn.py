@@ -131,7 +131,7 @@ class WebSocket:
             TypeError: ``message`` is neither (raised here, in the handler's code,
                 rather than later on the loop thread).
         """
-        if not isinstance(message, (str, bytes, bytearray)):
+        if not isinstance(message, (str, bytes, bytearray, memoryview)):
             raise TypeError(f"a WebSocket message is str or bytes, not {type(message).__name__}")
         self._session.loop.defer(self._session.send_message, message)
 
@@ -485,4 +485,3 @@ class WebSocketSession:
             if self.loop.slot is not None:
                 self.loop.slot.add_connections(ws=-1)
             self.loop.forget(self)
-

@@ -106,4 +106,3 @@ app.websocket("/init")(FailsToStart)
 def index(request: Any) -> str:
     """A page for readiness checks."""
     return "ws handlers"
-

@@ -37,13 +37,15 @@ from prefork.config_values import (
 )
 from prefork.errors import ConfigError
 from prefork.limits import GiB, HttpLimits, KiB, MiB, WsLimits
+from prefork.worker_settings import http_limits, ws_limits
 
 SHIPPED = Path(__file__).resolve().parent.parent / "conf" / "server.ini"
 SECTIONS = [f.name for f in dataclasses.fields(Config) if f.name != "source"]
 SERVER_KEYS = ("bind, app, workers, threads, max_connections, backlog, user, group, pidfile, umask, socket_mode, "
                "socket_owner, reload")
 LIMITS_KEYS = (
-    "max_request_line, max_header_bytes, max_header_count, max_body_size, "
+    "max_request_line, max_header_bytes, max_header_count, max_body_size, max_chunk_line, "
+    "max_trailer_bytes, max_parts, max_part_header_bytes, max_field_size, max_fields_total, "
     "header_timeout, body_min_rate, body_rate_window, keepalive_timeout, send_timeout"
 )
 ALL_SECTIONS = "server, limits, staging, uploads, websocket, process, logging, status"
@@ -86,9 +88,9 @@ def test_defaults() -> None:
 
 
 def test_limits_objects() -> None:
-    assert LimitsConfig().http_limits() == HttpLimits(max_body_size=10 * GiB)
-    assert LimitsConfig(max_body_size=0).http_limits().max_body_size is None
-    assert WebSocketConfig(max_message_size=MiB).ws_limits() == WsLimits(MiB, MiB)
+    assert http_limits(LimitsConfig()) == HttpLimits(max_body_size=10 * GiB)
+    assert http_limits(LimitsConfig(max_body_size=0)).max_body_size is None
+    assert ws_limits(WebSocketConfig(max_message_size=MiB)) == WsLimits(MiB, MiB)
 
 
 def test_shipped_file_loads_and_equals_defaults() -> None:
@@ -279,7 +281,7 @@ allow = 10.0.0.0/8
     assert cfg.server.threads == 0
     assert cfg.server.app == "demo.app:application"
     assert cfg.limits.max_body_size == 0
-    assert cfg.limits.http_limits().max_body_size is None
+    assert http_limits(cfg.limits).max_body_size is None
     assert cfg.limits.header_timeout == 1.5
     assert cfg.websocket.compression is False
     assert cfg.websocket.allowed_origins == ("https://a.example", "http://localhost:8080")

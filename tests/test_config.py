@@ -532,3 +532,35 @@ def test_describe_round_trip_custom(tmp_path: Path) -> None:
     loaded = load_config(write(tmp_path, text))
     assert loaded == custom
     assert loaded.source is not None
+
+
+# --- the parser limits under [limits] (settings defined once) ------------------------------------
+
+
+def test_parser_limit_keys_load_and_show(tmp_path: Path) -> None:
+    text = ("[limits]\nmax_chunk_line = 100\nmax_trailer_bytes = 2KiB\nmax_parts = 9\n"
+            "max_part_header_bytes = 1KiB\nmax_field_size = 3 KiB\nmax_fields_total = 1MiB\n")
+    cfg = load_config(write(tmp_path, text))
+    assert cfg.limits == LimitsConfig(max_chunk_line=100, max_trailer_bytes=2 * KiB, max_parts=9,
+                                      max_part_header_bytes=KiB, max_field_size=3 * KiB, max_fields_total=MiB)
+    shown = describe_config(cfg)
+    for line in ("max_chunk_line = 100", "max_trailer_bytes = 2KiB", "max_parts = 9",
+                 "max_part_header_bytes = 1KiB", "max_field_size = 3KiB", "max_fields_total = 1MiB"):
+        assert line + "\n" in shown
+
+
+@pytest.mark.parametrize("line, message", [
+    ("max_chunk_line = 0", "[limits] max_chunk_line = '0': expected a size of at least 1"),
+    ("max_chunk_line = 4KB", "[limits] max_chunk_line = '4KB': expected a size like 512KiB, 10MiB, 2GiB; "
+                             "did you mean '4KiB'?"),
+    ("max_trailer_bytes = lots", "[limits] max_trailer_bytes = 'lots': expected a size like 512KiB, 10MiB, 2GiB"),
+    ("max_parts = 0", "[limits] max_parts = '0': expected a whole number >= 1"),
+    ("max_parts = 1KiB", "[limits] max_parts = '1KiB': expected a whole number >= 1"),
+    ("max_part_header_bytes = -1", "[limits] max_part_header_bytes = '-1': expected a size like 512KiB, 10MiB, 2GiB"),
+    ("max_field_size = 0", "[limits] max_field_size = '0': expected a size of at least 1"),
+    ("max_fields_total = 8 MB", "[limits] max_fields_total = '8 MB': expected a size like 512KiB, 10MiB, 2GiB; "
+                                "did you mean '8MiB'?"),
+])
+def test_error_bad_parser_limit(tmp_path: Path, line: str, message: str) -> None:
+    assert error_of(tmp_path, f"[limits]\n# comment\n{line}\n") == f"F:3: {message}"
+

@@ -157,7 +157,7 @@ class WebSocketConfig:
 
     max_message_size: int = _setting(size_value(1), _WS.max_message_size)
     inflate_budget: int = _setting(size_value(1), 64 * MiB)
-    message_timeout: float = _setting(duration_value(), 60.0)
+    message_timeout: float = _setting(duration_value(allow_zero=True), 60.0)
     ping_interval: float = _setting(duration_value(), 20.0)
     ping_timeout: float = _setting(duration_value(), 20.0)
     close_timeout: float = _setting(duration_value(), 10.0)
@@ -172,7 +172,7 @@ class ProcessConfig:
     """``[process]``: worker supervision and recycling."""
 
     timeout: float = _setting(duration_value(), 30.0)
-    handler_timeout: float = _setting(duration_value(), 60.0)
+    handler_timeout: float = _setting(duration_value(allow_zero=True), 60.0)
     graceful_timeout: float = _setting(duration_value(), 30.0)
     max_requests: int = _setting(int_value(0), 0)
     max_requests_jitter: int = _setting(int_value(0), 0)

@@ -564,3 +564,16 @@ def test_parser_limit_keys_load_and_show(tmp_path: Path) -> None:
 def test_error_bad_parser_limit(tmp_path: Path, line: str, message: str) -> None:
     assert error_of(tmp_path, f"[limits]\n# comment\n{line}\n") == f"F:3: {message}"
 
+
+def test_durations_documented_as_zero_for_no_limit_accept_zero(tmp_path: Path) -> None:
+    # conf/server.ini says "0 = no limit" for these two, and their consumers treat 0 so,
+    # but the validator used to refuse 0 ("expected a duration greater than 0").
+    cfg = load_config(write(tmp_path, "[process]\nhandler_timeout = 0\n[websocket]\nmessage_timeout = 0s\n"))
+    assert cfg.process.handler_timeout == 0.0
+    assert cfg.websocket.message_timeout == 0.0
+    assert "handler_timeout = 0s\n" in describe_config(cfg)
+    assert load_config(write(tmp_path, describe_config(cfg))) == cfg
+    # Other durations still need a positive value.
+    assert error_of(tmp_path, "[limits]\nheader_timeout = 0\n") == (
+        "F:2: [limits] header_timeout = '0': expected a duration greater than 0, like 500ms, 30s, 5m, 1h"
+    )

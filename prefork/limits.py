@@ -28,9 +28,9 @@ class HttpLimits:
             is tighter; 64 KiB fits large cookies) -> 431.
         max_header_count: number of header fields (gunicorn: 100) -> 431.
         max_body_size: body bytes, declared or streamed; None means unlimited -> 413.
-            10 GiB: big enough for disk images and videos, small enough that one
-            client cannot fill a staging disk by default (nginx's 1 MiB
-            client_max_body_size is too small for an upload server).
+            10 GiB: room for disk images and videos while one request stays bounded
+            (nginx's 1 MiB client_max_body_size is too small for an upload server;
+            ``[staging] min_free_disk`` guards the disk itself).
         max_chunk_line: a chunk-size line with its extensions (h11 caps incomplete events;
             4 KiB is far beyond any real extension) -> 400.
         max_trailer_bytes: trailer block in bytes, same reasoning as headers -> 431.

@@ -111,7 +111,7 @@ class Server:
                         return self
             except OSError:
                 pass
-            time.sleep(0.05)
+            time.sleep(0.05)  # the poll interval of this bounded wait
         raise RuntimeError(f"server not ready after {timeout} s:\n{self.output()}")
 
     def workers(self) -> list[psutil.Process]:
@@ -176,7 +176,7 @@ def wait_for(predicate: "Callable[[], object]", timeout: float, interval: float 
             return value
         if time.monotonic() > deadline:
             raise AssertionError(f"{what} not met within {timeout} s")
-        time.sleep(interval)
+        time.sleep(interval)  # the poll interval of this bounded wait
 
 
 @dataclass

@@ -6,8 +6,11 @@ bytes, dict), ``@app.websocket(path)`` for WebSocket handler classes, and
 ``app.broadcast`` to reach subscribers on every worker. What sets it apart
 from WSGI is the body: a native route's ``multipart/form-data`` body is parsed
 while it arrives, so ``request.files[name]`` is an ``UploadedFile`` already on
-disk and ``save()`` is a rename. The worker finds the native adapter through
-the ``prefork_application`` hook.
+disk and ``save()`` is a rename. The loader serves an ``App`` natively through
+its ``prefork_application`` hook (``prefork.handlers.ServesNatively``), which
+binds it to the worker's ``Runtime``: ``app.runtime`` holds the deployment's
+facts, ``app.broadcast`` uses its transport, and the ``app.observe`` callbacks
+go into its subscriber registry. Nothing is read from a module global.
 
 Routes match the percent-decoded path; captured values are not decoded a
 second time (``/a%2541`` captures ``a%41``, never ``aA``). A path that matches
@@ -25,11 +28,12 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from prefork import broadcast
+from prefork.broadcast import Deliver
 from prefork.handlers import CompleteRequest, ResponseStream
 from prefork.http.events import Request as RequestHead
 from prefork.mediatype import is_form_data
 from prefork.messages import MAX_MEMORY_BODY, HTTPError, Request, Response, decode_path, reason_phrase
+from prefork.runtime import Runtime
 from prefork.static import safe_join, serve_file
 
 __all__ = ["App", "HTTPError", "NativeApplication", "Request", "Response", "MAX_MEMORY_BODY"]
@@ -78,6 +82,24 @@ class App:
         self.routes: list[Route] = []
         self.ws_routes: list[Route] = []
         self.error_handlers: dict[int, Handler] = {}
+        self._runtime = Runtime()
+        self._observers: list[tuple[str, Deliver]] = []
+
+    # --- the server it runs in ----------------------------------------------------
+    @property
+    def runtime(self) -> Runtime:
+        """The deployment this app is bound to (``Runtime()`` defaults until it is bound)."""
+        return self._runtime
+
+    def bind(self, runtime: Runtime) -> None:
+        """Run in ``runtime``: the loader calls this before the first request.
+
+        The callbacks registered with ``observe`` go into its subscriber registry.
+        """
+        self._runtime = runtime
+        if runtime.subscribers is not None:
+            for channel, callback in self._observers:
+                runtime.subscribers.observe(channel, callback)
 
     def route(self, path: str, methods: Iterable[str] = ("GET",)) -> Callable[[Handler], Handler]:
         """Register an HTTP handler for ``path`` (``<name>``, ``<int:n>``, ``<path:p>`` capture).
@@ -131,10 +153,27 @@ class App:
             return handler
         return register
 
-    @staticmethod
-    def broadcast(channel: str, message: str | bytes) -> None:
-        """Send ``message`` to every WebSocket subscribed to ``channel``, on every worker."""
-        broadcast.publish(channel, message)
+    def broadcast(self, channel: str, message: str | bytes) -> None:
+        """Send ``message`` to every WebSocket subscribed to ``channel``, on every worker.
+
+        Thread-safe. Raises RuntimeError outside a server (no transport in ``runtime``).
+        """
+        transport = self._runtime.transport
+        if transport is None:
+            raise RuntimeError("broadcast needs a running prefork worker (no transport installed)")
+        transport.publish(channel, message)
+
+    def observe(self, channel: str, callback: Deliver) -> Deliver:
+        """Call ``callback(channel, message)`` for every message on ``channel`` that
+        reaches this worker, subscribers or not (e.g. to keep a chat history).
+
+        Callbacks run on the worker's loop thread and must be quick. May be used as
+        ``app.observe("chat", remember)`` at import time: it takes effect when bound.
+        """
+        self._observers.append((channel, callback))
+        if self._runtime.subscribers is not None:
+            self._runtime.subscribers.observe(channel, callback)
+        return callback
 
     # --- dispatch ---------------------------------------------------------------
     def match(self, path: str, method: str) -> tuple[Route | None, dict[str, Any], list[str]]:
@@ -159,8 +198,11 @@ class App:
                 return route.handler, params
         return None, {}
 
-    def prefork_application(self) -> NativeApplication:
-        """The adapter the worker calls (the hook ``prefork.loader`` looks for)."""
+    def prefork_application(self, runtime: Runtime | None = None) -> NativeApplication:
+        """The adapter the worker calls (``prefork.handlers.ServesNatively``), after
+        binding to ``runtime`` when one is given."""
+        if runtime is not None:
+            self.bind(runtime)
         return NativeApplication(self)
 
 

@@ -5,7 +5,9 @@ declared as ``prefork.handlers.ServesNatively``) is served natively; any other
 callable is treated as WSGI. An empty spec serves the built-in demo app. The
 result is a ``LoadedApp`` that states every capability the worker may use (a
 WSGI app parses no forms and has no WebSocket routes), and the app is handed
-the worker's ``Runtime`` (native: ``App.bind``; WSGI: ``environ["prefork.runtime"]``). Import errors propagate with their traceback so
+the worker's ``Runtime`` (native: ``App.bind``; WSGI: ``environ["prefork.runtime"]``).
+A ``StatusPage`` given by the worker is wrapped around it here, where the app
+is assembled. Import errors propagate with their traceback so
 the worker can report them and the master can stop instead of respawning;
 except under ``--reload``, where the worker serves a 500 page naming the error
 and watches the files involved, so fixing a syntax error brings the app back
@@ -25,6 +27,7 @@ from prefork import reloader, runtime as _runtime
 from prefork.handlers import LoadedApp, ServesNatively
 from prefork.logs import error_log
 from prefork.runtime import Runtime
+from prefork.status import StatusPage
 from prefork.wsgi import WsgiApplication
 
 DEFAULT_APP = "prefork.demo:app"
@@ -62,8 +65,8 @@ def import_object(spec: str) -> Any:
     return obj
 
 
-def load_application(spec: str, *, threads: int, reload: bool = False,
-                     runtime: Runtime | None = None) -> LoadedApp:
+def load_application(spec: str, *, threads: int, reload: bool = False, runtime: Runtime | None = None,
+                     status: StatusPage | None = None) -> LoadedApp:
     """Import the app named by ``spec`` and assemble what the worker serves.
 
     Args:
@@ -73,6 +76,7 @@ def load_application(spec: str, *, threads: int, reload: bool = False,
             replaced by a 500 page, and the files of the failure are watched.
         runtime: the deployment facts handed to the app. None binds it to
             ``prefork.runtime.current`` (transitional, for a worker that passes none).
+        status: the status page to answer ``[status] path`` with, or None.
 
     Returns:
         The app with its capabilities stated; calling it handles a CompleteRequest.
@@ -81,7 +85,8 @@ def load_application(spec: str, *, threads: int, reload: bool = False,
         AppLoadError, ImportError or whatever the module raised, unless ``reload``.
     """
     facts = _runtime.current if runtime is None else runtime  # TODO(lead): issue 13 section 6 patch
-    return _load_or_fail(spec, threads, reload, facts)
+    loaded = _load_or_fail(spec, threads, reload, facts)
+    return status.wrap(loaded) if status is not None else loaded
 
 
 def _load_or_fail(spec: str, threads: int, reload: bool, runtime: Runtime) -> LoadedApp:

@@ -4,8 +4,8 @@ The loader returns a ``LoadedApp`` whose capabilities are always present (a WSGI
 parses no forms and has no WebSocket routes); the app gets its ``Runtime`` passed in
 (``App.bind``, ``environ["prefork.runtime"]``) instead of reading ``runtime.current``;
 broadcast goes through the bound runtime's transport and observers live in a
-``Subscribers`` registry; and the app side's modules are in no import cycle
-(``app`` ↔ ``static`` was one).
+``Subscribers`` registry; the status page is a wrapper around the loaded app; and
+the app side's modules are in no import cycle (``app`` ↔ ``static`` was one).
 """
 
 from __future__ import annotations
@@ -27,6 +27,8 @@ from prefork.http.events import Request as RequestHead
 from prefork.http.headers import Headers
 from prefork.loader import load_application
 from prefork.runtime import Runtime
+from prefork.scoreboard import Scoreboard
+from prefork.status import StatusPage
 from prefork.wsgi import WsgiApplication
 
 PACKAGE = Path(__file__).resolve().parents[1] / "prefork"
@@ -192,6 +194,40 @@ def test_a_failing_observer_is_logged_and_the_message_still_reaches_the_others(
         registry.deliver("chat", "m")
     assert log == ["observer", "a:m"]
     assert [r.getMessage() for r in caplog.records] == ["broadcast observer for 'chat' failed: bad observer"]
+
+
+# --- the status page wraps the loaded app -----------------------------------------------------
+@pytest.fixture
+def board() -> Scoreboard:
+    return Scoreboard(2, memory_budget=1 << 20)
+
+
+def test_the_status_page_answers_its_path_on_the_loop_and_leaves_the_rest_to_the_app(board: Scoreboard) -> None:
+    app = App()
+    app.route("/hello")(lambda request: "hi")
+    app.websocket("/ws")(Session)
+    native = app.prefork_application(Runtime())
+    loaded = StatusPage(board, 1, b"/server-status", ("127.0.0.1",)).wrap(LoadedApp(native, native, native))
+    page = loaded.answer_on_loop(complete("GET", "/server-status?format=json"))
+    assert page is not None and page.status == 200
+    assert json.loads(body_of(page))["master_pid"] == 1
+    html = loaded.answer_on_loop(complete("GET", "/server-status"))
+    assert html is not None and b"prefork status" in body_of(html)
+    denied = loaded.answer_on_loop(complete("GET", "/server-status", peer="10.9.8.7"))
+    assert denied is not None and denied.status == 403
+    hello = complete("GET", "/hello")
+    assert loaded.answer_on_loop(hello) is None  # the application's
+    assert body_of(loaded(hello)) == b"hi"
+    assert loaded.websocket_handler(b"/ws") == (Session, {})  # the capabilities are kept
+    assert loaded.wants_form(head("POST", "/hello", [("content-type", FORM_TYPE)], 1)) is False
+
+
+def test_the_loader_assembles_the_status_page(board: Scoreboard) -> None:
+    page = StatusPage(board, 1, b"/status", ())
+    loaded = load_application("tests.apps.upload:app", threads=2, runtime=Runtime(), status=page)
+    denied = loaded.answer_on_loop(complete("GET", "/status", peer="192.0.2.1"))
+    assert denied is not None and denied.status == 403
+    assert loaded.answer_on_loop(complete("GET", "/environ")) is None
 
 
 # --- the app side has no import cycle ---------------------------------------------------------

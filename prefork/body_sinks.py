@@ -14,11 +14,11 @@ from prefork.http.events import Request
 from prefork.scoreboard import WorkerSlot
 from prefork.settings import ConnectionSettings
 from prefork.spool import BodySpool
-from prefork.writebehind import WriteBehindHelper, new_helper
+from prefork.writebehind import WriteBehindHelper
 
 
 def open_sink(head: Request, settings: ConnectionSettings, slot: WorkerSlot | None,
-              parse_form: bool, write_behind: WriteBehindHelper | None = None) -> BodySpool | FormSink:
+              parse_form: bool, write_behind: WriteBehindHelper) -> BodySpool | FormSink:
     """A sink for ``head``'s body.
 
     Args:
@@ -26,8 +26,7 @@ def open_sink(head: Request, settings: ConnectionSettings, slot: WorkerSlot | No
         settings: the connection settings (thresholds, limits, staging directory).
         slot: the worker's scoreboard slot (RAM budget, bytes on disk), or None.
         parse_form: parse ``multipart/form-data`` as it arrives, each file to its own spool.
-        write_behind: the worker's write-behind helper for a form's files. None: this
-            process's fallback helper (transitional, until the worker passes its own).
+        write_behind: the worker's write-behind helper, for a form's files.
 
     Raises:
         ProtocolError: 507 when the declared body would leave too little free disk.
@@ -42,18 +41,8 @@ def open_sink(head: Request, settings: ConnectionSettings, slot: WorkerSlot | No
                         max_size=settings.http_limits.max_body_size, max_file_size=settings.max_file_size,
                         budget=slot, on_disk_bytes=on_disk, checksum=settings.checksum,
                         min_free_disk=settings.min_free_disk,
-                        write_behind=write_behind if write_behind is not None else _fallback_helper())
+                        write_behind=write_behind)
     return BodySpool(settings.memory_threshold, max_size=settings.http_limits.max_body_size,
                      dir=settings.staging_dir, budget=slot, on_disk_bytes=on_disk,
                      min_free_disk=settings.min_free_disk)
 
-
-# TODO(lead): delete with the worker.py patch of issue 13 section 6, which gives each worker its
-# own helper (``new_helper``) and has the connection pass it here; until then one per process.
-_fallback: list[WriteBehindHelper] = []
-
-
-def _fallback_helper() -> WriteBehindHelper:
-    if not _fallback:
-        _fallback.append(new_helper())
-    return _fallback[0]

@@ -269,7 +269,8 @@ class Connection:
         declared = head.content_length
         has_body = head.chunked or bool(declared)
         if has_body:
-            self.sink = open_sink(head, self.settings, self.loop.slot, self.loop.wants_form(head))
+            self.sink = open_sink(head, self.settings, self.loop.slot, self.loop.wants_form(head),
+                                  self.loop.write_behind)
             if declared is None or declared > self.settings.memory_threshold:
                 self._track_upload(head, declared)
             if head.expects_continue and head.http_version == b"1.1":

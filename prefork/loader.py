@@ -23,7 +23,7 @@ import traceback
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from prefork import reloader, runtime as _runtime
+from prefork import reloader
 from prefork.handlers import LoadedApp, ServesNatively
 from prefork.logs import error_log
 from prefork.runtime import Runtime
@@ -74,8 +74,8 @@ def load_application(spec: str, *, threads: int, reload: bool = False, runtime: 
         threads: handler threads (for ``wsgi.multithread``).
         reload: ``--reload`` is on: an app that fails to load is logged and
             replaced by a 500 page, and the files of the failure are watched.
-        runtime: the deployment facts handed to the app. None binds it to
-            ``prefork.runtime.current`` (transitional, for a worker that passes none).
+        runtime: the deployment facts handed to the app (None: ``Runtime()``'s defaults,
+            no broadcast transport: outside a worker).
         status: the status page to answer ``[status] path`` with, or None.
 
     Returns:
@@ -84,8 +84,7 @@ def load_application(spec: str, *, threads: int, reload: bool = False, runtime: 
     Raises:
         AppLoadError, ImportError or whatever the module raised, unless ``reload``.
     """
-    facts = _runtime.current if runtime is None else runtime  # TODO(lead): issue 13 section 6 patch
-    loaded = _load_or_fail(spec, threads, reload, facts)
+    loaded = _load_or_fail(spec, threads, reload, runtime if runtime is not None else Runtime())
     return status.wrap(loaded) if status is not None else loaded
 
 

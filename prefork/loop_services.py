@@ -17,6 +17,7 @@ from prefork.settings import ConnectionSettings
 if TYPE_CHECKING:
     from prefork.connection import Connection
     from prefork.scoreboard import WorkerSlot
+    from prefork.writebehind import WriteBehindHelper
 
 
 class LoopServices(Protocol):
@@ -25,6 +26,7 @@ class LoopServices(Protocol):
     settings: ConnectionSettings
     slot: WorkerSlot | None
     draining: bool
+    write_behind: WriteBehindHelper  # the worker's, for the files of the forms it stages
 
     def watch(self, conn: Connection, read: bool, write: bool) -> None:
         """Set which readiness events the loop reports for this connection."""

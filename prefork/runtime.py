@@ -13,7 +13,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from prefork import broadcast
 from prefork.broadcast import Subscribers, Transport
 
 
@@ -35,9 +34,3 @@ class Runtime:
     workers: int = 1
     transport: Transport | None = None
     subscribers: Subscribers | None = None
-
-
-# TODO(lead): delete with the worker.py patch of issue 13 section 6 (see the transitional
-# section of prefork.broadcast): today's worker fills this in and loads its app without
-# passing a Runtime, so the loader binds the app to this one.
-current = Runtime(transport=broadcast.LEGACY_TRANSPORT, subscribers=broadcast.LEGACY_SUBSCRIBERS)

@@ -25,17 +25,19 @@ from typing import Any
 
 import psutil
 
-from prefork import broadcast, memory, runtime
+from prefork import broadcast, memory, writebehind
+from prefork.broadcast import Subscribers
 from prefork.connection import Connection
 from prefork.errors import ProtocolError
-from prefork.handlers import Application, CompleteRequest, ResponseStream
+from prefork.handlers import CompleteRequest, LoadedApp, ResponseStream
 from prefork.http.events import EndOfMessage, Request
 from prefork.app_runner import AppRunner
 from prefork.exit_codes import EXIT_BOOT
 from prefork.logs import dump_stacks_to_error_log, error_log, reopen_logs
 from prefork.pool import HandlerPool, Wakeup
+from prefork.runtime import Runtime
 from prefork.scoreboard import WorkerSlot, WorkerState
-from prefork.status import status_response
+from prefork.status import StatusPage
 from prefork.shedding import IdleShedder
 from prefork.websocket.budget import InflateBudget
 from prefork.websocket.handshake import HandshakeError, build_error_response, requests_websocket
@@ -78,7 +80,7 @@ class Worker:
     """
 
     def __init__(self, listeners: Sequence[socket.socket], settings: WorkerSettings,
-                 slot: WorkerSlot | None = None, app: Application | None = None,
+                 slot: WorkerSlot | None = None, app: LoadedApp | None = None,
                  link: socket.socket | None = None) -> None:
         self.listeners = list(listeners)
         self.settings = settings.connection
@@ -89,7 +91,7 @@ class Worker:
         self.stopping_now = False
         self.connections: set[Connection | WebSocketSession] = set()
         self._registered: dict[Connection | WebSocketSession, int] = {}
-        self.subscribers: dict[str, set[WebSocketSession]] = {}
+        self.subscribers = Subscribers()
         self._link_socket = link
         self._accepting = False
         self._accept_retry = 0.0
@@ -105,25 +107,23 @@ class Worker:
         _die_with_parent()
         memory.tune()  # allocator policy before any thread starts (prefork/memory.py)
         self._trimmer = memory.IdleTrimmer()
-        runtime.current.uploads_dir = self.worker_settings.uploads_dir
-        runtime.current.staging_dir = self.settings.staging_dir or ""
+        self.wakeup = Wakeup()
+        self.write_behind = writebehind.new_helper()
+        self._transport = self._broadcast_transport()
         if self.app is None:
             try:
-                from prefork.loader import load_application
-                self.app = load_application(self.worker_settings.app, threads=self.worker_settings.threads,
-                                            reload=self.worker_settings.reload)
+                self.app = self._load_app()
             except BaseException as exc:
                 error_log.error("worker %d failed to load the application %r: %s",
                                 os.getpid(), self.worker_settings.app or "(demo)", exc, exc_info=exc)
                 return WORKER_BOOT_ERROR
-        self.wakeup = Wakeup()
         if self.worker_settings.reload:
             from prefork.reloader import start_reloader
             start_reloader(lambda: self.wakeup.defer(self.begin_drain))
         self._install_signals()
         dump_stacks_to_error_log()  # the master's SIGABRT for a stalled loop writes every stack
         self.pool = HandlerPool(self.worker_settings.threads, self.wakeup) if self.worker_settings.threads else None
-        self.runner = AppRunner(self.app, self.pool, self.wakeup, self.worker_settings.handler_timeout)
+        self.runner = AppRunner(self.app.call, self.pool, self.wakeup, self.worker_settings.handler_timeout)
         self.selector = selectors.DefaultSelector()
         self.selector.register(self.wakeup, selectors.EVENT_READ, _Readable(self.wakeup.run_pending))
         self._recv_buffer = memoryview(bytearray(RECV_BUFFER_SIZE))
@@ -131,7 +131,7 @@ class Worker:
         self._listener_targets = {lsock: _Readable(functools.partial(self._accept, lsock))
                                   for lsock in self.listeners}
         self._shedder = IdleShedder(self.worker_settings.max_connections)
-        self._websockets = self.worker_settings.websocket is not None and hasattr(self.app, "websocket_handler")
+        self._websockets = self.worker_settings.websocket is not None and self.app.serves_websockets
         self._inflate_budget = InflateBudget(self.worker_settings.websocket.inflate_budget
                                              if self.worker_settings.websocket else 0)
         self._setup_broadcast()
@@ -141,6 +141,18 @@ class Worker:
         error_log.debug("worker %d ready", os.getpid())
         self._loop()
         return 0
+
+    def _load_app(self) -> LoadedApp:
+        """Import the app, bound to this worker's Runtime, with the status page in front."""
+        from prefork.loader import load_application
+
+        settings = self.worker_settings
+        facts = Runtime(uploads_dir=settings.uploads_dir, staging_dir=self.settings.staging_dir or "",
+                        transport=self._transport, subscribers=self.subscribers)
+        status = (StatusPage(self.slot.board, self._ppid, settings.status_path, settings.status_allow)
+                  if settings.status_path and self.slot is not None else None)
+        return load_application(settings.app, threads=settings.threads, reload=settings.reload,
+                                runtime=facts, status=status)
 
     def _install_signals(self) -> None:
         signal.signal(signal.SIGTERM, lambda *_: self.wakeup.defer(self.begin_drain))
@@ -298,10 +310,9 @@ class Worker:
     def dispatch(self, conn: Connection, request: CompleteRequest) -> None:
         """Run the application for a complete request."""
         assert self.app is not None
-        status_path = self.worker_settings.status_path
-        if status_path and request.head.path == status_path and self.slot is not None:
-            conn.on_response(status_response(self.slot.board, self._ppid, conn.peer[0], request.head.query,
-                                             self.worker_settings.status_allow))
+        answer = self.app.answer_on_loop(request)  # the status page: no handler thread needed
+        if answer is not None:
+            conn.on_response(answer)
             return
         self.requests += 1
         if self._max_requests and self.requests >= self._max_requests and not self.draining:
@@ -315,8 +326,8 @@ class Worker:
 
     def wants_form(self, head: Request) -> bool:
         """Whether the application wants this request's multipart body parsed as it arrives."""
-        hook = getattr(self.app, "wants_form", None)
-        return bool(hook is not None and hook(head))
+        assert self.app is not None
+        return self.app.wants_form(head)
 
     def forget(self, conn: Connection | WebSocketSession) -> None:
         """Drop a closed connection."""
@@ -331,12 +342,17 @@ class Worker:
             self._set_accepting(True)
 
     # --- WebSockets and broadcast -------------------------------------------------
-    def _setup_broadcast(self) -> None:
+    def _broadcast_transport(self) -> broadcast.Transport:
+        """How this worker's app reaches every worker: the master's hub, or only itself."""
+        deliver = self.subscribers.deliver
         if self._link_socket is None:
-            broadcast.set_transport(broadcast.LocalTransport(
-                lambda channel, message: self.wakeup.defer(self._deliver, channel, message)))
+            return broadcast.LocalTransport(lambda channel, message: self.wakeup.defer(deliver, channel, message))
+        return broadcast.WorkerLink(self._link_socket, deliver, self.wakeup.defer)
+
+    def _setup_broadcast(self) -> None:
+        link = self._transport
+        if not isinstance(link, broadcast.WorkerLink):
             return
-        link = broadcast.WorkerLink(self._link_socket, self._deliver, self.wakeup.defer)
         self.selector.register(link, selectors.EVENT_READ, link)
 
         def blocked(on: bool) -> None:
@@ -351,31 +367,14 @@ class Worker:
 
         link.on_blocked = blocked
         link.on_eof = master_gone
-        broadcast.set_transport(link)
-
-    def _deliver(self, channel: str, message: str | bytes) -> None:
-        for observer in broadcast.observers(channel):
-            try:
-                observer(channel, message)
-            except Exception as exc:
-                error_log.error("broadcast observer for %r failed: %s", channel, exc, exc_info=exc)
-        for session in list(self.subscribers.get(channel, ())):
-            session.send_message(message)
 
     def subscribe(self, session: WebSocketSession, channel: str) -> None:
         """Add a session to a broadcast channel (loop thread)."""
-        if not session.ended:
-            self.subscribers.setdefault(channel, set()).add(session)
+        self.subscribers.subscribe(session, channel)
 
     def unsubscribe(self, session: WebSocketSession, channel: str | None) -> None:
         """Remove a session from one channel, or from all of them."""
-        names = [channel] if channel is not None else list(self.subscribers)
-        for name in names:
-            members = self.subscribers.get(name)
-            if members is not None:
-                members.discard(session)
-                if not members:
-                    del self.subscribers[name]
+        self.subscribers.unsubscribe(session, channel)
 
     def defer(self, fn: Callable[..., None], *args: Any) -> None:
         """Run ``fn(*args)`` on the loop thread."""
@@ -399,7 +398,8 @@ class Worker:
         """Take over a WebSocket handshake; False leaves the request to the HTTP app."""
         if head.upgrade != b"websocket" and not requests_websocket(head.headers.raw):
             return False  # head.upgrade is the first protocol listed; websocket may come later
-        handler_cls, params = self.app.websocket_handler(head.path)  # type: ignore[union-attr]
+        assert self.app is not None
+        handler_cls, params = self.app.websocket_handler(head.path)
         if handler_cls is None:
             return False
         settings = self.worker_settings.websocket

@@ -131,7 +131,7 @@ class WebSocket:
 
     def call_soon(self, fn: Callable[[], None]) -> None:
         """Run ``fn`` on the worker's loop thread after the calls this WebSocket already
-        made (e.g. read a history kept by ``broadcast.observe`` once ``subscribe`` has
+        made (e.g. read a history kept by ``app.observe`` once ``subscribe`` has
         taken effect, so that no message falls between the two). ``fn`` must be quick."""
         self._session.loop.defer(fn)
 

@@ -6,8 +6,11 @@ bytes, dict), ``@app.websocket(path)`` for WebSocket handler classes, and
 ``app.broadcast`` to reach subscribers on every worker. What sets it apart
 from WSGI is the body: a native route's ``multipart/form-data`` body is parsed
 while it arrives, so ``request.files[name]`` is an ``UploadedFile`` already on
-disk and ``save()`` is a rename. The worker finds the native adapter through
-the ``prefork_application`` hook.
+disk and ``save()`` is a rename. The loader serves an ``App`` natively through
+its ``prefork_application`` hook (``prefork.handlers.ServesNatively``), which
+binds it to the worker's ``Runtime``: ``app.runtime`` holds the deployment's
+facts, ``app.broadcast`` uses its transport, and the ``app.observe`` callbacks
+go into its subscriber registry. Nothing is read from a module global.
 
 Routes match the percent-decoded path; captured values are not decoded a
 second time (``/a%2541`` captures ``a%41``, never ``aA``). A path that matches
@@ -19,274 +22,24 @@ handler is registered, in which case it is logged and that handler answers.
 
 from __future__ import annotations
 
-import json as jsonlib
 import os
 import re
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from http import HTTPStatus
-from http.cookies import CookieError, SimpleCookie
-from typing import IO, Any
-from urllib.parse import parse_qsl, quote, unquote
+from typing import Any
 
-from prefork import broadcast
-from prefork.forms import FormData, MultiDict, UploadedFile
-from prefork.handlers import CompleteRequest, FileBody, ResponseStream
+from prefork.broadcast import Deliver
+from prefork.handlers import CompleteRequest, ResponseStream
 from prefork.http.events import Request as RequestHead
-from prefork.mediatype import essence, is_form_data
+from prefork.mediatype import is_form_data
+from prefork.messages import MAX_MEMORY_BODY, HTTPError, Request, Response, decode_path, reason_phrase
+from prefork.runtime import Runtime
+from prefork.static import safe_join, serve_file
 
 __all__ = ["App", "HTTPError", "NativeApplication", "Request", "Response", "MAX_MEMORY_BODY"]
 
 Handler = Callable[["Request"], Any]
 _PARAM = re.compile(r"<(?:(?P<kind>path|int):)?(?P<name>[A-Za-z_][A-Za-z0-9_]*)>")
-# field-name = token (RFC 9110 §5.1); a value must not hold CR, LF or NUL (§5.5): a handler
-# that puts user input into a header must never be able to split the response.
-_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
-# Anything but HTAB, visible ASCII and obs-text (latin-1) would break the head or its encoding.
-_BAD_VALUE = re.compile(r"[^\t\x20-\x7e\x80-\xff]")
-#: Largest body ``Request.json()`` and a urlencoded ``Request.form`` read into RAM (413
-#: beyond): both are parsed whole, and 16 MiB is far above any sane form or JSON document.
-MAX_MEMORY_BODY = 16 * 1024 * 1024
-
-
-class HTTPError(Exception):
-    """Raise from a handler to answer with ``status`` (and an optional message).
-
-    Args:
-        status: the HTTP status code.
-        message: shown in the default error page; the reason phrase if empty.
-        headers: extra header fields for the error response (e.g. ``WWW-Authenticate``).
-    """
-
-    def __init__(self, status: int, message: str = "",
-                 headers: list[tuple[str, str]] | None = None) -> None:
-        super().__init__(message or _reason(status))
-        self.status = status
-        self.headers = list(headers or [])
-
-
-class Request:
-    """A complete request as a native handler sees it.
-
-    Attributes:
-        method: the method, e.g. "GET".
-        path: the percent-decoded path.
-        query_string: the raw query string.
-        args: query parameters (MultiDict of str).
-        headers: case-insensitive lookups via ``headers.get(name)``.
-        body: the staged body stream (seekable).
-        content_length: the true body length (chunked bodies included).
-        path_params: values captured by ``<name>`` segments of the route.
-        remote_addr: the client address.
-        error: in an error handler, the HTTPError or exception being answered.
-    """
-
-    def __init__(self, complete: CompleteRequest, path_params: dict[str, Any]) -> None:
-        head = complete.head
-        self._complete = complete
-        self.method = head.method.decode("latin-1")
-        self.path = _decode_path(head.path)
-        self.query_string = head.query.decode("latin-1")
-        self.args: MultiDict[str] = MultiDict()
-        for name, value in parse_qsl(self.query_string, keep_blank_values=True):
-            self.args.add(name, value)
-        self.headers = _Headers(head.headers.raw)
-        self.body: IO[bytes] = complete.body
-        self.content_length = complete.body_size
-        self.path_params = path_params
-        self.remote_addr = complete.peer[0]
-        self._form: FormData | None = complete.form
-        self._urlencoded: MultiDict[str] | None = None
-        self.error: BaseException | None = None
-
-    @property
-    def cookies(self) -> dict[str, str]:
-        """Cookies sent with the request (a malformed Cookie header gives none)."""
-        jar: SimpleCookie = SimpleCookie()
-        for value in self.headers.get_all("cookie"):
-            try:
-                jar.load(value)
-            except CookieError:
-                continue
-        return {name: morsel.value for name, morsel in jar.items()}
-
-    @property
-    def content_type(self) -> str:
-        """The media type of the body, lower-cased, without parameters."""
-        return essence(self.headers.get("content-type"))
-
-    @property
-    def is_form(self) -> bool:
-        """Whether the body is ``multipart/form-data``: then it was parsed into ``form``
-        and ``files`` while it arrived, and ``body`` is empty (``prefork.mediatype``)."""
-        return is_form_data(self.headers.get("content-type"))
-
-    def _read_small_body(self) -> bytes:
-        if self.content_length > MAX_MEMORY_BODY:
-            raise HTTPError(413, f"a body parsed in memory may have at most {MAX_MEMORY_BODY} bytes")
-        self.body.seek(0)
-        return self.body.read()
-
-    def json(self) -> Any:
-        """The body parsed as JSON.
-
-        Raises:
-            HTTPError: 400 when it is not valid JSON, 413 when over ``MAX_MEMORY_BODY``.
-        """
-        try:
-            return jsonlib.loads(self._read_small_body() or b"null")
-        except ValueError as exc:
-            raise HTTPError(400, f"request body is not valid JSON: {exc}") from None
-
-    @property
-    def form(self) -> MultiDict[str]:
-        """Text fields of a multipart or urlencoded form (empty for other bodies)."""
-        if self._form is not None:
-            return self._form.fields
-        if self._urlencoded is None:
-            fields: MultiDict[str] = MultiDict()
-            if self.content_type == "application/x-www-form-urlencoded":
-                text = self._read_small_body().decode("utf-8", "replace")
-                for name, value in parse_qsl(text, keep_blank_values=True):
-                    fields.add(name, value)
-            self._urlencoded = fields
-        return self._urlencoded
-
-    @property
-    def files(self) -> MultiDict[UploadedFile]:
-        """Uploaded files of a multipart form, already staged on disk."""
-        return self._form.files if self._form is not None else MultiDict()
-
-
-def _decode_path(raw: bytes) -> str:
-    """Percent-decode a request path as UTF-8 (invalid UTF-8 becomes U+FFFD)."""
-    return unquote(raw.decode("latin-1"), errors="replace") if b"%" in raw else raw.decode("latin-1")
-
-
-class _Headers:
-    """Read-only, case-insensitive view of the request's header fields."""
-
-    def __init__(self, raw: list[tuple[bytes, bytes]]) -> None:
-        self.raw = [(n.decode("latin-1"), v.decode("latin-1")) for n, v in raw]
-
-    def get(self, name: str, default: str = "") -> str:
-        """The first value of ``name``."""
-        name = name.lower()
-        for key, value in self.raw:
-            if key.lower() == name:
-                return value
-        return default
-
-    def get_all(self, name: str) -> list[str]:
-        """Every value of ``name``, in order."""
-        name = name.lower()
-        return [value for key, value in self.raw if key.lower() == name]
-
-    def __contains__(self, name: object) -> bool:
-        return isinstance(name, str) and any(k.lower() == name.lower() for k, _ in self.raw)
-
-
-class Response:
-    """An HTTP response from a native handler.
-
-    Args:
-        body: str (UTF-8), bytes, an iterable of bytes, or a binary file object. A real
-            file is sent with sendfile from its current position: ``count`` bytes, or
-            up to its end.
-        status: the status code.
-        headers: extra header fields.
-        content_type: the Content-Type (default text/html for str, octet-stream otherwise).
-        count: for a file body, how many bytes to send (None: to the end of the file).
-    """
-
-    def __init__(self, body: str | bytes | Iterable[bytes] | IO[bytes] = b"", status: int = 200,
-                 headers: dict[str, str] | list[tuple[str, str]] | None = None,
-                 content_type: str | None = None, count: int | None = None) -> None:
-        self.status = status
-        self.headers: list[tuple[str, str]] = list(headers.items()) if isinstance(headers, dict) else list(headers or [])
-        if isinstance(body, str):
-            body = body.encode("utf-8")
-            content_type = content_type or "text/html; charset=utf-8"
-        self.body = body
-        self.count = count
-        if content_type is None and not self._has("content-type"):
-            content_type = "application/octet-stream" if body else None
-        if content_type:
-            self.headers.append(("Content-Type", content_type))
-
-    def _has(self, name: str) -> bool:
-        return any(k.lower() == name for k, _ in self.headers)
-
-    @classmethod
-    def json(cls, data: Any, status: int = 200) -> Response:
-        """A JSON response (UTF-8, no ASCII escaping needed by clients)."""
-        return cls(jsonlib.dumps(data).encode("utf-8"), status, content_type="application/json")
-
-    @classmethod
-    def redirect(cls, location: str, status: int = 303) -> Response:
-        """A redirect to ``location`` (303 by default: "see other", GET after a POST)."""
-        return cls(b"", status, [("Location", quote(location, safe="/:?=&#%;@+,~!$'()*[]"))])
-
-    def set_cookie(self, name: str, value: str, *, path: str = "/", max_age: int | None = None,
-                   http_only: bool = True, same_site: str = "Lax", secure: bool = False) -> None:
-        """Add a Set-Cookie header (RFC 6265; HttpOnly and SameSite=Lax by default)."""
-        cookie: SimpleCookie = SimpleCookie()
-        cookie[name] = value
-        morsel = cookie[name]
-        morsel["path"] = path
-        morsel["samesite"] = same_site
-        if max_age is not None:
-            morsel["max-age"] = max_age
-        if http_only:
-            morsel["httponly"] = True
-        if secure:
-            morsel["secure"] = True
-        self.headers.append(("Set-Cookie", morsel.OutputString()))
-
-    def delete_cookie(self, name: str, *, path: str = "/") -> None:
-        """Tell the client to drop cookie ``name``."""
-        self.set_cookie(name, "", path=path, max_age=0)
-
-    def to_stream(self) -> ResponseStream:
-        """Convert to the I/O layer's ResponseStream.
-
-        Raises:
-            ValueError: a header name is not a token, or a value holds a control or non-latin-1 character.
-        """
-        for name, value in self.headers:
-            if not _TOKEN.fullmatch(name) or _BAD_VALUE.search(value):
-                raise ValueError(f"invalid response header {name!r}: {value[:80]!r}")
-        reason = _reason(self.status)
-        body = self.body
-        if isinstance(body, (bytes, bytearray)):
-            return ResponseStream(self.status, reason, self.headers, [bytes(body)] if body else [])
-        if hasattr(body, "read"):
-            return _file_stream(self.status, reason, self.headers, body, self.count)  # type: ignore[arg-type]
-        iterator = iter(body)
-        close = getattr(body, "close", None)
-        return ResponseStream(self.status, reason, self.headers, [], iterator, on_close=close)
-
-
-def _file_stream(status: int, reason: str, headers: list[tuple[str, str]], handle: IO[bytes],
-                 count: int | None) -> ResponseStream:
-    """A sendfile body from ``handle``'s position: ``count`` bytes, or to its end."""
-    try:
-        fd = handle.fileno()
-        offset = handle.tell()
-        available = max(0, os.fstat(fd).st_size - offset)
-    except (OSError, AttributeError, ValueError):
-        data = handle.read() if count is None else handle.read(count)
-        handle.close()
-        return ResponseStream(status, reason, headers, [data])
-    length = available if count is None else min(count, available)
-    return ResponseStream(status, reason, headers, file=FileBody(handle, offset, length), on_close=handle.close)
-
-
-def _reason(status: int) -> str:
-    try:
-        return HTTPStatus(status).phrase
-    except ValueError:
-        return "Unknown"
 
 
 @dataclass(frozen=True, slots=True)
@@ -329,6 +82,24 @@ class App:
         self.routes: list[Route] = []
         self.ws_routes: list[Route] = []
         self.error_handlers: dict[int, Handler] = {}
+        self._runtime = Runtime()
+        self._observers: list[tuple[str, Deliver]] = []
+
+    # --- the server it runs in ----------------------------------------------------
+    @property
+    def runtime(self) -> Runtime:
+        """The deployment this app is bound to (``Runtime()`` defaults until it is bound)."""
+        return self._runtime
+
+    def bind(self, runtime: Runtime) -> None:
+        """Run in ``runtime``: the loader calls this before the first request.
+
+        The callbacks registered with ``observe`` go into its subscriber registry.
+        """
+        self._runtime = runtime
+        if runtime.subscribers is not None:
+            for channel, callback in self._observers:
+                runtime.subscribers.observe(channel, callback)
 
     def route(self, path: str, methods: Iterable[str] = ("GET",)) -> Callable[[Handler], Handler]:
         """Register an HTTP handler for ``path`` (``<name>``, ``<int:n>``, ``<path:p>`` capture).
@@ -351,8 +122,6 @@ class App:
         Paths that leave ``directory`` (``..``, absolute paths, symlinks pointing out,
         NUL bytes) and dot-files answer 404; see ``prefork.static``.
         """
-        from prefork.static import safe_join, serve_file  # static builds on this module
-
         root = os.fspath(directory)
         prefix = url_prefix.rstrip("/")
 
@@ -384,10 +153,27 @@ class App:
             return handler
         return register
 
-    @staticmethod
-    def broadcast(channel: str, message: str | bytes) -> None:
-        """Send ``message`` to every WebSocket subscribed to ``channel``, on every worker."""
-        broadcast.publish(channel, message)
+    def broadcast(self, channel: str, message: str | bytes) -> None:
+        """Send ``message`` to every WebSocket subscribed to ``channel``, on every worker.
+
+        Thread-safe. Raises RuntimeError outside a server (no transport in ``runtime``).
+        """
+        transport = self._runtime.transport
+        if transport is None:
+            raise RuntimeError("broadcast needs a running prefork worker (no transport installed)")
+        transport.publish(channel, message)
+
+    def observe(self, channel: str, callback: Deliver) -> Deliver:
+        """Call ``callback(channel, message)`` for every message on ``channel`` that
+        reaches this worker, subscribers or not (e.g. to keep a chat history).
+
+        Callbacks run on the worker's loop thread and must be quick. May be used as
+        ``app.observe("chat", remember)`` at import time: it takes effect when bound.
+        """
+        self._observers.append((channel, callback))
+        if self._runtime.subscribers is not None:
+            self._runtime.subscribers.observe(channel, callback)
+        return callback
 
     # --- dispatch ---------------------------------------------------------------
     def match(self, path: str, method: str) -> tuple[Route | None, dict[str, Any], list[str]]:
@@ -412,8 +198,11 @@ class App:
                 return route.handler, params
         return None, {}
 
-    def prefork_application(self) -> NativeApplication:
-        """The adapter the worker calls (the hook ``prefork.loader`` looks for)."""
+    def prefork_application(self, runtime: Runtime | None = None) -> NativeApplication:
+        """The adapter the worker calls (``prefork.handlers.ServesNatively``), after
+        binding to ``runtime`` when one is given."""
+        if runtime is not None:
+            self.bind(runtime)
         return NativeApplication(self)
 
 
@@ -438,16 +227,16 @@ class NativeApplication:
         """Whether this request's multipart body should be parsed while it arrives."""
         if not is_form_data(head.headers.get(b"content-type")):
             return False
-        route, _, _ = self.app.match(_decode_path(head.path), head.method.decode("latin-1"))
+        route, _, _ = self.app.match(decode_path(head.path), head.method.decode("latin-1"))
         return route is not None
 
     def websocket_handler(self, path: bytes) -> tuple[type | None, dict[str, Any]]:
         """The WebSocket handler class for a request path."""
-        return self.app.match_websocket(_decode_path(path))
+        return self.app.match_websocket(decode_path(path))
 
     def __call__(self, complete: CompleteRequest) -> ResponseStream:
         method = complete.head.method.decode("latin-1")
-        route, params, allowed = self.app.match(_decode_path(complete.head.path), method)
+        route, params, allowed = self.app.match(decode_path(complete.head.path), method)
         request = Request(complete, params)
         try:
             if route is None:
@@ -474,7 +263,7 @@ class NativeApplication:
             response = _to_response(handler(request))
             response.status = status
             return response
-        phrase = _reason(status)
+        phrase = reason_phrase(status)
         message = str(error) if isinstance(error, HTTPError) else phrase
         text = f"{status} {phrase}\n" if message == phrase else f"{status} {phrase}: {message}\n"
         return Response(text, status, content_type="text/plain; charset=utf-8")

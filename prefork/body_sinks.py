@@ -6,7 +6,8 @@ before its first byte is read (bodies of unknown length are checked as they
 grow, in the spool). ``RequestBody`` is one connection's current body on its
 way into its sink: the byte count, the rate window ``body_min_rate`` is
 checked over, and the upload's progress in the scoreboard for the status
-page. One is made per connection and reused for every request.
+page. One is made per connection and reused for every request. A form's
+file parts are written through the worker's write-behind helper.
 """
 
 from __future__ import annotations
@@ -23,10 +24,11 @@ from prefork.logs import error_log
 from prefork.scoreboard import WorkerSlot
 from prefork.settings import ConnectionSettings
 from prefork.spool import BodySpool
+from prefork.writebehind import WriteBehindHelper
 
 
 def open_sink(head: Request, settings: ConnectionSettings, slot: WorkerSlot | None,
-              parse_form: bool) -> BodySpool | FormSink:
+              parse_form: bool, write_behind: WriteBehindHelper) -> BodySpool | FormSink:
     """A sink for ``head``'s body.
 
     Args:
@@ -34,6 +36,7 @@ def open_sink(head: Request, settings: ConnectionSettings, slot: WorkerSlot | No
         settings: the connection settings (thresholds, limits, staging directory).
         slot: the worker's scoreboard slot (RAM budget, bytes on disk), or None.
         parse_form: parse ``multipart/form-data`` as it arrives, each file to its own spool.
+        write_behind: the worker's write-behind helper, for a form's files.
 
     Raises:
         ProtocolError: 507 when the declared body would leave too little free disk.
@@ -47,7 +50,8 @@ def open_sink(head: Request, settings: ConnectionSettings, slot: WorkerSlot | No
                         spool_threshold=settings.memory_threshold, spool_dir=settings.staging_dir,
                         max_size=settings.http_limits.max_body_size, max_file_size=settings.max_file_size,
                         budget=slot, on_disk_bytes=on_disk, checksum=settings.checksum,
-                        min_free_disk=settings.min_free_disk)
+                        min_free_disk=settings.min_free_disk,
+                        write_behind=write_behind)
     return BodySpool(settings.memory_threshold, max_size=settings.http_limits.max_body_size,
                      dir=settings.staging_dir, budget=slot, on_disk_bytes=on_disk,
                      min_free_disk=settings.min_free_disk)
@@ -66,20 +70,22 @@ class RequestBody:
         settings: the connection settings.
         slot: the worker's scoreboard slot, or None.
         parse_form: asked, only for a request with a body, whether to parse it as a form.
+        write_behind: the worker's write-behind helper, for a form's files.
 
     Attributes:
         sink: where the body goes; None when the request has none (or it was let go).
         received: body bytes received so far.
     """
 
-    __slots__ = ("_settings", "_slot", "_parse_form", "sink", "received", "_uploading", "_window_start",
-                 "_window_bytes")
+    __slots__ = ("_settings", "_slot", "_parse_form", "_write_behind", "sink", "received", "_uploading",
+                 "_window_start", "_window_bytes")
 
     def __init__(self, settings: ConnectionSettings, slot: WorkerSlot | None,
-                 parse_form: Callable[[Request], bool]) -> None:
+                 parse_form: Callable[[Request], bool], write_behind: WriteBehindHelper) -> None:
         self._settings = settings
         self._slot = slot
         self._parse_form = parse_form
+        self._write_behind = write_behind
         self.sink: BodySpool | FormSink | None = None
         self.received = 0
         self._uploading = False
@@ -101,7 +107,7 @@ class RequestBody:
         self._window_start, self._window_bytes = now, 0
         declared = head.content_length
         if head.chunked or declared:
-            self.sink = open_sink(head, self._settings, self._slot, self._parse_form(head))
+            self.sink = open_sink(head, self._settings, self._slot, self._parse_form(head), self._write_behind)
             if (declared is None or declared > self._settings.memory_threshold) and self._slot is not None:
                 # Large or unknown: worth a row in the status page's uploads in progress.
                 self._uploading = True

@@ -7,7 +7,10 @@ worker's link, the publisher's included, and each worker delivers it to its
 own subscribers. One hub and ordered streams give every subscriber every
 message exactly once, in the order each publisher sent them, and a respawned
 worker simply gets a new link. The transport sits behind ``Transport`` so a
-Redis pub/sub transport can replace the hub for several machines.
+Redis pub/sub transport can replace the hub for several machines. Nothing
+here is a module global: the worker owns its transport and its
+``Subscribers`` (who receives each channel in this process) and hands the
+transport to the application in its ``prefork.runtime.Runtime``.
 
 Frame: ``!IBH`` = total length of what follows, kind (0 text, 1 bytes),
 channel length; then the channel (UTF-8) and the payload.
@@ -17,10 +20,11 @@ from __future__ import annotations
 
 import socket
 import struct
-import threading
 from collections import deque
 from collections.abc import Callable
 from typing import Protocol
+
+from prefork.logs import error_log
 
 _HEAD = struct.Struct("!IBH")
 # A worker that stops reading its link must not make the master hold unbounded data.
@@ -232,40 +236,75 @@ class LocalTransport:
         self.deliver(channel, message)
 
 
-_lock = threading.Lock()
-_transport: Transport | None = None
-_observers: dict[str, list[Deliver]] = {}
+class Subscriber(Protocol):
+    """A WebSocket session, as the registry sees it."""
+
+    @property
+    def ended(self) -> bool:
+        """Closed, or its handler was already told the connection ended."""
+        ...
+
+    def send_message(self, message: str | bytes) -> None:
+        """Queue one message to the client."""
+        ...
 
 
-def observe(channel: str, callback: Deliver) -> None:
-    """Call ``callback(channel, message)`` for every message on ``channel`` this
-    worker receives, subscribers or not (e.g. to keep a chat history).
+class Subscribers:
+    """One worker's broadcast registry: who receives each channel in this process.
 
-    Callbacks run on the worker's loop thread and must be quick.
+    A channel's members are WebSocket sessions; its observers are callbacks that
+    see every message on it whether anyone is subscribed or not (e.g. to keep a
+    chat history). The worker owns one instance and delivers every message that
+    reaches it, from its transport, here. Loop thread only: sessions subscribe
+    through the loop's ``defer``, and applications register observers when they
+    are bound (``App.bind``), before the loop runs; so no lock is needed.
     """
-    with _lock:
-        _observers.setdefault(channel, []).append(callback)
 
+    def __init__(self) -> None:
+        self._members: dict[str, set[Subscriber]] = {}
+        self._observers: dict[str, list[Deliver]] = {}
 
-def observers(channel: str) -> list[Deliver]:
-    """The callbacks registered for ``channel``."""
-    return _observers.get(channel, [])
+    def subscribe(self, session: Subscriber, channel: str) -> None:
+        """Add ``session`` to ``channel``; a session that has ended is not added."""
+        if not session.ended:
+            self._members.setdefault(channel, set()).add(session)
 
+    def unsubscribe(self, session: Subscriber, channel: str | None) -> None:
+        """Remove ``session`` from ``channel``, or from every channel when it is None."""
+        names = [channel] if channel is not None else list(self._members)
+        for name in names:
+            members = self._members.get(name)
+            if members is not None:
+                members.discard(session)
+                if not members:
+                    del self._members[name]
 
-def set_transport(transport: Transport | None) -> None:
-    """Install this process's transport (the worker does, after fork)."""
-    global _transport
-    with _lock:
-        _transport = transport
+    def members(self, channel: str) -> frozenset[Subscriber]:
+        """The sessions subscribed to ``channel`` now."""
+        return frozenset(self._members.get(channel, ()))
 
+    def observe(self, channel: str, callback: Deliver) -> None:
+        """Call ``callback(channel, message)`` for every message on ``channel``
+        (once, however often it is registered); it runs on the loop and must be quick."""
+        callbacks = self._observers.setdefault(channel, [])
+        if callback not in callbacks:
+            callbacks.append(callback)
 
-def publish(channel: str, message: str | bytes) -> None:
-    """Send ``message`` to every subscriber of ``channel`` on every worker.
+    def observers(self, channel: str) -> list[Deliver]:
+        """The callbacks registered for ``channel``."""
+        return list(self._observers.get(channel, ()))
 
-    Raises:
-        RuntimeError: no transport is installed (not running inside a worker).
-    """
-    transport = _transport
-    if transport is None:
-        raise RuntimeError("broadcast needs a running prefork worker (no transport installed)")
-    transport.publish(channel, message)
+    def deliver(self, channel: str, message: str | bytes) -> None:
+        """A message reached this worker: to the observers first, then to every member.
+
+        An observer that raises is logged and does not keep the message from the
+        others or from the sessions.
+        """
+        for observer in self._observers.get(channel, ()):
+            try:
+                observer(channel, message)
+            except Exception as exc:
+                error_log.error("broadcast observer for %r failed: %s", channel, exc, exc_info=exc)
+        for session in list(self._members.get(channel, ())):
+            session.send_message(message)
+

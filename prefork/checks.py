@@ -21,11 +21,11 @@ import stat
 import sys
 import traceback
 
-from prefork import runtime
 from prefork.config import Config
 from prefork.exit_codes import EXIT_BOOT, EXIT_CONFIG
 from prefork.loader import load_application
 from prefork.privileges import drop_privileges, resolve
+from prefork.runtime import Runtime
 
 __all__ = ["check_config", "unwritable"]
 
@@ -164,10 +164,9 @@ def _uncreatable(path: str) -> str | None:
 
 def _imports(cfg: Config) -> bool:
     """Import the application as a worker would; report the error if it fails."""
-    runtime.current.uploads_dir = cfg.uploads.dir  # as Worker.run sets them before its import
-    runtime.current.staging_dir = cfg.staging.dir
+    facts = Runtime(uploads_dir=cfg.uploads.dir, staging_dir=cfg.staging.dir, workers=cfg.server.workers)
     try:
-        load_application(cfg.server.app, threads=cfg.server.threads)
+        load_application(cfg.server.app, threads=cfg.server.threads, runtime=facts)
     except BaseException as exc:  # SystemExit from the module too: a worker would not boot
         _report(f"cannot load the application {cfg.server.app or '(demo)'!r}: {exc}")
         sys.stderr.write(_app_traceback(exc))

@@ -11,6 +11,10 @@ unknown keys, anything unknown or malformed stops start-up with one message that
 names the file, line, section, key, bad value, allowed form and a likely fix.
 Values are validated here, not in ``__post_init__``: constructing a dataclass by
 hand (tests, embedding) trusts the caller. Precedence is defaults < file < flags.
+These dataclasses are the only defaults a running server has: the parser limits
+take theirs from ``prefork.limits`` (the one place those numbers are written),
+and ``prefork.worker_settings`` is the one translation into the plain settings
+the worker, its connections and the protocol code read, which have none.
 """
 
 from __future__ import annotations
@@ -48,7 +52,7 @@ from prefork.config_values import (
     umask_value,
 )
 from prefork.errors import ConfigError
-from prefork.limits import GiB, HttpLimits, KiB, MiB, WsLimits
+from prefork.limits import GiB, FormLimits, HttpLimits, MiB, WsLimits
 
 __all__ = [
     "Config",
@@ -74,6 +78,8 @@ COMMAND_LINE = "command line"
 WEB_CONCURRENCY = "WEB_CONCURRENCY"
 # What ``workers = auto`` parses to until load_config resolves it (never a valid count).
 AUTO_WORKERS = 0
+# The protocol layer's defaults, which the parser-limit keys below take as theirs.
+_HTTP, _FORM, _WS = HttpLimits(), FormLimits(), WsLimits()
 
 
 def _setting(value_type: ValueType[Any], default: object = MISSING, *, factory: Any = MISSING) -> Any:
@@ -102,30 +108,28 @@ class ServerConfig:
 
 @dataclass(frozen=True)
 class LimitsConfig:
-    """``[limits]``: HTTP parser limits and per-connection timeouts."""
+    """``[limits]``: HTTP and form parser limits, and per-connection timeouts.
 
-    max_request_line: int = _setting(size_value(1), 8190)
-    max_header_bytes: int = _setting(size_value(1), 64 * KiB)
-    max_header_count: int = _setting(int_value(1), 100)
-    max_body_size: int = _setting(size_value(), 10 * GiB)
+    The parser limits take their defaults from ``HttpLimits`` and ``FormLimits``,
+    where each number is written once with its precedent; ``max_body_size = 0``
+    means unlimited (``HttpLimits.max_body_size = None``).
+    """
+
+    max_request_line: int = _setting(size_value(1), _HTTP.max_request_line)
+    max_header_bytes: int = _setting(size_value(1), _HTTP.max_header_bytes)
+    max_header_count: int = _setting(int_value(1), _HTTP.max_header_count)
+    max_body_size: int = _setting(size_value(), _HTTP.max_body_size or 0)
+    max_chunk_line: int = _setting(size_value(1), _HTTP.max_chunk_line)
+    max_trailer_bytes: int = _setting(size_value(1), _HTTP.max_trailer_bytes)
+    max_parts: int = _setting(int_value(1), _FORM.max_parts)
+    max_part_header_bytes: int = _setting(size_value(1), _FORM.max_part_header_bytes)
+    max_field_size: int = _setting(size_value(1), _FORM.max_field_size)
+    max_fields_total: int = _setting(size_value(1), _FORM.max_fields_total)
     header_timeout: float = _setting(duration_value(), 10.0)
     body_min_rate: int = _setting(size_value(), 1024)
     body_rate_window: float = _setting(duration_value(), 30.0)
     keepalive_timeout: float = _setting(duration_value(), 5.0)
     send_timeout: float = _setting(duration_value(), 60.0)
-
-    def http_limits(self) -> HttpLimits:
-        """Return the limits the pure HTTP parser takes.
-
-        Returns:
-            HttpLimits with ``max_body_size`` None when configured as 0 (unlimited).
-        """
-        return HttpLimits(
-            max_request_line=self.max_request_line,
-            max_header_bytes=self.max_header_bytes,
-            max_header_count=self.max_header_count,
-            max_body_size=self.max_body_size or None,
-        )
 
 
 @dataclass(frozen=True)
@@ -151,9 +155,9 @@ class UploadsConfig:
 class WebSocketConfig:
     """``[websocket]``: message limits, keep-alive pings and broadcast backend."""
 
-    max_message_size: int = _setting(size_value(1), 16 * MiB)
+    max_message_size: int = _setting(size_value(1), _WS.max_message_size)
     inflate_budget: int = _setting(size_value(1), 64 * MiB)
-    message_timeout: float = _setting(duration_value(), 60.0)
+    message_timeout: float = _setting(duration_value(allow_zero=True), 60.0)
     ping_interval: float = _setting(duration_value(), 20.0)
     ping_timeout: float = _setting(duration_value(), 20.0)
     close_timeout: float = _setting(duration_value(), 10.0)
@@ -162,21 +166,13 @@ class WebSocketConfig:
     allowed_origins: tuple[str, ...] = _setting(list_value(parse_origin), ())
     broadcast: str = _setting(choice_value("local"), "local")
 
-    def ws_limits(self) -> WsLimits:
-        """Return the limits the pure WebSocket code takes.
-
-        Returns:
-            WsLimits whose message and frame limits are both ``max_message_size``.
-        """
-        return WsLimits(max_message_size=self.max_message_size, max_frame_size=self.max_message_size)
-
 
 @dataclass(frozen=True)
 class ProcessConfig:
     """``[process]``: worker supervision and recycling."""
 
     timeout: float = _setting(duration_value(), 30.0)
-    handler_timeout: float = _setting(duration_value(), 60.0)
+    handler_timeout: float = _setting(duration_value(allow_zero=True), 60.0)
     graceful_timeout: float = _setting(duration_value(), 30.0)
     max_requests: int = _setting(int_value(0), 0)
     max_requests_jitter: int = _setting(int_value(0), 0)

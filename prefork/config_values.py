@@ -179,6 +179,8 @@ def format_duration(value: float) -> str:
     Returns:
         e.g. ``"30s"``, ``"500ms"``, ``"5m"``, or ``repr(value) + "s"`` as a fallback.
     """
+    if value == 0:
+        return "0s"  # not "0h", the largest unit that represents it
     candidates = []
     for unit in ("h", "m", "s"):
         count = value / _DURATION_UNITS[unit][0]
@@ -401,12 +403,12 @@ def size_value(minimum: int = 0) -> ValueType[int]:
     return ValueType(parse, format_size)
 
 
-def duration_value() -> ValueType[float]:
-    """A duration greater than zero."""
+def duration_value(*, allow_zero: bool = False) -> ValueType[float]:
+    """A duration greater than zero, or also 0 with ``allow_zero`` (a key where 0 means "no limit")."""
 
     def parse(text: str) -> float:
         value = parse_duration(text)
-        if value <= 0:
+        if value <= 0 and not allow_zero:
             raise ValueError("expected a duration greater than 0, like 500ms, 30s, 5m, 1h")
         return value
 

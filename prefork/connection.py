@@ -88,7 +88,7 @@ class Connection:
         # A head must fit, however large the limits allow it to be.
         self._input_bound = max(MAX_PIPELINE_BUFFER, limits.max_request_line + limits.max_header_bytes + 8)
         self.stage = Stage.HEAD
-        self.body = RequestBody(self.settings, loop.slot, loop.wants_form)
+        self.body = RequestBody(self.settings, loop.slot, loop.wants_form, loop.write_behind)
         self.sender = ResponseSender(self, channel, loop)
         self.eof = False
         now = time.monotonic()

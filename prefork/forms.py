@@ -28,6 +28,7 @@ from prefork.errors import BodyTooLarge, MultipartError, ServiceUnavailable
 from prefork.limits import FormLimits
 from prefork.multipart import MultipartParser, PartData, PartEnd, PartStart, parse_boundary, parse_options_header
 from prefork.spool import BodySpool, MemoryBudget
+from prefork.writebehind import WriteBehindHelper
 
 __all__ = ["FormData", "FormParser", "FormSink", "MultiDict", "UploadedFile"]
 
@@ -163,6 +164,8 @@ class FormParser:
         on_disk_bytes: staging-bytes accounting callback, handed to each spool.
         checksum: compute each file's SHA-256 while it arrives.
         min_free_disk: bytes that must stay free in ``spool_dir`` while files grow there (507).
+        write_behind: the worker's write-behind helper, handed to each file's spool
+            (its disk writes and hashing then run on the helper's thread); None: inline.
     """
 
     def __init__(
@@ -178,8 +181,10 @@ class FormParser:
         on_disk_bytes: Callable[[int], None] | None = None,
         checksum: bool = True,
         min_free_disk: int = 0,
+        write_behind: WriteBehindHelper | None = None,
     ) -> None:
         self._parser = MultipartParser(boundary, limits, zero_copy=True)
+        self._write_behind = write_behind
         self._limits = limits
         self._spool_args = (spool_threshold, max_file_size, spool_dir, budget, on_disk_bytes, min_free_disk)
         self._checksum = checksum
@@ -256,7 +261,7 @@ class FormParser:
         threshold, max_size, spool_dir, budget, on_disk, min_free_disk = self._spool_args
         self._spool = BodySpool(threshold, max_size=max_size, dir=spool_dir, budget=budget,
                                 on_disk_bytes=on_disk, checksum=self._checksum, min_free_disk=min_free_disk,
-                                write_behind=True)
+                                write_behind=self._write_behind)
 
     def _on_data(self, data: bytes | memoryview) -> None:
         if self._spool is not None:
@@ -345,16 +350,18 @@ class FormSink:
         on_disk_bytes: staging-bytes accounting callback.
         checksum: compute each file's SHA-256 while it arrives.
         min_free_disk: bytes that must stay free in ``spool_dir`` while files grow there (507).
+        write_behind: the worker's write-behind helper for the files' spools; None: inline.
     """
 
     def __init__(self, content_type: bytes, *, limits: FormLimits, spool_threshold: int,
                  spool_dir: str | None, max_size: int | None = None, max_file_size: int | None = None,
                  budget: MemoryBudget | None = None, on_disk_bytes: Callable[[int], None] | None = None,
-                 checksum: bool = True, min_free_disk: int = 0) -> None:
+                 checksum: bool = True, min_free_disk: int = 0,
+                 write_behind: WriteBehindHelper | None = None) -> None:
         self._parser = FormParser(parse_boundary(content_type), limits=limits,
                                   spool_threshold=spool_threshold, spool_dir=spool_dir,
                                   max_file_size=max_file_size, budget=budget, on_disk_bytes=on_disk_bytes,
-                                  checksum=checksum, min_free_disk=min_free_disk)
+                                  checksum=checksum, min_free_disk=min_free_disk, write_behind=write_behind)
         self._max_size = max_size
         self.size = 0
         self.form: FormData | None = None

@@ -6,17 +6,22 @@ a ``ResponseStream``: status and headers, the body chunks it has produced so
 far, and either an iterator for the rest or a file to ``sendfile``. The I/O
 layer pulls further chunks through the handler pool only when the socket has
 room, so neither a slow reader nor a large body is buffered whole in RAM.
+
+What the worker may ask of the application is declared here too, not probed
+for: the loader returns a ``LoadedApp`` on which every capability (forms,
+WebSocket routes, answers made on the loop thread) is always present.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import IO, Any, Protocol
+from typing import IO, Any, Protocol, runtime_checkable
 
 from prefork.http.events import Request
 from prefork.http.headers import Headers
 from prefork.logs import error_log
+from prefork.runtime import Runtime
 
 
 @dataclass(slots=True)
@@ -150,3 +155,98 @@ class Application(Protocol):
     def __call__(self, request: CompleteRequest) -> ResponseStream:
         """Handle one request and return its response stream."""
         ...
+
+
+#: A WebSocket route's handler class (None: no route) and the values its path captured.
+WebSocketRoute = tuple[type | None, dict[str, Any]]
+
+
+class FormAware(Protocol):
+    """An application that has multipart bodies parsed while they arrive (native routes)."""
+
+    def wants_form(self, head: Request) -> bool:
+        """Whether this request's ``multipart/form-data`` body is parsed into a form."""
+        ...
+
+
+class WebSocketApp(Protocol):
+    """An application with WebSocket routes."""
+
+    def websocket_handler(self, path: bytes) -> WebSocketRoute:
+        """The handler class for an upgrade request to ``path``, and its path parameters."""
+        ...
+
+
+class NativeAdapter(Application, FormAware, WebSocketApp, Protocol):
+    """A native application's adapter: the call, forms and WebSocket routes."""
+
+
+@runtime_checkable
+class ServesNatively(Protocol):
+    """An object the loader serves natively (``prefork.App``) rather than as WSGI."""
+
+    def prefork_application(self, runtime: Runtime) -> NativeAdapter:
+        """Bind to the worker's ``runtime`` and return the adapter the worker calls."""
+        ...
+
+
+class LoopAnswer(Protocol):
+    """Something that answers a few requests itself, without application code (the
+    status page): quick enough for the event loop, and needing no handler thread."""
+
+    def answer(self, request: CompleteRequest) -> ResponseStream | None:
+        """The response for ``request``, or None when it is the application's."""
+        ...
+
+
+_NO_ROUTE: WebSocketRoute = (None, {})
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class LoadedApp:
+    """The application a worker serves, with every capability stated, none probed for.
+
+    The loader builds it: a WSGI application is only ``call``; a native one is
+    its own ``forms`` and ``websockets`` too. ``prefork.status.StatusPage.wrap``
+    adds the status page to ``on_loop``. Calling it calls the application
+    only: the worker asks ``answer_on_loop`` first, on its loop thread.
+
+    Attributes:
+        call: what runs in a handler thread for each complete request.
+        forms: decides which multipart bodies are parsed while they arrive; None: none are.
+        websockets: routes upgrade requests to handler classes; None: no WebSocket routes.
+        on_loop: answer some requests on the loop thread before the application is asked.
+    """
+
+    call: Application
+    forms: FormAware | None = None
+    websockets: WebSocketApp | None = None
+    on_loop: tuple[LoopAnswer, ...] = ()
+
+    def __call__(self, request: CompleteRequest) -> ResponseStream:
+        """Run the application (in a handler thread)."""
+        return self.call(request)
+
+    def wants_form(self, head: Request) -> bool:
+        """Whether this request's multipart body is parsed while it arrives (False for WSGI)."""
+        return self.forms is not None and self.forms.wants_form(head)
+
+    @property
+    def serves_websockets(self) -> bool:
+        """Whether upgrade requests may be for the application (it has WebSocket routes)."""
+        return self.websockets is not None
+
+    def websocket_handler(self, path: bytes) -> WebSocketRoute:
+        """The handler class and path parameters for ``path``; ``(None, {})`` without a route."""
+        if self.websockets is None:
+            return _NO_ROUTE
+        return self.websockets.websocket_handler(path)
+
+    def answer_on_loop(self, request: CompleteRequest) -> ResponseStream | None:
+        """The response a server page makes for ``request`` (on the loop thread), or None:
+        then the request goes to ``call`` in a handler thread."""
+        for page in self.on_loop:
+            response = page.answer(request)
+            if response is not None:
+                return response
+        return None

@@ -2,7 +2,11 @@
 
 Strategy: pure code never sees the config object; it receives one of these.
 Each default carries the precedent it follows, so a reader can tell a safe
-number from an arbitrary one.
+number from an arbitrary one. These defaults are the only place the numbers
+are written: the ``[limits]`` and ``[websocket]`` keys of ``prefork.config``
+take their defaults from here (the protocol layer may not import the config),
+so a parser built without arguments runs with exactly what an unconfigured
+server runs with. ``tests/test_worker_settings.py`` checks that they agree.
 """
 
 from __future__ import annotations
@@ -24,6 +28,9 @@ class HttpLimits:
             is tighter; 64 KiB fits large cookies) -> 431.
         max_header_count: number of header fields (gunicorn: 100) -> 431.
         max_body_size: body bytes, declared or streamed; None means unlimited -> 413.
+            10 GiB: room for disk images and videos while one request stays bounded
+            (nginx's 1 MiB client_max_body_size is too small for an upload server;
+            ``[staging] min_free_disk`` guards the disk itself).
         max_chunk_line: a chunk-size line with its extensions (h11 caps incomplete events;
             4 KiB is far beyond any real extension) -> 400.
         max_trailer_bytes: trailer block in bytes, same reasoning as headers -> 431.
@@ -32,7 +39,7 @@ class HttpLimits:
     max_request_line: int = 8190
     max_header_bytes: int = 64 * KiB
     max_header_count: int = 100
-    max_body_size: int | None = None
+    max_body_size: int | None = 10 * GiB
     max_chunk_line: int = 4 * KiB
     max_trailer_bytes: int = 16 * KiB
 
@@ -66,7 +73,9 @@ class WsLimits:
             aiohttp 4 MiB; Tornado 10 MiB; uvicorn 16 MiB, which we follow: large
             binary messages are a use case, and each connection may hold one
             unfinished message this big) -> close 1009.
-        max_frame_size: one frame's payload, defaults to the message limit -> close 1009.
+        max_frame_size: one frame's payload -> close 1009. The server sets it to
+            ``max_message_size``: a frame is never larger than its message, and data
+            frames stream, so a separate frame limit would only force fragmentation.
     """
 
     max_message_size: int = 16 * MiB

@@ -1,8 +1,13 @@
 """Find the application a worker serves, from a ``module:callable`` spec.
 
-Strategy: an object with the native ``prefork_application`` hook (``prefork.App``)
-is served natively; any other callable is treated as WSGI. An empty spec
-serves the built-in demo app. Import errors propagate with their traceback so
+Strategy: an object with the native ``prefork_application`` hook (``prefork.App``,
+declared as ``prefork.handlers.ServesNatively``) is served natively; any other
+callable is treated as WSGI. An empty spec serves the built-in demo app. The
+result is a ``LoadedApp`` that states every capability the worker may use (a
+WSGI app parses no forms and has no WebSocket routes), and the app is handed
+the worker's ``Runtime`` (native: ``App.bind``; WSGI: ``environ["prefork.runtime"]``).
+A ``StatusPage`` given by the worker is wrapped around it here, where the app
+is assembled. Import errors propagate with their traceback so
 the worker can report them and the master can stop instead of respawning;
 except under ``--reload``, where the worker serves a 500 page naming the error
 and watches the files involved, so fixing a syntax error brings the app back
@@ -19,8 +24,10 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from prefork import reloader
-from prefork.handlers import Application
+from prefork.handlers import LoadedApp, ServesNatively
 from prefork.logs import error_log
+from prefork.runtime import Runtime
+from prefork.status import StatusPage
 from prefork.wsgi import WsgiApplication
 
 DEFAULT_APP = "prefork.demo:app"
@@ -58,44 +65,53 @@ def import_object(spec: str) -> Any:
     return obj
 
 
-def load_application(spec: str, *, threads: int, reload: bool = False) -> Application:
-    """Import the app named by ``spec`` and wrap it as a prefork Application.
+def load_application(spec: str, *, threads: int, reload: bool = False, runtime: Runtime | None = None,
+                     status: StatusPage | None = None) -> LoadedApp:
+    """Import the app named by ``spec`` and assemble what the worker serves.
 
     Args:
         spec: ``module:callable``, or empty for the demo app.
         threads: handler threads (for ``wsgi.multithread``).
         reload: ``--reload`` is on: an app that fails to load is logged and
             replaced by a 500 page, and the files of the failure are watched.
+        runtime: the deployment facts handed to the app (None: ``Runtime()``'s defaults,
+            no broadcast transport: outside a worker).
+        status: the status page to answer ``[status] path`` with, or None.
 
     Returns:
-        Something the worker can call with a CompleteRequest.
+        The app with its capabilities stated; calling it handles a CompleteRequest.
 
     Raises:
         AppLoadError, ImportError or whatever the module raised, unless ``reload``.
     """
+    loaded = _load_or_fail(spec, threads, reload, runtime if runtime is not None else Runtime())
+    return status.wrap(loaded) if status is not None else loaded
+
+
+def _load_or_fail(spec: str, threads: int, reload: bool, runtime: Runtime) -> LoadedApp:
     if not reload:
-        return _load(spec, threads)
+        return _load(spec, threads, runtime)
     # Bytecode caches are checked against the source's mtime in whole seconds and its
     # size: an edit within the second that keeps the size would import stale code.
     sys.dont_write_bytecode = True
     try:
-        return _load(spec, threads)
+        return _load(spec, threads, runtime)
     except Exception as exc:
         error_log.error("worker %d failed to load the application %r; serving a 500 page until a "
                         "watched file changes: %s", os.getpid(), spec or "(demo)", exc, exc_info=exc)
         for path in failure_files(exc):
             reloader.watch_file(path)
-        return WsgiApplication(failure_app(spec, exc), multithread=threads > 1)
+        return LoadedApp(WsgiApplication(failure_app(spec, exc), multithread=threads > 1, runtime=runtime))
 
 
-def _load(spec: str, threads: int) -> Application:
+def _load(spec: str, threads: int, runtime: Runtime) -> LoadedApp:
     obj = import_object(spec or DEFAULT_APP)
-    native = getattr(obj, "prefork_application", None)
-    if native is not None:
-        return native()  # type: ignore[no-any-return]
+    if isinstance(obj, ServesNatively):
+        native = obj.prefork_application(runtime)
+        return LoadedApp(native, forms=native, websockets=native)
     if not callable(obj):
         raise AppLoadError(f"application {spec!r} is a {type(obj).__name__}, not a callable")
-    return WsgiApplication(obj, multithread=threads > 1)
+    return LoadedApp(WsgiApplication(obj, multithread=threads > 1, runtime=runtime))
 
 
 def failure_files(exc: BaseException) -> list[str]:

@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from prefork.channel import Channel
     from prefork.connection import Connection
     from prefork.scoreboard import WorkerSlot
+    from prefork.writebehind import WriteBehindHelper
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,6 +47,7 @@ class LoopServices(Protocol):
     settings: ConnectionSettings
     slot: WorkerSlot | None
     draining: bool
+    write_behind: WriteBehindHelper  # the worker's, for the files of the forms it stages
 
     def watch(self, channel: Channel, read: bool, write: bool) -> None:
         """Set which readiness events the loop reports to the channel's owner."""

@@ -36,7 +36,7 @@ from typing import Any, Protocol
 from prefork.diskspace import FreeSpaceGuard, remove_stale_files, staging_name
 from prefork.errors import BodyTooLarge, InsufficientStorage
 from prefork.rambuffer import RamBuffer
-from prefork.writebehind import WriteBehind
+from prefork.writebehind import WriteBehind, WriteBehindHelper
 
 __all__ = ["BodySpool", "MemoryBudget", "remove_stale_files"]
 
@@ -94,9 +94,9 @@ class BodySpool(io.RawIOBase):
             on each file write, negative once when the file is released.
         checksum: compute the body's SHA-256 while it is written (see ``sha256``).
         min_free_disk: bytes that must stay free under ``dir`` as the file grows (507).
-        write_behind: once on disk, write (and hash) large chunks on the helper
-            thread of ``prefork.writebehind``; worth it when the caller parses
-            the bytes or ``checksum`` is on.
+        write_behind: once on disk, write (and hash) large chunks on this
+            helper's thread (``prefork.writebehind``); worth it when the caller
+            parses the bytes or ``checksum`` is on. None writes them inline.
     """
 
     def __init__(
@@ -109,7 +109,7 @@ class BodySpool(io.RawIOBase):
         on_disk_bytes: Callable[[int], None] | None = None,
         checksum: bool = False,
         min_free_disk: int = 0,
-        write_behind: bool = False,
+        write_behind: WriteBehindHelper | None = None,
     ) -> None:
         super().__init__()
         self._threshold = threshold
@@ -286,7 +286,7 @@ class BodySpool(io.RawIOBase):
         finally:
             ram.close()
             self._release_budget()
-        self._behind = WriteBehind(self._fd, self._write_to_file, self._digest, behind=self._write_behind)
+        self._behind = WriteBehind(self._fd, self._write_to_file, self._digest, helper=self._write_behind)
 
     def _file_write(self, data: bytes | bytearray | memoryview, n: int) -> None:
         assert self._behind is not None

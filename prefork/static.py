@@ -21,13 +21,10 @@ import os
 import re
 import stat
 from email.utils import formatdate, parsedate_to_datetime
-from typing import IO, TYPE_CHECKING
+from typing import IO
 from urllib.parse import quote
 
-from prefork.app import HTTPError, Response
-
-if TYPE_CHECKING:
-    from prefork.app import Request
+from prefork.messages import HTTPError, Request, Response
 
 __all__ = ["content_disposition", "guess_type", "safe_join", "serve_file"]
 

@@ -4,20 +4,25 @@ Strategy: one ``snapshot()`` reads the shared-memory scoreboard into plain
 data; three renderers turn it into HTML (a page that refreshes itself and
 shows a live progress bar, rate and ETA for every upload in flight), JSON, and
 Prometheus text exposition format. Counters include what retired workers had
-served, so they never go down when a worker is replaced. Pure formatting: the
-worker decides who may see it.
+served, so they never go down when a worker is replaced. ``StatusPage`` wraps
+the application a worker serves (the loader assembles it): a request for
+``[status] path`` is answered from the scoreboard on the loop thread (so the
+page answers even while every handler thread is stuck, and is not counted
+as a request served by the app), 403 unless the peer is in ``[status]
+allow``; every other request goes to the application.
 """
 
 from __future__ import annotations
 
 import html
 import ipaddress
+import dataclasses
 import json
 import time
 from collections.abc import Sequence
 from typing import Any
 
-from prefork.handlers import ResponseStream
+from prefork.handlers import CompleteRequest, LoadedApp, ResponseStream
 from prefork.scoreboard import Scoreboard
 
 
@@ -242,3 +247,30 @@ def status_response(board: Scoreboard, master_pid: int, peer: str, query: bytes,
     else:
         body, kind = render_html(snap), "text/html; charset=utf-8"
     return ResponseStream(200, "OK", [("Content-Type", kind)] + no_cache, [body])
+
+
+class StatusPage:
+    """The status page, as a wrapper around the application a worker serves.
+
+    Args:
+        board: the scoreboard.
+        master_pid: the master's pid, for the page.
+        path: the request path it answers (``[status] path``, already encoded).
+        allow: the ``[status] allow`` list; other clients get 403.
+    """
+
+    def __init__(self, board: Scoreboard, master_pid: int, path: bytes, allow: Sequence[str]) -> None:
+        self.board = board
+        self.master_pid = master_pid
+        self.path = path
+        self.allow = tuple(allow)
+
+    def answer(self, request: CompleteRequest) -> ResponseStream | None:
+        """The status page for a request to ``path`` (403 for a peer not allowed), else None."""
+        if request.head.path != self.path:
+            return None
+        return status_response(self.board, self.master_pid, request.peer[0], request.head.query, self.allow)
+
+    def wrap(self, app: LoadedApp) -> LoadedApp:
+        """``app`` with this page in front of it (``LoadedApp.answer_on_loop``)."""
+        return dataclasses.replace(app, on_loop=(self, *app.on_loop))

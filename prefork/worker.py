@@ -25,18 +25,20 @@ from typing import Any
 
 import psutil
 
-from prefork import broadcast, memory, runtime
+from prefork import broadcast, memory, writebehind
+from prefork.broadcast import Subscribers
 from prefork.channel import Channel
 from prefork.connection import Connection
-from prefork.handlers import Application, CompleteRequest, ResponseStream
+from prefork.handlers import CompleteRequest, LoadedApp, ResponseStream
 from prefork.http.events import Request
 from prefork.app_runner import AppRunner
 from prefork.exit_codes import EXIT_BOOT
 from prefork.logs import dump_stacks_to_error_log, error_log, reopen_logs
 from prefork.loop_services import LoopTarget, Upgrade
 from prefork.pool import HandlerPool, Wakeup
+from prefork.runtime import Runtime
 from prefork.scoreboard import WorkerSlot, WorkerState
-from prefork.status import status_response
+from prefork.status import StatusPage
 from prefork.shedding import IdleShedder
 from prefork.worker_settings import WorkerSettings
 from prefork.ws_upgrade import WebSocketSide
@@ -77,7 +79,7 @@ class Worker:
     """
 
     def __init__(self, listeners: Sequence[socket.socket], settings: WorkerSettings,
-                 slot: WorkerSlot | None = None, app: Application | None = None,
+                 slot: WorkerSlot | None = None, app: LoadedApp | None = None,
                  link: socket.socket | None = None) -> None:
         self.listeners = list(listeners)
         self.settings = settings.connection
@@ -88,6 +90,7 @@ class Worker:
         self.stopping_now = False
         self.connections: set[LoopTarget] = set()
         self._registered: dict[Channel, int] = {}
+        self.subscribers = Subscribers()
         self._link_socket = link
         self._accepting = False
         self._accept_retry = 0.0
@@ -103,25 +106,23 @@ class Worker:
         _die_with_parent()
         memory.tune()  # allocator policy before any thread starts (prefork/memory.py)
         self._trimmer = memory.IdleTrimmer()
-        runtime.current.uploads_dir = self.worker_settings.uploads_dir
-        runtime.current.staging_dir = self.settings.staging_dir or ""
+        self.wakeup = Wakeup()
+        self.write_behind = writebehind.new_helper()
+        self._transport = self._broadcast_transport()
         if self.app is None:
             try:
-                from prefork.loader import load_application
-                self.app = load_application(self.worker_settings.app, threads=self.worker_settings.threads,
-                                            reload=self.worker_settings.reload)
+                self.app = self._load_app()
             except BaseException as exc:
                 error_log.error("worker %d failed to load the application %r: %s",
                                 os.getpid(), self.worker_settings.app or "(demo)", exc, exc_info=exc)
                 return WORKER_BOOT_ERROR
-        self.wakeup = Wakeup()
         if self.worker_settings.reload:
             from prefork.reloader import start_reloader
             start_reloader(lambda: self.wakeup.defer(self.begin_drain))
         self._install_signals()
         dump_stacks_to_error_log()  # the master's SIGABRT for a stalled loop writes every stack
         self.pool = HandlerPool(self.worker_settings.threads, self.wakeup) if self.worker_settings.threads else None
-        self.runner = AppRunner(self.app, self.pool, self.wakeup, self.worker_settings.handler_timeout)
+        self.runner = AppRunner(self.app.call, self.pool, self.wakeup, self.worker_settings.handler_timeout)
         self.selector = selectors.DefaultSelector()
         self.selector.register(self.wakeup, selectors.EVENT_READ, _Readable(self.wakeup.run_pending))
         self._recv_buffer = memoryview(bytearray(RECV_BUFFER_SIZE))
@@ -129,7 +130,8 @@ class Worker:
         self._listener_targets = {lsock: _Readable(functools.partial(self._accept, lsock))
                                   for lsock in self.listeners}
         self._shedder = IdleShedder(self.worker_settings.max_connections)
-        self._upgrades = WebSocketSide(self.app, self.worker_settings.websocket, self, self.pool, self._recv_buffer)
+        self._upgrades = WebSocketSide(self.app, self.worker_settings.websocket, self, self.pool,
+                                       self._recv_buffer, self.subscribers)
         self._setup_broadcast()
         self._set_accepting(True)
         if self.slot is not None:
@@ -137,6 +139,18 @@ class Worker:
         error_log.debug("worker %d ready", os.getpid())
         self._loop()
         return 0
+
+    def _load_app(self) -> LoadedApp:
+        """Import the app, bound to this worker's Runtime, with the status page in front."""
+        from prefork.loader import load_application
+
+        settings = self.worker_settings
+        facts = Runtime(uploads_dir=settings.uploads_dir, staging_dir=self.settings.staging_dir or "",
+                        transport=self._transport, subscribers=self.subscribers)
+        status = (StatusPage(self.slot.board, self._ppid, settings.status_path, settings.status_allow)
+                  if settings.status_path and self.slot is not None else None)
+        return load_application(settings.app, threads=settings.threads, reload=settings.reload,
+                                runtime=facts, status=status)
 
     def _install_signals(self) -> None:
         signal.signal(signal.SIGTERM, lambda *_: self.wakeup.defer(self.begin_drain))
@@ -298,10 +312,9 @@ class Worker:
     def dispatch(self, conn: Connection, request: CompleteRequest) -> None:
         """Run the application for a complete request."""
         assert self.app is not None
-        status_path = self.worker_settings.status_path
-        if status_path and request.head.path == status_path and self.slot is not None:
-            conn.on_response(status_response(self.slot.board, self._ppid, conn.peer[0], request.head.query,
-                                             self.worker_settings.status_allow))
+        answer = self.app.answer_on_loop(request)  # the status page: no handler thread needed
+        if answer is not None:
+            conn.on_response(answer)
             return
         self.requests += 1
         if self._max_requests and self.requests >= self._max_requests and not self.draining:
@@ -315,8 +328,8 @@ class Worker:
 
     def wants_form(self, head: Request) -> bool:
         """Whether the application wants this request's multipart body parsed as it arrives."""
-        hook = getattr(self.app, "wants_form", None)
-        return bool(hook is not None and hook(head))
+        assert self.app is not None
+        return self.app.wants_form(head)
 
     def wants_upgrade(self, head: Request) -> bool:
         """Whether a request that asks to switch protocols is taken (``WebSocketSide.wants``)."""
@@ -335,13 +348,17 @@ class Worker:
             self._set_accepting(True)
 
     # --- broadcast --------------------------------------------------------------------
-    def _setup_broadcast(self) -> None:
-        deliver = self._upgrades.deliver
+    def _broadcast_transport(self) -> broadcast.Transport:
+        """How this worker's app reaches every worker: the master's hub, or only itself."""
+        deliver = self.subscribers.deliver
         if self._link_socket is None:
-            broadcast.set_transport(broadcast.LocalTransport(
-                lambda channel, message: self.wakeup.defer(deliver, channel, message)))
+            return broadcast.LocalTransport(lambda channel, message: self.wakeup.defer(deliver, channel, message))
+        return broadcast.WorkerLink(self._link_socket, deliver, self.wakeup.defer)
+
+    def _setup_broadcast(self) -> None:
+        link = self._transport
+        if not isinstance(link, broadcast.WorkerLink):
             return
-        link = broadcast.WorkerLink(self._link_socket, deliver, self.wakeup.defer)
         self.selector.register(link, selectors.EVENT_READ, link)
 
         def blocked(on: bool) -> None:
@@ -356,7 +373,6 @@ class Worker:
 
         link.on_blocked = blocked
         link.on_eof = master_gone
-        broadcast.set_transport(link)
 
     def defer(self, fn: Callable[..., None], *args: Any) -> None:
         """Run ``fn(*args)`` on the loop thread."""

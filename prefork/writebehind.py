@@ -4,15 +4,17 @@ Strategy: a large upload costs the event loop three things per byte: receiving
 it, parsing it, and writing it to its staging file (plus hashing it, when
 checksums are on: SHA-256 alone costs more CPU than receiving). The loop only
 has to do the first two. So a form part's spool that has gone to disk hands
-each chunk to ``WriteBehind``: the chunk is copied into the process's ring (no
-allocation, no page faults per chunk) and queued for one helper thread per
-process, which writes it with ``os.write`` and hashes it; both release the
+each chunk to ``WriteBehind``: the chunk is copied into the worker's ring (no
+allocation, no page faults per chunk) and queued for its ``WriteBehindHelper``,
+one helper thread per worker process (the worker creates it with
+``new_helper`` and passes it to the spools it opens; nothing here is a module
+global), which writes it with ``os.write`` and hashes it; both release the
 GIL, so the loop goes on receiving and parsing on the other core. A raw body
 (no parsing, no checksum) is written inline: the copy and the hand-off to
 another core would cost more than they free.
 
 Chunks of one file are written in order (one FIFO queue, one thread). The
-bytes queued in a process are bounded (``MAX_BACKLOG``): they live in one ring
+bytes queued in a helper are bounded (``MAX_BACKLOG``): they live in one ring
 of that size, an anonymous mmap, and when it is full the loop waits, which
 costs no more than writing inline would. A ring, not a block per chunk: a
 chunk of 64 KiB would otherwise hold a whole 1 MiB block, so the memory held
@@ -38,9 +40,9 @@ from typing import Any
 
 from prefork import memory
 
-__all__ = ["MAX_BACKLOG", "MIN_CHUNK", "WriteBehind"]
+__all__ = ["MAX_BACKLOG", "MIN_CHUNK", "WriteBehind", "WriteBehindHelper", "new_helper"]
 
-#: Bytes that may wait for the helper thread, per process: the size of its ring.
+#: Bytes that may wait for a helper thread: the size of its ring.
 MAX_BACKLOG = 4 * 1024 * 1024
 #: Largest piece queued as one write; a larger chunk is split.
 BLOCK_SIZE = 1024 * 1024
@@ -54,8 +56,12 @@ WriteFn = Callable[[int, memoryview], None]
 Job = tuple["WriteBehind", memoryview, int]  # the stream, its piece in the ring, ring bytes charged
 
 
-class _Helper:
-    """The per-process helper thread, its queue, and the ring its queued bytes live in."""
+class WriteBehindHelper:
+    """One helper thread, its queue, and the ring its queued bytes live in.
+
+    A worker has one (``new_helper``), shared by every file it stages. The thread
+    starts on first use, and again in a forked child that uses the same object.
+    """
 
     def __init__(self) -> None:
         self._pid = 0
@@ -140,13 +146,18 @@ class _Helper:
             self._ring, self._head = None, 0
 
     def wait_for(self, stream: WriteBehind) -> None:
+        """Block until every piece queued for ``stream`` is done."""
         with self.cond:
             while stream.pending:
                 self.cond.wait()
 
 
-_helper = _Helper()
-memory.on_idle(_helper.release_idle)
+def new_helper() -> WriteBehindHelper:
+    """A helper for this worker process, its ring released by the idle sweep of
+    ``prefork.memory`` (``on_idle``) once no upload is staged."""
+    helper = WriteBehindHelper()
+    memory.on_idle(helper.release_idle)
+    return helper
 
 
 class WriteBehind:
@@ -156,25 +167,26 @@ class WriteBehind:
         fd: the file's descriptor, written at its current offset.
         write: writes a whole view to ``fd`` (``os.write`` in a loop; a seam for tests).
         digest: a hashlib object to update with every byte, or None.
-        behind: queue large chunks for the helper thread; False writes every
+        helper: queue large chunks for this helper's thread; None writes every
             chunk inline. Queueing pays where the caller has per-byte work of its
             own (parsing, hashing); a plain body is received and written fastest
             on one core, with its bytes still in that core's cache.
     """
 
-    def __init__(self, fd: int, write: WriteFn, digest: Any = None, *, behind: bool = True) -> None:
+    def __init__(self, fd: int, write: WriteFn, digest: Any = None, *,
+                 helper: WriteBehindHelper | None = None) -> None:
         self._fd = fd
         self._write = write
         self._digest = digest
-        self._min_queued = MIN_CHUNK if behind else None
+        self._helper = helper
         self.pending = 0  # bytes queued and not yet done; guarded by the helper's lock
         self._error: OSError | None = None
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
         """Write ``data`` (and hash it) after everything written before.
 
-        A chunk of ``MIN_CHUNK`` bytes or more is copied and queued (with
-        ``behind``); a smaller one is written inline once the queue of this
+        A chunk of ``MIN_CHUNK`` bytes or more is copied and queued (with a
+        ``helper``); a smaller one is written inline once the queue of this
         file is done.
 
         Raises:
@@ -182,8 +194,9 @@ class WriteBehind:
         """
         self._raise_error()
         view = memoryview(data).cast("B")
-        if self._min_queued is not None and len(view) >= self._min_queued:
-            _helper.submit(self, view)
+        helper = self._helper
+        if helper is not None and len(view) >= MIN_CHUNK:
+            helper.submit(self, view)
             return
         if self.pending:
             self.flush()
@@ -197,12 +210,14 @@ class WriteBehind:
         Raises:
             OSError: a queued write failed (the bytes after it were dropped).
         """
-        _helper.wait_for(self)
+        if self._helper is not None:
+            self._helper.wait_for(self)
         self._raise_error()
 
     def discard(self) -> None:
         """Wait for the helper thread to be done with this file, ignoring errors."""
-        _helper.wait_for(self)
+        if self._helper is not None:
+            self._helper.wait_for(self)
 
     def _raise_error(self) -> None:
         if self._error is not None:

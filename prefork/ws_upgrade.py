@@ -14,7 +14,7 @@ re-points the socket at the session (``switch``).
 
 The same object serves the sessions as their loop (``WsLoopServices``):
 handler calls go to the pool, one at a time per session; broadcast
-subscriptions are kept here, and messages from any worker reach them here.
+subscriptions go to the worker's ``Subscribers`` registry.
 """
 
 from __future__ import annotations
@@ -23,10 +23,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from prefork import broadcast
+from prefork.broadcast import Subscribers
 from prefork.connection import Connection
 from prefork.loop_services import Upgrade
 from prefork.errors import ProtocolError
+from prefork.handlers import LoadedApp
 from prefork.http.events import Request
 from prefork.logs import error_log
 from prefork.pool import HandlerPool, Job
@@ -87,35 +88,35 @@ class WebSocketSide:
         loop: the worker.
         pool: the handler threads, or None to run application code inline (``threads = 0``).
         recv_buffer: the worker's reusable receive buffer.
+        subscribers: the worker's broadcast registry.
     """
 
-    def __init__(self, app: object, settings: UpgradeSettings | None, loop: WorkerLoop,
-                 pool: HandlerPool | None, recv_buffer: memoryview) -> None:
-        self._routes: Callable[[bytes], tuple[Any, dict[str, Any]]] | None = getattr(app, "websocket_handler", None)
-        if settings is None:
-            self._routes = None
+    def __init__(self, app: LoadedApp, settings: UpgradeSettings | None, loop: WorkerLoop,
+                 pool: HandlerPool | None, recv_buffer: memoryview, subscribers: Subscribers) -> None:
+        self._app = app
+        self._on = settings is not None and app.serves_websockets
         self.settings = settings
         self.loop = loop
         self.slot = loop.slot
         self.pool = pool
         self._recv_buffer = recv_buffer
         self._budget = InflateBudget(settings.inflate_budget if settings is not None else 0)
-        self.subscribers: dict[str, set[WebSocketSession]] = {}
+        self._subscribers = subscribers
 
     # --- taking an upgrade ----------------------------------------------------------
     def wants(self, head: Request) -> bool:
         """Whether this request is a WebSocket upgrade with a handler (else it stays HTTP)."""
-        if self._routes is None:
+        if not self._on:
             return False
         if head.upgrade != b"websocket" and not requests_websocket(head.headers.raw):
             return False  # head.upgrade is the first protocol listed; websocket may come later
-        return self._routes(head.path)[0] is not None
+        return self._app.websocket_handler(head.path)[0] is not None
 
     def take(self, conn: Connection, upgrade: Upgrade) -> None:
         """Check the handshake, then have the pool make the handler object."""
-        assert self._routes is not None and self.settings is not None
+        assert self.settings is not None
         head = upgrade.head
-        handler_cls, params = self._routes(head.path)
+        handler_cls, params = self._app.websocket_handler(head.path)
         try:
             if upgrade.has_body:
                 raise HandshakeError("a WebSocket handshake request must not have a body", 400)
@@ -187,28 +188,11 @@ class WebSocketSide:
     # --- broadcast --------------------------------------------------------------------
     def subscribe(self, session: WebSocketSession, channel: str) -> None:
         """Add a session to a broadcast channel (loop thread)."""
-        if not session.ended:
-            self.subscribers.setdefault(channel, set()).add(session)
+        self._subscribers.subscribe(session, channel)
 
     def unsubscribe(self, session: WebSocketSession, channel: str | None) -> None:
         """Remove a session from one channel, or from all of them."""
-        names = [channel] if channel is not None else list(self.subscribers)
-        for name in names:
-            members = self.subscribers.get(name)
-            if members is not None:
-                members.discard(session)
-                if not members:
-                    del self.subscribers[name]
-
-    def deliver(self, channel: str, message: str | bytes) -> None:
-        """A broadcast message reached this worker: to its observers, then its subscribers."""
-        for observer in broadcast.observers(channel):
-            try:
-                observer(channel, message)
-            except Exception as exc:
-                error_log.error("broadcast observer for %r failed: %s", channel, exc, exc_info=exc)
-        for session in list(self.subscribers.get(channel, ())):
-            session.send_message(message)
+        self._subscribers.unsubscribe(session, channel)
 
 
 def _handler_maker(handler_cls: Any, offered: list[str]) -> Callable[[], tuple[Any, str | None]]:

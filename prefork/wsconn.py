@@ -158,7 +158,7 @@ class WebSocket:
 
     def call_soon(self, fn: Callable[[], None]) -> None:
         """Run ``fn`` on the worker's loop thread after the calls this WebSocket already
-        made (e.g. read a history kept by ``broadcast.observe`` once ``subscribe`` has
+        made (e.g. read a history kept by ``app.observe`` once ``subscribe`` has
         taken effect, so that no message falls between the two). ``fn`` must be quick;
         if it raises, the connection closes with 1011 as if a handler had raised."""
         self._session.loop.defer(self._session.run_soon, fn)

@@ -21,6 +21,7 @@ from typing import IO, Any
 from urllib.parse import unquote_to_bytes
 
 from prefork.handlers import CompleteRequest, FileBody, ResponseStream
+from prefork.runtime import Runtime
 
 WsgiApp = Callable[[dict[str, Any], Callable[..., Callable[[bytes], None]]], Iterable[bytes]]
 ExcInfo = tuple[type[BaseException], BaseException, TracebackType | None]
@@ -127,14 +128,17 @@ class WsgiApplication:
     Args:
         app: the WSGI application.
         multithread: whether handlers run in several threads (``wsgi.multithread``).
+        runtime: the deployment facts, passed to the app as ``environ["prefork.runtime"]``.
     """
 
-    def __init__(self, app: WsgiApp, *, multithread: bool = True) -> None:
+    def __init__(self, app: WsgiApp, *, multithread: bool = True, runtime: Runtime | None = None) -> None:
         self.app = app
         self.multithread = multithread
+        self.runtime = runtime if runtime is not None else Runtime()
 
     def __call__(self, request: CompleteRequest) -> ResponseStream:
         environ = build_environ(request, multithread=self.multithread)
+        environ["prefork.runtime"] = self.runtime
         start = _StartResponse()
         result = self.app(environ, start)
         try:
@@ -220,7 +224,8 @@ def build_environ(request: CompleteRequest, *, multithread: bool = True) -> dict
     Returns:
         The environ dict. Besides the PEP 3333 keys it carries ``RAW_URI`` /
         ``REQUEST_URI`` (the target as received), ``prefork.raw_headers`` (every field
-        line in order, duplicates kept) and ``prefork.trailers``.
+        line in order, duplicates kept) and ``prefork.trailers``; ``WsgiApplication`` adds
+        ``prefork.runtime`` (the ``prefork.runtime.Runtime`` the server runs with).
     """
     head = request.head
     raw_headers = [(n.decode("latin-1"), v.decode("latin-1")) for n, v in head.headers.raw]

@@ -6,9 +6,24 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import os
+
 import pytest
+from hypothesis import settings
 
 from tests.server import Server
+
+# Hypothesis: on CI (CI=true) the examples are derived from each test itself, the same on
+# every run, with no example database carried between runs; a failure there is a property
+# of the code, never of the day's seed. Locally the search stays random (and remembers
+# failures in .hypothesis/). Either way a failure prints the @reproduce_failure blob that
+# replays it; "--hypothesis-seed=N" fixes a local run's seed. Recent Hypothesis releases
+# pick similar settings when they detect a CI service; this says it, and ties it to
+# CI=true like the skip rule below. Loaded here, before any test module is imported, so
+# each test's @settings(...) builds on it (pytest prints the profile in its header).
+settings.register_profile("ci", derandomize=True, database=None, print_blob=True)
+settings.register_profile("dev", print_blob=True)
+settings.load_profile("ci" if os.environ.get("CI") == "true" else "dev")
 
 
 @pytest.fixture
@@ -47,8 +62,6 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     Locally, a test that needs root, a tmpfs mount, Chromium or systemd's tools
     skips with its reason; CI (.ci/run, CI=true) installs all of them.
     """
-    import os
-
     reporter = session.config.pluginmanager.get_plugin("terminalreporter")
     skipped = len(reporter.stats.get("skipped", [])) if reporter is not None else 0
     if os.environ.get("CI") == "true" and skipped and exitstatus == 0:

@@ -6,15 +6,18 @@ bounded waits, whatever the test did.
 
 from __future__ import annotations
 
+import json
 import os
+import select
 import signal
 import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import psutil
 
@@ -108,7 +111,7 @@ class Server:
                         return self
             except OSError:
                 pass
-            time.sleep(0.05)
+            time.sleep(0.05)  # the poll interval of this bounded wait
         raise RuntimeError(f"server not ready after {timeout} s:\n{self.output()}")
 
     def workers(self) -> list[psutil.Process]:
@@ -173,7 +176,7 @@ def wait_for(predicate: "Callable[[], object]", timeout: float, interval: float 
             return value
         if time.monotonic() > deadline:
             raise AssertionError(f"{what} not met within {timeout} s")
-        time.sleep(interval)
+        time.sleep(interval)  # the poll interval of this bounded wait
 
 
 @dataclass
@@ -317,3 +320,68 @@ def staging_fds(pids: set[int], staging: Path) -> list[str]:
         except (FileNotFoundError, ProcessLookupError):
             continue
     return found
+
+
+def send_until_answered(client: RawClient, pieces: Iterable[bytes]) -> int:
+    """Send ``pieces`` one at a time, stopping once the server has answered; bytes sent.
+
+    A server that refuses a body part-way (413, 507) answers at once and reads on for
+    a short linger only. Like curl or a browser, this client looks for an answer
+    before each piece and stops sending when there is one, so the answer is read
+    rather than lost to a reset. Keep the pieces small (64 KiB): one piece is the most
+    it sends after the answer has arrived.
+    """
+    sent = 0
+    for piece in pieces:
+        if select.select([client.sock], [], [], 0)[0]:
+            break
+        client.send(piece)
+        sent += len(piece)
+    return sent
+
+
+def status(server: Server) -> dict[str, Any]:
+    """The status page as JSON (it is answered on the worker's loop, never by a handler thread)."""
+    resp = request(server, b"GET /server-status?format=json HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+    assert resp.status == 200, resp.raw_head
+    document: dict[str, Any] = json.loads(resp.body)
+    return document
+
+
+def busy_threads(server: Server) -> dict[int, int]:
+    """Worker pid -> handler threads running application code right now (from the scoreboard)."""
+    return {w["pid"]: w["busy_threads"] for w in status(server)["workers"]}
+
+
+def worker_holding(server: Server, sock: socket.socket) -> int | None:
+    """The pid of the worker that holds the server side of client ``sock``, once it has accepted it."""
+    port = sock.getsockname()[1]
+    for proc in server.workers():
+        try:
+            conns = proc.net_connections(kind="tcp")
+        except psutil.NoSuchProcess:
+            continue
+        for conn in conns:
+            if conn.raddr and conn.raddr.port == port and conn.laddr and conn.laddr.port == server.port:
+                return proc.pid
+    return None
+
+
+def listening(port: int) -> bool:
+    """Whether any socket listens on TCP ``port`` (a connection to it would be accepted or queued)."""
+    return any(c.status == psutil.CONN_LISTEN and c.laddr and c.laddr.port == port
+               for c in psutil.net_connections(kind="tcp"))
+
+
+def signal_pending(pid: int, sig: int) -> bool:
+    """Whether ``sig`` sent to ``pid`` is still pending, i.e. its handler has not run yet.
+
+    Python's C-level handler writes the signal's number to the master's wakeup pipe
+    the moment the signal is delivered, so once it is no longer pending, a signal sent
+    after it is queued behind it (unlike two pending signals, which Linux delivers
+    lowest number first).
+    """
+    with open(f"/proc/{pid}/status", encoding="ascii") as handle:
+        fields = dict(line.split(":", 1) for line in handle if ":" in line)
+    pending = int(fields["ShdPnd"], 16) | int(fields["SigPnd"], 16)
+    return bool(pending & (1 << (sig - 1)))

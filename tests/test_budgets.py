@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 import requests
 
-from tests.server import RawClient, Server, request, wait_for
+from tests.server import RawClient, Server, request, status, wait_for, worker_holding
 
 UPLOAD_APP = "tests.apps.upload:app"
 KiB, MiB = 1024, 1024 * 1024
@@ -48,7 +48,7 @@ def test_memory_budget_sends_extra_bodies_to_disk(start_server: Callable[..., Se
         while not stop.is_set():
             doc = _status(server)
             samples.append((doc["staged_ram"], doc["staged_disk"], [w["staged_ram"] for w in doc["workers"]]))
-            time.sleep(0.01)
+            time.sleep(0.01)  # the sampling interval
 
     sampler = threading.Thread(target=sample)
     sampler.start()
@@ -181,27 +181,25 @@ def test_disk_full_while_streaming_gives_507_and_removes_the_staging_file(
 def test_max_worker_memory_recycles_gracefully(start_server: Callable[..., Server]) -> None:
     server = start_server(app=UPLOAD_APP, workers=1, threads=4, config={"process": "max_worker_memory = 1MiB"})
     first = {p.pid for p in server.workers()}
-    result: dict[str, Any] = {}
 
-    def slow() -> None:
-        try:
-            resp = requests.get(server.url + "/slow?s=4", timeout=15)
-            result["slow"] = (resp.status_code, resp.json())
-        except BaseException as exc:
-            result["slow"] = exc
+    def holder_state(pid: int) -> tuple[str, int] | None:
+        found = [(w["state"], w["busy_threads"]) for w in status(server)["workers"] if w["pid"] == pid]
+        return found[0] if found else None
 
-    thread = threading.Thread(target=slow)
-    thread.start()
-    try:
+    with RawClient(server.connect(timeout=15)) as slow:
+        slow.send(b"GET /slow?s=4 HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+        # Its worker is over max_worker_memory: it recycles (drains) with the slow request in a handler.
+        holder = wait_for(lambda: worker_holding(server, slow.sock), 10, what="a worker holds the slow request")
+        assert isinstance(holder, int)
+        wait_for(lambda: holder_state(holder) == ("stopping", 1), 10,
+                 what="its worker draining with the slow request in a handler")
         # A draining worker's replacement takes new requests while the slow one finishes.
-        time.sleep(0.6)
         started = time.monotonic()
         resp = requests.get(server.url + "/environ", timeout=10, headers={"Connection": "close"})
         assert resp.status_code == 200
         assert time.monotonic() - started < 2.5, "new requests waited for the recycling worker"
-    finally:
-        thread.join(15)
-    assert result["slow"] == (200, {"slept": 4.0})
+        answer = slow.read_response()
+    assert (answer.status, json.loads(answer.body)) == (200, {"slept": 4.0})
     seen: set[int] = set(first)
 
     def new_pid() -> bool:

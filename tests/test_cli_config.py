@@ -56,6 +56,9 @@ def test_unknown_section_names_file_line_and_suggests(tmp_path: Path) -> None:
     ("[limits]\nmax_body_size = 10GB", "[limits] max_body_size = '10GB': expected a size like"),
     ("[server]\nworkers = lots", "[server] workers = 'lots': expected a whole number >= 1 or 'auto'"),
     ("[limits]\nheader_timeout = soon", "[limits] header_timeout = 'soon': "),
+    ("[limits]\nmax_parts = many", "[limits] max_parts = 'many': expected a whole number >= 1\n"),
+    ("[limits]\nmax_chunk_line = 4KB", "[limits] max_chunk_line = '4KB': expected a size like 512KiB, 10MiB, 2GiB; "
+                                       "did you mean '4KiB'?\n"),
 ])
 def test_bad_value_names_file_line_key_and_allowed_form(tmp_path: Path, line: str, message: str) -> None:
     path = _config(tmp_path, "# a comment\n" + line + "\n")

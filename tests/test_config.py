@@ -37,13 +37,15 @@ from prefork.config_values import (
 )
 from prefork.errors import ConfigError
 from prefork.limits import GiB, HttpLimits, KiB, MiB, WsLimits
+from prefork.worker_settings import http_limits, ws_limits
 
 SHIPPED = Path(__file__).resolve().parent.parent / "conf" / "server.ini"
 SECTIONS = [f.name for f in dataclasses.fields(Config) if f.name != "source"]
 SERVER_KEYS = ("bind, app, workers, threads, max_connections, backlog, user, group, pidfile, umask, socket_mode, "
                "socket_owner, reload")
 LIMITS_KEYS = (
-    "max_request_line, max_header_bytes, max_header_count, max_body_size, "
+    "max_request_line, max_header_bytes, max_header_count, max_body_size, max_chunk_line, "
+    "max_trailer_bytes, max_parts, max_part_header_bytes, max_field_size, max_fields_total, "
     "header_timeout, body_min_rate, body_rate_window, keepalive_timeout, send_timeout"
 )
 ALL_SECTIONS = "server, limits, staging, uploads, websocket, process, logging, status"
@@ -86,9 +88,9 @@ def test_defaults() -> None:
 
 
 def test_limits_objects() -> None:
-    assert LimitsConfig().http_limits() == HttpLimits(max_body_size=10 * GiB)
-    assert LimitsConfig(max_body_size=0).http_limits().max_body_size is None
-    assert WebSocketConfig(max_message_size=MiB).ws_limits() == WsLimits(MiB, MiB)
+    assert http_limits(LimitsConfig()) == HttpLimits(max_body_size=10 * GiB)
+    assert http_limits(LimitsConfig(max_body_size=0)).max_body_size is None
+    assert ws_limits(WebSocketConfig(max_message_size=MiB)) == WsLimits(MiB, MiB)
 
 
 def test_shipped_file_loads_and_equals_defaults() -> None:
@@ -279,7 +281,7 @@ allow = 10.0.0.0/8
     assert cfg.server.threads == 0
     assert cfg.server.app == "demo.app:application"
     assert cfg.limits.max_body_size == 0
-    assert cfg.limits.http_limits().max_body_size is None
+    assert http_limits(cfg.limits).max_body_size is None
     assert cfg.limits.header_timeout == 1.5
     assert cfg.websocket.compression is False
     assert cfg.websocket.allowed_origins == ("https://a.example", "http://localhost:8080")
@@ -530,3 +532,48 @@ def test_describe_round_trip_custom(tmp_path: Path) -> None:
     loaded = load_config(write(tmp_path, text))
     assert loaded == custom
     assert loaded.source is not None
+
+
+# --- the parser limits under [limits] (settings defined once) ------------------------------------
+
+
+def test_parser_limit_keys_load_and_show(tmp_path: Path) -> None:
+    text = ("[limits]\nmax_chunk_line = 100\nmax_trailer_bytes = 2KiB\nmax_parts = 9\n"
+            "max_part_header_bytes = 1KiB\nmax_field_size = 3 KiB\nmax_fields_total = 1MiB\n")
+    cfg = load_config(write(tmp_path, text))
+    assert cfg.limits == LimitsConfig(max_chunk_line=100, max_trailer_bytes=2 * KiB, max_parts=9,
+                                      max_part_header_bytes=KiB, max_field_size=3 * KiB, max_fields_total=MiB)
+    shown = describe_config(cfg)
+    for line in ("max_chunk_line = 100", "max_trailer_bytes = 2KiB", "max_parts = 9",
+                 "max_part_header_bytes = 1KiB", "max_field_size = 3KiB", "max_fields_total = 1MiB"):
+        assert line + "\n" in shown
+
+
+@pytest.mark.parametrize("line, message", [
+    ("max_chunk_line = 0", "[limits] max_chunk_line = '0': expected a size of at least 1"),
+    ("max_chunk_line = 4KB", "[limits] max_chunk_line = '4KB': expected a size like 512KiB, 10MiB, 2GiB; "
+                             "did you mean '4KiB'?"),
+    ("max_trailer_bytes = lots", "[limits] max_trailer_bytes = 'lots': expected a size like 512KiB, 10MiB, 2GiB"),
+    ("max_parts = 0", "[limits] max_parts = '0': expected a whole number >= 1"),
+    ("max_parts = 1KiB", "[limits] max_parts = '1KiB': expected a whole number >= 1"),
+    ("max_part_header_bytes = -1", "[limits] max_part_header_bytes = '-1': expected a size like 512KiB, 10MiB, 2GiB"),
+    ("max_field_size = 0", "[limits] max_field_size = '0': expected a size of at least 1"),
+    ("max_fields_total = 8 MB", "[limits] max_fields_total = '8 MB': expected a size like 512KiB, 10MiB, 2GiB; "
+                                "did you mean '8MiB'?"),
+])
+def test_error_bad_parser_limit(tmp_path: Path, line: str, message: str) -> None:
+    assert error_of(tmp_path, f"[limits]\n# comment\n{line}\n") == f"F:3: {message}"
+
+
+def test_durations_documented_as_zero_for_no_limit_accept_zero(tmp_path: Path) -> None:
+    # conf/server.ini says "0 = no limit" for these two, and their consumers treat 0 so,
+    # but the validator used to refuse 0 ("expected a duration greater than 0").
+    cfg = load_config(write(tmp_path, "[process]\nhandler_timeout = 0\n[websocket]\nmessage_timeout = 0s\n"))
+    assert cfg.process.handler_timeout == 0.0
+    assert cfg.websocket.message_timeout == 0.0
+    assert "handler_timeout = 0s\n" in describe_config(cfg)
+    assert load_config(write(tmp_path, describe_config(cfg))) == cfg
+    # Other durations still need a positive value.
+    assert error_of(tmp_path, "[limits]\nheader_timeout = 0\n") == (
+        "F:2: [limits] header_timeout = '0': expected a duration greater than 0, like 500ms, 30s, 5m, 1h"
+    )

@@ -10,6 +10,7 @@ import pytest
 
 from prefork import broadcast
 from prefork import demo
+from prefork.runtime import Runtime
 
 
 class FakeWs:
@@ -33,16 +34,16 @@ class FakeWs:
 def bus() -> Iterator[list[tuple[str, Any]]]:
     """A local transport that runs observers the way a worker's loop does."""
     published: list[tuple[str, Any]] = []
+    subscribers = broadcast.Subscribers()
 
     def deliver(channel: str, message: str | bytes) -> None:
         published.append((channel, json.loads(message)))
-        for observer in broadcast.observers(channel):
-            observer(channel, message)
+        subscribers.deliver(channel, message)
 
     demo._history.clear()
-    broadcast.set_transport(broadcast.LocalTransport(deliver))
+    demo.app.bind(Runtime(transport=broadcast.LocalTransport(deliver), subscribers=subscribers))
     yield published
-    broadcast.set_transport(None)
+    demo.app.bind(Runtime())
     demo._history.clear()
 
 

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from prefork import broadcast, demo
+from prefork.runtime import Runtime
 from tests.server import Server
 from tests.test_demo import FakeWs
 from tests.test_server_websocket import CLOSE, TEXT, close_frame, frame, raw_ws
@@ -21,9 +22,10 @@ def bus() -> Iterator[list[tuple[str, Any]]]:
     """What the chat broadcasts (a local transport, as in tests/test_demo.py)."""
     published: list[tuple[str, Any]] = []
     demo._history.clear()
-    broadcast.set_transport(broadcast.LocalTransport(lambda channel, message: published.append((channel, message))))
+    transport = broadcast.LocalTransport(lambda channel, message: published.append((channel, message)))
+    demo.app.bind(Runtime(transport=transport))
     yield published
-    broadcast.set_transport(None)
+    demo.app.bind(Runtime())
     demo._history.clear()
 
 

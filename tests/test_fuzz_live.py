@@ -115,7 +115,7 @@ def exchange(server: Server, chunks: list[bytes]) -> tuple[bytes, bool]:
         try:
             for i, chunk in enumerate(chunks):
                 if i:
-                    time.sleep(PIECE_PAUSE)
+                    time.sleep(PIECE_PAUSE)  # the client's pace (see PIECE_PAUSE), not a wait
                     if _read_available(sock, received):
                         return bytes(received), False
                 sock.sendall(chunk)

@@ -20,7 +20,7 @@ LAYERS: dict[str, int] = {
     "prefork.http": 1, "prefork.websocket": 1, "prefork.multipart": 1, "prefork.mediatype": 1,
     "prefork.spool": 2, "prefork.writebehind": 2, "prefork.diskspace": 2, "prefork.forms": 2, "prefork.uploads": 2,
     "prefork.rambuffer": 2, "prefork.memory": 2,
-    "prefork.handlers": 3, "prefork.wsgi": 3, "prefork.app": 3, "prefork.static": 3,
+    "prefork.handlers": 3, "prefork.wsgi": 3, "prefork.app": 3, "prefork.messages": 3, "prefork.static": 3,
     "prefork.runtime": 3, "prefork.broadcast": 3, "prefork.loader": 3, "prefork.demo": 3,
     "prefork.logs": 3, "prefork.config": 3, "prefork.config_values": 3, "prefork.scoreboard": 3,
     "prefork.status": 3, "prefork.reloader": 3,

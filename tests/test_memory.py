@@ -141,7 +141,9 @@ def test_idle_hooks_are_registered_once_and_all_run(monkeypatch: pytest.MonkeyPa
     assert calls == ["first", "second"]
 
 
-def test_the_write_behind_ring_is_an_idle_hook() -> None:
+def test_the_write_behind_ring_is_an_idle_hook(monkeypatch: pytest.MonkeyPatch) -> None:
     from prefork import writebehind
 
-    assert writebehind._helper.release_idle in memory._idle_hooks
+    monkeypatch.setattr(memory, "_idle_hooks", [])
+    helper = writebehind.new_helper()  # a worker's helper
+    assert helper.release_idle in memory._idle_hooks

@@ -83,8 +83,18 @@ def test_reloader_thread_calls_back_and_stops(tmp_path: Path) -> None:
     seen: list[str] = []
     watcher = reloader.Reloader(seen.append, lambda p: None, interval=0.05)
     watcher.start()
-    time.sleep(0.2)
-    path.write_text("x = 22\n")
+    # Its first round only records: edit (a new modification time each time) until the
+    # thread reports the change, however late that first round comes.
+    base = path.stat().st_mtime_ns
+    edits = [0]
+
+    def edit_until_seen() -> bool:
+        edits[0] += 1
+        path.write_text(f"x = {edits[0]}\n")
+        os.utime(path, ns=(base, base + edits[0] * 10**9))
+        return bool(seen)
+
+    wait_for(edit_until_seen, 5, what="the edit reported")
     watcher.join(5)
     assert not watcher.is_alive() and seen == [str(path)]
 
@@ -164,16 +174,25 @@ def test_broken_app_at_start_under_reload_keeps_the_master(start_server: Callabl
 
 def test_config_change_under_reload_reloads_the_master_once(start_server: Callable[..., Server],
                                                             tmp_path: Path) -> None:
-    code = tmp_path / "code"
+    # "zcode" sorts after "server.ini": a poll round looks at the config file before the app's.
+    code = tmp_path / "zcode"
     code.mkdir()
-    (code / "pid_app.py").write_text(PID_APP)
+    module = code / "pid_app.py"
+    module.write_text(PID_APP)
     server = start_server(app="pid_app:app", workers=2, extra_args=["--reload", "--pythonpath", str(code)])
     before = {p.pid for p in server.workers()}
     server.config_path.write_text(server.config_path.read_text().replace("level = debug", "level = info"))
     wait_for(lambda: "reloading: starting generation 2" in server.output(), 20, what="a HUP reload")
     wait_for(lambda: not before & {p.pid for p in server.workers()}, 20, what="old workers replaced")
-    time.sleep(2.5)  # every worker has polled since: only one of them signalled
+    assert int(_get(server).text) not in before
+    # A fence: touch the app's source, and wait until each new worker reports it. Each has
+    # then compared the config file in that round or before, so a second "asking master"
+    # (a config change seen again) would be in the log by now.
+    new = {p.pid for p in server.workers()}
+    stat = module.stat()
+    os.utime(module, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
+    wait_for(lambda: all(f"worker {pid}: {module} changed; restarting" in server.output() for pid in new), 20,
+             what="every new worker saw the app's edit")
     log = server.output()
     assert log.count("changed; asking master") == 1, log
     assert "generation 3" not in log
-    assert int(_get(server).text) not in before

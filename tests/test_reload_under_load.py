@@ -114,17 +114,30 @@ def test_reloads_recycling_and_resizing_under_load_drop_nothing(start_server: Ca
     try:
         for thread in upload_threads:
             thread.start()
-        time.sleep(0.5)
+        wait_for(lambda: len([u for w in _status(server)["workers"] for u in w["uploads"] if u["received"]])
+                 == UPLOADS, 20, what="every upload in flight")
+        wait_for(lambda: load.ok > 0, 10, what="the load served")
+        generation = 1
         for sig in (signal.SIGHUP, signal.SIGTTIN, signal.SIGHUP, signal.SIGHUP, signal.SIGTTOU,
                     signal.SIGHUP, signal.SIGHUP):
+            # One step at a time, each seen through: a reload until its generation serves,
+            # a resize until the master has logged it (two signals pending at once may merge).
+            log_lines = server.error_log.read_text().count(f"{sig.name[3:]}: ")
             server.signal(sig)
-            time.sleep(1.2)
+            if sig == signal.SIGHUP:
+                generation += 1
+                wait_for(lambda: f"reload complete (generation {generation})" in server.error_log.read_text(),
+                         20, what=f"reload {generation - 1} complete")
+            else:
+                wait_for(lambda: server.error_log.read_text().count(f"{sig.name[3:]}: ") > log_lines, 10,
+                         what=f"{sig.name} handled")
         for thread in upload_threads:
             thread.join(max(1.0, 45 - (time.monotonic() - started)))
         # the last generation takes over completely: 2 workers (the config's count), generation 6
         wait_for(lambda: sorted((w["generation"], w["state"]) for w in _status(server)["workers"])
                  == [(6, "ready"), (6, "ready")], 20, interval=0.2, what="generation 6 alone")
-        time.sleep(0.5)  # load against the settled server too
+        settled = load.ok
+        wait_for(lambda: load.ok >= settled + 50, 10, what="load against the settled server too")
     finally:
         load.finish()
     elapsed = time.monotonic() - started

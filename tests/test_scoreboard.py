@@ -16,7 +16,7 @@ def test_the_budget_lock_is_released_when_its_holder_is_killed() -> None:
     if pid == 0:  # take the lock and die holding it (the OOM killer's worst timing)
         with board.locked():
             os.write(write_fd, b"x")
-            time.sleep(60)
+            time.sleep(60)  # holds the lock until the parent kills it (not a wait for anything)
         os._exit(0)
     assert os.read(read_fd, 1) == b"x"
     os.kill(pid, signal.SIGKILL)

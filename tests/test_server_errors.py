@@ -178,7 +178,7 @@ def test_body_at_an_acceptable_rate_is_not_timed_out(server: Server) -> None:
         client.send(b"POST /sha256 HTTP/1.1\r\nHost: t\r\nContent-Length: %d\r\n\r\n" % total)
         for _ in range(12):
             client.send(piece)
-            time.sleep(0.25)
+            time.sleep(0.25)  # the client's pace is what this test is about
         resp = client.read_response()
     assert resp.status == 200
     assert b'"size": %d' % total in resp.body

@@ -47,7 +47,7 @@ def test_headers_split_across_many_writes(echo_server: Server) -> None:
     with RawClient(server.connect()) as client:
         for i in range(0, len(data), 3):
             client.send(data[i:i + 3])
-            time.sleep(0.002)
+            time.sleep(0.002)  # a slow client's pace, so that each piece arrives in a read of its own
         resp = client.read_response()
     assert resp.status == 200
     doc = _echo(resp.body)

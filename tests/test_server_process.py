@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import signal
 import threading
 import time
@@ -13,7 +15,8 @@ import psutil
 import pytest
 import requests
 
-from tests.server import Server, wait_for
+from tests.server import (RawClient, Server, busy_threads, listening, signal_pending, wait_for,
+                          worker_holding)
 
 UPLOAD_APP = "tests.apps.upload:app"
 
@@ -47,23 +50,21 @@ def _kill_quietly(pids: set[int]) -> None:
 def test_quit_stops_immediately(start_server: Callable[..., Server]) -> None:
     server = start_server(app=UPLOAD_APP, workers=2)
     workers = _pids(server)
-    errors: list[BaseException] = []
-
-    def slow() -> None:
+    with RawClient(server.connect(timeout=10)) as client:
+        client.send(b"GET /slow?s=20 HTTP/1.1\r\nHost: t\r\n\r\n")
+        # Accepted and in a handler thread before the signal: the connection that QUIT drops
+        # was established, so a refused one (a request that came too late) cannot pass for it.
+        holder = wait_for(lambda: worker_holding(server, client.sock), 10, what="a worker holds the connection")
+        wait_for(lambda: busy_threads(server).get(holder) == 1, 10, what="the slow request in a handler thread")
+        started = time.monotonic()
+        server.signal(signal.SIGQUIT)
+        assert server.wait(5) == 0
+        assert time.monotonic() - started < 3.0
         try:
-            requests.get(server.url + "/slow?s=20", timeout=10)
-        except BaseException as exc:  # the connection is dropped: that is the point
-            errors.append(exc)
-
-    thread = threading.Thread(target=slow)
-    thread.start()
-    time.sleep(0.3)  # the slow request is in a handler thread now
-    started = time.monotonic()
-    server.signal(signal.SIGQUIT)
-    assert server.wait(5) == 0
-    assert time.monotonic() - started < 3.0
-    thread.join(10)
-    assert errors and isinstance(errors[0], requests.ConnectionError)
+            rest = client.read_to_eof()
+        except ConnectionResetError:
+            rest = b""
+        assert rest == b"", f"an immediate stop answers nothing; got {rest[:100]!r}"
     wait_for(lambda: not any(psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE
                              for p in workers), 5, what="workers gone")
 
@@ -110,10 +111,13 @@ def test_hup_reloads_without_failing_requests(start_server: Callable[..., Server
     server = start_server(app=UPLOAD_APP, workers=2)
     before = _pids(server)
     results: dict[str, object] = {}
+    slow = RawClient(server.connect(timeout=15))
+    slow.send(b"GET /slow?s=2 HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
 
     def in_flight() -> None:
         try:
-            results["slow"] = requests.get(server.url + "/slow?s=2", timeout=15).json()
+            resp = slow.read_response()
+            results["slow"] = (resp.status, json.loads(resp.body))
         except BaseException as exc:
             results["slow"] = exc
 
@@ -133,7 +137,7 @@ def test_hup_reloads_without_failing_requests(start_server: Callable[..., Server
                 ok[0] += 1
             except BaseException as exc:
                 failures.append(exc)
-            time.sleep(0.002)
+            time.sleep(0.002)  # steady load, not a flood: what this test simulates
 
     slow_thread = threading.Thread(target=in_flight)
     load_threads = [threading.Thread(target=load) for _ in range(2)]
@@ -141,7 +145,11 @@ def test_hup_reloads_without_failing_requests(start_server: Callable[..., Server
     for thread in load_threads:
         thread.start()
     try:
-        time.sleep(0.3)
+        # The slow request is in a handler of the old generation, and the load is running.
+        holder = wait_for(lambda: worker_holding(server, slow.sock), 10, what="a worker holds the slow request")
+        assert holder in before
+        wait_for(lambda: busy_threads(server).get(holder, 0) >= 1, 10, what="the slow request in a handler")
+        wait_for(lambda: ok[0] > 0, 10, what="the load served")
         server.signal(signal.SIGHUP)
         wait_for(lambda: len(_pids(server)) == 2 and not (_pids(server) & before), 15,
                  what="a new generation of workers")
@@ -150,7 +158,8 @@ def test_hup_reloads_without_failing_requests(start_server: Callable[..., Server
         stop.set()
         for thread in load_threads:
             thread.join(10)
-    assert results["slow"] == {"slept": 2.0}
+        slow.close()
+    assert results["slow"] == (200, {"slept": 2.0})
     assert not failures, [repr(f) for f in failures[:3]]
     assert ok[0] > 10
     _get(server)
@@ -170,9 +179,17 @@ def test_ttin_and_ttou_change_the_worker_count(start_server: Callable[..., Serve
     _serves_with_every_worker(server, 2)
     server.signal(signal.SIGTTOU)
     _serves_with_every_worker(server, 1)
+    (last,) = _pids(server)
     server.signal(signal.SIGTTOU)  # never below one
-    time.sleep(1.0)
-    _serves_with_every_worker(server, 1)
+    # The master handles signals in the order they reach it: once this TTOU is no longer
+    # pending, a TTIN sent now is handled after it, and it says how many workers TTOU left.
+    wait_for(lambda: not signal_pending(server.pid, signal.SIGTTOU), 5, what="the TTOU delivered")
+    ttin_lines = server.error_log.read_text().count("TTIN: ")
+    server.signal(signal.SIGTTIN)
+    wait_for(lambda: server.error_log.read_text().count("TTIN: ") > ttin_lines, 5, what="the TTIN handled")
+    assert re.findall(r"TTIN: (\d+) workers", server.error_log.read_text())[-1] == "2"  # not "1": TTOU kept one
+    _serves_with_every_worker(server, 2)
+    assert last in _pids(server), "the TTOU at one worker stopped it"
 
 
 def test_usr1_reopens_the_log_files(start_server: Callable[..., Server]) -> None:
@@ -190,7 +207,9 @@ def test_usr1_reopens_the_log_files(start_server: Callable[..., Server]) -> None
         counter[0] += 1
         path = f"/probe-{counter[0]}"
         _get(server, path)
-        time.sleep(0.05)
+        # Its access line follows the response: wait until it is in one file or the other.
+        wait_for(lambda: any(f"{path} " in log.read_text() for log in (server.access_log, rotated)), 5,
+                 what=f"the access line of {path}")
         return f"{path} " in server.access_log.read_text()
 
     wait_for(lands_in_new_file, 10, what="requests in the new access log")
@@ -231,7 +250,8 @@ def test_workers_do_not_outlive_the_master(start_server: Callable[..., Server]) 
             return not alive
 
         wait_for(all_gone, 5, what="workers exit after the master died")
-        with pytest.raises(requests.ConnectionError):
-            requests.get(server.url + "/environ", timeout=2)
+        assert not listening(server.port)
+        with pytest.raises(ConnectionRefusedError):
+            server.connect(timeout=2).close()
     finally:
         _kill_quietly({pid for pid in workers if psutil.pid_exists(pid)})

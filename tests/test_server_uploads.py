@@ -7,7 +7,6 @@ import hashlib
 import os
 import signal
 import threading
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -15,7 +14,7 @@ import psutil
 import pytest
 import requests
 
-from tests.server import Server, staging_fds, wait_for
+from tests.server import Server, listening, staging_fds, wait_for
 
 UPLOAD_APP = "tests.apps.upload:app"
 MiB = 1 << 20
@@ -169,9 +168,10 @@ def test_term_lets_an_in_flight_upload_finish(start_server: Callable[..., Server
         assert upload.paused.wait(20)
         wait_for(lambda: staging_fds({worker}, server.staging), 10, what="a staging file in the worker")
         server.signal(signal.SIGTERM)
-        time.sleep(0.5)  # the worker is draining now
-        with pytest.raises(requests.ConnectionError):
-            requests.get(server.url + "/environ", timeout=2)  # new clients are refused
+        # The master and the draining worker both close their copies of the listener.
+        wait_for(lambda: not listening(server.port), 10, what="the listening socket closed")
+        with pytest.raises(ConnectionRefusedError):
+            server.connect(timeout=2).close()  # new clients are refused
     finally:
         upload.go.set()
         upload.join(30)

@@ -230,9 +230,10 @@ def test_fifty_frames_in_one_write_get_fifty_echoes(echo_server: Server) -> None
         client.send(b"".join(frame(TEXT, b"same message") for _ in range(50)))
         for _ in range(50):
             assert client.recv_data() == (TEXT, b"same message")
-        client.sock.settimeout(0.5)
-        with pytest.raises(socket.timeout):
-            client.recv_frame()  # nothing more: no duplicate and no lost bytes between reads
+        # Nothing more: echoes come in order, so a duplicate (or bytes replayed between
+        # reads) would arrive before the echo of a message sent after them all.
+        client.send(frame(TEXT, b"fence"))
+        assert client.recv_data() == (TEXT, b"fence")
 
 
 def test_frame_sent_one_byte_per_write(echo_server: Server) -> None:
@@ -526,16 +527,20 @@ def chat_round(clients: list[websocket.WebSocket]) -> None:
             if message.startswith("msg-"):
                 got.append(message)
         received.append(got)
-    time.sleep(0.3)  # then nothing more may be waiting: a duplicate would show up here
+    # Then nothing more: every copy of a message travels the same ordered path (worker ->
+    # master -> workers -> connection) as a fence sent after all of them arrived, so a
+    # duplicate would come before the fences. Each client waits for every client's fence.
+    fences = {f"fence-{uuid.uuid4().hex}" for _ in clients}
+    for ws, fence in zip(clients, fences):
+        ws.send(fence)
     for ws, got in zip(clients, received):
-        ws.settimeout(0.01)
-        try:
-            while True:
-                extra = recv_text(ws)
-                if not extra.startswith("join-"):
-                    got.append(extra)
-        except websocket.WebSocketTimeoutException:
-            pass
+        waiting = set(fences)
+        while waiting:
+            ws.settimeout(max(0.1, deadline - time.monotonic()))
+            extra = recv_text(ws)
+            waiting.discard(extra)
+            if extra.startswith("msg-"):
+                got.append(extra)
     for index, got in enumerate(received):
         assert sorted(got) == expected, f"client {index}: {len(got)} messages, {len(set(got))} distinct"
 

@@ -62,7 +62,7 @@ def slow_upload(server: Server, path: str, declared: int = DECLARED, sent: int =
         piece = b"x" * (sent // 8)
         for _ in range(8):
             sock.sendall(piece)
-            time.sleep(0.03)
+            time.sleep(0.03)  # a slow client's pace: the upload has a measurable rate
         yield
     finally:
         sock.close()

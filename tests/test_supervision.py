@@ -41,7 +41,7 @@ def _slow_upload(server: Server, stop: threading.Event) -> None:
     try:
         with server.connect(timeout=10) as sock:
             sock.sendall(b"POST /sha256 HTTP/1.1\r\nHost: t\r\nContent-Length: 100000000\r\n\r\n")
-            while not stop.wait(0.1):
+            while not stop.wait(0.1):  # a slow client's pace: what this test simulates
                 sock.sendall(b"x" * 8192)
     except OSError:
         pass  # the worker closed it: that is what the test waits for
@@ -95,8 +95,20 @@ def test_a_child_the_master_did_not_fork_is_logged_when_reaped(tmp_path: Path) -
         port = probe.getsockname()[1]
     config.write_text(f"[server]\nbind = 127.0.0.1:{port}\nworkers = 1\n[logging]\n"
                       f"error_log = {tmp_path / 'error.log'}\naccess_log =\nlevel = debug\n")
-    wrapper = ("import os, sys, time\n"
-               "if os.fork() == 0:\n    time.sleep(1.5)\n    os._exit(5)\n"
+    # The stranger exits once the exec'ed master serves (a worker answers): bounded, no sleep.
+    wrapper = ("import os, socket, sys, time\n"
+               "if os.fork() == 0:\n"
+               "    deadline = time.monotonic() + 15\n"
+               "    while time.monotonic() < deadline:\n"
+               "        try:\n"
+               f"            with socket.create_connection(('127.0.0.1', {port}), timeout=1) as s:\n"
+               "                s.sendall(b'GET /environ HTTP/1.1\\r\\nHost: t\\r\\n\\r\\n')\n"
+               "                if s.recv(12) == b'HTTP/1.1 200':\n"
+               "                    break\n"
+               "        except OSError:\n"
+               "            pass\n"
+               "        time.sleep(0.05)  # the poll interval\n"
+               "    os._exit(5)\n"
                "os.execv(sys.executable, [sys.executable, '-m', 'prefork.cli', '-c', sys.argv[1], "
                "'tests.apps.upload:app'])\n")
     proc = subprocess.Popen([sys.executable, "-c", wrapper, str(config)], cwd=REPO,

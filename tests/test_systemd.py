@@ -61,7 +61,7 @@ class NotifyListener:
             for index, text in enumerate(self.texts()[start:], start):
                 if predicate(text):
                     return index
-            time.sleep(0.02)
+            time.sleep(0.02)  # the poll interval of this bounded wait
         raise AssertionError(f"no matching notify message within {timeout} s; got {self.texts()}")
 
     def close(self) -> None:
@@ -178,8 +178,13 @@ def test_watchdog_pid_of_another_process_means_no_pings(
     _no_watchdog_pid(monkeypatch)
     server = start_server(app=UPLOAD_APP, workers=1, wait=False, env={
         "NOTIFY_SOCKET": notify.path, "WATCHDOG_USEC": "200000", "WATCHDOG_PID": "1"})
-    notify.wait_for(_is("READY=1"), 20)
-    time.sleep(0.8)
+    ready = notify.wait_for(_is("READY=1"), 20)
+    # The master would send its first ping in the loop turn that sent READY=1, and every
+    # 0.1 s after. A reload is the fence: RELOADING=1 comes in a later turn, and its
+    # READY=1 only once a new generation serves, many watchdog intervals later.
+    server.signal(signal.SIGHUP)
+    reloading = notify.wait_for(_is("RELOADING=1"), 10, start=ready + 1)
+    notify.wait_for(_is("READY=1"), 15, start=reloading + 1)
     assert "WATCHDOG=1" not in notify.texts()
     assert server.proc.poll() is None
 

@@ -18,9 +18,17 @@ import pytest
 
 from prefork import writebehind
 from prefork.errors import InsufficientStorage
+from prefork.forms import FormSink
+from prefork.limits import FormLimits
 from prefork.spool import BodySpool
-from prefork.writebehind import MIN_CHUNK, WriteBehind
+from prefork.writebehind import MIN_CHUNK, WriteBehind, WriteBehindHelper
 from tests.server import wait_for
+
+
+@pytest.fixture
+def helper() -> WriteBehindHelper:
+    """A helper of this test's own, as a worker has one (no module-global helper)."""
+    return WriteBehindHelper()
 
 
 def _write_all(fd: int, view: memoryview) -> None:
@@ -40,13 +48,14 @@ def _chunks(rng: random.Random, data: bytes) -> list[bytes]:
 
 @pytest.mark.parametrize("behind", [True, False])
 @pytest.mark.parametrize("seed", range(3))
-def test_file_and_digest_equal_plain_writes_in_any_mix_of_chunks(tmp_path: Path, seed: int, behind: bool) -> None:
+def test_file_and_digest_equal_plain_writes_in_any_mix_of_chunks(tmp_path: Path, seed: int, behind: bool,
+                                                                  helper: WriteBehindHelper) -> None:
     rng = random.Random(seed)
     data = rng.randbytes(9 * 1024 * 1024 + 17)
     fd = os.open(tmp_path / "f", os.O_RDWR | os.O_CREAT)
     try:
         digest = hashlib.sha256()
-        stream = WriteBehind(fd, _write_all, digest, behind=behind)
+        stream = WriteBehind(fd, _write_all, digest, helper=helper if behind else None)
         for chunk in _chunks(rng, data):
             stream.write(bytearray(chunk))  # a buffer the caller reuses: must be copied
         stream.flush()
@@ -57,12 +66,12 @@ def test_file_and_digest_equal_plain_writes_in_any_mix_of_chunks(tmp_path: Path,
     assert digest.hexdigest() == hashlib.sha256(data).hexdigest()
 
 
-def test_caller_may_reuse_its_buffer_at_once(tmp_path: Path) -> None:
+def test_caller_may_reuse_its_buffer_at_once(tmp_path: Path, helper: WriteBehindHelper) -> None:
     fd = os.open(tmp_path / "f", os.O_RDWR | os.O_CREAT)
     buffer = bytearray(MIN_CHUNK * 2)
     expected = bytearray()
     try:
-        behind = WriteBehind(fd, _write_all)
+        behind = WriteBehind(fd, _write_all, helper=helper)
         for value in range(20):
             buffer[:] = bytes([value]) * len(buffer)  # overwritten right after write()
             behind.write(buffer)
@@ -73,7 +82,7 @@ def test_caller_may_reuse_its_buffer_at_once(tmp_path: Path) -> None:
     assert (tmp_path / "f").read_bytes() == expected
 
 
-def test_backlog_is_bounded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_backlog_is_bounded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, helper: WriteBehindHelper) -> None:
     """A slow disk makes write() wait instead of queueing without bound."""
     monkeypatch.setattr(writebehind, "MAX_BACKLOG", 2 * MIN_CHUNK)
     gate = threading.Semaphore(0)
@@ -81,12 +90,12 @@ def test_backlog_is_bounded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
 
     def slow_write(fd: int, view: memoryview) -> None:
         gate.acquire()
-        seen.append(writebehind._helper.queued)
+        seen.append(helper.queued)
         _write_all(fd, view)
 
     fd = os.open(tmp_path / "f", os.O_RDWR | os.O_CREAT)
     try:
-        behind = WriteBehind(fd, slow_write)
+        behind = WriteBehind(fd, slow_write, helper=helper)
         writer = threading.Thread(target=lambda: [behind.write(b"x" * MIN_CHUNK) for _ in range(10)])
         writer.start()
         for _ in range(10):
@@ -100,7 +109,8 @@ def test_backlog_is_bounded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
     assert os.path.getsize(tmp_path / "f") == 10 * MIN_CHUNK
 
 
-def test_a_failed_queued_write_is_raised_later_and_later_bytes_are_dropped(tmp_path: Path) -> None:
+def test_a_failed_queued_write_is_raised_later_and_later_bytes_are_dropped(tmp_path: Path,
+                                                                           helper: WriteBehindHelper) -> None:
     calls = []
 
     def failing(fd: int, view: memoryview) -> None:
@@ -111,7 +121,7 @@ def test_a_failed_queued_write_is_raised_later_and_later_bytes_are_dropped(tmp_p
 
     fd = os.open(tmp_path / "f", os.O_RDWR | os.O_CREAT)
     try:
-        behind = WriteBehind(fd, failing)
+        behind = WriteBehind(fd, failing, helper=helper)
         behind.write(b"a" * MIN_CHUNK)
         behind.write(b"b" * MIN_CHUNK)  # fails on the helper thread
         behind.discard()  # waits, does not raise
@@ -137,9 +147,10 @@ class QueuedDiskFull(BodySpool):
         super()._write_to_file(fd, data)
 
 
-def test_spool_disk_full_on_the_helper_thread_is_507_by_seal_and_removes_the_file(tmp_path: Path) -> None:
+def test_spool_disk_full_on_the_helper_thread_is_507_by_seal_and_removes_the_file(
+        tmp_path: Path, helper: WriteBehindHelper) -> None:
     deltas: list[int] = []
-    spool = QueuedDiskFull(0, dir=tmp_path, on_disk_bytes=deltas.append, checksum=True, write_behind=True)
+    spool = QueuedDiskFull(0, dir=tmp_path, on_disk_bytes=deltas.append, checksum=True, write_behind=helper)
     with pytest.raises(InsufficientStorage) as info:
         for _ in range(4):
             spool.write(b"z" * MIN_CHUNK)
@@ -151,12 +162,14 @@ def test_spool_disk_full_on_the_helper_thread_is_507_by_seal_and_removes_the_fil
 
 @pytest.mark.parametrize("write_behind", [True, False])
 @pytest.mark.parametrize("threshold", [0, 100, 1 << 30])
-def test_spool_sha256_with_and_without_checksum(tmp_path: Path, threshold: int, write_behind: bool) -> None:
+def test_spool_sha256_with_and_without_checksum(tmp_path: Path, threshold: int, write_behind: bool,
+                                                helper: WriteBehindHelper) -> None:
     rng = random.Random(threshold)
     data = rng.randbytes(3 * 1024 * 1024 + 5)
     expected = hashlib.sha256(data).hexdigest()
     for checksum in (True, False):
-        with BodySpool(threshold, dir=tmp_path, checksum=checksum, write_behind=write_behind) as spool:
+        with BodySpool(threshold, dir=tmp_path, checksum=checksum,
+                       write_behind=helper if write_behind else None) as spool:
             for chunk in _chunks(rng, data):
                 spool.write(memoryview(chunk))
             with pytest.raises(ValueError, match="not sealed"):
@@ -180,16 +193,16 @@ def test_checksum_none_needs_the_spool_open(tmp_path: Path) -> None:
     assert hashed.sha256 == hashlib.sha256(b"abc").hexdigest()  # kept after close
 
 
-def test_write_behind_in_a_forked_child(tmp_path: Path) -> None:
+def test_write_behind_in_a_forked_child(tmp_path: Path, helper: WriteBehindHelper) -> None:
     """The helper thread does not survive fork: a child starts its own."""
-    with BodySpool(0, dir=tmp_path, checksum=True, write_behind=True) as parent:
+    with BodySpool(0, dir=tmp_path, checksum=True, write_behind=helper) as parent:
         parent.write(b"p" * (2 * MIN_CHUNK))
         parent.seal()
         assert parent.sha256 == hashlib.sha256(b"p" * (2 * MIN_CHUNK)).hexdigest()
     pid = os.fork()
     if pid == 0:
         try:
-            with BodySpool(0, dir=tmp_path, checksum=True, write_behind=True) as child:
+            with BodySpool(0, dir=tmp_path, checksum=True, write_behind=helper) as child:
                 child.write(b"c" * (3 * MIN_CHUNK))
                 child.seal()
                 ok = child.sha256 == hashlib.sha256(b"c" * (3 * MIN_CHUNK)).hexdigest()
@@ -201,18 +214,18 @@ def test_write_behind_in_a_forked_child(tmp_path: Path) -> None:
     assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
 
 
-def test_a_plain_spool_writes_inline_and_a_form_spool_queues(tmp_path: Path) -> None:
+def test_a_plain_spool_writes_inline_and_a_form_spool_queues(tmp_path: Path, helper: WriteBehindHelper) -> None:
     """Raw bodies are written on the caller's thread; with write_behind large chunks go
     to the helper thread (seen here through the thread that runs the write)."""
     threads: dict[bool, set[str]] = {}
 
     class Recording(BodySpool):
         def _write_to_file(self, fd: int, data: bytes | bytearray | memoryview) -> None:
-            threads.setdefault(self._write_behind, set()).add(threading.current_thread().name)
+            threads.setdefault(self._write_behind is not None, set()).add(threading.current_thread().name)
             super()._write_to_file(fd, data)
 
     for write_behind in (False, True):
-        with Recording(0, dir=tmp_path, write_behind=write_behind) as spool:
+        with Recording(0, dir=tmp_path, write_behind=helper if write_behind else None) as spool:
             spool.write(b"r" * (2 * MIN_CHUNK))
             spool.seal()
             assert spool.read() == b"r" * (2 * MIN_CHUNK)
@@ -222,13 +235,14 @@ def test_a_plain_spool_writes_inline_and_a_form_spool_queues(tmp_path: Path) -> 
 class _Stalled:
     """A disk that writes only when the test lets it: the ring fills while it waits."""
 
-    def __init__(self) -> None:
+    def __init__(self, helper: WriteBehindHelper) -> None:
+        self.helper = helper
         self.gate = threading.Semaphore(0)
         self.queued_seen: list[int] = []
 
     def write(self, fd: int, view: memoryview) -> None:
         self.gate.acquire()
-        self.queued_seen.append(writebehind._helper.queued)
+        self.queued_seen.append(self.helper.queued)
         _write_all(fd, view)
 
 
@@ -238,21 +252,22 @@ def _write_in_thread(behind: WriteBehind, chunks: list[bytes]) -> threading.Thre
     return writer
 
 
-def test_the_ring_fills_to_max_backlog_and_no_further(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_ring_fills_to_max_backlog_and_no_further(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                      helper: WriteBehindHelper) -> None:
     """Queued bytes live in one ring of MAX_BACKLOG bytes: with the disk stalled it fills
     exactly, the writer waits, and the ring is all the memory the queue holds."""
     monkeypatch.setattr(writebehind, "MAX_BACKLOG", 1 << 20)
-    disk = _Stalled()
+    disk = _Stalled(helper)
     chunks = [bytes([n]) * (256 * 1024) for n in range(12)]
     fd = os.open(tmp_path / "f", os.O_RDWR | os.O_CREAT)
     try:
-        behind = WriteBehind(fd, disk.write)
+        behind = WriteBehind(fd, disk.write, helper=helper)
         writer = _write_in_thread(behind, chunks)
-        wait_for(lambda: writebehind._helper.queued == 1 << 20, 10, what="the ring full")
+        wait_for(lambda: helper.queued == 1 << 20, 10, what="the ring full")
         assert writer.is_alive()  # waiting for room, not queueing more
-        assert writebehind._helper._ring is not None and len(writebehind._helper._ring) == 1 << 20
-        writebehind._helper.release_idle()  # not idle: the ring stays
-        assert writebehind._helper._ring is not None
+        assert helper._ring is not None and len(helper._ring) == 1 << 20
+        helper.release_idle()  # not idle: the ring stays
+        assert helper._ring is not None
         for _ in chunks:
             disk.gate.release()
         writer.join(30)
@@ -261,20 +276,20 @@ def test_the_ring_fills_to_max_backlog_and_no_further(tmp_path: Path, monkeypatc
         os.close(fd)
     assert max(disk.queued_seen) == 1 << 20
     assert (tmp_path / "f").read_bytes() == b"".join(chunks)
-    writebehind._helper.release_idle()  # idle now: unmapped, and mapped again on next use
-    assert writebehind._helper._ring is None
+    helper.release_idle()  # idle now: unmapped, and mapped again on next use
+    assert helper._ring is None
 
 
 def test_pieces_that_do_not_divide_the_ring_wrap_around_in_order(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, helper: WriteBehindHelper) -> None:
     monkeypatch.setattr(writebehind, "MAX_BACKLOG", 1 << 20)
-    disk = _Stalled()
+    disk = _Stalled(helper)
     rng = random.Random(7)
     chunks = [rng.randbytes(rng.choice([MIN_CHUNK, 300_000, 700_000, 1 << 20, 1_500_000])) for _ in range(40)]
     fd = os.open(tmp_path / "f", os.O_RDWR | os.O_CREAT)
     try:
         digest = hashlib.sha256()
-        behind = WriteBehind(fd, disk.write, digest)
+        behind = WriteBehind(fd, disk.write, digest, helper=helper)
         writer = _write_in_thread(behind, chunks)
         for _ in range(200):  # more permits than pieces (1.5 MB chunks are two pieces)
             disk.gate.release()
@@ -285,3 +300,53 @@ def test_pieces_that_do_not_divide_the_ring_wrap_around_in_order(
     assert max(disk.queued_seen) <= 1 << 20  # the skipped ends are counted, and still fit
     assert (tmp_path / "f").read_bytes() == b"".join(chunks)
     assert digest.hexdigest() == hashlib.sha256(b"".join(chunks)).hexdigest()
+
+
+def test_each_helper_has_its_own_queue_and_ring(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No helper is shared through a module global: one worker's stalled disk fills its
+    own ring and leaves another helper's queue empty."""
+    monkeypatch.setattr(writebehind, "MAX_BACKLOG", 1 << 20)
+    stalled, free = WriteBehindHelper(), WriteBehindHelper()
+    disk = _Stalled(stalled)
+    fds = [os.open(tmp_path / name, os.O_RDWR | os.O_CREAT) for name in ("a", "b")]
+    try:
+        slow = WriteBehind(fds[0], disk.write, helper=stalled)
+        writer = _write_in_thread(slow, [b"a" * MIN_CHUNK] * 4)
+        wait_for(lambda: stalled.queued == 4 * MIN_CHUNK, 10, what="the stalled helper's queue")
+        fast = WriteBehind(fds[1], _write_all, helper=free)
+        fast.write(b"b" * (2 * MIN_CHUNK))
+        fast.flush()  # not held up by the other helper's stalled disk
+        assert free.queued == 0 and stalled.queued == 4 * MIN_CHUNK
+        for _ in range(4):
+            disk.gate.release()
+        writer.join(30)
+        slow.flush()
+    finally:
+        for fd in fds:
+            os.close(fd)
+    assert (tmp_path / "a").read_bytes() == b"a" * (4 * MIN_CHUNK)
+    assert (tmp_path / "b").read_bytes() == b"b" * (2 * MIN_CHUNK)
+
+
+def _form(size: int) -> tuple[bytes, bytes]:
+    body = (b"--x\r\nContent-Disposition: form-data; name=\"f\"; filename=\"f.bin\"\r\n\r\n"
+            + b"f" * size + b"\r\n--x--\r\n")
+    return b"multipart/form-data; boundary=x", body
+
+
+@pytest.mark.parametrize("given", [True, False])
+def test_a_form_sink_writes_its_files_through_the_helper_it_is_given(tmp_path: Path, given: bool) -> None:
+    helper = WriteBehindHelper()
+    content_type, body = _form(4 * MIN_CHUNK)
+    sink = FormSink(content_type, limits=FormLimits(), spool_threshold=0, spool_dir=str(tmp_path),
+                    write_behind=helper if given else None)
+    try:
+        sink.write(body)
+        form = sink.seal()
+        upload = form.files["f"]
+        with upload.open() as handle:
+            assert handle.read() == b"f" * (4 * MIN_CHUNK)
+        assert upload.sha256 == hashlib.sha256(b"f" * (4 * MIN_CHUNK)).hexdigest()
+    finally:
+        sink.close()
+    assert (helper._ring is not None) is given  # the ring is mapped by the first queued chunk

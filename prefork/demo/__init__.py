@@ -8,8 +8,10 @@ uploads (images inline, other files as downloads) and a chat over
 ``UploadStore`` (a link, not a copy); every file served comes from the store
 by its generated name, never by a client-chosen path. Chat messages go out
 with ``app.broadcast`` so clients on every worker see them; each worker keeps
-the last ``HISTORY`` messages through ``broadcast.observe`` and sends them to
-a client that joins. User text is only ever inserted into the page with
+the last ``HISTORY`` messages through ``app.observe`` and sends them to a
+client that joins. The uploads directory is read from ``app.runtime`` when a
+request needs it, never at import (the app is bound to its worker's
+``Runtime`` after it is imported). User text is only ever inserted into the page with
 ``textContent`` (and escaped in the server-rendered gallery), under a strict
 Content-Security-Policy with no inline script.
 """
@@ -24,17 +26,17 @@ import threading
 import time
 import unicodedata
 from collections import deque
+from functools import lru_cache
 from importlib import resources
 from typing import Any
 from urllib.parse import unquote
 
-from prefork import broadcast, runtime
 from prefork.app import App, HTTPError, Request, Response
 from prefork.logs import error_log
 from prefork.static import content_disposition, serve_file
 from prefork.uploads import StoredFile, UploadStore
 
-__all__ = ["app", "store"]
+__all__ = ["app"]
 
 #: Chat messages a joining client is shown.
 HISTORY = 50
@@ -53,10 +55,19 @@ PAGE_CSP = ("default-src 'self'; img-src 'self'; style-src 'self'; script-src 's
 FILE_CSP = "default-src 'none'; img-src 'self'; style-src 'unsafe-inline'; sandbox"
 
 app = App()
-store = UploadStore(runtime.current.uploads_dir)
 _history: deque[dict[str, Any]] = deque(maxlen=HISTORY)
 _history_lock = threading.Lock()
 _pruned = threading.Event()
+
+
+@lru_cache(maxsize=4)
+def _store_in(directory: str) -> UploadStore:
+    return UploadStore(directory)
+
+
+def _store() -> UploadStore:
+    """The upload store of the deployment this app is bound to."""
+    return _store_in(app.runtime.uploads_dir)
 
 
 def _prune_once() -> None:
@@ -65,7 +76,7 @@ def _prune_once() -> None:
     if not _pruned.is_set():
         _pruned.set()
         try:
-            store.remove_orphans()
+            _store().remove_orphans()
         except OSError:
             pass
 
@@ -93,7 +104,7 @@ def _gallery_item(entry: StoredFile) -> str:
 def _page() -> str:
     _prune_once()
     template = (ASSETS / "index.html").read_text("utf-8")
-    items = "\n".join(_gallery_item(entry) for entry in store.list(GALLERY_SIZE))
+    items = "\n".join(_gallery_item(entry) for entry in _store().list(GALLERY_SIZE))
     return template.replace("<!--GALLERY-->", items)
 
 
@@ -134,12 +145,13 @@ def upload(request: Request) -> Response:
         parts = [f for _, f in request.files.items() if f.filename or f.size]
         if not parts:
             raise HTTPError(400, "no file in the form")
+        store = _store()
         saved = [store.save(part) for part in parts]
     else:
         if request.content_length == 0 and request.method == "POST":
             raise HTTPError(400, "empty body")
         filename = request.args.get("filename") or unquote(request.headers.get("x-filename"))
-        saved = [store.save_stream(request.body, filename, request.headers.get("content-type"))]
+        saved = [_store().save_stream(request.body, filename, request.headers.get("content-type"))]
     _announce(saved)
     if request.is_form and not _wants_json(request):
         return Response.redirect("/", 303)
@@ -149,12 +161,13 @@ def upload(request: Request) -> Response:
 @app.route("/api/files")
 def list_files(request: Request) -> Response:
     """The gallery as JSON, newest first."""
-    return Response.json({"files": [entry.to_dict() for entry in store.list(GALLERY_SIZE)]})
+    return Response.json({"files": [entry.to_dict() for entry in _store().list(GALLERY_SIZE)]})
 
 
 @app.route("/files/<name>")
 def get_file(request: Request) -> Response:
     """A committed upload: images inline, anything else as a download under its display name."""
+    store = _store()
     entry = store.get(request.path_params["name"])
     path = store.path(entry.name) if entry is not None else None
     if entry is None or path is None:
@@ -211,7 +224,7 @@ def _remember(channel: str, message: str | bytes) -> None:
             _history.append(data)
 
 
-broadcast.observe(CHAT, _remember)
+app.observe(CHAT, _remember)
 
 
 def _history_snapshot() -> list[dict[str, Any]]:

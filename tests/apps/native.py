@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from prefork import runtime
 from prefork.app import App, HTTPError, Request, Response
 from prefork.uploads import UploadStore
 
@@ -69,7 +68,7 @@ def save(request: Request) -> dict[str, Any]:
     upload = request.files.get("file")
     if upload is None:
         raise HTTPError(400, "no file")
-    return UploadStore(runtime.current.uploads_dir).save(upload).to_dict()
+    return UploadStore(app.runtime.uploads_dir).save(upload).to_dict()
 
 
 if os.environ.get("PREFORK_TEST_STATIC"):

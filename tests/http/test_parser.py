@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 
 import pytest
 
@@ -583,7 +582,6 @@ def test_trickled_head_is_linear() -> None:
     parser = RequestParser(HttpLimits(max_header_count=2000))
     parser._buf = CountingBuffer()  # type: ignore[misc]
     CountingBuffer.scanned = 0
-    started = time.perf_counter()
     for i in range(len(data)):
         parser.feed(data[i : i + 1])
         event = parser.next_event()
@@ -591,8 +589,7 @@ def test_trickled_head_is_linear() -> None:
     # Byte-wise feeding costs three searches per call, each over the new byte
     # plus a 3-byte overlap, never over all earlier bytes: O(n), not O(n^2)
     # (which would be about len(data) / 2 = 32,000 times len(data)).
-    assert CountingBuffer.scanned < 16 * len(data)
-    assert time.perf_counter() - started < 5.0  # hang guard only, not a benchmark
+    assert CountingBuffer.scanned < 16 * len(data)  # counted, not timed: the same on any machine
 
 
 def test_direct_body_path_accounts_for_bytes_taken_outside_the_buffer() -> None:

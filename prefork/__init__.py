@@ -15,7 +15,7 @@ __all__ = ["App", "HTTPError", "Request", "Response", "__version__"]
 def __getattr__(name: str) -> Any:
     # Lazy so that importing prefork (e.g. for __version__) loads no server code.
     if name in ("App", "HTTPError", "Request", "Response"):
-        from prefork import app
+        from prefork.apps import app
 
         return getattr(app, name)
     raise AttributeError(f"module 'prefork' has no attribute {name!r}")

@@ -21,11 +21,11 @@ import stat
 import sys
 import traceback
 
-from prefork.config import Config
-from prefork.exit_codes import EXIT_BOOT, EXIT_CONFIG
-from prefork.loader import load_application
-from prefork.privileges import drop_privileges, resolve
-from prefork.runtime import Runtime
+from prefork.config.config import Config
+from prefork.process.exit_codes import EXIT_BOOT, EXIT_CONFIG
+from prefork.apps.loader import load_application
+from prefork.process.privileges import drop_privileges, resolve
+from prefork.apps.runtime import Runtime
 
 __all__ = ["check_config", "unwritable"]
 

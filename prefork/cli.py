@@ -20,18 +20,20 @@ import sys
 import tempfile
 from collections.abc import Sequence
 
-from prefork import __version__, cli_flags, reloader, systemd
+from prefork import __version__, cli_flags
+from prefork.apps import reloader
+from prefork.process import systemd
 from prefork.checks import check_config
-from prefork.config import COMMAND_LINE, Config, describe_config, load_config
-from prefork.config_values import format_size, parse_bind as check_bind
-from prefork.diskspace import free_bytes
-from prefork.errors import ConfigError
-from prefork.exit_codes import EXIT_BIND, EXIT_CONFIG
-from prefork.logs import error_log, setup_logging
-from prefork.master import Master
-from prefork.privileges import give_directories, service_owner, socket_owner
-from prefork.sockets import BindAddress, BindError, bind_listener, parse_bind
-from prefork.status import render_text
+from prefork.config.config import COMMAND_LINE, Config, describe_config, load_config
+from prefork.config.values import format_size, parse_bind as check_bind
+from prefork.staging.diskspace import free_bytes
+from prefork.protocol.errors import ConfigError
+from prefork.process.exit_codes import EXIT_BIND, EXIT_CONFIG
+from prefork.config.logs import error_log, setup_logging
+from prefork.supervisor.master import Master
+from prefork.process.privileges import give_directories, service_owner, socket_owner
+from prefork.process.sockets import BindAddress, BindError, bind_listener, parse_bind
+from prefork.process.status import render_text
 
 
 USAGE = """%(prog)s [-c FILE] [options] [APP]

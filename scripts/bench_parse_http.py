@@ -16,8 +16,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from prefork.http.events import Data  # noqa: E402
-from prefork.http.parser import ParserState, RequestParser, Signal  # noqa: E402
+from prefork.protocol.http.events import Data  # noqa: E402
+from prefork.protocol.http.parser import ParserState, RequestParser, Signal  # noqa: E402
 
 BROWSER_GET = (
     b"GET /static/app.js?v=3 HTTP/1.1\r\n"

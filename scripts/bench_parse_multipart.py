@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import time
 
-from prefork.multipart import MultipartParser, PartData
+from prefork.protocol.multipart import MultipartParser, PartData
 
 BOUNDARY = b"----WebKitFormBoundarycriD3u6M0UuPR1ia"
 PIECE = 64 * 1024

@@ -15,7 +15,7 @@ import random
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
-from prefork.errors import PreforkError
+from prefork.protocol.errors import PreforkError
 
 __all__ = ["Raised", "feed_variants", "random_splits"]
 

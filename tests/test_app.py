@@ -9,10 +9,10 @@ from typing import Any
 import pytest
 import requests
 
-from prefork.app import MAX_MEMORY_BODY, App, HTTPError, Request, Response
-from prefork.handlers import CompleteRequest, ResponseStream
-from prefork.http.events import Request as RequestHead
-from prefork.http.headers import Headers
+from prefork.apps.app import MAX_MEMORY_BODY, App, HTTPError, Request, Response
+from prefork.apps.handlers import CompleteRequest, ResponseStream
+from prefork.protocol.http.events import Request as RequestHead
+from prefork.protocol.http.headers import Headers
 
 APP = "tests.apps.native:app"
 

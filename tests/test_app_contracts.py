@@ -2,7 +2,7 @@
 
 The loader returns a ``LoadedApp`` whose capabilities are always present (a WSGI app
 parses no forms and has no WebSocket routes); the app gets its ``Runtime`` passed in
-(``App.bind``, ``environ["prefork.runtime"]``) instead of reading ``runtime.current``;
+(``App.bind``, ``environ["prefork.apps.runtime"]``) instead of reading ``runtime.current``;
 broadcast goes through the bound runtime's transport and observers live in a
 ``Subscribers`` registry; the status page is a wrapper around the loaded app; and
 the app side's modules are in no import cycle (``app`` ↔ ``static`` was one).
@@ -19,17 +19,17 @@ from typing import Any
 
 import pytest
 
-from prefork import demo
-from prefork.app import App, Request
-from prefork.broadcast import LocalTransport, Subscribers
-from prefork.handlers import CompleteRequest, LoadedApp, ResponseStream
-from prefork.http.events import Request as RequestHead
-from prefork.http.headers import Headers
-from prefork.loader import load_application
-from prefork.runtime import Runtime
-from prefork.scoreboard import Scoreboard
-from prefork.status import StatusPage
-from prefork.wsgi import WsgiApplication
+from prefork.apps import demo
+from prefork.apps.app import App, Request
+from prefork.apps.broadcast import LocalTransport, Subscribers
+from prefork.apps.handlers import CompleteRequest, LoadedApp, ResponseStream
+from prefork.protocol.http.events import Request as RequestHead
+from prefork.protocol.http.headers import Headers
+from prefork.apps.loader import load_application
+from prefork.apps.runtime import Runtime
+from prefork.process.scoreboard import Scoreboard
+from prefork.process.status import StatusPage
+from prefork.apps.wsgi import WsgiApplication
 
 PACKAGE = Path(__file__).resolve().parents[1] / "prefork"
 FORM_TYPE = "multipart/form-data; boundary=x"
@@ -103,7 +103,7 @@ def test_a_wsgi_app_finds_the_runtime_in_its_environ() -> None:
     facts = Runtime(uploads_dir="/srv/up", workers=3)
 
     def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
-        seen.append(environ["prefork.runtime"])
+        seen.append(environ["prefork.apps.runtime"])
         start_response("200 OK", [])
         return []
 
@@ -231,9 +231,9 @@ def test_the_loader_assembles_the_status_page(board: Scoreboard) -> None:
 
 
 # --- the app side has no import cycle ---------------------------------------------------------
-APP_SIDE = {"prefork.app", "prefork.messages", "prefork.static", "prefork.handlers", "prefork.loader",
-            "prefork.runtime", "prefork.broadcast", "prefork.demo", "prefork.status", "prefork.wsgi",
-            "prefork.uploads", "prefork.checks"}
+APP_SIDE = {"prefork.apps.app", "prefork.apps.messages", "prefork.apps.static", "prefork.apps.handlers", "prefork.apps.loader",
+            "prefork.apps.runtime", "prefork.apps.broadcast", "prefork.apps.demo", "prefork.process.status", "prefork.apps.wsgi",
+            "prefork.apps.uploads", "prefork.checks"}
 
 
 def _import_graph() -> dict[str, set[str]]:
@@ -283,8 +283,9 @@ def test_no_module_of_the_app_side_is_in_an_import_cycle() -> None:
 
 
 def test_static_builds_on_the_messages_not_on_the_router() -> None:
-    assert "prefork.app" not in _import_graph()["prefork.static"]
-    from prefork import messages, static
+    assert "prefork.apps.app" not in _import_graph()["prefork.apps.static"]
+    from prefork.apps import messages
+    from prefork.apps import static
 
     request = Request(complete("GET", "/x"), {})
     with pytest.raises(messages.HTTPError):

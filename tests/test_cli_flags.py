@@ -21,9 +21,9 @@ import requests
 
 from prefork.cli import build_parser, overrides
 from prefork.cli_flags import FLAGS
-from prefork.config import Config, ServerConfig, describe_config, load_config
-from prefork.config_values import UMASK_FORM, parse_umask
-from prefork.errors import ConfigError
+from prefork.config.config import Config, ServerConfig, describe_config, load_config
+from prefork.config.values import UMASK_FORM, parse_umask
+from prefork.protocol.errors import ConfigError
 from tests.server import REPO, Server, wait_for
 
 NO_ENV: dict[str, str] = {}

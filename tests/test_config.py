@@ -1,4 +1,4 @@
-"""Tests for prefork.config and prefork.config_values.
+"""Tests for prefork.config.config and prefork.config.values.
 
 Error messages are asserted as exact strings: they are the user interface of
 --check-config, and a test that only checks "raises" would let them rot.
@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from prefork.config import (
+from prefork.config.config import (
     Config,
     LimitsConfig,
     ServerConfig,
@@ -26,7 +26,7 @@ from prefork.config import (
     parse_list,
     parse_size,
 )
-from prefork.config_values import (
+from prefork.config.values import (
     BIND_FORM,
     format_duration,
     format_size,
@@ -35,9 +35,9 @@ from prefork.config_values import (
     parse_network,
     parse_origin,
 )
-from prefork.errors import ConfigError
-from prefork.limits import GiB, HttpLimits, KiB, MiB, WsLimits
-from prefork.worker_settings import http_limits, ws_limits
+from prefork.protocol.errors import ConfigError
+from prefork.protocol.limits import GiB, HttpLimits, KiB, MiB, WsLimits
+from prefork.worker.settings import http_limits, ws_limits
 
 SHIPPED = Path(__file__).resolve().parent.parent / "conf" / "server.ini"
 SECTIONS = [f.name for f in dataclasses.fields(Config) if f.name != "source"]

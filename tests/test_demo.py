@@ -8,9 +8,9 @@ from typing import Any
 
 import pytest
 
-from prefork import broadcast
-from prefork import demo
-from prefork.runtime import Runtime
+from prefork.apps import broadcast
+from prefork.apps import demo
+from prefork.apps.runtime import Runtime
 
 
 class FakeWs:

@@ -10,8 +10,10 @@ from typing import Any
 
 import pytest
 
-from prefork import broadcast, demo
-from prefork.runtime import Runtime
+from prefork.apps import broadcast
+
+from prefork.apps import demo
+from prefork.apps.runtime import Runtime
 from tests.server import Server
 from tests.test_demo import FakeWs
 from tests.test_server_websocket import CLOSE, TEXT, close_frame, frame, raw_ws

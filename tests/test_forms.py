@@ -1,4 +1,4 @@
-"""Tests for prefork.forms: fields in RAM, files in spools, cleanup on every error."""
+"""Tests for prefork.staging.forms: fields in RAM, files in spools, cleanup on every error."""
 
 from __future__ import annotations
 
@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from prefork.errors import BodyTooLarge, HeadersTooLarge, InsufficientStorage, MultipartError
-from prefork.forms import FormData, FormParser
-from prefork.limits import FormLimits
-from prefork.multipart import parse_boundary
+from prefork.protocol.errors import BodyTooLarge, HeadersTooLarge, InsufficientStorage, MultipartError
+from prefork.staging.forms import FormData, FormParser
+from prefork.protocol.limits import FormLimits
+from prefork.protocol.multipart import parse_boundary
 
 SEED = Path(__file__).parent / "data" / "seed_multipart.http"
 B = b"xYzZY"
@@ -188,7 +188,7 @@ def test_incomplete_body_and_abort(tmp_path: Path) -> None:
 
 
 def test_disk_full_is_507_and_aborts(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from prefork import spool
+    from prefork.staging import spool
 
     def full(self: spool.BodySpool, fd: int, data: bytes | bytearray | memoryview) -> None:
         raise OSError(28, "No space left on device")
@@ -300,8 +300,8 @@ def test_text_fields_over_their_total_are_413_in_every_split(tmp_path: Path) -> 
 
 
 def test_text_fields_count_in_the_ram_budget(tmp_path: Path) -> None:
-    from prefork.errors import ServiceUnavailable
-    from prefork.forms import FormSink
+    from prefork.protocol.errors import ServiceUnavailable
+    from prefork.staging.forms import FormSink
 
     content_type = b"multipart/form-data; boundary=" + B
     sink_args: dict[str, object] = {"limits": FormLimits(), "spool_threshold": 0, "spool_dir": str(tmp_path)}

@@ -1,4 +1,4 @@
-"""prefork.memory: the allocator policy, malloc_trim, the idle trimmer, and the no-op path.
+"""prefork.staging.memory: the allocator policy, malloc_trim, the idle trimmer, and the no-op path.
 
 The allocator tests run in a child process: they measure its RSS, and the
 policy they set must not leak into the test session.
@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from prefork import memory
+from prefork.staging import memory
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -34,7 +34,7 @@ needs_glibc = pytest.mark.skipif(not GLIBC, reason="mallopt/malloc_trim are glib
 _CHILD = """
 import sys
 import psutil
-from prefork import memory
+from prefork.staging import memory
 tuned = memory.tune() if sys.argv[1] == "tune" else False
 rss = lambda: psutil.Process().memory_info().rss / 2**20
 first = bytearray(16 << 20)  # freeing it makes glibc's mmap threshold 16 MiB (dynamic rule)
@@ -71,7 +71,7 @@ def test_glibc_keeps_freed_blocks_until_trim_and_tune_makes_it_return_them_at_on
 @needs_glibc
 def test_tune_and_trim_report_success_on_glibc() -> None:
     assert memory._glibc() is not None
-    result = subprocess.run([sys.executable, "-c", "from prefork import memory; print(memory.tune())"],
+    result = subprocess.run([sys.executable, "-c", "from prefork.staging import memory; print(memory.tune())"],
                             capture_output=True, text=True, timeout=60, cwd=REPO,
                             env=dict(os.environ, PYTHONPATH=str(REPO)), check=True)
     assert result.stdout.strip() == "True"
@@ -142,7 +142,7 @@ def test_idle_hooks_are_registered_once_and_all_run(monkeypatch: pytest.MonkeyPa
 
 
 def test_the_write_behind_ring_is_an_idle_hook(monkeypatch: pytest.MonkeyPatch) -> None:
-    from prefork import writebehind
+    from prefork.staging import writebehind
 
     monkeypatch.setattr(memory, "_idle_hooks", [])
     helper = writebehind.new_helper()  # a worker's helper

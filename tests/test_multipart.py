@@ -1,4 +1,4 @@
-"""Tests for prefork.multipart: every input whole, byte by byte, in random splits."""
+"""Tests for prefork.protocol.multipart: every input whole, byte by byte, in random splits."""
 
 from __future__ import annotations
 
@@ -12,10 +12,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from prefork.errors import BodyTooLarge, HeadersTooLarge, MultipartError, ProtocolError
-from prefork.limits import FormLimits
-from prefork.mediatype import HeaderValue, parse_header_value
-from prefork.multipart import (
+from prefork.protocol.errors import BodyTooLarge, HeadersTooLarge, MultipartError, ProtocolError
+from prefork.protocol.limits import FormLimits
+from prefork.protocol.mediatype import HeaderValue, parse_header_value
+from prefork.protocol.multipart import (
     KEEP_BUFFER,
     MultipartParser,
     PartData,

@@ -7,8 +7,8 @@ import random
 import psutil
 import pytest
 
-from prefork.rambuffer import SMALL_BODY, RamBuffer
-from prefork.spool import BodySpool
+from prefork.staging.rambuffer import SMALL_BODY, RamBuffer
+from prefork.staging.spool import BodySpool
 
 MiB = 1024 * 1024
 

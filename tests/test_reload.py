@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 import requests
 
-from prefork import reloader
-from prefork.loader import failure_app, failure_files, load_application
+from prefork.apps import reloader
+from prefork.apps.loader import failure_app, failure_files, load_application
 from tests.server import Server, wait_for
 
 APP_V1 = "def app(environ, start_response):\n    start_response('200 OK', [])\n    return [b'v1']\n"

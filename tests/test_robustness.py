@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from prefork.broadcast import Hub, WorkerLink, encode
+from prefork.apps.broadcast import Hub, WorkerLink, encode
 from tests.server import Server, wait_for
 
 

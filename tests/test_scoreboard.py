@@ -6,7 +6,7 @@ import os
 import signal
 import time
 
-from prefork.scoreboard import Scoreboard
+from prefork.process.scoreboard import Scoreboard
 
 
 def test_the_budget_lock_is_released_when_its_holder_is_killed() -> None:

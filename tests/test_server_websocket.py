@@ -2,7 +2,7 @@
 
 Strategy: ``websocket-client`` where only messages matter (echo sizes,
 broadcast); a hand-written raw client (``RawWS``: handshake by hand, frames
-masked here, independent of ``prefork.websocket``) where the bytes on the wire
+masked here, independent of ``prefork.protocol.websocket``) where the bytes on the wire
 matter: many frames in one write, one byte per write, handshake and frame in
 one write, protocol violations, permessage-deflate, pings nobody answers, a
 peer that never reads. Every socket has a timeout, every wait a deadline.

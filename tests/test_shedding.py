@@ -142,7 +142,7 @@ class _Fake:
 
 
 def test_shedder_takes_the_oldest_waiting_first_and_skips_busy_ones() -> None:
-    from prefork.shedding import IdleShedder
+    from prefork.worker.shedding import IdleShedder
 
     busy, old, older, fresh = _Fake(None), _Fake(5.0), _Fake(1.0, arrives=True), _Fake(9.0)
     shedder = IdleShedder(4)

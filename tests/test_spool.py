@@ -1,4 +1,4 @@
-"""Tests for prefork.spool.BodySpool: RAM/disk switch, limits, cleanup, move_to."""
+"""Tests for prefork.staging.spool.BodySpool: RAM/disk switch, limits, cleanup, move_to."""
 
 from __future__ import annotations
 
@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from prefork.errors import BodyTooLarge, InsufficientStorage
-from prefork.rambuffer import RamBuffer
-from prefork.spool import BodySpool, remove_stale_files
+from prefork.protocol.errors import BodyTooLarge, InsufficientStorage
+from prefork.staging.rambuffer import RamBuffer
+from prefork.staging.spool import BodySpool, remove_stale_files
 
 DATA = b"".join(b"line %d\n" % i for i in range(200)) + b"no newline at end"
 
@@ -177,7 +177,7 @@ def test_on_disk_bytes_accounting(tmp_path: Path) -> None:
 
 _CHILD = """
 import os, sys
-from prefork.spool import BodySpool
+from prefork.staging.spool import BodySpool
 cls = BodySpool
 if sys.argv[2] == "named":
     class cls(BodySpool):
@@ -352,7 +352,7 @@ def test_min_free_disk_is_kept_as_a_body_grows(tmp_path: Path, cls: type[BodySpo
     """A body of unknown length: free space is checked when it goes to disk, then every
     CHECK_STEP bytes (not per write); once the next bytes would leave less than
     min_free_disk, 507 and the staging file is gone (issue 12)."""
-    from prefork import diskspace
+    from prefork.staging import diskspace
 
     MiB = 1 << 20
     disk = _ShrinkingDisk(free=100 * MiB)

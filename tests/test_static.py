@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import requests
 
-from prefork.static import content_disposition, guess_type, safe_join
+from prefork.apps.static import content_disposition, guess_type, safe_join
 from tests.server import request
 
 DATA = bytes((i * 7 + 3) % 256 for i in range(10_000))

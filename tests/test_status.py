@@ -256,7 +256,7 @@ def test_scoreboard_totals_never_dip_or_double_while_workers_retire() -> None:
     the retired total) or not at all, about once per 30 000 reads here: a probabilistic guard.
     """
     ROUNDS = 5000
-    from prefork.scoreboard import Scoreboard
+    from prefork.process.scoreboard import Scoreboard
 
     board = Scoreboard(4, 1 << 20)
     live = board.claim(0, 1)

@@ -17,10 +17,10 @@ import psutil
 import pytest
 import requests
 
-from prefork.errors import InsufficientStorage
-from prefork.forms import FormParser, UploadedFile
-from prefork.limits import FormLimits
-from prefork.uploads import MAX_DISPLAY_NAME, UploadStore, choose_extension, display_name
+from prefork.protocol.errors import InsufficientStorage
+from prefork.staging.forms import FormParser, UploadedFile
+from prefork.protocol.limits import FormLimits
+from prefork.apps.uploads import MAX_DISPLAY_NAME, UploadStore, choose_extension, display_name
 from tests.server import RawClient, Server, send_until_answered, staging_fds, wait_for
 
 MiB = 1 << 20
@@ -163,7 +163,7 @@ def test_same_filename_twice_never_overwrites(dirs: tuple[Path, Path]) -> None:
 
 
 def test_gallery_escapes_display_names(dirs: tuple[Path, Path]) -> None:
-    from prefork.demo import _gallery_item
+    from prefork.apps.demo import _gallery_item
 
     staging, uploads = dirs
     store = UploadStore(uploads)

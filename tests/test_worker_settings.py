@@ -1,6 +1,6 @@
 """Settings are defined once: the config schema holds the defaults, one translation fills the rest.
 
-``prefork.worker_settings`` turns a validated ``Config`` into the plain settings
+``prefork.worker.settings`` turns a validated ``Config`` into the plain settings
 objects the worker, its connections and the protocol code read. These tests keep
 a second set of defaults from creeping back (every default a settings class still
 has must be what the schema gives) and keep the translation complete (every key
@@ -13,10 +13,10 @@ import dataclasses
 from collections.abc import Iterator
 from pathlib import Path
 
-from prefork.config import Config, LimitsConfig, WebSocketConfig, load_config
-from prefork.limits import GiB, KiB, MiB, FormLimits, HttpLimits, WsLimits
-from prefork.settings import ConnectionSettings
-from prefork.worker_settings import (
+from prefork.config.config import Config, LimitsConfig, WebSocketConfig, load_config
+from prefork.protocol.limits import GiB, KiB, MiB, FormLimits, HttpLimits, WsLimits
+from prefork.config.settings import ConnectionSettings
+from prefork.worker.settings import (
     URL_SCHEME,
     WorkerSettings,
     form_limits,
@@ -24,7 +24,7 @@ from prefork.worker_settings import (
     worker_settings,
     ws_limits,
 )
-from prefork.wsconn import UpgradeSettings, WsSettings
+from prefork.worker.wsconn import UpgradeSettings, WsSettings
 
 SETTINGS_CLASSES = {WorkerSettings, ConnectionSettings, HttpLimits, FormLimits, UpgradeSettings, WsSettings,
                     WsLimits}

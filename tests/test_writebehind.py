@@ -16,12 +16,12 @@ from pathlib import Path
 
 import pytest
 
-from prefork import writebehind
-from prefork.errors import InsufficientStorage
-from prefork.forms import FormSink
-from prefork.limits import FormLimits
-from prefork.spool import BodySpool
-from prefork.writebehind import MIN_CHUNK, WriteBehind, WriteBehindHelper
+from prefork.staging import writebehind
+from prefork.protocol.errors import InsufficientStorage
+from prefork.staging.forms import FormSink
+from prefork.protocol.limits import FormLimits
+from prefork.staging.spool import BodySpool
+from prefork.staging.writebehind import MIN_CHUNK, WriteBehind, WriteBehindHelper
 from tests.server import wait_for
 
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from prefork import wsgi
-from prefork.wsgi import _check_headers
+from prefork.apps import wsgi
+from prefork.apps.wsgi import _check_headers
 
 
 @pytest.mark.parametrize("repeat", [1, 2, 3])  # the second and third time come from the cache

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from prefork.app import Request
+from prefork.apps.app import Request
 from tests.apps.native import app
 
 __all__ = ["app"]

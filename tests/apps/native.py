@@ -12,8 +12,8 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from prefork.app import App, HTTPError, Request, Response
-from prefork.uploads import UploadStore
+from prefork.apps.app import App, HTTPError, Request, Response
+from prefork.apps.uploads import UploadStore
 
 app = App()
 

@@ -43,7 +43,7 @@ def _save(environ: dict[str, Any], start_response: Callable[..., Any]) -> list[b
     name = f"raw-{os.urandom(8).hex()}.bin"
     digest, size = hashlib.sha256(), 0
     stream = environ["wsgi.input"]
-    with open(os.path.join(environ["prefork.runtime"].uploads_dir, name), "wb") as out:
+    with open(os.path.join(environ["prefork.apps.runtime"].uploads_dir, name), "wb") as out:
         while chunk := stream.read(1 << 20):
             out.write(chunk)
             digest.update(chunk)

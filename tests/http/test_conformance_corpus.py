@@ -19,9 +19,9 @@ from typing import Any
 
 import pytest
 
-from prefork.errors import ProtocolError
-from prefork.http.events import ConnectionClosed, Data, EndOfMessage, Request, Signal
-from prefork.http.parser import ParserState, RequestParser
+from prefork.protocol.errors import ProtocolError
+from prefork.protocol.http.events import ConnectionClosed, Data, EndOfMessage, Request, Signal
+from prefork.protocol.http.parser import ParserState, RequestParser
 
 
 def _corpus_dir() -> Path:

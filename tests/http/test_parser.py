@@ -1,12 +1,12 @@
-"""Unit tests for prefork.http.parser, every input run through feed_variants."""
+"""Unit tests for prefork.protocol.http.parser, every input run through feed_variants."""
 
 from __future__ import annotations
 
 
 import pytest
 
-from prefork.buffer import ReceiveBuffer
-from prefork.errors import (
+from prefork.protocol.buffer import ReceiveBuffer
+from prefork.protocol.errors import (
     BadRequest,
     BodyTooLarge,
     HeadersTooLarge,
@@ -16,10 +16,10 @@ from prefork.errors import (
     UriTooLong,
     VersionNotSupported,
 )
-from prefork.http.events import ConnectionClosed, Data, EndOfMessage, Request, Signal
-from prefork.http.headers import Headers
-from prefork.http.parser import ParserState, RequestParser
-from prefork.limits import HttpLimits
+from prefork.protocol.http.events import ConnectionClosed, Data, EndOfMessage, Request, Signal
+from prefork.protocol.http.headers import Headers
+from prefork.protocol.http.parser import ParserState, RequestParser
+from prefork.protocol.limits import HttpLimits
 from tests.helpers import Raised, feed_variants
 
 NEXT = b"GET /next HTTP/1.1\r\nHost: n\r\n\r\n"

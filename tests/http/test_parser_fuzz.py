@@ -7,10 +7,10 @@ import random
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from prefork.errors import ProtocolError
-from prefork.http.events import ConnectionClosed, Data, EndOfMessage, Request, Signal
-from prefork.http.parser import ParserState, RequestParser
-from prefork.limits import HttpLimits
+from prefork.protocol.errors import ProtocolError
+from prefork.protocol.http.events import ConnectionClosed, Data, EndOfMessage, Request, Signal
+from prefork.protocol.http.parser import ParserState, RequestParser
+from prefork.protocol.limits import HttpLimits
 from tests.helpers import random_splits
 
 TCHARS = "!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"

@@ -1,4 +1,4 @@
-"""Tests for prefork.http.response."""
+"""Tests for prefork.protocol.http.response."""
 
 from __future__ import annotations
 
@@ -7,10 +7,10 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from prefork.http import response
-from prefork.http.events import Request
-from prefork.http.headers import Headers
-from prefork.http.response import (
+from prefork.protocol.http import response
+from prefork.protocol.http.events import Request
+from prefork.protocol.http.headers import Headers
+from prefork.protocol.http.response import (
     CONTINUE,
     LAST_CHUNK,
     ResponseWriter,

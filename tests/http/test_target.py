@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from prefork.errors import BadRequest
-from prefork.http.events import Request
+from prefork.protocol.errors import BadRequest
+from prefork.protocol.http.events import Request
 from tests.http.test_parser import events_of, rejected
 
 

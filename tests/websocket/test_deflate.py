@@ -1,4 +1,4 @@
-"""Tests for prefork.websocket.deflate: negotiation matrix, codec, zip bombs."""
+"""Tests for prefork.protocol.websocket.deflate: negotiation matrix, codec, zip bombs."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from prefork.errors import WebSocketError
-from prefork.websocket.deflate import DeflateParams, PerMessageDeflate, negotiate
+from prefork.protocol.errors import WebSocketError
+from prefork.protocol.websocket.deflate import DeflateParams, PerMessageDeflate, negotiate
 
 PMD = "permessage-deflate"
 TAIL = b"\x00\x00\xff\xff"

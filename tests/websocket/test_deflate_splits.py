@@ -14,9 +14,9 @@ import zlib
 
 import pytest
 
-from prefork.websocket.deflate import DeflateParams
-from prefork.websocket.frames import Frame, FrameParser, Opcode, serialize_frame
-from prefork.websocket.protocol import BytesMessage, TextMessage, WebSocketConnection
+from prefork.protocol.websocket.deflate import DeflateParams
+from prefork.protocol.websocket.frames import Frame, FrameParser, Opcode, serialize_frame
+from prefork.protocol.websocket.protocol import BytesMessage, TextMessage, WebSocketConnection
 from tests.helpers import feed_variants
 
 MASK = b"\x0a\x0b\x0c\x0d"

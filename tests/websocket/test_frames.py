@@ -1,4 +1,4 @@
-"""Tests for prefork.websocket.frames: every length form, mask and violation.
+"""Tests for prefork.protocol.websocket.frames: every length form, mask and violation.
 
 Every valid input is fed whole, byte by byte and in seeded random splits, and
 must give the same frames (STYLE.md "three kinds of parser tests").
@@ -13,8 +13,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from prefork.errors import WebSocketError
-from prefork.websocket.frames import (
+from prefork.protocol.errors import WebSocketError
+from prefork.protocol.websocket.frames import (
     CloseCode,
     Frame,
     FrameHeader,
@@ -310,7 +310,7 @@ def test_opcode_helpers() -> None:
 @pytest.mark.parametrize("size", [1, 3, 4, 5, 125, 126, 65537])
 def test_mask_implementations_agree_with_the_rfc_definition(size: int) -> None:
     # RFC 6455 §5.3: j = i MOD 4; transformed-octet-i = original-octet-i XOR masking-key-octet-j
-    from prefork.websocket import frames
+    from prefork.protocol.websocket import frames
 
     payload = bytes((i * 7 + 3) % 256 for i in range(size))
     key = b"\x01\x80\xfe\x37"

@@ -1,12 +1,12 @@
-"""Tests for prefork.websocket.handshake: accept key, every refusal, token lists."""
+"""Tests for prefork.protocol.websocket.handshake: accept key, every refusal, token lists."""
 
 from __future__ import annotations
 
 import pytest
 
-from prefork.errors import ProtocolError
-from prefork.websocket.deflate import DeflateParams
-from prefork.websocket.handshake import (
+from prefork.protocol.errors import ProtocolError
+from prefork.protocol.websocket.deflate import DeflateParams
+from prefork.protocol.websocket.handshake import (
     HandshakeError,
     HandshakeRequest,
     accept_key,

@@ -9,10 +9,10 @@ import zlib
 
 import pytest
 
-from prefork.websocket.budget import InflateBudget
-from prefork.websocket.deflate import DeflateParams
-from prefork.websocket.frames import Frame, FrameParser, Opcode, serialize_frame
-from prefork.websocket.protocol import (
+from prefork.protocol.websocket.budget import InflateBudget
+from prefork.protocol.websocket.deflate import DeflateParams
+from prefork.protocol.websocket.frames import Frame, FrameParser, Opcode, serialize_frame
+from prefork.protocol.websocket.protocol import (
     BytesMessage,
     CloseReceived,
     ConnState,

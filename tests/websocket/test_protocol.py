@@ -1,4 +1,4 @@
-"""Tests for prefork.websocket.protocol: messages, UTF-8, limits, closing."""
+"""Tests for prefork.protocol.websocket.protocol: messages, UTF-8, limits, closing."""
 
 from __future__ import annotations
 
@@ -11,10 +11,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from prefork.limits import WsLimits
-from prefork.websocket.deflate import DeflateParams
-from prefork.websocket.frames import Frame, FrameParser, Opcode, serialize_frame
-from prefork.websocket.protocol import (
+from prefork.protocol.limits import WsLimits
+from prefork.protocol.websocket.deflate import DeflateParams
+from prefork.protocol.websocket.frames import Frame, FrameParser, Opcode, serialize_frame
+from prefork.protocol.websocket.protocol import (
     BytesMessage,
     CloseReceived,
     ConnState,

@@ -1,0 +1,50 @@
+"""The plain settings a connection runs with.
+
+Strategy: the worker derives these from the configuration once, so the
+per-connection code reads a frozen dataclass of plain values and never the
+config object (the same rule as for the protocol layer's limits). The fields
+have no defaults: ``prefork.worker.settings.connection_settings`` is the one
+place they are filled in, from the validated ``Config``, whose schema holds the
+defaults; a second set here could only drift from it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from prefork.protocol.limits import FormLimits, HttpLimits
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionSettings:
+    """What a connection needs to know of the configuration (plain values only).
+
+    Attributes:
+        http_limits: the request parser's limits (``[limits]``).
+        header_timeout: seconds for the request line and headers -> 408.
+        keepalive_timeout: seconds an idle keep-alive connection stays open.
+        send_timeout: seconds a client may accept no response bytes.
+        body_min_rate: slowest body upload in bytes per second (0: no minimum).
+        body_rate_window: seconds over which ``body_min_rate`` is averaged.
+        staging_dir: where bodies go past ``memory_threshold`` (None: system temp).
+        memory_threshold: body bytes that may stay in RAM.
+        min_free_disk: bytes that must stay free in the staging directory.
+        url_scheme: ``wsgi.url_scheme`` (``http`` until TLS exists).
+        form_limits: the multipart parser's limits (``[limits]``).
+        max_file_size: largest uploaded file (None: only ``max_body_size``).
+        checksum: SHA-256 of file parts while they arrive.
+    """
+
+    http_limits: HttpLimits
+    header_timeout: float
+    keepalive_timeout: float
+    send_timeout: float
+    body_min_rate: int
+    body_rate_window: float
+    staging_dir: str | None
+    memory_threshold: int
+    min_free_disk: int
+    url_scheme: str
+    form_limits: FormLimits
+    max_file_size: int | None
+    checksum: bool

@@ -1,0 +1,1 @@
+"""What the master and workers share: scoreboard, status page, sockets, systemd, privileges."""

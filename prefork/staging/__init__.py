@@ -1,0 +1,1 @@
+"""Request bodies on their way in: RAM buffers, spools, write-behind, forms, disk checks."""

@@ -1,0 +1,1 @@
+"""The master: forks workers and supervises them."""

@@ -1,0 +1,1 @@
+"""One worker process: event loop, connections, WebSocket sessions, handler pool."""

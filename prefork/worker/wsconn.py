@@ -60,13 +60,13 @@ MAX_QUEUED_INPUT = 4 * 1024 * 1024
 
 @dataclass(frozen=True, slots=True)
 class WsSettings:
-    """Plain WebSocket settings for sessions."""
+    """Plain WebSocket settings for sessions (built from ``[websocket]`` by prefork.worker.settings)."""
 
-    ping_interval: float = 20.0
-    ping_timeout: float = 20.0
-    close_timeout: float = 10.0
-    send_buffer: int = 16 * 1024 * 1024
-    message_timeout: float = 60.0  # 0: no limit
+    ping_interval: float
+    ping_timeout: float
+    close_timeout: float
+    send_buffer: int
+    message_timeout: float  # 0: no limit
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,9 +75,9 @@ class UpgradeSettings:
 
     limits: WsLimits
     session: WsSettings
-    compression: bool = True
-    allowed_origins: tuple[str, ...] = ()
-    inflate_budget: int = 64 * 1024 * 1024  # per worker: see prefork.protocol.websocket.budget
+    compression: bool
+    allowed_origins: tuple[str, ...]
+    inflate_budget: int  # per worker: see prefork.protocol.websocket.budget
 
 
 class WsLoopServices(Protocol):

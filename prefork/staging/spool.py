@@ -8,13 +8,10 @@ RAM bytes are flushed once to a staging file and later writes go straight to it.
 body; reads use ``os.pread``/``os.preadv`` on the file descriptor, so the read
 position is ours and never fights the write offset.
 
-Staging files must not outlive a SIGKILLed worker (DESIGN §3): we open them
-unnamed with ``O_TMPFILE`` and fall back to ``prefork-<pid>-<hex>.part`` names
-that the master removes with ``remove_stale_files(dir, pid)``. ``move_to()``
-publishes a sealed body without ever leaving a partial file at the
-destination and without overwriting: link the inode into place (rename-like,
-no copy); across filesystems copy into an unnamed or temporary file in the
-destination directory and link that into place.
+Staging files must not outlive a SIGKILLed worker (DESIGN §3): they are unnamed
+(``O_TMPFILE``) or named by PID for ``remove_stale_files``. ``move_to()`` publishes
+a sealed body, never partial, never overwriting: it links the inode into place
+(no copy), or across filesystems copies it there (``prefork.staging.stagingfile``).
 
 Disk full (ENOSPC/EDQUOT) raises ``InsufficientStorage`` (507) and removes the
 partial file, and so does growing past ``min_free_disk`` (``diskspace.FreeSpaceGuard``,
@@ -23,8 +20,6 @@ checked before the bytes are written); exceeding ``max_size`` raises ``BodyTooLa
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import errno
 import hashlib
 import io
@@ -33,23 +28,16 @@ import tempfile
 from collections.abc import Callable, Iterator
 from typing import Any, Protocol
 
-from prefork.staging.diskspace import FreeSpaceGuard, remove_stale_files, staging_name
+from prefork.staging.diskspace import FreeSpaceGuard, remove_stale_files
 from prefork.protocol.errors import BodyTooLarge, InsufficientStorage
 from prefork.staging.rambuffer import RamBuffer
+from prefork.staging.stagingfile import DISK_FULL, copy_into_place, link_fd, open_named, open_staging_file, write_all
 from prefork.staging.writebehind import WriteBehind, WriteBehindHelper
 
 __all__ = ["BodySpool", "MemoryBudget", "remove_stale_files"]
 
-#: errno values that mean "the disk is full" -> 507 (DESIGN §6).
-_DISK_FULL = frozenset({errno.ENOSPC, errno.EDQUOT})
-#: errno values from open(O_TMPFILE) meaning "not supported here": EISDIR on
-#: kernels that predate O_TMPFILE (it includes O_DIRECTORY), EOPNOTSUPP on
-#: filesystems without ->tmpfile, EINVAL on some FUSE mounts.
-_NO_TMPFILE = frozenset({errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL})
 #: Copy and readline block size; 1 MiB keeps syscall overhead negligible.
 _COPY_CHUNK = 1 << 20
-_AT_FDCWD = -100
-_AT_EMPTY_PATH = 0x1000
 
 
 class MemoryBudget(Protocol):
@@ -62,24 +50,6 @@ class MemoryBudget(Protocol):
     def release(self, nbytes: int) -> None:
         """Give back ``nbytes`` previously reserved."""
         ...
-
-
-def _link_empty_path(fd: int, dest: str) -> None:
-    """linkat(fd, "", AT_FDCWD, dest, AT_EMPTY_PATH) through libc.
-
-    Needed because linkat through /proc/self/fd fails with EXDEV on some
-    kernels and sandboxes (observed on our CI VMs).
-    """
-    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-    if libc.linkat(fd, b"", _AT_FDCWD, os.fsencode(dest), _AT_EMPTY_PATH) != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, os.strerror(err), dest)
-
-
-def _write_all(fd: int, data: bytes | bytearray | memoryview) -> None:
-    view = memoryview(data).cast("B")
-    while view:
-        view = view[os.write(fd, view):]
 
 
 class BodySpool(io.RawIOBase):
@@ -306,7 +276,7 @@ class BodySpool(io.RawIOBase):
 
     def _storage_failed(self, exc: OSError) -> None:
         """A staging write failed: disk full is 507 (the file goes), the rest is raised as is."""
-        if exc.errno not in _DISK_FULL:
+        if exc.errno not in DISK_FULL:
             raise exc
         self._drop_file()
         raise InsufficientStorage(f"disk full while staging body in {self._dir!r}: {exc.strerror}") from exc
@@ -318,46 +288,20 @@ class BodySpool(io.RawIOBase):
 
     # Seams for tests (fault injection); production code uses them as-is.
     def _write_to_file(self, fd: int, data: bytes | bytearray | memoryview) -> None:
-        _write_all(fd, data)
+        write_all(fd, data)
 
     def _open_file(self, dir: str) -> tuple[int, str | None]:
         """Open a staging file in ``dir``: unnamed if possible, else by PID."""
-        try:
-            return os.open(dir, os.O_TMPFILE | os.O_RDWR | os.O_CLOEXEC, 0o600), None
-        except OSError as exc:
-            if exc.errno not in _NO_TMPFILE:
-                raise
-        return self._open_named(dir)
+        return open_staging_file(dir)
 
-    @staticmethod
-    def _open_named(dir: str) -> tuple[int, str | None]:
-        path = os.path.join(dir, staging_name())
-        return os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600), path
+    _open_named = staticmethod(open_named)
 
     def _link(self, src: str, dest: str) -> None:
         os.link(src, dest)
 
     def _link_fd(self, fd: int, dest: str) -> None:
-        """Give an unnamed (O_TMPFILE) inode the name ``dest``.
-
-        Raises:
-            FileExistsError: ``dest`` exists.
-            OSError: EXDEV when the inode cannot be linked there (copy instead).
-        """
-        try:
-            os.link(f"/proc/self/fd/{fd}", dest, follow_symlinks=True)
-            return
-        except OSError as exc:
-            if exc.errno == errno.EEXIST:
-                raise
-        try:
-            _link_empty_path(fd, dest)
-        except OSError as exc:
-            if exc.errno == errno.EEXIST:
-                raise FileExistsError(errno.EEXIST, "File exists", dest) from None
-            # ENOENT/EPERM: AT_EMPTY_PATH needs CAP_DAC_READ_SEARCH; treat as
-            # "cannot link" so the caller copies.
-            raise OSError(errno.EXDEV, f"cannot link unnamed file: {exc.strerror}", dest) from exc
+        """Give an unnamed (O_TMPFILE) inode the name ``dest`` (``stagingfile.link_fd``)."""
+        link_fd(fd, dest)
 
     # -- lifecycle ----------------------------------------------------------
     def seal(self) -> None:
@@ -509,8 +453,9 @@ class BodySpool(io.RawIOBase):
         if not self._sealed or self._moved_to is not None:
             raise ValueError("move_to needs a sealed spool that was not moved yet")
         target = os.fspath(dest)
-        if self._fd is None or not self._try_link(target):
-            self._copy_to(target)
+        if self._fd is None or not self._try_link(target):  # copy next to target, link the copy
+            copy_into_place(target, self._copy_into, open_file=self._open_file, open_named=self._open_named,
+                            link=self._link, link_fd=self._link_fd)
         self._moved_to = target
 
     def _try_link(self, dest: str) -> bool:
@@ -528,37 +473,6 @@ class BodySpool(io.RawIOBase):
                 return False
             raise
         return True
-
-    def _copy_to(self, dest: str) -> None:
-        """Copy the body next to ``dest``, then link the copy into place."""
-        directory = os.path.dirname(os.path.abspath(dest))
-        try:
-            if not self._copy_and_link(dest, directory, named=False):
-                # The unnamed copy could not be linked: repeat with a named file.
-                self._copy_and_link(dest, directory, named=True)
-        except OSError as exc:
-            if exc.errno in _DISK_FULL:
-                raise InsufficientStorage(f"disk full while saving to {dest!r}: {exc.strerror}") from exc
-            raise
-
-    def _copy_and_link(self, dest: str, directory: str, *, named: bool) -> bool:
-        fd, tmp = self._open_named(directory) if named else self._open_file(directory)
-        try:
-            self._copy_into(fd)
-            if tmp is not None:
-                self._link(tmp, dest)
-                return True
-            try:
-                self._link_fd(fd, dest)
-            except OSError as exc:
-                if exc.errno == errno.EXDEV:
-                    return False
-                raise
-            return True
-        finally:
-            os.close(fd)
-            if tmp is not None:
-                os.unlink(tmp)
 
     def _copy_into(self, fd: int) -> None:
         for chunk in self._chunks():

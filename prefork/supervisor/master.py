@@ -2,7 +2,7 @@
 
 Strategy: gunicorn's arbiter, kept small. Signal handlers do nothing but let
 ``signal.set_wakeup_fd`` write the signal number into a pipe; the loop reads
-it and calls ``handle_<name>``. Children are reaped with ``waitpid(WNOHANG)``
+it and calls ``handle_<name>`` (``signal_pipe.py``). Children are reaped with ``waitpid(WNOHANG)``
 and their cause of death logged; a worker that exits with WORKER_BOOT_ERROR
 (it could not load the app) stops the master with that code instead of a
 respawn loop. Liveness comes from the heartbeat each worker writes into its
@@ -21,6 +21,7 @@ from typing import Any
 
 from prefork.process import systemd
 from prefork.supervisor.boot_backoff import BootBackoff, describe_status
+from prefork.supervisor.signal_pipe import SignalPipe
 from prefork.apps.broadcast import Hub
 from prefork.config.config import Config, load_config
 from prefork.protocol.errors import ConfigError
@@ -39,7 +40,6 @@ STATUS_INTERVAL = 5.0
 SPARE_SLOTS = 2
 # Between SIGABRT (stacks to the error log) and SIGKILL for a worker whose heartbeat stopped.
 ABORT_GRACE = 2.0
-_HANDLED = ("HUP", "TERM", "INT", "QUIT", "TTIN", "TTOU", "USR1", "CHLD")
 
 
 @dataclass(slots=True)
@@ -101,7 +101,7 @@ class Master:
             self.exit_code = EXIT_CONFIG
             self._cleanup()
             return self.exit_code
-        self._install_signals()
+        self._signals = SignalPipe()
         names = ", ".join(describe_listener(s) for s in self.listeners)
         error_log.info("prefork master %d listening on %s with %d workers", os.getpid(), names,
                        self.num_workers)
@@ -128,35 +128,16 @@ class Master:
             self._cleanup()
         return self.exit_code
 
-    def _install_signals(self) -> None:
-        self._sig_read, self._sig_write = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-        signal.set_wakeup_fd(self._sig_write, warn_on_full_buffer=False)
-        for name in _HANDLED:
-            signal.signal(getattr(signal, "SIG" + name), lambda *_: None)
-
     def _wait_for_signals(self, timeout: float) -> None:
-        readers: list[Any] = [self._sig_read, *self.hub.readers()]
+        readers: list[Any] = [self._signals.fd, *self.hub.readers()]
         ready, writable, _ = select.select(readers, self.hub.writers(), [], timeout)
         for link in writable:
             self.hub.on_writable(link)
         for link in ready:
-            if link != self._sig_read:
+            if link != self._signals.fd:
                 self.hub.on_readable(link)
-        if self._sig_read not in ready:
-            return
-        try:
-            data = os.read(self._sig_read, 256)
-        except BlockingIOError:
-            return
-        for signum in data:
-            name = signal.Signals(signum).name[3:]
-            handler = getattr(self, "handle_" + name.lower(), None)
-            if handler is None:
-                continue
-            try:
-                handler()
-            except Exception as exc:  # a signal must never take the master (and the port) down
-                error_log.error("handling SIG%s failed, the master keeps running: %s", name, exc, exc_info=exc)
+        if self._signals.fd in ready:
+            self._signals.dispatch(self)
 
     # --- workers ----------------------------------------------------------------
     def _spawn_missing(self) -> None:
@@ -196,11 +177,7 @@ class Master:
     def _become_worker(self, settings: WorkerSettings, index: int, link: socket.socket) -> None:
         code = 1
         try:
-            signal.set_wakeup_fd(-1)
-            os.close(self._sig_read)
-            os.close(self._sig_write)
-            for name in _HANDLED:
-                signal.signal(getattr(signal, "SIG" + name), signal.SIG_DFL)
+            self._signals.close_in_child()
             try:
                 drop_privileges(self.cfg.server.user, self.cfg.server.group)
             except (ValueError, OSError) as exc:

@@ -4,9 +4,9 @@ Strategy: the websockets-style triple ``receive_data`` / ``events_received``
 / ``data_to_send``. Received bytes go to a ``FrameParser`` whose header hook
 checks message sequencing and the cumulative message size before a payload
 is buffered; data frames then stream in pieces as their bytes arrive and
-update the message in progress. TEXT payloads go through an incremental UTF-8
-decoder piece by piece, so invalid UTF-8 fails as soon as the bad bytes
-arrive, even mid-frame; compressed messages are inflated piece by piece with
+update the message in progress (a ``MessageAssembler``: TEXT payloads go
+through an incremental UTF-8 decoder piece by piece, so invalid UTF-8 fails
+as soon as the bad bytes arrive, even mid-frame); compressed messages are inflated piece by piece with
 the remaining size as the cap; what an unfinished compressed message holds
 is reserved from the worker's ``InflateBudget`` (1009 when it is spent) and
 given back when the message completes or the connection ends. Every
@@ -24,11 +24,9 @@ I/O layer can hold them against its send buffer without queueing them.
 
 from __future__ import annotations
 
-import codecs
-from dataclasses import dataclass, field
-
 from prefork.protocol.errors import WebSocketError
 from prefork.protocol.limits import WsLimits
+from prefork.protocol.websocket.assembler import MessageAssembler
 from prefork.protocol.websocket.budget import InflateBudget
 from prefork.protocol.websocket.deflate import DeflateParams, PerMessageDeflate
 from prefork.protocol.websocket.events import (
@@ -72,19 +70,6 @@ __all__ = [
 _SEPARATE_PAYLOAD = 16 * 1024
 
 
-@dataclass(slots=True)
-class _Message:
-    """A data message being reassembled."""
-
-    opcode: Opcode
-    compressed: bool
-    size: int = 0  # wire bytes so far (uncompressed) or inflated bytes (compressed)
-    parts: list[bytes] = field(default_factory=list)
-    text: list[str] = field(default_factory=list)
-    decoder: codecs.IncrementalDecoder | None = None
-    held: int = 0  # inflated bytes reserved from the inflate budget
-
-
 class WebSocketConnection:
     """One server-side WebSocket connection after a successful handshake.
 
@@ -123,7 +108,7 @@ class WebSocketConnection:
             stream_data=True,  # validate text as it arrives (Autobahn 6.4.3-4)
             on_header=self._check_header,
         )
-        self._message: _Message | None = None
+        self._message: MessageAssembler | None = None
         self._events: list[Event] = []
         self._out: list[bytes] = []
         self._small = bytearray()  # small frames, joined into one buffer
@@ -244,30 +229,16 @@ class WebSocketConnection:
         """Add a data frame to the message in progress; emit it when final."""
         msg = self._message
         if msg is None:
-            msg = self._message = _Message(frame.opcode, frame.rsv1)
-            if frame.opcode is Opcode.TEXT:
-                msg.decoder = codecs.getincrementaldecoder("utf-8")()
+            msg = self._message = MessageAssembler(frame.opcode, frame.rsv1)
         payload = frame.payload
         if msg.compressed:
             payload = self._inflate(msg, payload, frame.fin)
-        msg.size += len(payload)
-        if msg.decoder is not None:
-            try:
-                msg.text.append(msg.decoder.decode(payload, frame.fin))
-            except UnicodeDecodeError as exc:
-                raise WebSocketError(f"invalid UTF-8 in text message: {exc.reason}",
-                                     close_code=CloseCode.INVALID_PAYLOAD) from None
-        else:
-            msg.parts.append(payload)
-        if frame.fin:
+        message = msg.add(payload, frame.fin)
+        if message is not None:
             self._message = None
-            if msg.decoder is not None:
-                self._events.append(TextMessage("".join(msg.text)))
-            else:
-                data = msg.parts[0] if len(msg.parts) == 1 else b"".join(msg.parts)
-                self._events.append(BytesMessage(data))
+            self._events.append(message)
 
-    def _inflate(self, msg: _Message, payload: bytes, fin: bool) -> bytes:
+    def _inflate(self, msg: MessageAssembler, payload: bytes, fin: bool) -> bytes:
         """Inflate a piece of a compressed message within its size limit and the budget.
 
         A piece that completes its message is delivered at once and never reserved
@@ -281,8 +252,7 @@ class WebSocketConnection:
         if budget is None or fin:
             out = self._codec.decompress(payload, fin=fin, limit=remaining)
             if budget is not None:
-                budget.release(msg.held)
-                msg.held = 0
+                msg.release(budget)
             return out
         room = budget.limit - budget.used
         try:
@@ -303,8 +273,7 @@ class WebSocketConnection:
         """Forget the message in progress, giving back what it held."""
         msg, self._message = self._message, None
         if msg is not None and msg.held and self._budget is not None:
-            self._budget.release(msg.held)
-            msg.held = 0
+            msg.release(self._budget)
 
     @property
     def message_in_progress(self) -> bool:

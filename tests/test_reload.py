@@ -181,6 +181,9 @@ def test_config_change_under_reload_reloads_the_master_once(start_server: Callab
     module.write_text(PID_APP)
     server = start_server(app="pid_app:app", workers=2, extra_args=["--reload", "--pythonpath", str(code)])
     before = {p.pid for p in server.workers()}
+    # Each worker's first round is its baseline: edit the config only once both have taken it.
+    wait_for(lambda: all(f"worker {pid}: --reload is watching" in server.output() for pid in before), 20,
+             what="both reloaders watching")
     server.config_path.write_text(server.config_path.read_text().replace("level = debug", "level = info"))
     wait_for(lambda: "reloading: starting generation 2" in server.output(), 20, what="a HUP reload")
     wait_for(lambda: not before & {p.pid for p in server.workers()}, 20, what="old workers replaced")

@@ -103,6 +103,8 @@ class Reloader(threading.Thread):
     def run(self) -> None:
         """Poll until a source file changes (or ``stop`` is called)."""
         self.poll()
+        # From here on an edit is seen (one before this first round is the baseline).
+        error_log.debug("worker %d: --reload is watching %d files", os.getpid(), len(self._mtimes))
         while not self._stopped.wait(self._interval):
             for path in self.poll():
                 if path in _config_file:

@@ -68,7 +68,7 @@ def drive(takeover: bool):  # type: ignore[no-untyped-def]
         for chunk in chunks:
             conn.receive_data(chunk)
             events += conn.events_received()
-        parser = FrameParser(require_mask=False, allow_rsv1=True)
+        parser = FrameParser(max_payload=1 << 24, require_mask=False, allow_rsv1=True)
         parser.feed(conn.data_to_send())
         while (frame := parser.next_frame()) is not None:
             events.append(frame)  # nothing is sent back: a close here would be a failure

@@ -25,6 +25,7 @@ from prefork.protocol.websocket.frames import (
 )
 
 MASK = b"\x37\xfa\x21\x3d"
+MAX_PAYLOAD = 1 << 20  # the limit these tests parse under, unless one says otherwise
 
 
 def chunkings(data: bytes, seeds: int = 5) -> Iterator[list[bytes]]:
@@ -40,6 +41,7 @@ def chunkings(data: bytes, seeds: int = 5) -> Iterator[list[bytes]]:
 
 def parse_all(chunks: list[bytes], **kwargs: object) -> list[Frame]:
     """Feed chunks one at a time, draining frames after each."""
+    kwargs.setdefault("max_payload", MAX_PAYLOAD)
     parser = FrameParser(**kwargs)  # type: ignore[arg-type]
     frames = []
     for chunk in chunks:
@@ -151,7 +153,7 @@ def test_16_mib_masked_frame_unmasks_correctly() -> None:
 
 def test_on_header_sees_header_before_payload_arrives() -> None:
     seen: list[FrameHeader] = []
-    parser = FrameParser(on_header=seen.append)
+    parser = FrameParser(max_payload=MAX_PAYLOAD, on_header=seen.append)
     data = masked(Opcode.BINARY, b"x" * 1000)
     parser.feed(data[:8])  # header + mask only
     assert parser.next_frame() is None
@@ -242,7 +244,7 @@ def test_payload_at_the_limit_is_accepted() -> None:
 
 
 def test_violation_in_second_frame_after_a_good_one() -> None:
-    parser = FrameParser()
+    parser = FrameParser(max_payload=MAX_PAYLOAD)
     parser.feed(masked(Opcode.TEXT, b"ok") + masked(0x5, b""))
     assert parser.next_frame() == Frame(Opcode.TEXT, b"ok")
     with pytest.raises(WebSocketError, match="unknown opcode 0x5"):
@@ -294,7 +296,7 @@ def test_stream_data_from_a_reused_receive_buffer(drain_each: bool) -> None:
 
 def test_stream_data_final_piece_carries_fin_and_rsv1_on_first() -> None:
     data = masked(Opcode.BINARY, b"abcdefgh", rsv=0x40)
-    parser = FrameParser(stream_data=True, allow_rsv1=True)
+    parser = FrameParser(max_payload=MAX_PAYLOAD, stream_data=True, allow_rsv1=True)
     parser.feed(data[:7])  # 2-byte header, 4-byte key, 1 payload byte
     assert parser.next_frame() == Frame(Opcode.BINARY, b"a", fin=False, rsv1=True)
     assert parser.next_frame() is None

@@ -32,7 +32,7 @@ def cf(opcode: Opcode, payload: bytes = b"", *, fin: bool = True, rsv1: bool = F
 
 
 def sent(conn: WebSocketConnection) -> list[Frame]:
-    parser = FrameParser(require_mask=False, allow_rsv1=True)
+    parser = FrameParser(max_payload=1 << 24, require_mask=False, allow_rsv1=True)
     parser.feed(conn.data_to_send())
     frames = []
     while (frame := parser.next_frame()) is not None:

@@ -65,7 +65,7 @@ def run(data: bytes, **kwargs: object) -> tuple[list[Event], list[Frame], WebSoc
 
 
 def server_frames(data: bytes) -> list[Frame]:
-    parser = FrameParser(require_mask=False, allow_rsv1=True)
+    parser = FrameParser(max_payload=1 << 24, require_mask=False, allow_rsv1=True)
     parser.feed(data)
     frames = []
     while (frame := parser.next_frame()) is not None:
@@ -404,7 +404,7 @@ def test_junk_never_raises_and_ends_at_most_once(chunks: list[bytes], deflate: b
 def test_frame_round_trip(opcode: Opcode, payload: bytes, mask: bytes) -> None:
     if opcode is Opcode.TEXT:
         payload = payload.decode("latin-1").encode("utf-8")
-    parser = FrameParser()
+    parser = FrameParser(max_payload=1 << 24)
     parser.feed(serialize_frame(Frame(opcode, payload), mask_key=mask))
     assert parser.next_frame() == Frame(opcode, payload)
 

@@ -223,8 +223,8 @@ class FrameParser:
     def __init__(
         self,
         *,
+        max_payload: int,
         require_mask: bool = True,
-        max_payload: int = 1 << 20,
         allow_rsv1: bool = False,
         stream_data: bool = False,
         on_header: Callable[[FrameHeader], None] | None = None,

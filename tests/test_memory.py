@@ -83,8 +83,7 @@ def test_without_glibc_everything_is_a_no_op(monkeypatch: pytest.MonkeyPatch) ->
     assert memory.tune() is False
     assert memory.trim() is False
     released: list[str] = []
-    monkeypatch.setattr(memory, "_idle_hooks", [lambda: released.append("hook")])
-    trimmer = memory.IdleTrimmer(after_bytes=1)
+    trimmer = memory.IdleTrimmer(after_bytes=1, hooks=[lambda: released.append("hook")])
     assert trimmer.sweep(Counters(10, 0, 0)) is True  # the hooks still run; trim does nothing
     assert released == ["hook"]
 
@@ -113,7 +112,7 @@ class Counters:
 
 def test_idle_trimmer_trims_once_uploads_are_over_and_enough_arrived() -> None:
     runs: list[int] = []
-    trimmer = memory.IdleTrimmer(after_bytes=100, busy_bytes=1000, release=lambda: runs.append(1))
+    trimmer = memory.IdleTrimmer(after_bytes=100, busy_bytes=1000, trim=lambda: runs.append(1))
     assert not trimmer.sweep(Counters(99, 0, 0))  # too little since the start
     assert not trimmer.sweep(Counters(500, 10, 0))  # an upload is staged in RAM
     assert not trimmer.sweep(Counters(600, 0, 10))  # ... or on disk
@@ -127,23 +126,12 @@ def test_idle_trimmer_trims_once_uploads_are_over_and_enough_arrived() -> None:
     assert runs == [1, 1, 1] and trimmer.trims == 3
 
 
-def test_idle_hooks_are_registered_once_and_all_run(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(memory, "_idle_hooks", [])
+def test_a_due_trim_runs_every_hook_then_the_allocator_trim() -> None:
     calls: list[str] = []
-
-    def first() -> None:
-        calls.append("first")
-
-    memory.on_idle(first)
-    memory.on_idle(first)
-    memory.on_idle(lambda: calls.append("second"))
-    memory.release_idle()
-    assert calls == ["first", "second"]
-
-
-def test_the_write_behind_ring_is_an_idle_hook(monkeypatch: pytest.MonkeyPatch) -> None:
-    from prefork.staging import writebehind
-
-    monkeypatch.setattr(memory, "_idle_hooks", [])
-    helper = writebehind.new_helper()  # a worker's helper
-    assert helper.release_idle in memory._idle_hooks
+    trimmer = memory.IdleTrimmer(after_bytes=100, busy_bytes=1000,
+                                 hooks=[lambda: calls.append("ring"), lambda: calls.append("other")],
+                                 trim=lambda: calls.append("malloc_trim"))
+    assert not trimmer.sweep(Counters(50, 0, 0))
+    assert calls == []  # not due: nothing runs
+    assert trimmer.sweep(Counters(100, 0, 0))
+    assert calls == ["ring", "other", "malloc_trim"]

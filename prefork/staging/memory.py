@@ -22,8 +22,7 @@ after every chunk; ``M_ARENA_MAX`` 1, because CPython allocates under the GIL
 and because ``malloc_trim`` gives back the top of the main arena only: with two
 arenas, 9 MiB stayed in the second after raw uploads, with one none did.
 When the worker's uploads are over, ``IdleTrimmer`` runs the release
-hooks that storage modules registered with ``on_idle`` (the write-behind
-ring) and ``malloc_trim(0)``, which also returns free pages from the middle of
+hooks the worker gave it (the write-behind ring's) and ``malloc_trim(0)``, which also returns free pages from the middle of
 the heap, not only its top.
 
 glibc only: it is detected with ``confstr(CS_GNU_LIBC_VERSION)``. With any
@@ -35,11 +34,11 @@ from __future__ import annotations
 import ctypes
 import functools
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-__all__ = ["DEFAULT_POLICY", "AllocatorPolicy", "IdleTrimmer", "on_idle", "release_idle", "trim", "tune"]
+__all__ = ["DEFAULT_POLICY", "AllocatorPolicy", "IdleTrimmer", "trim", "tune"]
 
 MiB = 1024 * 1024
 # mallopt(3) parameter numbers, from glibc's <malloc.h>.
@@ -123,25 +122,6 @@ def trim() -> bool:
     return libc is not None and libc.malloc_trim(0) == 1
 
 
-_idle_hooks: list[Callable[[], None]] = []
-
-
-def on_idle(hook: Callable[[], None]) -> None:
-    """Register ``hook`` to give back memory it holds for uploads once they are over.
-
-    A hook runs on the worker's loop thread, must be cheap, and must check for
-    itself that its memory is unused (it is called while other work may run).
-    """
-    if hook not in _idle_hooks:
-        _idle_hooks.append(hook)
-
-
-def release_idle() -> None:
-    """Run every ``on_idle`` hook."""
-    for hook in list(_idle_hooks):
-        hook()
-
-
 class WorkerCounters(Protocol):
     """What the trimmer reads of a worker (a scoreboard ``SlotView`` has these)."""
 
@@ -164,7 +144,7 @@ class WorkerCounters(Protocol):
 class IdleTrimmer:
     """Decides, on each sweep of the worker, when to give memory back.
 
-    Memory goes back (``release_idle`` hooks, then ``malloc_trim``) when no body
+    Memory goes back (the ``hooks``, then ``malloc_trim``) when no body
     is staged (the worker is idle of uploads) and at least ``after_bytes`` were
     received since it last went back while idle; and, whatever is staged, each
     time ``busy_bytes`` were received since it last went back at all. A trim
@@ -174,14 +154,18 @@ class IdleTrimmer:
     Args:
         after_bytes: bytes received that make a trim worth its cost.
         busy_bytes: bytes received after which a trim happens even mid-upload.
-        release: what giving memory back runs (a seam for tests).
+        hooks: give back memory their owners hold for uploads (the write-behind
+            ring). They run on the worker's loop thread, must be cheap, and
+            must check for themselves that their memory is unused.
+        trim: returns the allocator's free memory (``trim``; a seam for tests).
     """
 
     def __init__(self, after_bytes: int = TRIM_AFTER_BYTES, busy_bytes: int = TRIM_BUSY_BYTES,
-                 release: Callable[[], object] | None = None) -> None:
+                 hooks: Sequence[Callable[[], None]] = (), trim: Callable[[], object] = trim) -> None:
         self.after_bytes = after_bytes
         self.busy_bytes = busy_bytes
-        self._release = release or _release_all
+        self._hooks = tuple(hooks)
+        self._trim = trim
         self._idle_mark = 0  # bytes received at the last trim while idle
         self._mark = 0  # ... at the last trim of either kind
         self.trims = 0
@@ -198,11 +182,8 @@ class IdleTrimmer:
         elif received - self._mark < self.busy_bytes:
             return False
         self._mark = received
-        self._release()
+        for hook in self._hooks:
+            hook()
+        self._trim()
         self.trims += 1
         return True
-
-
-def _release_all() -> None:
-    release_idle()
-    trim()

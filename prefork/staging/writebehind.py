@@ -6,9 +6,8 @@ checksums are on: SHA-256 alone costs more CPU than receiving). The loop only
 has to do the first two. So a form part's spool that has gone to disk hands
 each chunk to ``WriteBehind``: the chunk is copied into the worker's ring (no
 allocation, no page faults per chunk) and queued for its ``WriteBehindHelper``,
-one helper thread per worker process (the worker creates it with
-``new_helper`` and passes it to the spools it opens; nothing here is a module
-global), which writes it with ``os.write`` and hashes it; both release the
+one helper thread per worker process (the worker creates it and passes it
+to the spools it opens; nothing here is a module global), which writes it with ``os.write`` and hashes it; both release the
 GIL, so the loop goes on receiving and parsing on the other core. A raw body
 (no parsing, no checksum) is written inline: the copy and the hand-off to
 another core would cost more than they free.
@@ -21,7 +20,7 @@ chunk of 64 KiB would otherwise hold a whole 1 MiB block, so the memory held
 could reach 16 times the bytes queued. Chunks leave in the order they came, so
 the ring's free space is always one run after the newest chunk; a chunk that
 does not fit before the end starts again at offset 0, and the skipped end is
-charged to it. ``release_idle`` (a ``prefork.staging.memory`` idle hook) unmaps the
+charged to it. ``release_idle`` (a hook of the worker's ``memory.IdleTrimmer``) unmaps the
 ring when nothing is queued; the next chunk maps it again. An error of the
 helper thread (ENOSPC, EIO) is kept and raised by the file's next ``write``
 or ``flush``, so the caller sees it as if its own write had failed, one
@@ -38,9 +37,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from prefork.staging import memory
-
-__all__ = ["MAX_BACKLOG", "MIN_CHUNK", "WriteBehind", "WriteBehindHelper", "new_helper"]
+__all__ = ["MAX_BACKLOG", "MIN_CHUNK", "WriteBehind", "WriteBehindHelper"]
 
 #: Bytes that may wait for a helper thread: the size of its ring.
 MAX_BACKLOG = 4 * 1024 * 1024
@@ -59,7 +56,7 @@ Job = tuple["WriteBehind", memoryview, int]  # the stream, its piece in the ring
 class WriteBehindHelper:
     """One helper thread, its queue, and the ring its queued bytes live in.
 
-    A worker has one (``new_helper``), shared by every file it stages. The thread
+    A worker has one, shared by every file it stages. The thread
     starts on first use, and again in a forked child that uses the same object.
     """
 
@@ -135,7 +132,7 @@ class WriteBehindHelper:
                 self.cond.notify_all()
 
     def release_idle(self) -> None:
-        """Unmap the ring if nothing is queued (a ``prefork.staging.memory`` idle hook)."""
+        """Unmap the ring if nothing is queued (a ``memory.IdleTrimmer`` hook)."""
         with self.cond:
             if not self.queued and self._pid == os.getpid():
                 self._release_ring()
@@ -150,14 +147,6 @@ class WriteBehindHelper:
         with self.cond:
             while stream.pending:
                 self.cond.wait()
-
-
-def new_helper() -> WriteBehindHelper:
-    """A helper for this worker process, its ring released by the idle sweep of
-    ``prefork.staging.memory`` (``on_idle``) once no upload is staged."""
-    helper = WriteBehindHelper()
-    memory.on_idle(helper.release_idle)
-    return helper
 
 
 class WriteBehind:

@@ -109,9 +109,10 @@ class Worker:
         self._ppid = os.getppid()
         _die_with_parent()
         memory.tune()  # allocator policy before any thread starts (prefork/staging/memory.py)
-        self._trimmer = memory.IdleTrimmer()
         self.wakeup = Wakeup()
-        self.write_behind = writebehind.new_helper()
+        self.write_behind = writebehind.WriteBehindHelper()
+        # what uploads used goes back to the OS once they are over: the ring, then malloc's free memory
+        self._trimmer = memory.IdleTrimmer(hooks=[self.write_behind.release_idle])
         self._transport = self._broadcast_transport()
         if self.app is None:
             try:

@@ -46,7 +46,6 @@ import os
 import socket
 import sys
 import tempfile
-import threading
 import time
 import zlib
 from pathlib import Path
@@ -67,36 +66,9 @@ PEERS = {"websockets defaults": 1 * MiB,  # the library's own max_size
 DRAIN_SILENCE, DRAIN_CAP = 2.0, 60.0  # seconds: "kept open" after this much silence; the whole read
 
 
-class Peak:
-    """The peak RSS of one process, sampled every 10 ms in a thread."""
-
-    def __init__(self, pid: int) -> None:
-        import psutil
-
-        self.proc = psutil.Process(pid)
-        self.base = self.proc.memory_info().rss
-        self.peak = self.base
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        while not self._stop.wait(0.01):
-            try:
-                self.peak = max(self.peak, self.proc.memory_info().rss)
-            except Exception:  # the process is gone
-                return
-
-    def growth_mib(self) -> tuple[float, float]:
-        """(peak growth, growth now) in MiB."""
-        return (self.peak - self.base) / MiB, (self.proc.memory_info().rss - self.base) / MiB
-
-    def __enter__(self) -> Peak:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(5)
+def growth_mib(sampler: bench.ProcessSampler) -> tuple[float, float]:
+    """(peak Σ RSS growth, growth now) of the sampled processes, in MiB."""
+    return (sampler.peak_sum - sampler.base_sum) / MiB, (sampler.rss_now() - sampler.base_sum) / MiB
 
 
 def frame(opcode: int, payload: bytes, *, fin: bool = True, rsv1: bool = False) -> bytes:
@@ -141,7 +113,7 @@ def ping_flood(server: RunningServer, flood_mib: int) -> dict[str, float]:
     sock = ws_open(server.port, rcvbuf=32 * 1024)
     block = b"".join(frame(0x9, os.urandom(125)) for _ in range(8192))  # 1 MiB of pings
     sent, started = 0, time.monotonic()
-    with Peak(pid) as peak:
+    with bench.ProcessSampler([pid], interval=0.01) as peak:
         try:
             while sent < flood_mib * MiB and time.monotonic() - started < 120:
                 sock.sendall(block)
@@ -149,7 +121,7 @@ def ping_flood(server: RunningServer, flood_mib: int) -> dict[str, float]:
         except OSError:  # the server gave up on us
             pass
         seconds = time.monotonic() - started
-        growth, after = peak.growth_mib()
+        growth, after = growth_mib(peak)
     try:  # its close frame may be lost: prefork resets a connection it gave up on
         outcome = server_did(sock)
     finally:
@@ -207,7 +179,7 @@ def unfinished_deflate(server: RunningServer, each_mib: int) -> dict[str, float]
     refused = dropped = kept_open = 0
     code, started = float("nan"), time.monotonic()
     try:
-        with Peak(pid) as peak:
+        with bench.ProcessSampler([pid], interval=0.01) as peak:
             for _ in range(CONNECTIONS):
                 sock = ws_open(server.port, extensions="permessage-deflate")
                 socks.append(sock)
@@ -225,7 +197,7 @@ def unfinished_deflate(server: RunningServer, each_mib: int) -> dict[str, float]
                     code = did["close_code"] if code != code else code
             seconds = time.monotonic() - started
             time.sleep(0.5)  # what is still held once the answers are in
-            growth, after = peak.growth_mib()
+            growth, after = growth_mib(peak)
     finally:
         for sock in socks:
             sock.close()

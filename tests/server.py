@@ -353,17 +353,23 @@ def busy_threads(server: Server) -> dict[int, int]:
     return {w["pid"]: w["busy_threads"] for w in status(server)["workers"]}
 
 
-def worker_holding(server: Server, sock: socket.socket) -> int | None:
-    """The pid of the worker that holds the server side of client ``sock``, once it has accepted it."""
-    port = sock.getsockname()[1]
+def accepted_connections(server: Server) -> dict[int, int]:
+    """Client port -> pid of the worker holding the server side of that connection."""
+    owners: dict[int, int] = {}
     for proc in server.workers():
         try:
             conns = proc.net_connections(kind="tcp")
         except psutil.NoSuchProcess:
             continue
         for conn in conns:
-            if conn.raddr and conn.raddr.port == port and conn.laddr and conn.laddr.port == server.port:
-                return proc.pid
+            if conn.raddr and conn.laddr and conn.laddr.port == server.port:
+                owners[conn.raddr.port] = proc.pid
+    return owners
+
+
+def worker_holding(server: Server, sock: socket.socket) -> int | None:
+    """The pid of the worker that holds the server side of client ``sock``, once it has accepted it."""
+    return accepted_connections(server).get(sock.getsockname()[1])
     return None
 
 

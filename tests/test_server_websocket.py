@@ -29,7 +29,7 @@ import psutil
 import pytest
 import websocket
 
-from tests.server import RawClient, Response, Server, request, wait_for
+from tests.server import RawClient, Response, Server, accepted_connections, request, wait_for
 
 APP = "tests.apps.ws_echo:app"
 GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
@@ -168,21 +168,6 @@ def recv_text(ws: websocket.WebSocket) -> str:
     message = ws.recv()
     assert isinstance(message, str), message
     return message
-
-
-def worker_of_ports(server: Server) -> dict[int, int]:
-    """Client port -> pid of the worker holding that connection."""
-    owners: dict[int, int] = {}
-    for proc in server.workers():
-        try:
-            conns = proc.net_connections(kind="tcp")
-        except psutil.NoSuchProcess:
-            continue
-        for conn in conns:
-            if (conn.status == psutil.CONN_ESTABLISHED and conn.laddr and conn.raddr
-                    and conn.laddr.port == server.port):
-                owners[conn.raddr.port] = proc.pid
-    return owners
 
 
 # --- servers ------------------------------------------------------------------------------
@@ -552,7 +537,7 @@ def spread_over_workers(server: Server, clients: list[websocket.WebSocket], coun
         join_chat(server, clients)
         if len(clients) < count:
             continue
-        owners = worker_of_ports(server)
+        owners = accepted_connections(server)
         ports = [port_of(ws) for ws in clients]
         pids = {owners.get(port) for port in ports} - {None}
         if len(pids) >= 2 and (must_include is None or must_include in pids):

@@ -86,6 +86,7 @@ class Workspace:
 
     logdir: Path
     scratch: Path
+    access_log: bool = False  # --access-log: prefork logs every request, as the shipped config does
     starts: int = 0
 
     def log_path(self, name: str) -> Path:
@@ -204,17 +205,20 @@ def running(spec: ServerSpec, ws: Workspace) -> Iterator[RunningServer]:
         _stop(server)
 
 
-def prefork_config(ws: Workspace, log: Path, overrides: dict[str, dict[str, str]] | None = None) -> Path:
-    """conf/server.ini with the access log off, the error log to ``log``, plus ``overrides``.
+def prefork_config(ws: Workspace, log: Path, overrides: dict[str, dict[str, str]] | None = None,
+                   tree: Path = REPO) -> Path:
+    """``tree``'s conf/server.ini with the error log to ``log``, plus ``overrides``.
 
-    The access log is off because gunicorn's is off by default; keeping it on
-    would measure log formatting rather than serving.
+    The access log is off unless ``ws.access_log`` (``--access-log``): gunicorn's
+    is off by default. With it on, access lines go to ``log`` beside the errors.
     """
-    settings: dict[str, dict[str, str]] = {"logging": {"access_log": "", "error_log": str(log)}}
+    logging = {"error_log": str(log)}
+    logging["access_log"] = str(log) if ws.access_log else ""
+    settings: dict[str, dict[str, str]] = {"logging": logging}
     for section, values in (overrides or {}).items():
         settings.setdefault(section, {}).update(values)
     lines, section, seen = [], "", set()
-    for line in (REPO / "conf" / "server.ini").read_text().splitlines():
+    for line in (tree / "conf" / "server.ini").read_text().splitlines():
         match = re.match(r"\s*\[([^\]]+)\]", line)
         if match:
             section = match.group(1).strip()
@@ -232,13 +236,26 @@ def prefork_config(ws: Workspace, log: Path, overrides: dict[str, dict[str, str]
 
 
 def prefork_server(ws: Workspace, app: str, *, workers: int = 2, threads: int = 4, name: str | None = None,
-                   overrides: dict[str, dict[str, str]] | None = None) -> ServerSpec:
+                   overrides: dict[str, dict[str, str]] | None = None, tree: Path = REPO) -> ServerSpec:
+    """prefork from ``tree`` (this checkout, or a ``--baseline`` worktree) serving ``bench_apps:app``."""
     def argv(port: int, log: Path) -> list[str]:
-        cfg = prefork_config(ws, log, overrides)
+        cfg = prefork_config(ws, log, overrides, tree)
         return [sys.executable, "-m", "prefork.cli", "-c", str(cfg), "-b", f"{HOST}:{port}",
                 "-w", str(workers), "--threads", str(threads), f"bench_apps:{app}"]
 
-    return ServerSpec(name or f"prefork threads={threads}", argv)
+    env = {} if tree == REPO else {"PYTHONPATH": os.pathsep.join([str(tree), str(SCRIPTS)])}
+    return ServerSpec(name or f"prefork threads={threads}", argv, env=env)
+
+
+@contextlib.contextmanager
+def baseline_tree(rev: str, ws: Workspace) -> Iterator[Path]:
+    """A detached git worktree of ``rev`` under the scratch dir, removed afterwards."""
+    path = ws.scratch / f"baseline-{re.sub(r'[^A-Za-z0-9]+', '-', rev)}"
+    subprocess.run(["git", "-C", str(REPO), "worktree", "add", "--detach", "--quiet", str(path), rev], check=True)
+    try:
+        yield path
+    finally:
+        subprocess.run(["git", "-C", str(REPO), "worktree", "remove", "--force", str(path)], check=False)
 
 
 def gunicorn_server(app: str, *, workers: int = 2, worker_class: str = "sync", threads: int = 1,
@@ -550,11 +567,21 @@ def hello_variant(conns: int, close: bool) -> str:
     return f"{'close' if close else 'keep-alive'} c{conns}"
 
 
-def hello_contenders(ws: Workspace) -> tuple[list[ServerSpec], list[str], list[str]]:
+def hello_contenders(ws: Workspace, baseline: tuple[str, Path] | None = None
+                     ) -> tuple[list[ServerSpec], list[str], list[str]]:
+    """prefork (threads 4 and 0) and gunicorn (sync, gthread); with ``baseline`` = (rev, tree),
+    also prefork at that commit, so a change is measured against its parent in the same run."""
     primaries = [prefork_server(ws, "hello", threads=4), prefork_server(ws, "hello", threads=0)]
     peers = [gunicorn_server("hello", worker_class="sync"),
              gunicorn_server("hello", worker_class="gthread", threads=4)]
     order = [primaries[0], peers[0], primaries[1], peers[1]]
+    if baseline:
+        rev, tree = baseline
+        before = [prefork_server(ws, "hello", threads=t, name=f"prefork@{rev} threads={t}", tree=tree)
+                  for t in (4, 0)]
+        order = [primaries[0], before[0], peers[0], primaries[1], before[1], peers[1]]
+        peers = [p.name for p in before] + [p.name for p in peers]
+        return order, [p.name for p in primaries], peers
     return order, [p.name for p in primaries], [p.name for p in peers]
 
 
@@ -574,15 +601,19 @@ def scenario_hello(args: argparse.Namespace, ws: Workspace) -> list[SummaryRow]:
             out[hello_variant(conns, close)] = metrics
         return out
 
-    contenders, primaries, peers = hello_contenders(ws)
-    print(f"hello: {len(contenders)} servers x {args.runs} runs x {len(HELLO_VARIANTS)} variants of "
-          f"{args.duration:g}s, client {client.__name__}", file=sys.stderr)
-    results = alternate(contenders, args.runs, ws, measure)
+    with contextlib.ExitStack() as stack:
+        baseline = (args.baseline, stack.enter_context(baseline_tree(args.baseline, ws))) if args.baseline else None
+        contenders, primaries, peers = hello_contenders(ws, baseline)
+        print(f"hello: {len(contenders)} servers x {args.runs} runs x {len(HELLO_VARIANTS)} variants of "
+              f"{args.duration:g}s, client {client.__name__}", file=sys.stderr)
+        results = alternate(contenders, args.runs, ws, measure)
     variants = [hello_variant(c, close) for c, close in HELLO_VARIANTS]
     rows = ratio_rows(results, variants, "req_s", "req/s", primaries, peers, lambda v: f"GET 100 B, {v}")
     print_table(f"Small GET, req/s (2 workers each; median of {args.runs}; higher is better)", rows,
                 note=f"Client: {'wrk -t2 --latency' if client is run_wrk else 'Python threads'}, "
-                     f"{args.duration:g}s per variant; access logs off. gunicorn sync has no keep-alive.")
+                     f"{args.duration:g}s per variant; prefork's access log "
+                     f"{'on (as shipped)' if ws.access_log else 'off'}, gunicorn's off. "
+                     "gunicorn sync has no keep-alive.")
     rows = ratio_rows(results, variants, "p99_ms", "ms", primaries, peers, lambda v: f"GET 100 B, {v}")
     print_table(f"Small GET, p99 latency (median of {args.runs}; lower is better)", rows)
     print_medians(results, variants, ["req_s", "p50_ms", "p99_ms", "err_connect", "err_read", "err_write",
@@ -592,7 +623,7 @@ def scenario_hello(args: argparse.Namespace, ws: Workspace) -> list[SummaryRow]:
         for text in raw_errors[:6]:
             print("```\n" + text.strip() + "\n```")
     save_json(args, "hello", results)
-    prefork, sync, gthread = primaries[0], peers[0], peers[1]
+    prefork, (sync, gthread) = primaries[0], peers[-2:]  # gunicorn's two come last
     ka, close = hello_variant(100, False), hello_variant(100, True)
 
     def med(name: str, variant: str, metric: str = "req_s") -> float:
@@ -680,6 +711,10 @@ class ProcessSampler:
         self._thread.join(5)
         self.end_io = {p.pid: self._io(p) for p in self.procs}
         self.end_cpu = {p.pid: self._cpu(p) for p in self.procs}
+
+    def rss_now(self) -> int:
+        """Σ RSS of the sampled processes now (a gone process counts 0)."""
+        return sum(self._rss(p) for p in self.procs)
 
     def rss_growth(self) -> int:
         return max(self.peak_rss[p] - self.base_rss[p] for p in self.peak_rss)
@@ -1382,6 +1417,11 @@ def build_parser() -> argparse.ArgumentParser:
                         help="load generator for hello (python is the fallback when wrk is missing)")
     common.add_argument("--logdir", help="keep server logs here (default: a new /tmp/prefork-bench-* dir)")
     common.add_argument("--json", help="also merge raw per-run results into this JSON file")
+    common.add_argument("--access-log", action="store_true",
+                        help="keep prefork's access log on, as conf/server.ini ships it (default: off)")
+    common.add_argument("--baseline", metavar="REV",
+                        help="hello: also run prefork at git commit REV (a temporary worktree), "
+                             "to compare a change with its parent in the same run")
     for name, help_text in [("parse", "parser micro-benchmarks (heads/s vs h11, chunked, multipart)"),
                             ("hello", "small GETs vs gunicorn sync and gthread"),
                             ("upload", "large Content-Length upload vs gunicorn sync and a raw-socket ceiling"),
@@ -1415,7 +1455,7 @@ def main(argv: list[str] | None = None) -> int:
     logdir = Path(args.logdir or tempfile.mkdtemp(prefix="prefork-bench-"))
     logdir.mkdir(parents=True, exist_ok=True)
     scratch = Path(tempfile.mkdtemp(prefix="prefork-bench-scratch-"))
-    ws = Workspace(logdir, scratch)
+    ws = Workspace(logdir, scratch, access_log=args.access_log)
     print(f"server logs: {logdir}", file=sys.stderr)
     names = list(SCENARIOS) if args.command in ("all", "perf") else [args.command]
     summary: list[SummaryRow] = []

@@ -26,7 +26,7 @@ from prefork.apps.broadcast import Hub
 from prefork.config.config import Config, load_config
 from prefork.protocol.errors import ConfigError
 from prefork.process.exit_codes import EXIT_CONFIG
-from prefork.config.logs import error_log, reopen_logs, setup_logging
+from prefork.config.logs import error_log, flush_access_log, reopen_logs, setup_logging
 from prefork.process.privileges import drop_privileges, give_directories, service_owner
 from prefork.process.scoreboard import Scoreboard, WorkerState
 from prefork.process.sockets import describe_listener
@@ -189,7 +189,10 @@ class Master:
         except BaseException as exc:
             error_log.error("worker %d crashed: %s", os.getpid(), exc, exc_info=exc)
         finally:
-            os._exit(code)
+            try:
+                flush_access_log()  # os._exit skips atexit: the last turn's lines go out here
+            finally:
+                os._exit(code)
 
     def _reap(self) -> None:
         while True:

@@ -37,7 +37,7 @@ from prefork.apps.handlers import CompleteRequest, LoadedApp, ResponseStream
 from prefork.protocol.http.events import Request
 from prefork.worker.app_runner import AppRunner
 from prefork.process.exit_codes import EXIT_BOOT
-from prefork.config.logs import dump_stacks_to_error_log, error_log, reopen_logs
+from prefork.config.logs import dump_stacks_to_error_log, error_log, flush_access_log, reopen_logs
 from prefork.worker.loop_services import LoopTarget, Upgrade
 from prefork.worker.pool import HandlerPool, Wakeup
 from prefork.apps.runtime import Runtime
@@ -182,6 +182,7 @@ class Worker:
                         target.on_writable()
                 except Exception as exc:
                     self._contain(target, exc)
+            flush_access_log()  # one write per turn, not per request
             now = time.monotonic()
             if now >= next_sweep:
                 next_sweep = now + SWEEP_INTERVAL

@@ -100,24 +100,32 @@ def test_a_failing_write_is_reported_once_until_writing_works_again(
     assert len(reported) == 2  # failing again after a success is said again
 
 
-def test_a_reopen_writes_pending_lines_to_the_file_being_rotated(tmp_path: Path) -> None:
-    saved = list(logs.error_log.handlers), list(logs.access_log.handlers), logs.access_log.level
+@pytest.fixture
+def configured_loggers() -> Iterator[None]:
+    """Both loggers as ``setup_logging`` leaves them, restored afterwards (handlers,
+    level and propagation: other tests read records through the root logger)."""
+    saved = [(logger, list(logger.handlers), logger.level, logger.propagate)
+             for logger in (logs.error_log, logs.access_log)]
+    yield
+    logs.flush_access_log()
+    for logger, handlers, level, propagate in saved:
+        for handler in logger.handlers:
+            handler.close()
+        logger.handlers[:] = handlers
+        logger.setLevel(level)
+        logger.propagate = propagate
+
+
+def test_a_reopen_writes_pending_lines_to_the_file_being_rotated(tmp_path: Path, configured_loggers: None) -> None:
     log = tmp_path / "access.log"
-    try:
-        logs.setup_logging(str(tmp_path / "error.log"), str(log), "info")
-        log_one("/before-rotation")
-        log.rename(tmp_path / "access.log.1")
-        logs.reopen_logs()
-        log_one("/after-rotation")
-        logs.flush_access_log()
-        assert "/before-rotation" in (tmp_path / "access.log.1").read_text()
-        assert "/after-rotation" in log.read_text() and "/before" not in log.read_text()
-    finally:
-        for logger, handlers in ((logs.error_log, saved[0]), (logs.access_log, saved[1])):
-            for handler in logger.handlers:
-                handler.close()
-            logger.handlers[:] = handlers
-        logs.access_log.setLevel(saved[2])
+    logs.setup_logging(str(tmp_path / "error.log"), str(log), "info")
+    log_one("/before-rotation")
+    log.rename(tmp_path / "access.log.1")
+    logs.reopen_logs()
+    log_one("/after-rotation")
+    logs.flush_access_log()
+    assert "/before-rotation" in (tmp_path / "access.log.1").read_text()
+    assert "/after-rotation" in log.read_text() and "/before" not in log.read_text()
 
 
 def access_lines(server: Server, marker: str) -> int:

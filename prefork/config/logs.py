@@ -245,9 +245,10 @@ def flush_access_log() -> None:
     global _pending_chars, _write_failed
     if not _pending:
         return
-    text = "".join(_pending)
-    _pending.clear()
-    _pending_chars = 0
+    count = len(_pending)  # a line appended while this joins is kept for the next flush
+    text = "".join(_pending[:count])
+    del _pending[:count]
+    _pending_chars = sum(map(len, _pending))
     for handler in access_log.handlers:
         if not isinstance(handler, logging.StreamHandler):
             continue

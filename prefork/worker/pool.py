@@ -39,12 +39,20 @@ PARK_AFTER = 0.1
 
 
 class Wakeup:
-    """Runs callables on the loop thread, deferred from other threads or signal handlers."""
+    """Runs callables on the loop thread, deferred from other threads or signal handlers.
+
+    Created on the loop thread. What the loop thread itself defers while it runs
+    the pending callables needs no pipe byte: the same run picks it up. Without
+    that shortcut each WebSocket message cost the loop a second wake-up (the burst
+    flush that ``send_message`` defers): a pipe write, an epoll_wait and a read.
+    """
 
     def __init__(self) -> None:
         self._read_fd, self._write_fd = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self._queue: queue.SimpleQueue[tuple[Callable[..., None], tuple[Any, ...]]] = queue.SimpleQueue()
         self._signalled = False
+        self._loop_thread = threading.get_ident()
+        self._running = False  # run_pending is draining the queue (loop thread)
 
     def fileno(self) -> int:
         """The pipe end the selector watches."""
@@ -53,12 +61,17 @@ class Wakeup:
     def defer(self, fn: Callable[..., None], *args: Any) -> None:
         """Queue ``fn(*args)`` for the loop thread; thread-safe and signal-safe."""
         self._queue.put((fn, args))
+        if self._running and threading.get_ident() == self._loop_thread:
+            return  # run_pending is draining on this thread: it gets there without a wake-up
         if not self._signalled:
-            self._signalled = True
-            try:
-                os.write(self._write_fd, b"\0")
-            except BlockingIOError:
-                pass  # the pipe is full, so the loop is already due to wake
+            self._signal()
+
+    def _signal(self) -> None:
+        self._signalled = True
+        try:
+            os.write(self._write_fd, b"\0")
+        except BlockingIOError:
+            pass  # the pipe is full, so the loop is already due to wake
 
     def run_pending(self) -> None:
         """Run everything deferred so far (on the loop thread)."""
@@ -68,15 +81,23 @@ class Wakeup:
             pass
         self._signalled = False
         get = self._queue.get_nowait
-        while True:
-            try:
-                fn, args = get()
-            except queue.Empty:
-                return
-            try:
-                fn(*args)
-            except Exception as exc:  # one failed callback must not take the worker down
-                error_log.error("internal error in %s: %s", getattr(fn, "__qualname__", fn), exc, exc_info=exc)
+        self._running = True
+        try:
+            while True:
+                try:
+                    fn, args = get()
+                except queue.Empty:
+                    return
+                try:
+                    fn(*args)
+                except Exception as exc:  # one failed callback must not take the worker down
+                    error_log.error("internal error in %s: %s", getattr(fn, "__qualname__", fn), exc,
+                                    exc_info=exc)
+        finally:
+            self._running = False
+            # A signal handler may have deferred between the last get() and here.
+            if not self._queue.empty() and not self._signalled:
+                self._signal()
 
 
 @dataclass(eq=False, slots=True)

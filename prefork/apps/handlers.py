@@ -190,6 +190,19 @@ class ServesNatively(Protocol):
         ...
 
 
+@runtime_checkable
+class TakesStagedForms(Protocol):
+    """A WSGI application that reads ``multipart/form-data`` bodies from prefork's
+    parsed form (``environ["prefork.form"]``) instead of ``wsgi.input``.
+
+    Declared by the adapters in ``prefork.apps.adapters`` (``staged_uploads`` for
+    Flask, ``get_wsgi_application`` for Django), never assumed: for an application
+    that did not say so, a form body stays the raw staged body it re-parses.
+    """
+
+    prefork_staged_forms: bool
+
+
 class LoopAnswer(Protocol):
     """Something that answers a few requests itself, without application code (the
     status page): quick enough for the event loop, and needing no handler thread."""

@@ -24,10 +24,10 @@ from collections.abc import Callable, Iterable
 from typing import Any, Protocol
 
 from prefork.apps import reloader
-from prefork.apps.handlers import LoadedApp, ServesNatively
+from prefork.apps.handlers import LoadedApp, ServesNatively, TakesStagedForms
 from prefork.config.logs import error_log
 from prefork.apps.runtime import Runtime
-from prefork.apps.wsgi import WsgiApplication
+from prefork.apps.wsgi import StagedFormBodies, WsgiApplication
 
 DEFAULT_APP = "prefork.apps.demo:app"
 
@@ -117,7 +117,10 @@ def _load(spec: str, threads: int, runtime: Runtime) -> LoadedApp:
         return LoadedApp(native, forms=native, websockets=native)
     if not callable(obj):
         raise AppLoadError(f"application {spec!r} is a {type(obj).__name__}, not a callable")
-    return LoadedApp(WsgiApplication(obj, multithread=threads > 1, runtime=runtime))
+    wsgi = WsgiApplication(obj, multithread=threads > 1, runtime=runtime)
+    if isinstance(obj, TakesStagedForms) and obj.prefork_staged_forms:
+        return LoadedApp(wsgi, forms=StagedFormBodies())
+    return LoadedApp(wsgi)
 
 
 def failure_files(exc: BaseException) -> list[str]:

@@ -7,6 +7,13 @@ app until it has produced its first body chunk — by then ``start_response``
 has been called — and hands the rest of the iterable to the I/O layer, which
 pulls it in a handler thread as the socket drains. A ``wsgi.file_wrapper``
 over a real file becomes a sendfile response.
+
+An application that declares ``TakesStagedForms`` (the Flask and Django
+adapters) has its ``multipart/form-data`` bodies parsed while they arrive, as
+native routes do: each file part is staged in its own file, and the parsed
+``FormData`` is ``environ["prefork.form"]``. ``wsgi.input`` is then empty (the
+body went into the parts; ``CONTENT_LENGTH`` still says how long it was), so
+a part is written once and saving it is a rename.
 """
 
 from __future__ import annotations
@@ -22,6 +29,11 @@ from urllib.parse import unquote_to_bytes
 
 from prefork.apps.handlers import CompleteRequest, FileBody, ResponseStream
 from prefork.apps.runtime import Runtime
+from prefork.protocol.http.events import Request
+from prefork.protocol.mediatype import is_form_data
+
+#: Where a staged-forms application finds the parsed form (``prefork.staging.forms.FormData``).
+FORM_ENVIRON_KEY = "prefork.form"
 
 WsgiApp = Callable[[dict[str, Any], Callable[..., Callable[[bytes], None]]], Iterable[bytes]]
 ExcInfo = tuple[type[BaseException], BaseException, TracebackType | None]
@@ -256,6 +268,8 @@ def build_environ(request: CompleteRequest, *, multithread: bool = True) -> dict
         "prefork.trailers": [(n.decode("latin-1"), v.decode("latin-1")) for n, v in request.trailers.raw]
         if request.trailers else [],
     }
+    if request.form is not None:
+        environ[FORM_ENVIRON_KEY] = request.form
     for name, value in raw_headers:
         key = name.upper()
         if "_" in key:
@@ -272,3 +286,12 @@ def build_environ(request: CompleteRequest, *, multithread: bool = True) -> dict
         else:
             environ[key] = value
     return environ
+
+
+class StagedFormBodies:
+    """The form decision for a WSGI application that takes staged forms: every
+    ``multipart/form-data`` body is parsed while it arrives (``FormAware``)."""
+
+    def wants_form(self, head: Request) -> bool:
+        """Whether ``head`` announces a form body."""
+        return is_form_data(head.headers.get(b"content-type"))

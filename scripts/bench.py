@@ -866,15 +866,18 @@ def parse_size(text: str) -> int:
 
 UPLOAD_MOVE = "prefork move_to"  # the contender the raw-upload targets count (saves with a link)
 UPLOAD_NATIVE = "prefork native move_to"
+UPLOAD_COPY = "prefork copy"  # the same WSGI copy app as the peers: the target against granian
+UPLOAD_GRANIAN = "granian copy"
 CEILING = "ceiling (raw socket)"
 
 
 def upload_contenders(ws: Workspace) -> list[ServerSpec]:
-    return [prefork_server(ws, "upload_move", threads=4, name=UPLOAD_MOVE),
-            gunicorn_server("upload", worker_class="sync", name="gunicorn sync"),
+    return [prefork_server(ws, "upload", threads=4, name=UPLOAD_COPY),
+            granian_server("upload", name=UPLOAD_GRANIAN),
+            prefork_server(ws, "upload_move", threads=4, name=UPLOAD_MOVE),
             ceiling_server(ws),
             prefork_server(ws, "native_app", threads=4, name=UPLOAD_NATIVE),
-            prefork_server(ws, "upload", threads=4, name="prefork copy")]
+            gunicorn_server("upload", worker_class="sync", name="gunicorn sync")]
 
 
 def scenario_upload(args: argparse.Namespace, ws: Workspace) -> list[SummaryRow]:
@@ -903,13 +906,16 @@ def scenario_upload(args: argparse.Namespace, ws: Workspace) -> list[SummaryRow]
     results = alternate(contenders, args.runs, ws, measure)
     label = f"POST {size / MiB:,.0f} MiB to a file"
     ceiling = CEILING
-    rows = ratio_rows(results, ["upload"], "mib_s", "MiB/s", [UPLOAD_MOVE, UPLOAD_NATIVE, "prefork copy"],
-                      [ceiling, "gunicorn sync"], lambda v: label)
+    rows = ratio_rows(results, ["upload"], "mib_s", "MiB/s", [UPLOAD_COPY], [UPLOAD_GRANIAN, "gunicorn sync"],
+                      lambda v: label)
+    rows += ratio_rows(results, ["upload"], "mib_s", "MiB/s", [UPLOAD_MOVE, UPLOAD_NATIVE],
+                       [ceiling, UPLOAD_GRANIAN], lambda v: label)
     print_table(f"Upload throughput, Content-Length body (median of {args.runs}; higher is better)", rows,
                 note="MiB/s = body size / (first byte sent .. response received). `prefork move_to` (WSGI "
                      "`wsgi.input.move_to(path)`) and `prefork native move_to` (`prefork.App` route, "
-                     "`request.body.move_to(path)`) link prefork's staged body into place; `prefork copy` "
-                     "and gunicorn read wsgi.input in 1 MiB pieces into a file in the same filesystem. Every "
+                     "`request.body.move_to(path)`) link prefork's staged body into place; `prefork copy`, "
+                     "`granian copy` (`--interface wsgi --workers 2 --http 1`) and gunicorn sync run the same "
+                     "WSGI app, reading wsgi.input in 1 MiB pieces into a file in the same filesystem. Every "
                      "app deletes the file before answering. The ceiling is a raw-socket receiver "
                      "(recv_into + write) fed by the same Python sendall client. disk_write_per_byte = "
                      "/proc/PID/io write_bytes of the serving processes / body size.")
@@ -926,14 +932,16 @@ def scenario_upload(args: argparse.Namespace, ws: Workspace) -> list[SummaryRow]
         return median(results, name, "upload", metric)
 
     label = f"raw {size / MiB:,.0f} MiB upload saved to a file"
-    return [target_ratio(f"{label} (WSGI move_to)", med(UPLOAD_MOVE), med(ceiling), "MiB/s", "ceiling", 0.9),
+    return [target_ratio(f"{label} (WSGI app copies wsgi.input)", med(UPLOAD_COPY), med(UPLOAD_GRANIAN), "MiB/s",
+                         UPLOAD_GRANIAN, 1.0),
+            target_ratio(f"{label} (WSGI move_to)", med(UPLOAD_MOVE), med(ceiling), "MiB/s", "ceiling", 0.9),
             target_ratio(f"{label} (native move_to)", med(UPLOAD_NATIVE), med(ceiling), "MiB/s", "ceiling", 0.9),
-            target_ratio(f"{label} (WSGI move_to)", med(UPLOAD_MOVE), med("gunicorn sync"), "MiB/s",
-                         "gunicorn sync", 1.0),
+            report_ratio(f"{label} (WSGI app copies wsgi.input)", med(UPLOAD_COPY), med("gunicorn sync"), "MiB/s",
+                         "gunicorn sync"),
             SummaryRow(f"{label}: disk bytes written per uploaded byte (WSGI move_to)",
                        fmt(med(UPLOAD_MOVE, "disk_write_per_byte")),
                        f"{fmt(med(ceiling, 'disk_write_per_byte'))} (ceiling), "
-                       f"{fmt(med('gunicorn sync', 'disk_write_per_byte'))} (gunicorn sync)", "—", "report", None)]
+                       f"{fmt(med(UPLOAD_GRANIAN, 'disk_write_per_byte'))} ({UPLOAD_GRANIAN})", "—", "report", None)]
 
 
 # --------------------------------------------------------------------------- scenario: multipart
@@ -947,10 +955,35 @@ MULTIPART_NO_SUM = "prefork native, checksum none"
 NO_CHECKSUM = {"uploads": {"checksum": "none"}}
 
 
-def multipart_contenders(ws: Workspace) -> list[ServerSpec]:
-    return [prefork_server(ws, "native_app", threads=4, name=MULTIPART_NATIVE),
-            prefork_server(ws, "native_app", threads=4, name=MULTIPART_NO_SUM, overrides=NO_CHECKSUM)]
 FLASK = "gunicorn sync + Flask"
+GRANIAN_FLASK = "granian + Flask"
+PREFORK_FLASK = "prefork + Flask"
+
+
+def flask_upload_app() -> str:
+    """The Flask app prefork serves: ``flask_upload_staged`` (Flask on prefork's staged-upload adapter,
+    ``save()`` a rename) once scripts/bench_apps.py has it, else the plain ``flask_upload``."""
+    import bench_apps
+
+    return "flask_upload_staged" if hasattr(bench_apps, "flask_upload_staged") else "flask_upload"
+
+
+def flask_note(app: str) -> str:
+    if app == "flask_upload_staged":
+        return ("prefork + Flask serves `bench_apps:flask_upload_staged`: the same view on prefork's "
+                "staged-upload adapter (the part staged while it streamed in; `save()` is a rename).")
+    return ("prefork + Flask serves the plain `bench_apps:flask_upload` (Werkzeug re-parses prefork's staged "
+            "body: `flask_upload_staged`, on prefork's staged-upload adapter, is not in bench_apps.py yet).")
+
+
+def multipart_contenders(ws: Workspace) -> list[ServerSpec]:
+    """prefork + Flask and granian + Flask (issue 14's pair), prefork's native app with and without its
+    checksum, gunicorn + Flask."""
+    return [prefork_server(ws, flask_upload_app(), threads=4, name=PREFORK_FLASK, overrides=NO_CHECKSUM),
+            granian_server("flask_upload", name=GRANIAN_FLASK),
+            prefork_server(ws, "native_app", threads=4, name=MULTIPART_NATIVE),
+            prefork_server(ws, "native_app", threads=4, name=MULTIPART_NO_SUM, overrides=NO_CHECKSUM),
+            gunicorn_server("flask_upload", worker_class="sync", name=FLASK)]
 BOUNDARY = "----prefork-bench-4f0c1d9a7e"
 
 
@@ -1005,21 +1038,23 @@ def scenario_multipart(args: argparse.Namespace, ws: Workspace) -> list[SummaryR
                               "read_bytes_per_byte": sampler.io_delta("read_bytes") / size,
                               **cpu_per_gib(sampler, size), "ok": float(ok)}}
 
-    contenders = [*multipart_contenders(ws), gunicorn_server("flask_upload", worker_class="sync", name=FLASK),
-                  ceiling_server(ws)]
+    contenders = [*multipart_contenders(ws), ceiling_server(ws)]
+    flask_app = flask_upload_app()
     print(f"multipart: {size / MiB:,.0f} MiB x {args.runs} runs x {len(contenders)} servers", file=sys.stderr)
     results = alternate(contenders, args.runs, ws, measure)
     label = f"multipart {size / MiB:,.0f} MiB, file saved"
-    rows = ratio_rows(results, ["multipart"], "mib_s", "MiB/s", [MULTIPART_NO_SUM, MULTIPART_NATIVE], [CEILING, FLASK],
+    rows = ratio_rows(results, ["multipart"], "mib_s", "MiB/s", [PREFORK_FLASK], [GRANIAN_FLASK, FLASK],
                       lambda v: label)
+    rows += ratio_rows(results, ["multipart"], "mib_s", "MiB/s", [MULTIPART_NO_SUM, MULTIPART_NATIVE],
+                       [CEILING, GRANIAN_FLASK, FLASK], lambda v: label)
     print_table(f"Multipart upload, one file part saved (median of {args.runs}; higher is better)", rows,
                 note="The same streaming client (a raw socket: boundary, part headers, the file bytes from a "
                      "preallocated 4 MiB buffer, the closing delimiter; Content-Length) for every server. "
                      "prefork: a `prefork.App` route doing `request.files[\"upload\"].save(path)` (the part "
-                     "was staged in its own file while it streamed in; save is a link). gunicorn: Flask's "
+                     "was staged in its own file while it streamed in; save is a link). granian and gunicorn: Flask's "
                      "`request.files[\"upload\"].save(path)` (Werkzeug spools the part to a temporary file, "
-                     "save copies it). The ceiling saves the raw body without parsing it. disk_write_per_byte "
-                     "= write_bytes of the serving processes (/proc/PID/io) / file size.")
+                     f"save copies it). {flask_note(flask_app)} The ceiling saves the raw body without parsing "
+                     "it. disk_write_per_byte = write_bytes of the serving processes (/proc/PID/io) / file size.")
     print_medians(results, ["multipart"], ["mib_s", "send_s", "after_send_s", "rss_growth_mib",
                                            "disk_write_per_byte", "read_bytes_per_byte", "user_s_per_gib",
                                            "sys_s_per_gib", "ok"])
@@ -1029,16 +1064,21 @@ def scenario_multipart(args: argparse.Namespace, ws: Workspace) -> list[SummaryR
     def med(name: str, metric: str = "mib_s") -> float:
         return median(results, name, "multipart", metric)
 
-    disk = med(MULTIPART_NATIVE, "disk_write_per_byte")
+    disk, native_disk = med(PREFORK_FLASK, "disk_write_per_byte"), med(MULTIPART_NATIVE, "disk_write_per_byte")
     hashed = f"{label}, SHA-256 on the way in (default)"
-    return [target_ratio(f"{label}, checksum none", med(MULTIPART_NO_SUM), med(CEILING), "MiB/s", "ceiling", 0.8),
-            target_ratio(f"{label}, checksum none", med(MULTIPART_NO_SUM), med(FLASK), "MiB/s",
-                         "gunicorn + Flask", 5.0),
+    flask = f"Flask {size / MiB:,.0f} MiB multipart, request.files[...].save() ({flask_app} on prefork)"
+    return [target_ratio(flask, med(PREFORK_FLASK), med(GRANIAN_FLASK), "MiB/s", GRANIAN_FLASK, 3.0),
+            SummaryRow(f"{flask}: disk bytes written per uploaded byte", fmt(disk),
+                       f"{fmt(med(GRANIAN_FLASK, 'disk_write_per_byte'))} ({GRANIAN_FLASK})", "—", "= 1.0",
+                       None if disk != disk else abs(disk - 1.0) <= 0.02),
+            report_ratio(flask, med(PREFORK_FLASK), med(FLASK), "MiB/s", FLASK),
+            target_ratio(f"{label}, prefork native, checksum none", med(MULTIPART_NO_SUM), med(CEILING), "MiB/s",
+                         "ceiling", 0.8),
+            report_ratio(f"{label}, prefork native, checksum none", med(MULTIPART_NO_SUM), med(GRANIAN_FLASK),
+                         "MiB/s", GRANIAN_FLASK),
             reported(target_ratio(hashed, med(MULTIPART_NATIVE), med(CEILING), "MiB/s", "ceiling", 0.8)),
-            reported(target_ratio(hashed, med(MULTIPART_NATIVE), med(FLASK), "MiB/s", "gunicorn + Flask", 5.0)),
-            SummaryRow(f"{label}: disk bytes written per uploaded byte", fmt(disk),
-                       f"{fmt(med(FLASK, 'disk_write_per_byte'))} (gunicorn + Flask)", "—", "= 1.0",
-                       None if disk != disk else abs(disk - 1.0) <= 0.02)]
+            SummaryRow(f"{label}, prefork native: disk bytes written per uploaded byte", fmt(native_disk),
+                       "—", "—", "= 1.0", None if native_disk != native_disk else abs(native_disk - 1.0) <= 0.02)]
 
 
 # --------------------------------------------------------------------------- scenario: bigupload
@@ -1111,17 +1151,18 @@ def scenario_concurrent(args: argparse.Namespace, ws: Workspace) -> list[Summary
                                "disk_write_per_byte": sampler.io_delta("write_bytes") / (clients * each),
                                **cpu_per_gib(sampler, clients * each), "ok": float(ok)}}
 
-    contenders = [*multipart_contenders(ws), gunicorn_server("flask_upload", worker_class="sync", name=FLASK)]
+    contenders = multipart_contenders(ws)
+    flask_app = flask_upload_app()
     print(f"concurrent: {clients} x {each / MiB:,.0f} MiB x {args.runs} runs x {len(contenders)} servers",
           file=sys.stderr)
     results = alternate(contenders, args.runs, ws, measure)
     label = f"{clients} concurrent {each / MiB:,.0f} MiB multipart uploads"
-    rows = ratio_rows(results, ["concurrent"], "mib_s", "MiB/s", [MULTIPART_NO_SUM, MULTIPART_NATIVE], [FLASK],
-                      lambda v: label)
+    rows = ratio_rows(results, ["concurrent"], "mib_s", "MiB/s", [PREFORK_FLASK, MULTIPART_NO_SUM, MULTIPART_NATIVE],
+                      [GRANIAN_FLASK, FLASK], lambda v: label)
     print_table(f"Concurrent uploads (median of {args.runs}; higher is better)", rows,
                 note=f"{clients} client threads start together, each streaming one form (as in `multipart`); "
                      "MiB/s = all file bytes / wall time until the last answer. rss_sum_peak_mib = the peak of "
-                     "the sum of the serving processes' RSS, sampled every 10 ms.")
+                     "the sum of the serving processes' RSS, sampled every 10 ms. " + flask_note(flask_app))
     print_medians(results, ["concurrent"], ["mib_s", "seconds", "rss_sum_peak_mib", "rss_sum_growth_mib",
                                             "disk_write_per_byte", "user_s_per_gib", "sys_s_per_gib", "ok"])
     print_failures(failures)
@@ -1132,13 +1173,14 @@ def scenario_concurrent(args: argparse.Namespace, ws: Workspace) -> list[Summary
 
     worst_rss = max((m["rss_sum_peak_mib"] for name in (MULTIPART_NATIVE, MULTIPART_NO_SUM)
                      for m in results[name].get("concurrent", [])), default=float("nan"))
-    return [target_max(f"{label}: Σ worker RSS peak (max over runs)", worst_rss, "MiB", budget_mib + 32, FLASK,
-                       med(FLASK, "rss_sum_peak_mib")),
-            target_ratio(f"{label}, checksum none: throughput", med(MULTIPART_NO_SUM, "mib_s"),
-                         med(FLASK, "mib_s"), "MiB/s", "gunicorn + Flask", 3.0),
-            reported(target_ratio(f"{label}, SHA-256 on the way in (default): throughput",
-                                  med(MULTIPART_NATIVE, "mib_s"), med(FLASK, "mib_s"), "MiB/s",
-                                  "gunicorn + Flask", 3.0))]
+    return [target_max(f"{label}: Σ worker RSS peak, prefork native (max over runs)", worst_rss, "MiB",
+                       budget_mib + 32, GRANIAN_FLASK, med(GRANIAN_FLASK, "rss_sum_peak_mib")),
+            report_ratio(f"{label}, Flask ({flask_app} on prefork): throughput", med(PREFORK_FLASK, "mib_s"),
+                         med(GRANIAN_FLASK, "mib_s"), "MiB/s", GRANIAN_FLASK),
+            report_ratio(f"{label}, prefork native, checksum none: throughput", med(MULTIPART_NO_SUM, "mib_s"),
+                         med(GRANIAN_FLASK, "mib_s"), "MiB/s", GRANIAN_FLASK),
+            report_ratio(f"{label}, prefork native, checksum none: throughput", med(MULTIPART_NO_SUM, "mib_s"),
+                         med(FLASK, "mib_s"), "MiB/s", FLASK)]
 
 
 # --------------------------------------------------------------------------- scenario: slow

@@ -88,6 +88,9 @@ class Workspace:
     scratch: Path
     access_log: bool = False  # --access-log: prefork logs every request, as the shipped config does
     starts: int = 0
+    # The access-log settings that hello and slow measure, each a set of contenders of its own
+    # (--access-log both: on, then off); the other scenarios run with ``access_log``.
+    log_modes: tuple[bool, ...] = (False,)
 
     def log_path(self, name: str) -> Path:
         self.starts += 1
@@ -205,15 +208,21 @@ def running(spec: ServerSpec, ws: Workspace) -> Iterator[RunningServer]:
         _stop(server)
 
 
+def log_label(on: bool) -> str:
+    """How contender names and table rows say which access-log setting they ran with."""
+    return "log on" if on else "log off"
+
+
 def prefork_config(ws: Workspace, log: Path, overrides: dict[str, dict[str, str]] | None = None,
-                   tree: Path = REPO) -> Path:
+                   tree: Path = REPO, access_log: bool | None = None) -> Path:
     """``tree``'s conf/server.ini with the error log to ``log``, plus ``overrides``.
 
-    The access log is off unless ``ws.access_log`` (``--access-log``): gunicorn's
-    is off by default. With it on, access lines go to ``log`` beside the errors.
+    The access log is off unless ``access_log`` (default ``ws.access_log``, i.e.
+    ``--access-log``): gunicorn's and granian's are off by default. With it on,
+    access lines go to ``log`` beside the errors.
     """
     logging = {"error_log": str(log)}
-    logging["access_log"] = str(log) if ws.access_log else ""
+    logging["access_log"] = str(log) if (ws.access_log if access_log is None else access_log) else ""
     settings: dict[str, dict[str, str]] = {"logging": logging}
     for section, values in (overrides or {}).items():
         settings.setdefault(section, {}).update(values)
@@ -236,10 +245,12 @@ def prefork_config(ws: Workspace, log: Path, overrides: dict[str, dict[str, str]
 
 
 def prefork_server(ws: Workspace, app: str, *, workers: int = 2, threads: int = 4, name: str | None = None,
-                   overrides: dict[str, dict[str, str]] | None = None, tree: Path = REPO) -> ServerSpec:
-    """prefork from ``tree`` (this checkout, or a ``--baseline`` worktree) serving ``bench_apps:app``."""
+                   overrides: dict[str, dict[str, str]] | None = None, tree: Path = REPO,
+                   access_log: bool | None = None) -> ServerSpec:
+    """prefork from ``tree`` (this checkout, or a ``--baseline`` worktree) serving ``bench_apps:app``;
+    ``access_log`` overrides ``ws.access_log``."""
     def argv(port: int, log: Path) -> list[str]:
-        cfg = prefork_config(ws, log, overrides, tree)
+        cfg = prefork_config(ws, log, overrides, tree, access_log)
         return [sys.executable, "-m", "prefork.cli", "-c", str(cfg), "-b", f"{HOST}:{port}",
                 "-w", str(workers), "--threads", str(threads), f"bench_apps:{app}"]
 
@@ -270,6 +281,18 @@ def gunicorn_server(app: str, *, workers: int = 2, worker_class: str = "sync", t
 
     label = f"gunicorn {worker_class}" + (f" {workers}x{threads}" if worker_class == "gthread" else f" {workers}w")
     return ServerSpec(name or label, argv)
+
+
+def granian_server(app: str, *, workers: int = 2, access_log: bool = False, name: str | None = None) -> ServerSpec:
+    """granian's WSGI interface (Rust core), HTTP/1 only, its defaults otherwise (blocking
+    threads, backpressure). With ``access_log`` it logs every request (``--access-log``,
+    its default format) to its stdout, which ``running`` sends to the server's log file."""
+    def argv(port: int, log: Path) -> list[str]:
+        return [sys.executable, "-m", "granian", "--interface", "wsgi", "--host", HOST, "--port", str(port),
+                "--workers", str(workers), "--http", "1", "--access-log" if access_log else "--no-access-log",
+                f"bench_apps:{app}"]
+
+    return ServerSpec(name or f"granian wsgi {workers}w", argv)
 
 
 def ceiling_server(ws: Workspace) -> ServerSpec:
@@ -567,22 +590,49 @@ def hello_variant(conns: int, close: bool) -> str:
     return f"{'close' if close else 'keep-alive'} c{conns}"
 
 
+@dataclass
+class HelloRoles:
+    """Names of the hello contenders by role: per access-log mode prefork (threads 4 and 0), granian and
+    any ``--baseline`` prefork; gunicorn once (its access log off, its default), as secondary peers."""
+
+    modes: tuple[bool, ...]
+    threads4: dict[bool, str] = field(default_factory=dict)
+    threads0: dict[bool, str] = field(default_factory=dict)
+    granian: dict[bool, str] = field(default_factory=dict)
+    baseline: dict[bool, list[str]] = field(default_factory=dict)
+    gunicorn: list[str] = field(default_factory=list)
+
+
 def hello_contenders(ws: Workspace, baseline: tuple[str, Path] | None = None
-                     ) -> tuple[list[ServerSpec], list[str], list[str]]:
-    """prefork (threads 4 and 0) and gunicorn (sync, gthread); with ``baseline`` = (rev, tree),
-    also prefork at that commit, so a change is measured against its parent in the same run."""
-    primaries = [prefork_server(ws, "hello", threads=4), prefork_server(ws, "hello", threads=0)]
-    peers = [gunicorn_server("hello", worker_class="sync"),
-             gunicorn_server("hello", worker_class="gthread", threads=4)]
-    order = [primaries[0], peers[0], primaries[1], peers[1]]
-    if baseline:
-        rev, tree = baseline
-        before = [prefork_server(ws, "hello", threads=t, name=f"prefork@{rev} threads={t}", tree=tree)
-                  for t in (4, 0)]
-        order = [primaries[0], before[0], peers[0], primaries[1], before[1], peers[1]]
-        peers = [p.name for p in before] + [p.name for p in peers]
-        return order, [p.name for p in primaries], peers
-    return order, [p.name for p in primaries], [p.name for p in peers]
+                     ) -> tuple[list[ServerSpec], HelloRoles]:
+    """For each of ``ws.log_modes``: prefork threads 4 and 0 and granian, with the access log on or off
+    in all three; then gunicorn sync and gthread. With ``baseline`` = (rev, tree), also prefork at that
+    commit, so a change is measured against its parent in the same run."""
+    roles = HelloRoles(ws.log_modes)
+    order: list[ServerSpec] = []
+    for on in ws.log_modes:
+        label = log_label(on)
+        t4 = prefork_server(ws, "hello", threads=4, name=f"prefork threads=4, {label}", access_log=on)
+        t0 = prefork_server(ws, "hello", threads=0, name=f"prefork threads=0, {label}", access_log=on)
+        peer = granian_server("hello", access_log=on, name=f"granian wsgi 2w, {label}")
+        order += [t4, peer, t0]
+        roles.threads4[on], roles.threads0[on], roles.granian[on] = t4.name, t0.name, peer.name
+        if baseline:
+            rev, tree = baseline
+            before = [prefork_server(ws, "hello", threads=t, name=f"prefork@{rev} threads={t}, {label}",
+                                     tree=tree, access_log=on) for t in (4, 0)]
+            order += before
+            roles.baseline[on] = [b.name for b in before]
+    gunicorns = [gunicorn_server("hello", worker_class="sync"),
+                 gunicorn_server("hello", worker_class="gthread", threads=4)]
+    order += gunicorns
+    roles.gunicorn = [g.name for g in gunicorns]
+    return order, roles
+
+
+def report_ratio(scenario: str, a: float, b: float, unit: str, peer: str) -> SummaryRow:
+    """prefork ``a`` beside a peer's ``b``, with their ratio: reported, no target."""
+    return SummaryRow(scenario, fmt(a, unit), f"{fmt(b, unit)} ({peer})", ratio(a, b), "report", None)
 
 
 def scenario_hello(args: argparse.Namespace, ws: Workspace) -> list[SummaryRow]:
@@ -603,38 +653,72 @@ def scenario_hello(args: argparse.Namespace, ws: Workspace) -> list[SummaryRow]:
 
     with contextlib.ExitStack() as stack:
         baseline = (args.baseline, stack.enter_context(baseline_tree(args.baseline, ws))) if args.baseline else None
-        contenders, primaries, peers = hello_contenders(ws, baseline)
+        contenders, roles = hello_contenders(ws, baseline)
         print(f"hello: {len(contenders)} servers x {args.runs} runs x {len(HELLO_VARIANTS)} variants of "
-              f"{args.duration:g}s, client {client.__name__}", file=sys.stderr)
+              f"{args.duration:g}s, client {client.__name__}, access log "
+              f"{' and '.join(log_label(on) for on in ws.log_modes)}", file=sys.stderr)
         results = alternate(contenders, args.runs, ws, measure)
     variants = [hello_variant(c, close) for c, close in HELLO_VARIANTS]
-    rows = ratio_rows(results, variants, "req_s", "req/s", primaries, peers, lambda v: f"GET 100 B, {v}")
-    print_table(f"Small GET, req/s (2 workers each; median of {args.runs}; higher is better)", rows,
-                note=f"Client: {'wrk -t2 --latency' if client is run_wrk else 'Python threads'}, "
-                     f"{args.duration:g}s per variant; prefork's access log "
-                     f"{'on (as shipped)' if ws.access_log else 'off'}, gunicorn's off. "
-                     "gunicorn sync has no keep-alive.")
-    rows = ratio_rows(results, variants, "p99_ms", "ms", primaries, peers, lambda v: f"GET 100 B, {v}")
-    print_table(f"Small GET, p99 latency (median of {args.runs}; lower is better)", rows)
-    print_medians(results, variants, ["req_s", "p50_ms", "p99_ms", "err_connect", "err_read", "err_write",
-                                      "err_timeout", "non2xx"])
+    print_hello_tables(results, roles, variants, args, client is run_wrk)
     if raw_errors:
         print(f"**Errors reported by the client ({len(raw_errors)} measurements)** — first ones:\n")
         for text in raw_errors[:6]:
             print("```\n" + text.strip() + "\n```")
     save_json(args, "hello", results)
-    prefork, (sync, gthread) = primaries[0], peers[-2:]  # gunicorn's two come last
-    ka, close = hello_variant(100, False), hello_variant(100, True)
+    return hello_summary(results, roles)
+
+
+def print_hello_tables(results: Results, roles: HelloRoles, variants: list[str], args: argparse.Namespace,
+                       wrk: bool) -> None:
+    """req/s and p99 tables: prefork vs granian (and the baseline) per log mode, then vs gunicorn."""
+    def rows(metric: str, unit: str) -> list[list[str]]:
+        out = []
+        for on in roles.modes:
+            out += ratio_rows(results, variants, metric, unit, [roles.threads4[on], roles.threads0[on]],
+                              [roles.granian[on], *roles.baseline.get(on, [])], lambda v: f"GET 100 B, {v}")
+        # gunicorn ran once, its access log off: beside prefork with the log off when that was measured.
+        last = roles.modes[-1]
+        out += ratio_rows(results, variants, metric, unit, [roles.threads4[last]], roles.gunicorn,
+                          lambda v: f"GET 100 B, {v}")
+        return out
+
+    logs = " and ".join(log_label(on) for on in roles.modes)
+    print_table(f"Small GET, req/s (2 workers each; median of {args.runs}; higher is better)", rows("req_s", "req/s"),
+                note=f"Client: {'wrk -t2 --latency' if wrk else 'Python threads'}, {args.duration:g}s per variant. "
+                     f"Access log: {logs}; \"log on\" is prefork's as conf/server.ini ships it (to the server's "
+                     "log file) against granian's `--access-log` (its default format, to its stdout, which is "
+                     "the same kind of log file). granian: `--interface wsgi --workers 2 --http 1`, its defaults "
+                     "otherwise. gunicorn (secondary peer) runs once, its access log off; gunicorn sync has no "
+                     "keep-alive.")
+    print_table(f"Small GET, p99 latency (median of {args.runs}; lower is better)", rows("p99_ms", "ms"))
+    print_medians(results, variants, ["req_s", "p50_ms", "p99_ms", "err_connect", "err_read", "err_write",
+                                      "err_timeout", "non2xx"])
+
+
+def hello_summary(results: Results, roles: HelloRoles) -> list[SummaryRow]:
+    """Issue 14's hello targets against granian, once per access-log mode; gunicorn gthread reported."""
+    ka, close, ka10 = hello_variant(100, False), hello_variant(100, True), hello_variant(10, False)
 
     def med(name: str, variant: str, metric: str = "req_s") -> float:
         return median(results, name, variant, metric)
 
-    return [target_ratio("hello, keep-alive, c100", med(prefork, ka), med(sync, ka), "req/s", sync, 3.0),
-            target_ratio("hello, keep-alive, c100", med(prefork, ka), med(gthread, ka), "req/s", gthread, 2.5),
-            target_max("hello, keep-alive, c100: p99 latency", med(prefork, ka, "p99_ms"), "ms", 20.0,
-                       gthread, med(gthread, ka, "p99_ms")),
-            target_ratio("hello, Connection: close, c100", med(prefork, close), med(sync, close), "req/s",
-                         sync, 1.2)]
+    rows = []
+    for on in roles.modes:
+        t4, t0, peer, label = roles.threads4[on], roles.threads0[on], roles.granian[on], log_label(on)
+        rows += [target_ratio(f"hello c100 keep-alive, threads=4, {label}", med(t4, ka), med(peer, ka), "req/s",
+                              "granian", 1.2),
+                 target_ratio(f"hello c100 keep-alive, threads=0, {label}", med(t0, ka), med(peer, ka), "req/s",
+                              "granian", 2.0),
+                 target_max(f"hello c100 keep-alive, threads=4, {label}: p99 latency ≤ granian's",
+                            med(t4, ka, "p99_ms"), "ms", med(peer, ka, "p99_ms"), "granian", med(peer, ka, "p99_ms")),
+                 target_ratio(f"hello c100 Connection: close, threads=4, {label}", med(t4, close), med(peer, close),
+                              "req/s", "granian", 1.0),
+                 report_ratio(f"hello c10 keep-alive, threads=4, {label}", med(t4, ka10), med(peer, ka10), "req/s",
+                              "granian")]
+    gthread, last = roles.gunicorn[-1], roles.modes[-1]
+    rows.append(report_ratio(f"hello c100 keep-alive, threads=4, {log_label(last)}", med(roles.threads4[last], ka),
+                             med(gthread, ka), "req/s", gthread))
+    return rows
 
 
 def print_medians(results: Results, variants: list[str], metrics: list[str]) -> None:
@@ -782,15 +866,18 @@ def parse_size(text: str) -> int:
 
 UPLOAD_MOVE = "prefork move_to"  # the contender the raw-upload targets count (saves with a link)
 UPLOAD_NATIVE = "prefork native move_to"
+UPLOAD_COPY = "prefork copy"  # the same WSGI copy app as the peers: the target against granian
+UPLOAD_GRANIAN = "granian copy"
 CEILING = "ceiling (raw socket)"
 
 
 def upload_contenders(ws: Workspace) -> list[ServerSpec]:
-    return [prefork_server(ws, "upload_move", threads=4, name=UPLOAD_MOVE),
-            gunicorn_server("upload", worker_class="sync", name="gunicorn sync"),
+    return [prefork_server(ws, "upload", threads=4, name=UPLOAD_COPY),
+            granian_server("upload", name=UPLOAD_GRANIAN),
+            prefork_server(ws, "upload_move", threads=4, name=UPLOAD_MOVE),
             ceiling_server(ws),
             prefork_server(ws, "native_app", threads=4, name=UPLOAD_NATIVE),
-            prefork_server(ws, "upload", threads=4, name="prefork copy")]
+            gunicorn_server("upload", worker_class="sync", name="gunicorn sync")]
 
 
 def scenario_upload(args: argparse.Namespace, ws: Workspace) -> list[SummaryRow]:
@@ -819,13 +906,16 @@ def scenario_upload(args: argparse.Namespace, ws: Workspace) -> list[SummaryRow]
     results = alternate(contenders, args.runs, ws, measure)
     label = f"POST {size / MiB:,.0f} MiB to a file"
     ceiling = CEILING
-    rows = ratio_rows(results, ["upload"], "mib_s", "MiB/s", [UPLOAD_MOVE, UPLOAD_NATIVE, "prefork copy"],
-                      [ceiling, "gunicorn sync"], lambda v: label)
+    rows = ratio_rows(results, ["upload"], "mib_s", "MiB/s", [UPLOAD_COPY], [UPLOAD_GRANIAN, "gunicorn sync"],
+                      lambda v: label)
+    rows += ratio_rows(results, ["upload"], "mib_s", "MiB/s", [UPLOAD_MOVE, UPLOAD_NATIVE],
+                       [ceiling, UPLOAD_GRANIAN], lambda v: label)
     print_table(f"Upload throughput, Content-Length body (median of {args.runs}; higher is better)", rows,
                 note="MiB/s = body size / (first byte sent .. response received). `prefork move_to` (WSGI "
                      "`wsgi.input.move_to(path)`) and `prefork native move_to` (`prefork.App` route, "
-                     "`request.body.move_to(path)`) link prefork's staged body into place; `prefork copy` "
-                     "and gunicorn read wsgi.input in 1 MiB pieces into a file in the same filesystem. Every "
+                     "`request.body.move_to(path)`) link prefork's staged body into place; `prefork copy`, "
+                     "`granian copy` (`--interface wsgi --workers 2 --http 1`) and gunicorn sync run the same "
+                     "WSGI app, reading wsgi.input in 1 MiB pieces into a file in the same filesystem. Every "
                      "app deletes the file before answering. The ceiling is a raw-socket receiver "
                      "(recv_into + write) fed by the same Python sendall client. disk_write_per_byte = "
                      "/proc/PID/io write_bytes of the serving processes / body size.")
@@ -842,14 +932,16 @@ def scenario_upload(args: argparse.Namespace, ws: Workspace) -> list[SummaryRow]
         return median(results, name, "upload", metric)
 
     label = f"raw {size / MiB:,.0f} MiB upload saved to a file"
-    return [target_ratio(f"{label} (WSGI move_to)", med(UPLOAD_MOVE), med(ceiling), "MiB/s", "ceiling", 0.9),
+    return [target_ratio(f"{label} (WSGI app copies wsgi.input)", med(UPLOAD_COPY), med(UPLOAD_GRANIAN), "MiB/s",
+                         UPLOAD_GRANIAN, 1.0),
+            target_ratio(f"{label} (WSGI move_to)", med(UPLOAD_MOVE), med(ceiling), "MiB/s", "ceiling", 0.9),
             target_ratio(f"{label} (native move_to)", med(UPLOAD_NATIVE), med(ceiling), "MiB/s", "ceiling", 0.9),
-            target_ratio(f"{label} (WSGI move_to)", med(UPLOAD_MOVE), med("gunicorn sync"), "MiB/s",
-                         "gunicorn sync", 1.0),
+            report_ratio(f"{label} (WSGI app copies wsgi.input)", med(UPLOAD_COPY), med("gunicorn sync"), "MiB/s",
+                         "gunicorn sync"),
             SummaryRow(f"{label}: disk bytes written per uploaded byte (WSGI move_to)",
                        fmt(med(UPLOAD_MOVE, "disk_write_per_byte")),
                        f"{fmt(med(ceiling, 'disk_write_per_byte'))} (ceiling), "
-                       f"{fmt(med('gunicorn sync', 'disk_write_per_byte'))} (gunicorn sync)", "—", "report", None)]
+                       f"{fmt(med(UPLOAD_GRANIAN, 'disk_write_per_byte'))} ({UPLOAD_GRANIAN})", "—", "report", None)]
 
 
 # --------------------------------------------------------------------------- scenario: multipart
@@ -863,10 +955,35 @@ MULTIPART_NO_SUM = "prefork native, checksum none"
 NO_CHECKSUM = {"uploads": {"checksum": "none"}}
 
 
-def multipart_contenders(ws: Workspace) -> list[ServerSpec]:
-    return [prefork_server(ws, "native_app", threads=4, name=MULTIPART_NATIVE),
-            prefork_server(ws, "native_app", threads=4, name=MULTIPART_NO_SUM, overrides=NO_CHECKSUM)]
 FLASK = "gunicorn sync + Flask"
+GRANIAN_FLASK = "granian + Flask"
+PREFORK_FLASK = "prefork + Flask"
+
+
+def flask_upload_app() -> str:
+    """The Flask app prefork serves: ``flask_upload_staged`` (Flask on prefork's staged-upload adapter,
+    ``save()`` a rename) once scripts/bench_apps.py has it, else the plain ``flask_upload``."""
+    import bench_apps
+
+    return "flask_upload_staged" if hasattr(bench_apps, "flask_upload_staged") else "flask_upload"
+
+
+def flask_note(app: str) -> str:
+    if app == "flask_upload_staged":
+        return ("prefork + Flask serves `bench_apps:flask_upload_staged`: the same view on prefork's "
+                "staged-upload adapter (the part staged while it streamed in; `save()` is a rename).")
+    return ("prefork + Flask serves the plain `bench_apps:flask_upload` (Werkzeug re-parses prefork's staged "
+            "body: `flask_upload_staged`, on prefork's staged-upload adapter, is not in bench_apps.py yet).")
+
+
+def multipart_contenders(ws: Workspace) -> list[ServerSpec]:
+    """prefork + Flask and granian + Flask (issue 14's pair), prefork's native app with and without its
+    checksum, gunicorn + Flask."""
+    return [prefork_server(ws, flask_upload_app(), threads=4, name=PREFORK_FLASK, overrides=NO_CHECKSUM),
+            granian_server("flask_upload", name=GRANIAN_FLASK),
+            prefork_server(ws, "native_app", threads=4, name=MULTIPART_NATIVE),
+            prefork_server(ws, "native_app", threads=4, name=MULTIPART_NO_SUM, overrides=NO_CHECKSUM),
+            gunicorn_server("flask_upload", worker_class="sync", name=FLASK)]
 BOUNDARY = "----prefork-bench-4f0c1d9a7e"
 
 
@@ -921,21 +1038,23 @@ def scenario_multipart(args: argparse.Namespace, ws: Workspace) -> list[SummaryR
                               "read_bytes_per_byte": sampler.io_delta("read_bytes") / size,
                               **cpu_per_gib(sampler, size), "ok": float(ok)}}
 
-    contenders = [*multipart_contenders(ws), gunicorn_server("flask_upload", worker_class="sync", name=FLASK),
-                  ceiling_server(ws)]
+    contenders = [*multipart_contenders(ws), ceiling_server(ws)]
+    flask_app = flask_upload_app()
     print(f"multipart: {size / MiB:,.0f} MiB x {args.runs} runs x {len(contenders)} servers", file=sys.stderr)
     results = alternate(contenders, args.runs, ws, measure)
     label = f"multipart {size / MiB:,.0f} MiB, file saved"
-    rows = ratio_rows(results, ["multipart"], "mib_s", "MiB/s", [MULTIPART_NO_SUM, MULTIPART_NATIVE], [CEILING, FLASK],
+    rows = ratio_rows(results, ["multipart"], "mib_s", "MiB/s", [PREFORK_FLASK], [GRANIAN_FLASK, FLASK],
                       lambda v: label)
+    rows += ratio_rows(results, ["multipart"], "mib_s", "MiB/s", [MULTIPART_NO_SUM, MULTIPART_NATIVE],
+                       [CEILING, GRANIAN_FLASK, FLASK], lambda v: label)
     print_table(f"Multipart upload, one file part saved (median of {args.runs}; higher is better)", rows,
                 note="The same streaming client (a raw socket: boundary, part headers, the file bytes from a "
                      "preallocated 4 MiB buffer, the closing delimiter; Content-Length) for every server. "
                      "prefork: a `prefork.App` route doing `request.files[\"upload\"].save(path)` (the part "
-                     "was staged in its own file while it streamed in; save is a link). gunicorn: Flask's "
+                     "was staged in its own file while it streamed in; save is a link). granian and gunicorn: Flask's "
                      "`request.files[\"upload\"].save(path)` (Werkzeug spools the part to a temporary file, "
-                     "save copies it). The ceiling saves the raw body without parsing it. disk_write_per_byte "
-                     "= write_bytes of the serving processes (/proc/PID/io) / file size.")
+                     f"save copies it). {flask_note(flask_app)} The ceiling saves the raw body without parsing "
+                     "it. disk_write_per_byte = write_bytes of the serving processes (/proc/PID/io) / file size.")
     print_medians(results, ["multipart"], ["mib_s", "send_s", "after_send_s", "rss_growth_mib",
                                            "disk_write_per_byte", "read_bytes_per_byte", "user_s_per_gib",
                                            "sys_s_per_gib", "ok"])
@@ -945,16 +1064,21 @@ def scenario_multipart(args: argparse.Namespace, ws: Workspace) -> list[SummaryR
     def med(name: str, metric: str = "mib_s") -> float:
         return median(results, name, "multipart", metric)
 
-    disk = med(MULTIPART_NATIVE, "disk_write_per_byte")
+    disk, native_disk = med(PREFORK_FLASK, "disk_write_per_byte"), med(MULTIPART_NATIVE, "disk_write_per_byte")
     hashed = f"{label}, SHA-256 on the way in (default)"
-    return [target_ratio(f"{label}, checksum none", med(MULTIPART_NO_SUM), med(CEILING), "MiB/s", "ceiling", 0.8),
-            target_ratio(f"{label}, checksum none", med(MULTIPART_NO_SUM), med(FLASK), "MiB/s",
-                         "gunicorn + Flask", 5.0),
+    flask = f"Flask {size / MiB:,.0f} MiB multipart, request.files[...].save() ({flask_app} on prefork)"
+    return [target_ratio(flask, med(PREFORK_FLASK), med(GRANIAN_FLASK), "MiB/s", GRANIAN_FLASK, 3.0),
+            SummaryRow(f"{flask}: disk bytes written per uploaded byte", fmt(disk),
+                       f"{fmt(med(GRANIAN_FLASK, 'disk_write_per_byte'))} ({GRANIAN_FLASK})", "—", "= 1.0",
+                       None if disk != disk else abs(disk - 1.0) <= 0.02),
+            report_ratio(flask, med(PREFORK_FLASK), med(FLASK), "MiB/s", FLASK),
+            target_ratio(f"{label}, prefork native, checksum none", med(MULTIPART_NO_SUM), med(CEILING), "MiB/s",
+                         "ceiling", 0.8),
+            report_ratio(f"{label}, prefork native, checksum none", med(MULTIPART_NO_SUM), med(GRANIAN_FLASK),
+                         "MiB/s", GRANIAN_FLASK),
             reported(target_ratio(hashed, med(MULTIPART_NATIVE), med(CEILING), "MiB/s", "ceiling", 0.8)),
-            reported(target_ratio(hashed, med(MULTIPART_NATIVE), med(FLASK), "MiB/s", "gunicorn + Flask", 5.0)),
-            SummaryRow(f"{label}: disk bytes written per uploaded byte", fmt(disk),
-                       f"{fmt(med(FLASK, 'disk_write_per_byte'))} (gunicorn + Flask)", "—", "= 1.0",
-                       None if disk != disk else abs(disk - 1.0) <= 0.02)]
+            SummaryRow(f"{label}, prefork native: disk bytes written per uploaded byte", fmt(native_disk),
+                       "—", "—", "= 1.0", None if native_disk != native_disk else abs(native_disk - 1.0) <= 0.02)]
 
 
 # --------------------------------------------------------------------------- scenario: bigupload
@@ -1027,17 +1151,18 @@ def scenario_concurrent(args: argparse.Namespace, ws: Workspace) -> list[Summary
                                "disk_write_per_byte": sampler.io_delta("write_bytes") / (clients * each),
                                **cpu_per_gib(sampler, clients * each), "ok": float(ok)}}
 
-    contenders = [*multipart_contenders(ws), gunicorn_server("flask_upload", worker_class="sync", name=FLASK)]
+    contenders = multipart_contenders(ws)
+    flask_app = flask_upload_app()
     print(f"concurrent: {clients} x {each / MiB:,.0f} MiB x {args.runs} runs x {len(contenders)} servers",
           file=sys.stderr)
     results = alternate(contenders, args.runs, ws, measure)
     label = f"{clients} concurrent {each / MiB:,.0f} MiB multipart uploads"
-    rows = ratio_rows(results, ["concurrent"], "mib_s", "MiB/s", [MULTIPART_NO_SUM, MULTIPART_NATIVE], [FLASK],
-                      lambda v: label)
+    rows = ratio_rows(results, ["concurrent"], "mib_s", "MiB/s", [PREFORK_FLASK, MULTIPART_NO_SUM, MULTIPART_NATIVE],
+                      [GRANIAN_FLASK, FLASK], lambda v: label)
     print_table(f"Concurrent uploads (median of {args.runs}; higher is better)", rows,
                 note=f"{clients} client threads start together, each streaming one form (as in `multipart`); "
                      "MiB/s = all file bytes / wall time until the last answer. rss_sum_peak_mib = the peak of "
-                     "the sum of the serving processes' RSS, sampled every 10 ms.")
+                     "the sum of the serving processes' RSS, sampled every 10 ms. " + flask_note(flask_app))
     print_medians(results, ["concurrent"], ["mib_s", "seconds", "rss_sum_peak_mib", "rss_sum_growth_mib",
                                             "disk_write_per_byte", "user_s_per_gib", "sys_s_per_gib", "ok"])
     print_failures(failures)
@@ -1048,13 +1173,14 @@ def scenario_concurrent(args: argparse.Namespace, ws: Workspace) -> list[Summary
 
     worst_rss = max((m["rss_sum_peak_mib"] for name in (MULTIPART_NATIVE, MULTIPART_NO_SUM)
                      for m in results[name].get("concurrent", [])), default=float("nan"))
-    return [target_max(f"{label}: Σ worker RSS peak (max over runs)", worst_rss, "MiB", budget_mib + 32, FLASK,
-                       med(FLASK, "rss_sum_peak_mib")),
-            target_ratio(f"{label}, checksum none: throughput", med(MULTIPART_NO_SUM, "mib_s"),
-                         med(FLASK, "mib_s"), "MiB/s", "gunicorn + Flask", 3.0),
-            reported(target_ratio(f"{label}, SHA-256 on the way in (default): throughput",
-                                  med(MULTIPART_NATIVE, "mib_s"), med(FLASK, "mib_s"), "MiB/s",
-                                  "gunicorn + Flask", 3.0))]
+    return [target_max(f"{label}: Σ worker RSS peak, prefork native (max over runs)", worst_rss, "MiB",
+                       budget_mib + 32, GRANIAN_FLASK, med(GRANIAN_FLASK, "rss_sum_peak_mib")),
+            report_ratio(f"{label}, Flask ({flask_app} on prefork): throughput", med(PREFORK_FLASK, "mib_s"),
+                         med(GRANIAN_FLASK, "mib_s"), "MiB/s", GRANIAN_FLASK),
+            report_ratio(f"{label}, prefork native, checksum none: throughput", med(MULTIPART_NO_SUM, "mib_s"),
+                         med(GRANIAN_FLASK, "mib_s"), "MiB/s", GRANIAN_FLASK),
+            report_ratio(f"{label}, prefork native, checksum none: throughput", med(MULTIPART_NO_SUM, "mib_s"),
+                         med(FLASK, "mib_s"), "MiB/s", FLASK)]
 
 
 # --------------------------------------------------------------------------- scenario: slow
@@ -1417,8 +1543,11 @@ def build_parser() -> argparse.ArgumentParser:
                         help="load generator for hello (python is the fallback when wrk is missing)")
     common.add_argument("--logdir", help="keep server logs here (default: a new /tmp/prefork-bench-* dir)")
     common.add_argument("--json", help="also merge raw per-run results into this JSON file")
-    common.add_argument("--access-log", action="store_true",
-                        help="keep prefork's access log on, as conf/server.ini ships it (default: off)")
+    common.add_argument("--access-log", nargs="?", const="on", choices=("on", "off", "both"), default=None,
+                        help="prefork's access log as conf/server.ini ships it (on), off, or both: hello and "
+                             "slow measure every contender with each, granian's --access-log alongside; the "
+                             "other scenarios use the first (on). Bare --access-log = on; default: off, "
+                             "and both for all/perf")
     common.add_argument("--baseline", metavar="REV",
                         help="hello: also run prefork at git commit REV (a temporary worktree), "
                              "to compare a change with its parent in the same run")
@@ -1455,7 +1584,10 @@ def main(argv: list[str] | None = None) -> int:
     logdir = Path(args.logdir or tempfile.mkdtemp(prefix="prefork-bench-"))
     logdir.mkdir(parents=True, exist_ok=True)
     scratch = Path(tempfile.mkdtemp(prefix="prefork-bench-scratch-"))
-    ws = Workspace(logdir, scratch, access_log=args.access_log)
+    if args.access_log is None:
+        args.access_log = "both" if args.command in ("all", "perf") else "off"
+    modes = {"on": (True,), "off": (False,), "both": (True, False)}[args.access_log]
+    ws = Workspace(logdir, scratch, access_log=modes[0], log_modes=modes)
     print(f"server logs: {logdir}", file=sys.stderr)
     names = list(SCENARIOS) if args.command in ("all", "perf") else [args.command]
     summary: list[SummaryRow] = []

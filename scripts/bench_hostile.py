@@ -42,11 +42,10 @@ import struct
 import sys
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 from bench import (HOST, MiB, Measurement, Metrics, ProcessSampler, Results, RunningServer, ServerSpec, SummaryRow,
-                   Workspace, alternate, fmt, gunicorn_server, median, prefork_server, print_medians, print_table,
-                   save_json, target_max)
+                   Workspace, alternate, fmt, granian_server, gunicorn_server, median, prefork_server, print_medians,
+                   print_table, save_json, target_max)
 
 FLOOD_REQUEST = b"GET /nonexistent HTTP/1.1\r\nHost: x\r\n\r\n"
 BLOCKED_FOR = 1.0  # seconds without room in the send buffer that count as "the sends block"
@@ -288,22 +287,13 @@ def measure_idle(server: RunningServer, plan: Plan, with_status: bool) -> Metric
     return out
 
 
-def granian_server(app: str, *, workers: int = 2) -> ServerSpec:
-    """granian's WSGI interface with its defaults (bench.py starts no granian of its own)."""
-    def argv(port: int, log: Path) -> list[str]:
-        return [sys.executable, "-m", "granian", "--interface", "wsgi", "--host", HOST, "--port", str(port),
-                "--workers", str(workers), f"bench_apps:{app}"]
-
-    return ServerSpec(GRANIAN, argv)
-
-
 def contenders(ws: Workspace) -> list[ServerSpec]:
     access_log = ws.logdir / "hostile-access.log"
     return [prefork_server(ws, "hello", workers=2, threads=4, name=PREFORK,
                            overrides={"logging": {"access_log": str(access_log)}}),
             gunicorn_server("hello", worker_class="sync"),
             gunicorn_server("hello", worker_class="gthread", threads=4),
-            granian_server("hello")]
+            granian_server("hello", name=GRANIAN)]
 
 
 # --------------------------------------------------------------------------- the scenario

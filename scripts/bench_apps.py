@@ -16,6 +16,8 @@ Apps:
     flask_upload  Flask: ``POST /form`` saves ``request.files["upload"]`` with ``.save(path)``
                   (Werkzeug spools the part to a temporary file, ``save`` copies it), answers
                   the file size; any GET answers the hello body (readiness probe).
+    flask_upload_staged  ``flask_upload`` plus ``staged_uploads(app)`` (prefork's Flask adapter):
+                  ``save`` links the part prefork staged while it arrived.
     native_app    a ``prefork.App``: ``GET /`` hello; ``POST /upload`` links the staged raw
                   body into place with ``request.body.move_to(path)``; ``POST /form`` saves
                   ``request.files["upload"]`` with ``.save(path)`` (a rename of the part that
@@ -140,6 +142,19 @@ def _make_flask_upload() -> Any:
 
 
 flask_upload = _make_flask_upload()
+
+
+def _make_flask_upload_staged() -> Any:
+    """``flask_upload`` plus the one line of prefork's adapter (None without Flask)."""
+    flask_app = _make_flask_upload()
+    if flask_app is None:
+        return None
+    from prefork.apps.adapters.flask import staged_uploads
+
+    return staged_uploads(flask_app)
+
+
+flask_upload_staged = _make_flask_upload_staged()
 
 
 def _make_native_app() -> Any:

@@ -1186,12 +1186,26 @@ def scenario_concurrent(args: argparse.Namespace, ws: Workspace) -> list[Summary
 # --------------------------------------------------------------------------- scenario: slow
 
 
-SLOW_ON = "prefork + slow clients"
-SLOW_OFF = "prefork undisturbed"
+SLOW = " + slow clients"  # suffix of the contenders measured under attack
+CALM = " undisturbed"
+
+
+def slow_contenders(ws: Workspace) -> tuple[list[ServerSpec], dict[bool, tuple[str, str]]]:
+    """Per access-log mode: prefork and granian, each undisturbed and under attack; and, per mode,
+    the base names (prefork, granian) that ``SLOW`` / ``CALM`` complete."""
+    specs, names = [], {}
+    for on in ws.log_modes:
+        label = log_label(on)
+        prefork, granian = f"prefork, {label}", f"granian wsgi 2w, {label}"
+        names[on] = (prefork, granian)
+        for suffix in (CALM, SLOW):
+            specs.append(prefork_server(ws, "hello", threads=4, name=prefork + suffix, access_log=on))
+            specs.append(granian_server("hello", access_log=on, name=granian + suffix))
+    return specs, names
 
 
 def scenario_slow(args: argparse.Namespace, ws: Workspace) -> list[SummaryRow]:
-    """wrk hello req/s with 500 slowloris + 50 slow-body sockets held open, vs none."""
+    """wrk hello req/s with 500 slowloris + 50 slow-body sockets held open, vs none; prefork and granian."""
     from bench_slow_clients import SlowClients
 
     loris, bodies, conns = (500, 50, 100)
@@ -1200,7 +1214,7 @@ def scenario_slow(args: argparse.Namespace, ws: Workspace) -> list[SummaryRow]:
     def measure(server: RunningServer) -> Measurement:
         if not args.quick:
             run_wrk(server.port, 10, 1, False)  # warm-up, not recorded (as in hello)
-        if server.name == SLOW_OFF:
+        if server.name.endswith(CALM):
             metrics, text = run_wrk(server.port, conns, args.duration, False)
             return {"hello": metrics}
         with SlowClients(server.port, slowloris=loris, slow_body=bodies) as slow:
@@ -1216,11 +1230,18 @@ def scenario_slow(args: argparse.Namespace, ws: Workspace) -> list[SummaryRow]:
             raw_errors.append(f"{server.name} (log {server.log}):\n{text}")
         return {"hello": {**metrics, "slow_open_start": before["slow_open"], **after}}
 
-    spec_on = prefork_server(ws, "hello", threads=4, name=SLOW_ON)
-    spec_off = prefork_server(ws, "hello", threads=4, name=SLOW_OFF)
+    specs, names = slow_contenders(ws)
     print(f"slow: {loris} slowloris + {bodies} slow-body sockets, wrk c{conns} {args.duration:g}s x "
-          f"{args.runs} runs", file=sys.stderr)
-    results = alternate([spec_off, spec_on], args.runs, ws, measure)
+          f"{args.runs} runs x {len(specs)} servers", file=sys.stderr)
+    results = alternate(specs, args.runs, ws, measure)
+    rows = []
+    for prefork, granian in names.values():
+        rows += ratio_rows(results, ["hello"], "req_s", "req/s", [prefork + SLOW, prefork + CALM],
+                           [granian + SLOW, granian + CALM], lambda v: f"hello c{conns}")
+    print_table(f"hello under {loris} slowloris + {bodies} slow-body clients, req/s (median of {args.runs})", rows,
+                note="Each server is measured undisturbed and, on a fresh start, with the slow clients held "
+                     "open (scripts/bench_slow_clients.py; a socket the server closes is replaced). prefork: "
+                     "conf/server.ini, 2 workers x 4 threads; granian: `--interface wsgi --workers 2 --http 1`.")
     print_medians(results, ["hello"], ["req_s", "p99_ms", "err_read", "err_timeout", "slow_open_start",
                                        "slow_open", "slow_open_original", "slow_closed_loris",
                                        "slow_closed_body", "slow_connect_errors", "slow_kib_sent"])
@@ -1229,16 +1250,30 @@ def scenario_slow(args: argparse.Namespace, ws: Workspace) -> list[SummaryRow]:
         for text in raw_errors[:6]:
             print("```\n" + text.strip() + "\n```")
     save_json(args, "slow", results)
-    on = median(results, SLOW_ON, "hello", "req_s")
-    off = median(results, SLOW_OFF, "hello", "req_s")
-    runs_on = results[SLOW_ON].get("hello", [])
-    held = min((m["slow_open_original"] for m in runs_on), default=float("nan"))
-    row = target_ratio(f"hello c{conns} with {loris} slowloris + {bodies} slow-body clients", on, off, "req/s",
-                       "no slow clients", 0.9)
-    held_row = SummaryRow("slow clients still open (never closed) when wrk ended, worst run", fmt(held),
-                          f"of {loris + bodies}", "—", f"= {loris + bodies}",
-                          None if held != held else held == loris + bodies)
-    return [row, held_row]
+    return slow_summary(results, names, f"hello c{conns} with {loris} slowloris + {bodies} slow-body clients",
+                        loris + bodies)
+
+
+def slow_summary(results: Results, names: dict[bool, tuple[str, str]], label: str,
+                 slow_total: int) -> list[SummaryRow]:
+    """Per access-log mode: prefork keeps ≥ 90 % of its own req/s, and serves at least granian's under attack."""
+    def med(name: str) -> float:
+        return median(results, name, "hello", "req_s")
+
+    rows = []
+    for on, (prefork, granian) in names.items():
+        lbl = log_label(on)
+        kept_peer = med(granian + SLOW) / med(granian + CALM) if med(granian + CALM) else float("nan")
+        rows.append(target_ratio(f"{label}, {lbl}: req/s kept", med(prefork + SLOW), med(prefork + CALM), "req/s",
+                                 f"undisturbed; granian keeps {kept_peer:.0%}", 0.9))
+        rows.append(target_ratio(f"{label}, {lbl}: req/s under attack", med(prefork + SLOW), med(granian + SLOW),
+                                 "req/s", "granian", 1.0))
+        runs_on = results[prefork + SLOW].get("hello", [])
+        held = min((m["slow_open_original"] for m in runs_on), default=float("nan"))
+        rows.append(SummaryRow(f"slow clients still open (never closed) when wrk ended, worst run, {lbl}", fmt(held),
+                               f"of {slow_total}", "—", f"= {slow_total}",
+                               None if held != held else held == slow_total))
+    return rows
 
 
 # --------------------------------------------------------------------------- scenario: ws

@@ -10,7 +10,7 @@ Usage (from the repo root)::
     python scripts/bench.py multipart --size 1GiB  # vs gunicorn + Flask and the ceiling
     python scripts/bench.py bigupload              # worker RSS during a 4 GiB upload
     python scripts/bench.py concurrent             # 20 x 50 MiB uploads at once
-    python scripts/bench.py memory                 # Σ worker RSS, 40 x 50 MiB uploads (bench_memory.py)
+    python scripts/bench.py memory                 # Σ worker RSS, 40 x 50 MiB uploads; idle RSS vs granian
     python scripts/bench.py slow                   # hello under 500 slowloris + 50 slow bodies
     python scripts/bench.py ws --runs 3
     python scripts/bench.py reload --runs 1        # requests lost to HUP/TTIN/TTOU + max_requests
@@ -1592,7 +1592,8 @@ def build_parser() -> argparse.ArgumentParser:
                             ("multipart", "multipart upload, file saved, vs gunicorn + Flask and the ceiling"),
                             ("bigupload", "worker RSS growth during a 4 GiB upload (raw and multipart)"),
                             ("concurrent", "20 concurrent 50 MiB multipart uploads vs gunicorn + Flask"),
-                            ("memory", "Σ worker RSS, 40 concurrent 50 MiB uploads, memory_budget 64/256 MiB"),
+                            ("memory", "Σ worker RSS, 40 concurrent 50 MiB uploads, memory_budget 64/256 MiB; "
+                                       "idle RSS per worker and per keep-alive connection vs granian"),
                             ("slow", "hello req/s with 500 slowloris + 50 slow-body clients vs none"),
                             ("hostile", "pipelining flood that never reads; 10,000 idle connections; vs peers"),
                             ("ws", "WebSocket echo msg/s and MiB/s vs the websockets library"),

@@ -3,18 +3,25 @@
 Usage (from the repo root)::
 
     python scripts/bench.py all --quick            # smoke test, a few minutes
-    python scripts/bench.py all --runs 3           # every scenario + the summary table (~20 min)
+    python scripts/bench.py all --runs 3           # every scenario + the summary table (~45 min)
     python scripts/bench.py parse
-    python scripts/bench.py hello --runs 3 --duration 5
+    python scripts/bench.py hello --runs 3 --duration 5 --access-log both  # vs granian, log on and off
     python scripts/bench.py upload --runs 2 --size 1GiB
-    python scripts/bench.py multipart --size 1GiB  # vs gunicorn + Flask and the ceiling
+    python scripts/bench.py multipart --size 1GiB  # prefork + Flask vs granian + Flask, native, the ceiling
     python scripts/bench.py bigupload              # worker RSS during a 4 GiB upload
     python scripts/bench.py concurrent             # 20 x 50 MiB uploads at once
     python scripts/bench.py memory                 # Σ worker RSS, 40 x 50 MiB uploads; idle RSS vs granian
-    python scripts/bench.py slow                   # hello under 500 slowloris + 50 slow bodies
-    python scripts/bench.py ws --runs 3
+    python scripts/bench.py slow --access-log both # hello under 500 slowloris + 50 slow bodies, vs granian
+    python scripts/bench.py ws --runs 3            # both clients: raw sockets and the websockets library
     python scripts/bench.py reload --runs 1        # requests lost to HUP/TTIN/TTOU + max_requests
     python scripts/bench.py ws-hostile --runs 1    # worker RSS: ping flood, unfinished deflate (bench_ws_hostile.py)
+
+The main peer is granian (``granian_server``: ``--interface wsgi --workers 2
+--http 1``, its defaults otherwise), the issue-14 targets are ratios to it;
+gunicorn rows stay as secondary figures. ``--access-log on|off|both`` sets
+prefork's access log (and granian's ``--access-log`` beside it) for hello and
+slow, ``both`` measuring each contender with either; ``all`` defaults to both,
+a single scenario to off.
 
 ``all`` (alias ``perf``) runs every scenario and ends with one table, scenario |
 prefork | peer | ratio | target | met?, headed by the date and the command line:
@@ -30,7 +37,7 @@ is kept (its path is printed); each is stopped with TERM, a bounded wait and
 then KILL, by PID, in a ``finally``.
 
 Adding a scenario: write ``contenders(ws, args) -> list[ServerSpec]`` (see
-``prefork_server`` / ``gunicorn_server`` / ``ceiling_server``) and a
+``prefork_server`` / ``granian_server`` / ``gunicorn_server`` / ``ceiling_server``) and a
 ``measure(server, args) -> {variant: {metric: value}}``, pass both to
 ``alternate()``, then print rows with ``ratio_rows()`` / ``print_table()``
 and ``print_medians()``, return its ``SummaryRow`` list, and register the function in ``SCENARIOS``.
@@ -1651,16 +1658,16 @@ def build_parser() -> argparse.ArgumentParser:
                         help="hello: also run prefork at git commit REV (a temporary worktree), "
                              "to compare a change with its parent in the same run")
     for name, help_text in [("parse", "parser micro-benchmarks (heads/s vs h11, chunked, multipart)"),
-                            ("hello", "small GETs vs gunicorn sync and gthread"),
-                            ("upload", "large Content-Length upload vs gunicorn sync and a raw-socket ceiling"),
-                            ("multipart", "multipart upload, file saved, vs gunicorn + Flask and the ceiling"),
+                            ("hello", "small GETs vs granian (access log on/off), gunicorn sync and gthread"),
+                            ("upload", "large Content-Length upload vs granian, gunicorn sync and a raw-socket ceiling"),
+                            ("multipart", "multipart upload, file saved: Flask on prefork vs granian/gunicorn + Flask; the ceiling"),
                             ("bigupload", "worker RSS growth during a 4 GiB upload (raw and multipart)"),
-                            ("concurrent", "20 concurrent 50 MiB multipart uploads vs gunicorn + Flask"),
+                            ("concurrent", "20 concurrent 50 MiB multipart uploads vs granian and gunicorn + Flask"),
                             ("memory", "Σ worker RSS, 40 concurrent 50 MiB uploads, memory_budget 64/256 MiB; "
                                        "idle RSS per worker and per keep-alive connection vs granian"),
-                            ("slow", "hello req/s with 500 slowloris + 50 slow-body clients vs none"),
+                            ("slow", "hello req/s with 500 slowloris + 50 slow-body clients vs none, prefork and granian"),
                             ("hostile", "pipelining flood that never reads; 10,000 idle connections; vs peers"),
-                            ("ws", "WebSocket echo msg/s and MiB/s vs the websockets library"),
+                            ("ws", "WebSocket echo msg/s and MiB/s vs the websockets library, raw and websockets clients"),
                             ("reload", "failed requests under keep-alive load during 16 reload signals "
                                        "and max_requests recycling, vs gunicorn gthread"),
                             ("ws-hostile", "worker RSS: WebSocket ping flood from a peer that never reads, "

@@ -3,18 +3,25 @@
 Usage (from the repo root)::
 
     python scripts/bench.py all --quick            # smoke test, a few minutes
-    python scripts/bench.py all --runs 3           # every scenario + the summary table (~20 min)
+    python scripts/bench.py all --runs 3           # every scenario + the summary table (~45 min)
     python scripts/bench.py parse
-    python scripts/bench.py hello --runs 3 --duration 5
+    python scripts/bench.py hello --runs 3 --duration 5 --access-log both  # vs granian, log on and off
     python scripts/bench.py upload --runs 2 --size 1GiB
-    python scripts/bench.py multipart --size 1GiB  # vs gunicorn + Flask and the ceiling
+    python scripts/bench.py multipart --size 1GiB  # prefork + Flask vs granian + Flask, native, the ceiling
     python scripts/bench.py bigupload              # worker RSS during a 4 GiB upload
     python scripts/bench.py concurrent             # 20 x 50 MiB uploads at once
-    python scripts/bench.py memory                 # Σ worker RSS, 40 x 50 MiB uploads (bench_memory.py)
-    python scripts/bench.py slow                   # hello under 500 slowloris + 50 slow bodies
-    python scripts/bench.py ws --runs 3
+    python scripts/bench.py memory                 # Σ worker RSS, 40 x 50 MiB uploads; idle RSS vs granian
+    python scripts/bench.py slow --access-log both # hello under 500 slowloris + 50 slow bodies, vs granian
+    python scripts/bench.py ws --runs 3            # both clients: raw sockets and the websockets library
     python scripts/bench.py reload --runs 1        # requests lost to HUP/TTIN/TTOU + max_requests
     python scripts/bench.py ws-hostile --runs 1    # worker RSS: ping flood, unfinished deflate (bench_ws_hostile.py)
+
+The main peer is granian (``granian_server``: ``--interface wsgi --workers 2
+--http 1``, its defaults otherwise), the issue-14 targets are ratios to it;
+gunicorn rows stay as secondary figures. ``--access-log on|off|both`` sets
+prefork's access log (and granian's ``--access-log`` beside it) for hello and
+slow, ``both`` measuring each contender with either; ``all`` defaults to both,
+a single scenario to off.
 
 ``all`` (alias ``perf``) runs every scenario and ends with one table, scenario |
 prefork | peer | ratio | target | met?, headed by the date and the command line:
@@ -30,7 +37,7 @@ is kept (its path is printed); each is stopped with TERM, a bounded wait and
 then KILL, by PID, in a ``finally``.
 
 Adding a scenario: write ``contenders(ws, args) -> list[ServerSpec]`` (see
-``prefork_server`` / ``gunicorn_server`` / ``ceiling_server``) and a
+``prefork_server`` / ``granian_server`` / ``gunicorn_server`` / ``ceiling_server``) and a
 ``measure(server, args) -> {variant: {metric: value}}``, pass both to
 ``alternate()``, then print rows with ``ratio_rows()`` / ``print_table()``
 and ``print_medians()``, return its ``SummaryRow`` list, and register the function in ``SCENARIOS``.
@@ -1186,12 +1193,26 @@ def scenario_concurrent(args: argparse.Namespace, ws: Workspace) -> list[Summary
 # --------------------------------------------------------------------------- scenario: slow
 
 
-SLOW_ON = "prefork + slow clients"
-SLOW_OFF = "prefork undisturbed"
+SLOW = " + slow clients"  # suffix of the contenders measured under attack
+CALM = " undisturbed"
+
+
+def slow_contenders(ws: Workspace) -> tuple[list[ServerSpec], dict[bool, tuple[str, str]]]:
+    """Per access-log mode: prefork and granian, each undisturbed and under attack; and, per mode,
+    the base names (prefork, granian) that ``SLOW`` / ``CALM`` complete."""
+    specs, names = [], {}
+    for on in ws.log_modes:
+        label = log_label(on)
+        prefork, granian = f"prefork, {label}", f"granian wsgi 2w, {label}"
+        names[on] = (prefork, granian)
+        for suffix in (CALM, SLOW):
+            specs.append(prefork_server(ws, "hello", threads=4, name=prefork + suffix, access_log=on))
+            specs.append(granian_server("hello", access_log=on, name=granian + suffix))
+    return specs, names
 
 
 def scenario_slow(args: argparse.Namespace, ws: Workspace) -> list[SummaryRow]:
-    """wrk hello req/s with 500 slowloris + 50 slow-body sockets held open, vs none."""
+    """wrk hello req/s with 500 slowloris + 50 slow-body sockets held open, vs none; prefork and granian."""
     from bench_slow_clients import SlowClients
 
     loris, bodies, conns = (500, 50, 100)
@@ -1200,7 +1221,7 @@ def scenario_slow(args: argparse.Namespace, ws: Workspace) -> list[SummaryRow]:
     def measure(server: RunningServer) -> Measurement:
         if not args.quick:
             run_wrk(server.port, 10, 1, False)  # warm-up, not recorded (as in hello)
-        if server.name == SLOW_OFF:
+        if server.name.endswith(CALM):
             metrics, text = run_wrk(server.port, conns, args.duration, False)
             return {"hello": metrics}
         with SlowClients(server.port, slowloris=loris, slow_body=bodies) as slow:
@@ -1216,11 +1237,18 @@ def scenario_slow(args: argparse.Namespace, ws: Workspace) -> list[SummaryRow]:
             raw_errors.append(f"{server.name} (log {server.log}):\n{text}")
         return {"hello": {**metrics, "slow_open_start": before["slow_open"], **after}}
 
-    spec_on = prefork_server(ws, "hello", threads=4, name=SLOW_ON)
-    spec_off = prefork_server(ws, "hello", threads=4, name=SLOW_OFF)
+    specs, names = slow_contenders(ws)
     print(f"slow: {loris} slowloris + {bodies} slow-body sockets, wrk c{conns} {args.duration:g}s x "
-          f"{args.runs} runs", file=sys.stderr)
-    results = alternate([spec_off, spec_on], args.runs, ws, measure)
+          f"{args.runs} runs x {len(specs)} servers", file=sys.stderr)
+    results = alternate(specs, args.runs, ws, measure)
+    rows = []
+    for prefork, granian in names.values():
+        rows += ratio_rows(results, ["hello"], "req_s", "req/s", [prefork + SLOW, prefork + CALM],
+                           [granian + SLOW, granian + CALM], lambda v: f"hello c{conns}")
+    print_table(f"hello under {loris} slowloris + {bodies} slow-body clients, req/s (median of {args.runs})", rows,
+                note="Each server is measured undisturbed and, on a fresh start, with the slow clients held "
+                     "open (scripts/bench_slow_clients.py; a socket the server closes is replaced). prefork: "
+                     "conf/server.ini, 2 workers x 4 threads; granian: `--interface wsgi --workers 2 --http 1`.")
     print_medians(results, ["hello"], ["req_s", "p99_ms", "err_read", "err_timeout", "slow_open_start",
                                        "slow_open", "slow_open_original", "slow_closed_loris",
                                        "slow_closed_body", "slow_connect_errors", "slow_kib_sent"])
@@ -1229,16 +1257,30 @@ def scenario_slow(args: argparse.Namespace, ws: Workspace) -> list[SummaryRow]:
         for text in raw_errors[:6]:
             print("```\n" + text.strip() + "\n```")
     save_json(args, "slow", results)
-    on = median(results, SLOW_ON, "hello", "req_s")
-    off = median(results, SLOW_OFF, "hello", "req_s")
-    runs_on = results[SLOW_ON].get("hello", [])
-    held = min((m["slow_open_original"] for m in runs_on), default=float("nan"))
-    row = target_ratio(f"hello c{conns} with {loris} slowloris + {bodies} slow-body clients", on, off, "req/s",
-                       "no slow clients", 0.9)
-    held_row = SummaryRow("slow clients still open (never closed) when wrk ended, worst run", fmt(held),
-                          f"of {loris + bodies}", "—", f"= {loris + bodies}",
-                          None if held != held else held == loris + bodies)
-    return [row, held_row]
+    return slow_summary(results, names, f"hello c{conns} with {loris} slowloris + {bodies} slow-body clients",
+                        loris + bodies)
+
+
+def slow_summary(results: Results, names: dict[bool, tuple[str, str]], label: str,
+                 slow_total: int) -> list[SummaryRow]:
+    """Per access-log mode: prefork keeps ≥ 90 % of its own req/s, and serves at least granian's under attack."""
+    def med(name: str) -> float:
+        return median(results, name, "hello", "req_s")
+
+    rows = []
+    for on, (prefork, granian) in names.items():
+        lbl = log_label(on)
+        kept_peer = med(granian + SLOW) / med(granian + CALM) if med(granian + CALM) else float("nan")
+        rows.append(target_ratio(f"{label}, {lbl}: req/s kept", med(prefork + SLOW), med(prefork + CALM), "req/s",
+                                 f"undisturbed; granian keeps {kept_peer:.0%}", 0.9))
+        rows.append(target_ratio(f"{label}, {lbl}: req/s under attack", med(prefork + SLOW), med(granian + SLOW),
+                                 "req/s", "granian", 1.0))
+        runs_on = results[prefork + SLOW].get("hello", [])
+        held = min((m["slow_open_original"] for m in runs_on), default=float("nan"))
+        rows.append(SummaryRow(f"slow clients still open (never closed) when wrk ended, worst run, {lbl}", fmt(held),
+                               f"of {slow_total}", "—", f"= {slow_total}",
+                               None if held != held else held == slow_total))
+    return rows
 
 
 # --------------------------------------------------------------------------- scenario: ws
@@ -1246,7 +1288,11 @@ def scenario_slow(args: argparse.Namespace, ws: Workspace) -> list[SummaryRow]:
 
 WS_VARIANTS = [(1024, 1), (1024, 50), (MiB, 1)]  # (message size, connections)
 WS_PIPELINE = {1024: 16, MiB: 2}  # messages each connection sends before it reads their echoes
-WS_CLIENT_PROCS = 2  # client processes when there are several connections
+WS_CLIENT_PROCS = 2  # raw-client processes when there are several connections
+# The websockets asyncio client costs ~120 µs of CPU per 1 KiB message here: one process for 50
+# connections is itself the bottleneck, so it gets one process per this many connections.
+WS_LIB_CONNS_PER_PROC = 10
+WS_CLIENTS = ("raw", "websockets")
 WS_APP = "tests.apps.ws_echo:app"
 
 
@@ -1320,9 +1366,13 @@ def ws_verify(port: int) -> bool:
     return got == expected
 
 
-def ws_client_proc(port: int, conns: int, size: int, pipeline: int, duration: float) -> tuple[int, float]:
+def ws_client_proc(port: int, conns: int, size: int, pipeline: int, duration: float) -> tuple[int, float, float]:
     """Echo load from one process: ``conns`` connections, each sending ``pipeline`` messages, then
-    reading their echoes, in a loop for ``duration`` seconds. Returns (messages echoed, seconds)."""
+    reading their echoes, in a loop for ``duration`` seconds.
+
+    Returns:
+        (messages echoed, seconds, CPU seconds this process used meanwhile).
+    """
     import selectors
 
     socks = [ws_open(port) for _ in range(conns)]
@@ -1335,7 +1385,7 @@ def ws_client_proc(port: int, conns: int, size: int, pipeline: int, duration: fl
         sel.register(sock, both, [memoryview(batch), expect])
     view = memoryview(bytearray(4 * MiB))
     done = 0
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     end = start + duration
     try:
         while (now := time.perf_counter()) < end:
@@ -1365,18 +1415,57 @@ def ws_client_proc(port: int, conns: int, size: int, pipeline: int, duration: fl
         sel.close()
         for sock in socks:
             sock.close()
-    return done, elapsed
+    return done, elapsed, time.process_time() - cpu
 
 
-def run_ws_clients(port: int, conns: int, size: int, duration: float) -> Metrics:
+def ws_lib_client_proc(port: int, conns: int, size: int, pipeline: int, duration: float
+                       ) -> tuple[int, float, float]:
+    """The same load as ``ws_client_proc`` from the ``websockets`` asyncio client (compression off):
+    ``conns`` connections in one event loop, each sending ``pipeline`` messages, then awaiting their
+    echoes. Returns (messages echoed, seconds, CPU seconds of this process)."""
+    import asyncio
+
+    from websockets.asyncio.client import connect
+
+    payload = os.urandom(size)
+
+    async def one(end: float) -> int:
+        done = 0
+        async with connect(f"ws://{HOST}:{port}/echo", compression=None, max_size=64 * MiB,
+                           ping_interval=None) as conn:
+            while time.perf_counter() < end:
+                for _ in range(pipeline):
+                    await conn.send(payload)
+                for _ in range(pipeline):
+                    if len(await conn.recv()) != size:
+                        raise ConnectionError("an echo of the wrong size")
+                done += pipeline
+        return done
+
+    async def main() -> tuple[int, float, float]:
+        start, cpu = time.perf_counter(), time.process_time()
+        counts = await asyncio.gather(*(one(start + duration) for _ in range(conns)))
+        return sum(counts), time.perf_counter() - start, time.process_time() - cpu
+
+    return asyncio.run(main())
+
+
+def run_ws_clients(port: int, conns: int, size: int, duration: float, client: str = "raw") -> Metrics:
+    """Echo load from several client processes: msg/s, MiB/s, and the clients' own CPU use
+    (Σ over processes, and the busiest process, in % of one core)."""
     import multiprocessing
 
-    procs = min(conns, WS_CLIENT_PROCS)
+    if client == "raw":
+        procs, target = min(conns, WS_CLIENT_PROCS), ws_client_proc
+    else:
+        procs, target = -(-conns // WS_LIB_CONNS_PER_PROC), ws_lib_client_proc
     shares = [conns // procs + (1 if i < conns % procs else 0) for i in range(procs)]
     with multiprocessing.get_context("fork").Pool(procs) as pool:
-        parts = pool.starmap(ws_client_proc, [(port, n, size, WS_PIPELINE[size], duration) for n in shares])
-    msgs_s = sum(done / elapsed for done, elapsed in parts)
-    return {"msgs_s": msgs_s, "mib_s": msgs_s * size / MiB}
+        parts = pool.starmap(target, [(port, n, size, WS_PIPELINE[size], duration) for n in shares])
+    msgs_s = sum(done / elapsed for done, elapsed, _ in parts)
+    cpu = [100 * cpu_s / elapsed for _, elapsed, cpu_s in parts]
+    return {"msgs_s": msgs_s, "mib_s": msgs_s * size / MiB, "client_procs": float(procs),
+            "client_cpu_pct": sum(cpu), "client_cpu_max_pct": max(cpu)}
 
 
 def scenario_ws(args: argparse.Namespace, ws: Workspace) -> list[SummaryRow]:
@@ -1387,39 +1476,56 @@ def scenario_ws(args: argparse.Namespace, ws: Workspace) -> list[SummaryRow]:
         if not ok:
             failures.append(f"{server.name}: wrong echo (log {server.log})")
         out: Measurement = {}
-        for size, conns in WS_VARIANTS:
-            out[ws_variant(size, conns)] = {**run_ws_clients(server.port, conns, size, args.duration),
-                                            "ok": float(ok)}
+        for client in WS_CLIENTS:
+            for size, conns in WS_VARIANTS:
+                out[f"{client}: {ws_variant(size, conns)}"] = {
+                    **run_ws_clients(server.port, conns, size, args.duration, client), "ok": float(ok)}
         return out
 
     contenders = ws_contenders(ws)
-    print(f"ws: {len(contenders)} servers x {args.runs} runs x {len(WS_VARIANTS)} variants of "
+    print(f"ws: {len(contenders)} servers x {args.runs} runs x {len(WS_CLIENTS) * len(WS_VARIANTS)} variants of "
           f"{args.duration:g}s", file=sys.stderr)
     results = alternate(contenders, args.runs, ws, measure)
     primaries, peer = [contenders[0].name, contenders[2].name], [contenders[1].name]
-    small = [ws_variant(s, c) for s, c in WS_VARIANTS if s == 1024]
-    large = [ws_variant(s, c) for s, c in WS_VARIANTS if s == MiB]
+    small = [f"{c}: {ws_variant(s, n)}" for c in WS_CLIENTS for s, n in WS_VARIANTS if s == 1024]
+    large = [f"{c}: {ws_variant(s, n)}" for c in WS_CLIENTS for s, n in WS_VARIANTS if s == MiB]
     rows = ratio_rows(results, small, "msgs_s", "msg/s", primaries, peer, lambda v: f"echo {v}")
     rows += ratio_rows(results, large, "mib_s", "MiB/s", primaries, peer, lambda v: f"echo {v}")
     print_table(f"WebSocket echo (median of {args.runs}; higher is better)", rows,
                 note=f"Binary messages, no compression, {args.duration:g}s per variant. Each connection sends "
                      f"{WS_PIPELINE[1024]} (1 KiB) or {WS_PIPELINE[MiB]} (1 MiB) messages, then reads their "
-                     f"echoes; c50 uses {WS_CLIENT_PROCS} client processes (raw sockets, selectors). MiB/s counts "
-                     "the payload one way. The `websockets` peer (scripts/bench_ws_peer.py, asyncio, C "
-                     "speedups) is ONE process; prefork 2w uses two workers, so compare it per machine and "
-                     "prefork 1w per process. Client and servers share the machine's cores.")
-    print_medians(results, small + large, ["msgs_s", "mib_s", "ok"])
+                     "echoes. Two clients: `raw` (raw sockets and selectors; c50 in "
+                     f"{WS_CLIENT_PROCS} processes) and `websockets` (the library's asyncio client, compression "
+                     f"off; one process per {WS_LIB_CONNS_PER_PROC} connections, since one Python process "
+                     "driving 50 is itself the bottleneck). client_cpu_pct = the client processes' CPU, Σ and "
+                     "busiest, in % of one core: near 100 % in the busiest means the client, not the server, set "
+                     "the pace. MiB/s counts the payload one way. The `websockets` peer "
+                     "(scripts/bench_ws_peer.py, asyncio, C speedups) is ONE process; prefork 2w uses two "
+                     "workers, so compare it per machine and prefork 1w per process. Client and servers share "
+                     "the machine's cores.")
+    print_medians(results, small + large, ["msgs_s", "mib_s", "client_procs", "client_cpu_pct",
+                                           "client_cpu_max_pct", "ok"])
     if failures:
         print("**Failed echo checks:**\n")
         for text in failures[:6]:
             print(f"- {text}")
     save_json(args, "ws", results)
-    prefork, peer_name = contenders[0].name, contenders[1].name
-    v_small, v_large = ws_variant(1024, 50), ws_variant(MiB, 1)
-    return [target_ratio(f"WebSocket echo, 1 KiB, c50 ({prefork})", median(results, prefork, v_small, "msgs_s"),
-                         median(results, peer_name, v_small, "msgs_s"), "msg/s", "websockets", 1.5),
-            target_ratio(f"WebSocket echo, 1 MiB, c1 ({prefork})", median(results, prefork, v_large, "mib_s"),
-                         median(results, peer_name, v_large, "mib_s"), "MiB/s", "websockets", 1.0)]
+    return ws_summary(results, contenders[0].name, contenders[1].name)
+
+
+def ws_summary(results: Results, prefork: str, peer: str) -> list[SummaryRow]:
+    """Issue 14's WebSocket targets, once per client: ≥ 1.5x at 1 KiB (c50 and c1), ≥ 1.0x at 1 MiB."""
+    rows = []
+    for client in WS_CLIENTS:
+        for size, conns in WS_VARIANTS:
+            variant = f"{client}: {ws_variant(size, conns)}"
+            metric, unit = ("msgs_s", "msg/s") if size == 1024 else ("mib_s", "MiB/s")
+            cpu = median(results, prefork, variant, "client_cpu_max_pct")
+            rows.append(target_ratio(f"WebSocket echo, {ws_variant(size, conns)}, {client} client ({prefork}; "
+                                     f"busiest client process {fmt(cpu)} % CPU)",
+                                     median(results, prefork, variant, metric), median(results, peer, variant, metric),
+                                     unit, "websockets", 1.5 if size == 1024 else 1.0))
+    return rows
 
 
 # --------------------------------------------------------------------------- the ceiling receiver
@@ -1552,15 +1658,16 @@ def build_parser() -> argparse.ArgumentParser:
                         help="hello: also run prefork at git commit REV (a temporary worktree), "
                              "to compare a change with its parent in the same run")
     for name, help_text in [("parse", "parser micro-benchmarks (heads/s vs h11, chunked, multipart)"),
-                            ("hello", "small GETs vs gunicorn sync and gthread"),
-                            ("upload", "large Content-Length upload vs gunicorn sync and a raw-socket ceiling"),
-                            ("multipart", "multipart upload, file saved, vs gunicorn + Flask and the ceiling"),
+                            ("hello", "small GETs vs granian (access log on/off), gunicorn sync and gthread"),
+                            ("upload", "large Content-Length upload vs granian, gunicorn sync and a raw-socket ceiling"),
+                            ("multipart", "multipart upload, file saved: Flask on prefork vs granian/gunicorn + Flask; the ceiling"),
                             ("bigupload", "worker RSS growth during a 4 GiB upload (raw and multipart)"),
-                            ("concurrent", "20 concurrent 50 MiB multipart uploads vs gunicorn + Flask"),
-                            ("memory", "Σ worker RSS, 40 concurrent 50 MiB uploads, memory_budget 64/256 MiB"),
-                            ("slow", "hello req/s with 500 slowloris + 50 slow-body clients vs none"),
+                            ("concurrent", "20 concurrent 50 MiB multipart uploads vs granian and gunicorn + Flask"),
+                            ("memory", "Σ worker RSS, 40 concurrent 50 MiB uploads, memory_budget 64/256 MiB; "
+                                       "idle RSS per worker and per keep-alive connection vs granian"),
+                            ("slow", "hello req/s with 500 slowloris + 50 slow-body clients vs none, prefork and granian"),
                             ("hostile", "pipelining flood that never reads; 10,000 idle connections; vs peers"),
-                            ("ws", "WebSocket echo msg/s and MiB/s vs the websockets library"),
+                            ("ws", "WebSocket echo msg/s and MiB/s vs the websockets library, raw and websockets clients"),
                             ("reload", "failed requests under keep-alive load during 16 reload signals "
                                        "and max_requests recycling, vs gunicorn gthread"),
                             ("ws-hostile", "worker RSS: WebSocket ping flood from a peer that never reads, "

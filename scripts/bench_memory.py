@@ -17,6 +17,14 @@ back on their twice-a-second sweep). Targets: peak growth ≤ budget + 32 MiB,
 after ≤ 16 MiB. gunicorn sync (the same WSGI app; Flask for the form) is the
 peer figure.
 
+Idle memory (issue 14, reported beside granian): prefork and granian (2 workers
+each, ``bench_apps:hello``) are started, left idle for a moment, and the RSS of
+each process is read: the master, the mean worker (RSS and USS, the pages only
+that worker has). Then 1,000 keep-alive connections each make one request and
+stay open; a second later (inside prefork's 5 s ``keepalive_timeout``) Σ RSS
+of all the server's processes is read again: (after - before) / connections is
+the cost of one idle keep-alive connection.
+
 Standalone, to dig into where memory goes (``--detail`` classifies every
 worker mapping from /proc/PID/smaps at the peak: heap, thread arenas, other
 anonymous memory)::
@@ -24,17 +32,20 @@ anonymous memory)::
     python scripts/bench_memory.py --budget 64MiB --mode multipart --detail
     python scripts/bench_memory.py --mode raw --env GLIBC_TUNABLES=glibc.malloc.arena_max=1
 
-As a scenario: ``python scripts/bench.py memory [--runs N] [--quick]``.
+As a scenario (uploads, then idle): ``python scripts/bench.py memory [--runs N] [--quick]``.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import shutil
-import tempfile
 import re
+import selectors
+import shutil
+import socket
+import struct
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -52,6 +63,9 @@ AFTER_MIB = 16  # growth left once the uploads are over (as tests/test_memory_bo
 THRESHOLD = "64MiB"  # [staging] memory_threshold: the budget, not the threshold, limits RAM staging
 SETTLE_SECONDS = 5.0  # how long "after" waits for the workers to give memory back
 MODES = ("raw", "multipart")
+IDLE_CONNS, QUICK_IDLE_CONNS = 1000, 200  # keep-alive connections held open after one request each
+IDLE_SETTLE = 1.0  # seconds before each reading; well inside prefork's keepalive_timeout (5 s)
+LINGER_RST = struct.pack("ii", 1, 0)  # close with a reset: no TIME_WAIT for 1,000 client ports
 
 
 def rss_sum(pids: list[int]) -> int:
@@ -208,7 +222,96 @@ def scenario_memory(args: argparse.Namespace, ws: Workspace) -> list[SummaryRow]
     bench.print_medians(results, ["memory"], ["before_mib", "peak_growth_mib", "after_growth_mib", "mib_s", "ok"])
     bench.print_failures(failures)
     bench.save_json(args, "memory", results)
-    return summary_rows(results, clients, each)
+    return summary_rows(results, clients, each) + scenario_idle(args, ws)
+
+
+def hold_keepalive(port: int, n: int) -> list[socket.socket]:
+    """``n`` connections, each after one complete ``GET /`` answered with keep-alive, left open."""
+    request = f"GET / HTTP/1.1\r\nHost: {bench.HOST}:{port}\r\n\r\n".encode()
+    socks = []
+    for _ in range(n):
+        sock = socket.create_connection((bench.HOST, port), timeout=10)
+        socks.append(sock)
+        sock.sendall(request)
+        data = b""
+        while True:
+            head, sep, body = data.partition(b"\r\n\r\n")
+            match = re.search(rb"(?im)^content-length:\s*(\d+)", head) if sep else None
+            if match and len(body) >= int(match.group(1)):
+                break
+            chunk = sock.recv(65536)
+            if not chunk:
+                raise ConnectionError(f"closed before a whole response: {data[:100]!r}")
+            data += chunk
+    return socks
+
+
+def still_open(socks: list[socket.socket]) -> int:
+    """How many of ``socks`` the server has not closed (nothing to read means still open)."""
+    sel = selectors.DefaultSelector()
+    for sock in socks:
+        sel.register(sock, selectors.EVENT_READ)
+    closed = len(sel.select(0))
+    sel.close()
+    return len(socks) - closed
+
+
+def uss(pid: int) -> int:
+    try:
+        return int(psutil.Process(pid).memory_full_info().uss)
+    except psutil.Error:
+        return 0
+
+
+def measure_idle(server: RunningServer, conns: int) -> dict[str, float]:
+    """Idle RSS of the master and per worker, then Σ RSS growth per idle keep-alive connection."""
+    workers = server.workers()
+    pids = sorted({server.proc.pid, *workers})
+    time.sleep(IDLE_SETTLE)
+    before = rss_sum(pids)
+    metrics = {"processes": float(len(pids)), "master_rss_mib": rss_sum([server.proc.pid]) / MiB,
+               "worker_rss_mib": rss_sum(workers) / len(workers) / MiB,
+               "worker_uss_mib": sum(uss(pid) for pid in workers) / len(workers) / MiB, "total_rss_mib": before / MiB}
+    socks = hold_keepalive(server.port, conns)
+    try:
+        time.sleep(IDLE_SETTLE)
+        after = rss_sum(pids)
+        metrics.update({"conns_open": float(still_open(socks)), "total_rss_after_mib": after / MiB,
+                        "per_conn_kib": (after - before) / conns / 1024})
+    finally:
+        for sock in socks:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, LINGER_RST)
+            sock.close()
+    return metrics
+
+
+def scenario_idle(args: argparse.Namespace, ws: Workspace) -> list[SummaryRow]:
+    """Idle RSS per worker and per keep-alive connection: prefork vs granian, reported."""
+    conns = QUICK_IDLE_CONNS if args.quick else IDLE_CONNS
+    specs = [bench.prefork_server(ws, "hello", workers=2, threads=4, name="prefork 2w"),
+             bench.granian_server("hello", name="granian wsgi 2w")]
+    print(f"memory (idle): {len(specs)} servers x {args.runs} runs, {conns:,} keep-alive connections",
+          file=sys.stderr)
+    results = bench.alternate(specs, args.runs, ws, lambda server: {"idle": measure_idle(server, conns)})
+    metrics = ["processes", "master_rss_mib", "worker_rss_mib", "worker_uss_mib", "total_rss_mib",
+               "total_rss_after_mib", "conns_open", "per_conn_kib"]
+    bench.print_medians(results, ["idle"], metrics)
+    print(f"Idle: RSS read {IDLE_SETTLE:g} s after the start; USS = pages only that process maps. per_conn_kib = "
+          f"(Σ RSS of all the server's processes {IDLE_SETTLE:g} s after {conns:,} keep-alive connections each "
+          "made one GET - Σ RSS before) / connections; conns_open = those the server had not closed by then. "
+          f"prefork: conf/server.ini, access log {'on' if ws.access_log else 'off'}; granian: its defaults.\n")
+    bench.save_json(args, "memory-idle", results)
+    prefork, peer = (spec.name for spec in specs)
+
+    def med(name: str, metric: str) -> float:
+        return bench.median(results, name, "idle", metric)
+
+    return [bench.report_ratio("idle RSS per worker (2 workers)", med(prefork, "worker_rss_mib"),
+                               med(peer, "worker_rss_mib"), "MiB", peer),
+            bench.report_ratio("idle USS per worker (2 workers)", med(prefork, "worker_uss_mib"),
+                               med(peer, "worker_uss_mib"), "MiB", peer),
+            bench.report_ratio(f"Σ RSS per idle keep-alive connection ({conns:,} open)", med(prefork, "per_conn_kib"),
+                               med(peer, "per_conn_kib"), "KiB", peer)]
 
 
 def summary_rows(results: bench.Results, clients: int, each: int) -> list[SummaryRow]:

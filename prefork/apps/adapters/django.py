@@ -21,14 +21,16 @@ RAM (prefork's ``[staging] memory_threshold``, in the role of Django's
 ``FILE_UPLOAD_MAX_MEMORY_SIZE``) is an ``InMemoryUploadedFile``, as Django
 makes for small files. What Django's parser checks is checked here too:
 ``DATA_UPLOAD_MAX_NUMBER_FIELDS``, ``DATA_UPLOAD_MAX_MEMORY_SIZE`` (text
-fields) and ``DATA_UPLOAD_MAX_NUMBER_FILES``; file names are sanitized and
-file parts without one are skipped, as Django does. The worker removes every
+fields) and ``DATA_UPLOAD_MAX_NUMBER_FILES``; file names are sanitized, a
+part whose ``filename`` is empty (an empty file input) is a text field and
+one whose name sanitizes to nothing is skipped, as in Django's parser. The worker removes every
 staged file that was not moved when the request ends.
 """
 
 from __future__ import annotations
 
 import html
+from collections.abc import Iterator
 from typing import Any
 
 import django  # type: ignore[import-untyped]
@@ -114,12 +116,12 @@ class StagedTemporaryFile(DjangoUploadedFile):  # type: ignore[misc]  # Django i
         path: the name it was given (``UploadedFile.staged_path``).
         name: the sanitized file name.
         content_type: the part's media type.
-        charset: the part's charset parameter, or None.
-        extra: the part's other Content-Type parameters.
+        charset: the part's charset parameter, or None (bytes, as from Django's parser).
+        extra: the part's Content-Type parameters (``content_type_extra``, values as bytes).
     """
 
     def __init__(self, upload: UploadedFile, path: str, name: str, content_type: str,
-                 charset: str | None, extra: dict[str, str]) -> None:
+                 charset: bytes | None, extra: dict[str, bytes]) -> None:
         super().__init__(upload.open(), name, content_type, upload.size, charset, extra)
         self.field_name = upload.name
         self._path = path
@@ -133,7 +135,7 @@ def post_from(staged: FormData, encoding: str) -> Any:
     """``request.POST`` (an immutable ``QueryDict``) from the staged text fields."""
     post = QueryDict(mutable=True, encoding=encoding)
     count = size = 0
-    for name, value in staged.fields.items():
+    for name, value in _text_parts(staged, encoding):
         count += 1
         size += len(value.encode(encoding, "replace")) + len(name) + 2  # Django counts "&=" too
         if settings.DATA_UPLOAD_MAX_NUMBER_FIELDS is not None and count > settings.DATA_UPLOAD_MAX_NUMBER_FIELDS:
@@ -146,11 +148,22 @@ def post_from(staged: FormData, encoding: str) -> Any:
     return post
 
 
+def _text_parts(staged: FormData, encoding: str) -> Iterator[tuple[str, str]]:
+    """The text fields, then the file parts with an empty ``filename``: Django's parser
+    takes those (an empty file input, as browsers send it) for text fields."""
+    yield from staged.fields.items()
+    for name, upload in staged.files.items():
+        if not upload.filename:
+            yield name, upload.open().read().decode(encoding, "replace")
+
+
 def files_from(staged: FormData) -> Any:
     """``request.FILES`` (a ``MultiValueDict``) from the staged file parts."""
     files = MultiValueDict()
     count = 0
     for field, upload in staged.files.items():
+        if not upload.filename:
+            continue  # a text field to Django (``_text_parts``)
         count += 1
         if settings.DATA_UPLOAD_MAX_NUMBER_FILES is not None and count > settings.DATA_UPLOAD_MAX_NUMBER_FILES:
             raise TooManyFilesSent("The number of files exceeded settings.DATA_UPLOAD_MAX_NUMBER_FILES.")
@@ -163,13 +176,15 @@ def files_from(staged: FormData) -> Any:
 def django_file(upload: UploadedFile, name: str) -> Any:
     """The Django file for a staged part: movable by path when it is in a file."""
     content_type, params = parse_options_header(upload.content_type or "")
-    charset = params.pop("charset", None)
+    # Django's parser hands the parameters over as bytes, the charset among them.
+    extra = {key: value.encode() for key, value in params.items()}
+    charset = extra.get("charset")
     if upload.in_memory:  # small: Django would have kept it in RAM too
-        return InMemoryUploadedFile(upload.open(), upload.name, name, content_type, upload.size, charset, params)
+        return InMemoryUploadedFile(upload.open(), upload.name, name, content_type, upload.size, charset, extra)
     path = upload.staged_path()
     if path is None:  # a staged file that cannot be named here: Django reads it to save it
-        return DjangoUploadedFile(upload.open(), name, content_type, upload.size, charset, params)
-    return StagedTemporaryFile(upload, path, name, content_type, charset, params)
+        return DjangoUploadedFile(upload.open(), name, content_type, upload.size, charset, extra)
+    return StagedTemporaryFile(upload, path, name, content_type, charset, extra)
 
 
 def sanitize_file_name(name: str) -> str | None:

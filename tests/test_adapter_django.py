@@ -8,6 +8,7 @@ the adapter's objects without a server.
 
 from __future__ import annotations
 
+import importlib
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -117,9 +118,8 @@ def test_djangos_limits_and_prefork_s_413_leave_nothing(start_server: Callable[.
 # --- without a server -------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def adapter() -> Any:
-    import tests.apps.django_staged  # noqa: F401  (configures Django for this process)
-    from prefork.apps.adapters import django as adapter
-    return adapter
+    importlib.import_module("tests.apps.django_staged")  # configures Django for this process
+    return importlib.import_module("prefork.apps.adapters.django")
 
 
 def _form(tmp_path: Path, parts: list[tuple[str, str | None, bytes]], threshold: int = 1024) -> FormData:

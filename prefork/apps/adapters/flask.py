@@ -35,13 +35,16 @@ from typing import IO, Any, cast
 from flask import Flask
 from werkzeug.datastructures import FileStorage, Headers, MultiDict
 from werkzeug.exceptions import RequestEntityTooLarge
-from werkzeug.formparser import FormDataParser, t_parse_result
+from werkzeug.formparser import FormDataParser
 from werkzeug.wrappers.request import Request
 
 from prefork.apps.wsgi import FORM_ENVIRON_KEY
 from prefork.staging.forms import FormData, UploadedFile
 
 __all__ = ["StagedFileStorage", "StagedFormDataParser", "StagedFormsRequest", "staged_uploads"]
+
+#: What ``FormDataParser.parse`` returns: the rest of the stream, the fields, the files.
+ParseResult = tuple[IO[bytes], MultiDict[str, str], MultiDict[str, FileStorage]]
 
 #: The mode ``open(path, "w")`` creates a file with, before the umask.
 _NEW_FILE_MODE = 0o666
@@ -97,7 +100,7 @@ class StagedFormDataParser(FormDataParser):
         self.staged = staged
 
     def parse(self, stream: IO[bytes], mimetype: str, content_length: int | None,
-              options: dict[str, str] | None = None) -> t_parse_result:
+              options: dict[str, str] | None = None) -> ParseResult:
         """``(stream, form, files)`` from the staged form; other media types as Werkzeug does.
 
         Raises:

@@ -16,8 +16,16 @@ Apps:
     flask_upload  Flask: ``POST /form`` saves ``request.files["upload"]`` with ``.save(path)``
                   (Werkzeug spools the part to a temporary file, ``save`` copies it), answers
                   the file size; any GET answers the hello body (readiness probe).
-    flask_upload_staged  ``flask_upload`` plus ``staged_uploads(app)`` (prefork's Flask adapter):
-                  ``save`` links the part prefork staged while it arrived.
+    flask_upload_staged  ``flask_upload`` plus the one line ``staged_uploads(app)``
+                  (``prefork.apps.adapters.flask``): under prefork the part was staged while
+                  it streamed in and ``save`` links it into place; under any other server
+                  Werkzeug parses as in ``flask_upload`` (None without Flask or prefork).
+    django_upload a minimal Django project: ``POST /form`` saves ``request.FILES["upload"]``
+                  with ``FileSystemStorage`` (Django's parser writes a temporary file, the
+                  save renames it); any GET answers the hello body. Built on first access
+                  (PEP 562 ``__getattr__``), so no other app configures Django.
+    django_upload_staged  ``django_upload`` served by prefork's ``get_wsgi_application``
+                  (``prefork.apps.adapters.django``): the staged part is renamed into place.
     native_app    a ``prefork.App``: ``GET /`` hello; ``POST /upload`` links the staged raw
                   body into place with ``request.body.move_to(path)``; ``POST /form`` saves
                   ``request.files["upload"]`` with ``.save(path)`` (a rename of the part that
@@ -145,16 +153,63 @@ flask_upload = _make_flask_upload()
 
 
 def _make_flask_upload_staged() -> Any:
-    """``flask_upload`` plus the one line of prefork's adapter (None without Flask)."""
-    flask_app = _make_flask_upload()
-    if flask_app is None:
+    try:
+        from prefork.apps.adapters.flask import staged_uploads
+    except ImportError:  # no Flask, or a peer's interpreter without prefork
         return None
-    from prefork.apps.adapters.flask import staged_uploads
-
-    return staged_uploads(flask_app)
+    flask_app = _make_flask_upload()
+    return None if flask_app is None else staged_uploads(flask_app)
 
 
 flask_upload_staged = _make_flask_upload_staged()
+
+
+def _make_django_upload(staged: bool) -> Any:
+    """The Django project of ``django_upload`` (settings, one view, its WSGI callable)."""
+    try:
+        import django
+        from django.conf import settings
+    except ImportError:
+        return None
+    if not settings.configured:
+        settings.configure(DEBUG=False, SECRET_KEY="bench", ALLOWED_HOSTS=["*"], ROOT_URLCONF=__name__,
+                           MIDDLEWARE=[], INSTALLED_APPS=[], DATABASES={})
+        django.setup()
+    from django.core.files.storage import FileSystemStorage
+    from django.http import HttpResponse
+    from django.urls import path, re_path
+
+    def form(request: Any) -> Any:
+        if request.method != "POST":
+            return HttpResponse(HELLO_BODY, content_type="text/plain")
+        storage = FileSystemStorage(location=os.path.dirname(_upload_path()))
+
+        def save(dest: str) -> None:
+            storage.save(os.path.basename(dest), request.FILES["upload"])
+
+        return HttpResponse(b"%d\n" % _saved_size(save), content_type="text/plain")
+
+    def index(request: Any) -> Any:
+        return HttpResponse(HELLO_BODY, content_type="text/plain")
+
+    globals()["urlpatterns"] = [path("form", form), re_path(r"^.*$", index)]
+    if staged:
+        try:
+            from prefork.apps.adapters.django import get_wsgi_application
+        except ImportError:  # a peer's interpreter without prefork: Django's own
+            from django.core.wsgi import get_wsgi_application
+    else:
+        from django.core.wsgi import get_wsgi_application
+    return get_wsgi_application()
+
+
+def __getattr__(name: str) -> Any:
+    # Django is configured once per process: only when a Django app is asked for.
+    if name in ("django_upload", "django_upload_staged"):
+        app = _make_django_upload(staged=name == "django_upload_staged")
+        globals()[name] = app
+        return app
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _make_native_app() -> Any:

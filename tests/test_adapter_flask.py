@@ -1,116 +1,209 @@
-"""The Flask adapter: one line, and ``request.files[...].save()`` is a rename of the staged part.
+"""The Flask adapter: ``staged_uploads(app)`` makes ``request.files[...].save()`` a rename.
 
-A real Flask app (``tests/apps/flask_staged.py``) runs in the real server.
-"Written once" is measured the way an operator would: the worker's
-``/proc/PID/io`` ``wchar`` (bytes passed to write(2)) over one upload, against
-the same upload through the unchanged Flask app (``tests/apps/flask_upload.py``).
+A real Flask app (``tests/apps/flask_staged.py``) served by the real server, with the
+one line (``:app``) and without it (``:plain``, Werkzeug re-parses the staged body);
+then the adapter's objects without a server.
 """
 
 from __future__ import annotations
 
-import hashlib
+import io
 import os
+import stat
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
-import psutil
+import flask
 import pytest
 import requests
 
+from prefork.apps.adapters.flask import StagedFileStorage, StagedFormsRequest, staged_uploads
+from prefork.apps.handlers import TakesStagedForms
+from prefork.apps.loader import load_application
+from prefork.apps.wsgi import FORM_ENVIRON_KEY, ParsedFormInput
+from prefork.protocol.limits import FormLimits
+from prefork.staging.forms import FormData, FormParser
+from tests.adapter_helpers import MiB, Served, pattern, refused_upload, serve, sha, written_per_byte
 from tests.server import Server
 
-pytest.importorskip("flask")
-
-MiB = 1 << 20
+BIG, SMALL = 3 * MiB, 1000
 
 
-def staged_server(start_server: Callable[..., Server], tmp_path: Path, app: str = "tests.apps.flask_staged:app",
-                  config: dict[str, str] | None = None) -> tuple[Server, Path]:
-    uploads = tmp_path / "flask-uploads"
-    uploads.mkdir()
-    server = start_server(app=app, workers=1, env={"PREFORK_TEST_UPLOADS": str(uploads)}, config=config)
-    assert requests.get(server.url + "/", timeout=5).text == "hello from flask"
-    return server, uploads
+@pytest.fixture(scope="module")
+def staged(start_module_server: Callable[..., Server], tmp_path_factory: pytest.TempPathFactory) -> Served:
+    return serve(start_module_server, tmp_path_factory.mktemp("flask"), "tests.apps.flask_staged:app")
 
 
-def written_by_worker(server: Server) -> int:
-    (worker,) = server.workers()
-    return int(psutil.Process(worker.pid).io_counters().write_chars)
+@pytest.fixture(scope="module")
+def plain(start_module_server: Callable[..., Server], tmp_path_factory: pytest.TempPathFactory) -> Served:
+    return serve(start_module_server, tmp_path_factory.mktemp("flask"), "tests.apps.flask_staged:plain")
 
 
-def test_fields_and_several_files_arrive_and_save_is_a_rename(start_server: Callable[..., Server],
-                                                               tmp_path: Path) -> None:
-    server, uploads = staged_server(start_server, tmp_path)
-    big = os.urandom(3 * MiB)
-    files = [("upload", ("big.bin", big, "application/octet-stream")),
-             ("upload", ("empty.txt", b"", "text/plain")),
-             ("upload", ("notes – ü.txt", b"small text\n", "text/plain"))]
-    resp = requests.post(server.url + "/upload", files=files, data={"who": ["Zoë", "Ana"], "n": "3"}, timeout=30)
+def _post_files(served: Served) -> dict[str, Any]:
+    big, small = pattern(BIG, 1), pattern(SMALL, 2)
+    files = [("f", ("big.bin", big, "application/x-big")), ("f", ("small.txt", small, "text/plain")),
+             ("empty", ("", b"", "application/octet-stream"))]
+    resp = requests.post(served.server.url + "/upload", files=files, data={"note": ["Zoë", "two"]}, timeout=30)
     assert resp.status_code == 200, resp.text
-    doc = resp.json()
-    assert doc["staged"] is True
-    assert doc["body"] == 0  # the body went into the parts: wsgi.input is empty
-    assert doc["form"] == {"who": ["Zoë", "Ana"], "n": ["3"]}
-    assert [(f["filename"], f["mimetype"], f["size"], f["sha256"]) for f in doc["files"]] == [
-        ("big.bin", "application/octet-stream", len(big), hashlib.sha256(big).hexdigest()),
-        ("empty.txt", "text/plain", 0, hashlib.sha256(b"").hexdigest()),
-        ("notes – ü.txt", "text/plain", 11, hashlib.sha256(b"small text\n").hexdigest()),
-    ]
-    assert doc["files"][0]["renamed"], "save() of a part staged on disk copied it instead of linking it"
-    assert (uploads / "saved-0").read_bytes() == big
-    assert sorted(p.name for p in uploads.iterdir()) == ["saved-0", "saved-1", "saved-2"]  # no temporary left
-    assert not list(server.staging.iterdir()), "staged parts outlived the request"
+    doc: dict[str, Any] = resp.json()
+    assert doc["form"] == {"note": ["Zoë", "two"]}
+    by_name = {f["filename"]: f for f in doc["files"]}
+    assert [f["field"] for f in doc["files"]] == ["f", "f", "empty"]
+    assert by_name["big.bin"]["sha256"] == sha(big) and by_name["big.bin"]["size"] == BIG
+    assert by_name["big.bin"]["head"] == big[:16].hex()
+    assert by_name["small.txt"]["sha256"] == sha(small) and by_name["small.txt"]["mimetype"] == "text/plain"
+    assert by_name["big.bin"]["mimetype"] == "application/x-big"
+    assert by_name[""]["size"] == 0 and by_name[""]["sha256"] == sha(b"")
+    return doc
 
 
-def test_save_replaces_an_existing_file_as_werkzeug_does(start_server: Callable[..., Server],
-                                                          tmp_path: Path) -> None:
-    server, uploads = staged_server(start_server, tmp_path)
-    (uploads / "saved-0").write_bytes(b"an older upload")
-    resp = requests.post(server.url + "/upload", files={"upload": ("a.bin", b"new bytes")}, timeout=30)
-    assert resp.status_code == 200, resp.text
-    assert (uploads / "saved-0").read_bytes() == b"new bytes"
-    assert [p.name for p in uploads.iterdir()] == ["saved-0"]
+def test_fields_and_files_arrive_and_save_is_a_rename(staged: Served) -> None:
+    doc = _post_files(staged)
+    by_name = {f["filename"]: f for f in doc["files"]}
+    assert doc["staged"] is True and doc["rest"] == 0
+    assert by_name["big.bin"]["same_inode"] is True  # the saved file is the staged inode
+    assert by_name["big.bin"]["content_length"] == BIG and by_name["small.txt"]["content_length"] == SMALL
+    umask = os.umask(0)
+    os.umask(umask)
+    assert {f["mode"] for f in doc["files"]} == {oct(0o666 & ~umask)}, "a new file's mode, as Werkzeug's open()"
+    assert not staged.leftovers()
 
 
-def test_a_part_can_be_read_instead_of_saved(start_server: Callable[..., Server], tmp_path: Path) -> None:
-    server, _ = staged_server(start_server, tmp_path)
-    payload = os.urandom(2 * MiB + 17)
-    resp = requests.post(server.url + "/read", files={"upload": ("r.bin", payload)}, data={"k": "v"}, timeout=30)
-    assert resp.json() == {"sha256": hashlib.sha256(payload).hexdigest(), "form": {"k": "v"}}
+def test_without_the_line_werkzeug_reparses_as_before(plain: Served) -> None:
+    doc = _post_files(plain)
+    assert doc["staged"] is False
+    assert not any(f["same_inode"] for f in doc["files"])
+    assert {f["content_length"] for f in doc["files"]} == {0}  # Werkzeug's: the parts declare none
 
 
-def test_a_body_that_is_not_a_form_is_unchanged(start_server: Callable[..., Server], tmp_path: Path) -> None:
-    server, _ = staged_server(start_server, tmp_path)
-    payload = os.urandom(MiB)
-    resp = requests.post(server.url + "/raw", data=payload, headers={"Content-Type": "application/octet-stream"},
-                         timeout=30)
-    assert resp.json() == {"sha256": hashlib.sha256(payload).hexdigest(), "mimetype": "application/octet-stream"}
-    # "multipart/form-datax" is not a form (prefork.protocol.mediatype decides): a raw body too.
-    resp = requests.post(server.url + "/raw", data=b"x=1", headers={"Content-Type": "multipart/form-datax"},
-                         timeout=30)
-    assert resp.json()["sha256"] == hashlib.sha256(b"x=1").hexdigest()
+@pytest.mark.parametrize("which, expected", [("staged", (0.97, 1.1)), ("plain", (2.9, 3.2))])
+def test_bytes_written_per_byte_uploaded(which: str, expected: tuple[float, float],
+                                         request: pytest.FixtureRequest) -> None:
+    served: Served = request.getfixturevalue(which)
+    size = 16 * MiB
+    body = pattern(size, 3)
+
+    def upload() -> Any:
+        return requests.post(served.server.url + "/upload", files={"f": ("b.bin", body)}, timeout=60).json()
+
+    wchar, _, doc = written_per_byte(served, upload, size)
+    assert doc["files"][0]["sha256"] == sha(body)
+    low, high = expected
+    assert low <= wchar <= high, f"{which}: {wchar:.3f} bytes written per byte uploaded"
 
 
-def test_a_form_over_the_limit_is_413_and_leaves_nothing(start_server: Callable[..., Server],
-                                                          tmp_path: Path) -> None:
-    server, uploads = staged_server(start_server, tmp_path, config={"limits": "max_body_size = 1048576"})
-    resp = requests.post(server.url + "/upload", files={"upload": ("big.bin", os.urandom(2 * MiB))}, timeout=30)
-    assert resp.status_code == 413
-    assert not list(uploads.iterdir()) and not list(server.staging.iterdir())
+def test_save_replaces_an_existing_file(staged: Served) -> None:
+    url = staged.server.url + "/overwrite"
+    for seed in (4, 5):
+        body = pattern(200 * 1024, seed)
+        resp = requests.post(url, files={"f": ("x", body)}, data={"name": "same"}, timeout=30)
+        assert resp.status_code == 200 and resp.json()["sha256"] == sha(body)
+    assert [p.name for p in staged.uploads.iterdir() if p.name.startswith(".")] == []
 
 
-@pytest.mark.parametrize(("app", "most", "least"), [
-    ("tests.apps.flask_staged:app", 1.1, 0.0),  # staged once, then linked into place
-    ("tests.apps.flask_upload:app", None, 1.9),  # staged, re-parsed by Werkzeug, then copied
-])
-def test_bytes_written_per_byte_uploaded(start_server: Callable[..., Server], tmp_path: Path, app: str,
-                                         most: float | None, least: float) -> None:
-    server, uploads = staged_server(start_server, tmp_path, app=app)
-    size = 24 * MiB
-    before = written_by_worker(server)
-    resp = requests.post(server.url + "/upload", files={"upload": ("f.bin", os.urandom(size))}, timeout=60)
-    assert resp.status_code == 200, resp.text
-    per_byte = (written_by_worker(server) - before) / size
-    assert per_byte >= least
-    if most is not None:
-        assert per_byte <= most, f"{per_byte:.2f} bytes written per byte uploaded"
+@pytest.mark.parametrize("which", ["staged", "plain"])
+def test_non_multipart_posts_are_unchanged(which: str, request: pytest.FixtureRequest) -> None:
+    served: Served = request.getfixturevalue(which)
+    body = pattern(300 * 1024, 6)
+    raw = requests.post(served.server.url + "/raw", data=body, timeout=30,
+                        headers={"Content-Type": "application/octet-stream"}).json()
+    assert raw == {"sha256": sha(body), "size": len(body), "mimetype": "application/octet-stream",
+                   "staged": False, "form": {}}
+    form = requests.post(served.server.url + "/raw", data={"a": "1", "b": "Zoë"}, timeout=30).json()
+    assert form["form"] == {"a": ["1"], "b": ["Zoë"]} and form["staged"] is False
+    # Not exactly multipart/form-data: a raw body (mediatype.is_form_data decides).
+    odd = requests.post(served.server.url + "/raw", data=b"--x--", timeout=30,
+                        headers={"Content-Type": "multipart/form-datax; boundary=x"}).json()
+    assert odd["sha256"] == sha(b"--x--") and odd["staged"] is False
+
+
+def test_413_over_a_form_limit_leaves_no_staged_file(start_server: Callable[..., Server], tmp_path: Path) -> None:
+    served = serve(start_server, tmp_path, "tests.apps.flask_staged:app",
+                   config={"uploads": "max_file_size = 1MiB", "limits": "max_field_size = 64KiB"})
+    # A first file is staged on disk when the second grows past max_file_size.
+    assert refused_upload(served, b"/upload", [(b"a", b"a.bin", 512 * 1024), (b"b", b"b.bin", 4 * MiB)]) == 413
+    assert refused_upload(served, b"/upload", [(b"a", b"a.bin", 512 * 1024), (b"t", None, 1 * MiB)]) == 413
+    assert not served.leftovers()
+    assert list(served.uploads.iterdir()) == []
+
+
+# --- without a server -------------------------------------------------------------------------------
+def _form(tmp_path: Path, parts: list[tuple[str, str | None, bytes]], threshold: int = 1024) -> FormData:
+    body = b"".join(b'--B\r\nContent-Disposition: form-data; name="%s"%s\r\n\r\n%s\r\n'
+                    % (name.encode(), b'; filename="%s"' % fn.encode() if fn is not None else b"", data)
+                    for name, fn, data in parts) + b"--B--\r\n"
+    parser = FormParser(b"B", limits=FormLimits(), spool_threshold=threshold, spool_dir=str(tmp_path))
+    parser.feed(body)
+    parser.feed(b"")
+    return parser.finish()
+
+
+def test_file_storage_save_links_replaces_and_copies(tmp_path: Path) -> None:
+    data = pattern(5000, 7)
+    with _form(tmp_path, [("f", "a.bin", data)]) as form:
+        storage = StagedFileStorage(form.files["f"])
+        assert (storage.filename, storage.name, storage.content_length) == ("a.bin", "f", 5000)
+        dest = tmp_path / "dest"
+        dest.write_bytes(b"old")
+        storage.save(dest)  # a path that exists: replaced, as Werkzeug's open(dst, "wb") would
+        assert dest.read_bytes() == data
+        assert os.stat(dest).st_ino == os.fstat(storage.stream.fileno()).st_ino
+        copy = io.BytesIO()
+        storage.save(copy)  # a file object: copied from the stream's position, as Werkzeug does
+        assert copy.getvalue() == data
+        second = tmp_path / "second"
+        storage.stream.seek(0)
+        storage.save(str(second))  # the staged file is taken: a second save copies
+        assert second.read_bytes() == data and os.stat(second).st_ino != os.stat(dest).st_ino
+        umask = os.umask(0)
+        os.umask(umask)
+        assert stat.S_IMODE(os.stat(dest).st_mode) == 0o666 & ~umask  # not the staging file's 0o600
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")], "no temporary name left"
+
+
+def test_request_takes_the_staged_form(tmp_path: Path) -> None:
+    app = staged_uploads(flask.Flask("t"))
+    with _form(tmp_path, [("t", None, b"text"), ("f", "a", b"x" * 3000), ("f", "b", b"y")]) as form:
+        environ = {"REQUEST_METHOD": "POST", "CONTENT_TYPE": "multipart/form-data; boundary=B",
+                   "CONTENT_LENGTH": "4000", "wsgi.input": ParsedFormInput(), FORM_ENVIRON_KEY: form}
+        with app.test_request_context(environ_base=environ):
+            req = flask.request
+            assert req.form.to_dict(flat=False) == {"t": ["text"]}
+            assert [s.read() for s in req.files.getlist("f")] == [b"x" * 3000, b"y"]
+            assert req.get_data() == b""  # used up, as after Werkzeug's own parse
+
+
+def test_werkzeug_limits_still_apply(tmp_path: Path) -> None:
+    app = staged_uploads(flask.Flask("t"))
+    app.config["MAX_FORM_PARTS"] = 2
+    with _form(tmp_path, [("t", None, b"1"), ("u", None, b"2"), ("f", "a", b"x")]) as form:
+        environ = {"REQUEST_METHOD": "POST", "CONTENT_TYPE": "multipart/form-data; boundary=B",
+                   "CONTENT_LENGTH": "100", "wsgi.input": ParsedFormInput(), FORM_ENVIRON_KEY: form}
+        with app.test_request_context(environ_base=environ):
+            with pytest.raises(Exception) as caught:
+                flask.request.form
+            assert getattr(caught.value, "code", None) == 413
+
+
+def test_wsgi_input_of_a_staged_form_refuses_to_read() -> None:
+    with pytest.raises(io.UnsupportedOperation, match=r"environ\['prefork.form'\]"):
+        ParsedFormInput().read(10)
+
+
+def test_the_line_declares_it_and_keeps_a_custom_request_class() -> None:
+    class Custom(flask.Request):
+        marker = True
+
+    app = flask.Flask("t")
+    app.request_class = Custom
+    assert not isinstance(app, TakesStagedForms)
+    assert staged_uploads(app) is app and staged_uploads(app) is app  # twice is once
+    assert isinstance(app, TakesStagedForms)
+    assert issubclass(app.request_class, StagedFormsRequest) and issubclass(app.request_class, Custom)
+    assert app.request_class.__mro__.count(StagedFormsRequest) == 1
+
+
+def test_the_loader_parses_forms_only_for_the_app_that_declared_it() -> None:
+    assert load_application("tests.apps.flask_staged:app", threads=1).forms is not None
+    assert load_application("tests.apps.flask_staged:plain", threads=1).forms is None

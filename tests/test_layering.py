@@ -10,6 +10,9 @@ Rules, checked on the import graph of every module under ``prefork/``:
   (the HTTP and WebSocket protocol packages);
 - the protocol layer is sans-IO: no sockets, selectors, threads, processes,
   signals, logging, files (``os``, ``open()``, ``pathlib``, ``tempfile``, ``mmap``);
+- the web frameworks (Flask, Werkzeug, Django) are imported only by the optional
+  adapters in ``prefork.apps.adapters``, and no other module imports those, so
+  prefork imports and runs without any framework installed;
 - the import graph has no cycle (imports made only for type checking, under
   ``if TYPE_CHECKING:``, are not executed and do not count for cycles; they obey
   the layer rules like any other).
@@ -48,6 +51,9 @@ FORBIDDEN_IN_PROTOCOL = {"socket", "selectors", "threading", "signal", "logging"
                          "multiprocessing", "os", "pathlib", "tempfile", "mmap", "shutil", "asyncio",
                          "concurrent"}
 PROTOCOL_LAYER = LAYERS["prefork.protocol"]
+# Optional dependencies, and the one package that may import them (and that nothing else imports).
+FRAMEWORKS = {"flask", "werkzeug", "django"}
+ADAPTERS = "prefork.apps.adapters"
 
 
 @dataclass(frozen=True)
@@ -120,6 +126,11 @@ def violations(root: Path) -> list[str]:
                 found.append(f"{where}: relative import")
                 continue
             top = imp.module.split(".")[0]
+            in_adapters = name == ADAPTERS or name.startswith(ADAPTERS + ".")
+            if top in FRAMEWORKS and not in_adapters:
+                found.append(f"{where}: imports {imp.module}, an optional framework, outside {ADAPTERS}")
+            if imp.module.startswith(ADAPTERS + ".") and not in_adapters:
+                found.append(f"{where}: imports {imp.module}; only applications import the adapters")
             if own == PROTOCOL_LAYER and (top in FORBIDDEN_IN_PROTOCOL or imp.module in FORBIDDEN_IN_PROTOCOL):
                 found.append(f"{where}: the protocol layer imports {imp.module}")
             if top != "prefork":
@@ -199,6 +210,9 @@ PLANTS = {
     "socket in protocol": ("prefork.protocol.buffer", "import socket", "protocol layer imports socket"),
     "logging in protocol": ("prefork.protocol.multipart", "import logging", "protocol layer imports logging"),
     "file in protocol": ("prefork.protocol.mediatype", "_F = open(__file__)", "protocol layer opens files"),
+    "framework outside adapters": ("prefork.apps.wsgi", "import flask", "an optional framework"),
+    "adapter imported": ("prefork.apps.loader", "import prefork.apps.adapters.flask",
+                         "only applications import the adapters"),
     "cycle": ("prefork.staging.diskspace", "import prefork.staging.spool", "import cycle"),
     "type-only upward import": ("prefork.protocol.limits",
                                 "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    import prefork.apps.app",

@@ -193,11 +193,11 @@ class ServesNatively(Protocol):
 @runtime_checkable
 class TakesStagedForms(Protocol):
     """A WSGI application that reads ``multipart/form-data`` bodies from prefork's
-    parsed form (``environ["prefork.form"]``) instead of ``wsgi.input``.
+    parsed form (``environ["prefork.form"]``) instead of re-parsing ``wsgi.input``.
 
     Declared by the adapters in ``prefork.apps.adapters`` (``staged_uploads`` for
-    Flask, ``get_wsgi_application`` for Django), never assumed: for an application
-    that did not say so, a form body stays the raw staged body it re-parses.
+    Flask, ``get_wsgi_application`` for Django) with a true ``prefork_staged_forms``,
+    never assumed: an application that did not say so gets every body raw.
     """
 
     prefork_staged_forms: bool
@@ -220,7 +220,8 @@ class LoadedApp:
     """The application a worker serves, with every capability stated, none probed for.
 
     The loader builds it: a WSGI application is only ``call``; a native one is
-    its own ``forms`` and ``websockets`` too. ``prefork.process.status.StatusPage.wrap``
+    its own ``forms`` and ``websockets`` too; a WSGI application that declared
+    ``TakesStagedForms`` has ``forms`` as well (``prefork.apps.wsgi.StagedFormBodies``). ``prefork.process.status.StatusPage.wrap``
     adds the status page to ``on_loop``. Calling it calls the application
     only: the worker asks ``answer_on_loop`` first, on its loop thread.
 
@@ -241,7 +242,8 @@ class LoadedApp:
         return self.call(request)
 
     def wants_form(self, head: Request) -> bool:
-        """Whether this request's multipart body is parsed while it arrives (False for WSGI)."""
+        """Whether this request's multipart body is parsed while it arrives (for WSGI:
+        only in an application that declared ``TakesStagedForms``)."""
         return self.forms is not None and self.forms.wants_form(head)
 
     @property

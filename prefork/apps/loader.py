@@ -4,7 +4,9 @@ Strategy: an object with the native ``prefork_application`` hook (``prefork.App`
 declared as ``prefork.apps.handlers.ServesNatively``) is served natively; any other
 callable is treated as WSGI. An empty spec serves the built-in demo app. The
 result is a ``LoadedApp`` that states every capability the worker may use (a
-WSGI app parses no forms and has no WebSocket routes), and the app is handed
+WSGI app has no WebSocket routes, and has its forms parsed while they arrive
+only when it declares ``TakesStagedForms``, as the Flask and Django adapters
+in ``prefork.apps.adapters`` do), and the app is handed
 the worker's ``Runtime`` (native: ``App.bind``; WSGI: ``environ["prefork.apps.runtime"]``).
 An ``AppWrapper`` given by the worker (its ``StatusPage``) is wrapped around it here, where the app
 is assembled. Import errors propagate with their traceback so
@@ -118,7 +120,7 @@ def _load(spec: str, threads: int, runtime: Runtime) -> LoadedApp:
     if not callable(obj):
         raise AppLoadError(f"application {spec!r} is a {type(obj).__name__}, not a callable")
     wsgi = WsgiApplication(obj, multithread=threads > 1, runtime=runtime)
-    if isinstance(obj, TakesStagedForms) and obj.prefork_staged_forms:
+    if isinstance(obj, TakesStagedForms) and obj.prefork_staged_forms is True:
         return LoadedApp(wsgi, forms=StagedFormBodies())
     return LoadedApp(wsgi)
 

@@ -9,11 +9,16 @@ pulls it in a handler thread as the socket drains. A ``wsgi.file_wrapper``
 over a real file becomes a sendfile response.
 
 An application that declares ``TakesStagedForms`` (the Flask and Django
-adapters) has its ``multipart/form-data`` bodies parsed while they arrive, as
-native routes do: each file part is staged in its own file, and the parsed
-``FormData`` is ``environ["prefork.form"]``. ``wsgi.input`` is then empty (the
-body went into the parts; ``CONTENT_LENGTH`` still says how long it was), so
-a part is written once and saving it is a rename.
+adapters in ``prefork.apps.adapters``) has its ``multipart/form-data`` bodies
+parsed while they arrive, as native routes do (``StagedFormBodies``): each
+file part is written once, into its own staging file, and the parsed
+``prefork.staging.forms.FormData`` is ``environ["prefork.form"]``. The body
+itself went into the parts, so for such a request ``wsgi.input`` is a
+``ParsedFormInput``: reading it raises, naming the environ key, rather than
+returning an empty body that code reading it anyway would take for the
+request (``CONTENT_LENGTH`` still says how long the body was). The adapters
+never read it. An application that did not declare it is never given a
+parsed form: its bodies stay raw, for it to parse as before.
 """
 
 from __future__ import annotations
@@ -32,7 +37,8 @@ from prefork.apps.runtime import Runtime
 from prefork.protocol.http.events import Request
 from prefork.protocol.mediatype import is_form_data
 
-#: Where a staged-forms application finds the parsed form (``prefork.staging.forms.FormData``).
+#: Where an application that takes staged forms finds the parsed form
+#: (``prefork.staging.forms.FormData``); the worker closes it when the request ends.
 FORM_ENVIRON_KEY = "prefork.form"
 
 WsgiApp = Callable[[dict[str, Any], Callable[..., Callable[[bytes], None]]], Iterable[bytes]]
@@ -132,6 +138,36 @@ class _ErrorStream(io.TextIOBase):
 
 
 _ERRORS = _ErrorStream()
+
+
+class StagedFormBodies:
+    """The form decision for a WSGI application that takes staged forms (``FormAware``):
+    every ``multipart/form-data`` body is parsed while it arrives, whatever the route,
+    since a WSGI application's routes are its own business."""
+
+    def wants_form(self, head: Request) -> bool:
+        """Whether ``head`` announces a form body (``mediatype.is_form_data``)."""
+        return is_form_data(head.headers.get(b"content-type"))
+
+
+class ParsedFormInput(io.RawIOBase):
+    """``wsgi.input`` of a request whose form was parsed as it arrived.
+
+    Readable, so that code checking for a stream finds one, but every read raises
+    ``io.UnsupportedOperation`` with the reason: the bytes are in the parts of
+    ``environ["prefork.form"]``, and an empty read would silently look like an
+    empty body.
+    """
+
+    MESSAGE = ("prefork parsed this multipart/form-data body while it arrived: its fields and "
+               f"files are in environ[{FORM_ENVIRON_KEY!r}], not in wsgi.input (the application "
+               "declared staged forms; serve it without the prefork adapter to read the raw body)")
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        raise io.UnsupportedOperation(self.MESSAGE)
 
 
 class WsgiApplication:
@@ -236,7 +272,9 @@ def build_environ(request: CompleteRequest, *, multithread: bool = True) -> dict
     Returns:
         The environ dict. Besides the PEP 3333 keys it carries ``RAW_URI`` /
         ``REQUEST_URI`` (the target as received), ``prefork.raw_headers`` (every field
-        line in order, duplicates kept) and ``prefork.trailers``; ``WsgiApplication`` adds
+        line in order, duplicates kept), ``prefork.trailers``, and ``prefork.form`` when
+        the form was parsed as it arrived (``wsgi.input`` is then a ``ParsedFormInput``);
+        ``WsgiApplication`` adds
         ``prefork.apps.runtime`` (the ``prefork.apps.runtime.Runtime`` the server runs with).
     """
     head = request.head
@@ -257,7 +295,7 @@ def build_environ(request: CompleteRequest, *, multithread: bool = True) -> dict
         "CONTENT_LENGTH": str(request.body_size),
         "wsgi.version": (1, 0),
         "wsgi.url_scheme": request.url_scheme,
-        "wsgi.input": request.body,
+        "wsgi.input": request.body if request.form is None else ParsedFormInput(),
         "wsgi.errors": _ERRORS,
         "wsgi.multithread": multithread,
         "wsgi.multiprocess": True,
@@ -286,12 +324,3 @@ def build_environ(request: CompleteRequest, *, multithread: bool = True) -> dict
         else:
             environ[key] = value
     return environ
-
-
-class StagedFormBodies:
-    """The form decision for a WSGI application that takes staged forms: every
-    ``multipart/form-data`` body is parsed while it arrives (``FormAware``)."""
-
-    def wants_form(self, head: Request) -> bool:
-        """Whether ``head`` announces a form body."""
-        return is_form_data(head.headers.get(b"content-type"))

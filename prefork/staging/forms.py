@@ -123,6 +123,16 @@ class UploadedFile:
         """
         self._spool.move_to(dest)
 
+    @property
+    def in_memory(self) -> bool:
+        """True when the body is held in RAM (under the staging threshold), not in a file."""
+        return self._spool.in_memory
+
+    def staged_path(self) -> str | None:
+        """A path naming the staged file, for code that moves uploads by name (see
+        ``BodySpool.staged_path``); None when the body is in RAM or cannot be named."""
+        return self._spool.staged_path()
+
     def close(self) -> None:
         """Release the staged body (a saved file at its destination stays)."""
         self._spool.close()

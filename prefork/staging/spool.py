@@ -28,7 +28,7 @@ import tempfile
 from collections.abc import Callable, Iterator
 from typing import Any, Protocol
 
-from prefork.staging.diskspace import FreeSpaceGuard, remove_stale_files
+from prefork.staging.diskspace import FreeSpaceGuard, remove_stale_files, staging_name
 from prefork.protocol.errors import BodyTooLarge, InsufficientStorage
 from prefork.staging.rambuffer import RamBuffer
 from prefork.staging.stagingfile import DISK_FULL, copy_into_place, link_fd, open_named, open_staging_file, write_all
@@ -457,6 +457,35 @@ class BodySpool(io.RawIOBase):
             copy_into_place(target, self._copy_into, open_file=self._open_file, open_named=self._open_named,
                             link=self._link, link_fd=self._link_fd)
         self._moved_to = target
+
+    def staged_path(self) -> str | None:
+        """A name for the sealed staging file, for code that moves uploads by path.
+
+        Django's ``FileSystemStorage`` renames ``temporary_file_path()`` into place,
+        and an unnamed (``O_TMPFILE``) file has no path: it is linked here under a
+        PID name in the staging directory first (``diskspace.staging_name``). That
+        name goes on ``close()`` unless its user renamed it away, and after a
+        SIGKILL the master's ``remove_stale_files`` takes it, as for any named
+        staging file. The spool stays readable; once the name was renamed away,
+        ``move_to`` is no longer possible.
+
+        Returns:
+            The path; None when the body is in RAM, was moved with ``move_to``,
+            or cannot be named (the link failed with EXDEV: read the body instead).
+        """
+        self._check_open()
+        if not self._sealed or self._fd is None or self._moved_to is not None:
+            return None
+        if self._path is None:
+            name = os.path.join(self._dir, staging_name())
+            try:
+                self._link_fd(self._fd, name)
+            except OSError as exc:
+                if exc.errno == errno.EXDEV:
+                    return None
+                raise
+            self._path = name
+        return self._path
 
     def _try_link(self, dest: str) -> bool:
         """Link the staging file at ``dest``; False when it is on another filesystem."""

@@ -1,66 +1,78 @@
-"""The Flask app of ``flask_upload`` plus the one line that takes prefork's staged parts.
+"""A Flask app served with and without prefork's one line of setup (``staged_uploads``).
 
-Every route reports what a Flask user would look at, plus the saved file's
-inode and the staged part's path, so a test can tell a rename from a copy.
+``app`` has the line, ``plain`` is the same app without it. ``POST /upload`` saves
+every file of every field under ``$PREFORK_TEST_UPLOADS`` and reports, per file,
+what Flask said about it, the saved file's hash, and whether the saved file is the
+very inode the request's stream reads (a rename, not a copy); plus the text fields
+and whether prefork handed over a parsed form. ``POST /raw`` hashes
+``request.get_data()``. ``GET /`` is a readiness page.
 """
 
 from __future__ import annotations
 
 import hashlib
-import io
 import os
+import uuid
+from typing import Any
 
 from flask import Flask, jsonify, request
 
-from prefork.apps.adapters.flask import StagedFileStorage, staged_uploads
+from prefork.apps.adapters.flask import staged_uploads
 
-app = staged_uploads(Flask(__name__))
 UPLOAD_DIR = os.environ.get("PREFORK_TEST_UPLOADS", "uploads")
 
 
-def _digest(path: str) -> str:
-    with open(path, "rb") as handle:
-        return hashlib.sha256(handle.read()).hexdigest()
-
-
-def _inode(storage: object) -> int | None:
-    """The staged part's inode, or None when it is held in memory (small) or not staged."""
-    if not isinstance(storage, StagedFileStorage):
-        return None
+def _same_inode(stream: Any, path: str) -> bool:
     try:
-        return os.fstat(storage.stream.fileno()).st_ino
-    except io.UnsupportedOperation:
-        return None
+        return bool(os.fstat(stream.fileno()).st_ino == os.stat(path).st_ino)
+    except (AttributeError, OSError, ValueError):  # a BytesIO has no file: not the same
+        return False
 
 
-@app.post("/upload")
-def upload():  # type: ignore[no-untyped-def]
-    """Save every file part (``save(path)``) and report each, with the text fields."""
-    saved = []
-    for index, storage in enumerate(request.files.getlist("upload")):
-        dest = os.path.join(UPLOAD_DIR, f"saved-{index}")
-        staged_inode = _inode(storage)
-        storage.save(dest)
-        saved.append({"filename": storage.filename, "mimetype": storage.mimetype, "size": os.path.getsize(dest),
-                      "sha256": _digest(dest), "renamed": staged_inode == os.stat(dest).st_ino})
-    return jsonify(files=saved, form=request.form.to_dict(flat=False), staged=isinstance(
-        next(iter(request.files.values()), None), StagedFileStorage), body=len(request.get_data()))
+def _file_report(field: str, storage: Any) -> dict[str, Any]:
+    head = storage.read(16)  # the stream works before save, and save still takes all of it
+    storage.stream.seek(0)
+    dest = os.path.join(UPLOAD_DIR, uuid.uuid4().hex)
+    storage.save(dest)
+    with open(dest, "rb") as handle:
+        digest = hashlib.sha256(handle.read()).hexdigest()
+    return {"field": field, "filename": storage.filename, "mimetype": storage.mimetype,
+            "content_length": storage.content_length, "size": os.path.getsize(dest), "sha256": digest,
+            "head": head.hex(), "same_inode": _same_inode(storage.stream, dest), "path": dest,
+            "mode": oct(os.stat(dest).st_mode & 0o777)}
 
 
-@app.post("/read")
-def read():  # type: ignore[no-untyped-def]
-    """Read the part through its stream instead of saving it."""
-    storage = request.files["upload"]
-    return jsonify(sha256=hashlib.sha256(storage.read()).hexdigest(), form=request.form.to_dict())
+def make_app(staged: bool) -> Flask:
+    """The test app, with prefork's line (``staged``) or without it."""
+    flask_app = Flask(__name__)
+    if staged:
+        staged_uploads(flask_app)  # the one line
+
+    @flask_app.post("/upload")
+    def upload() -> Any:
+        files = [_file_report(field, storage) for field, storage in request.files.items(multi=True)]
+        return jsonify(files=files, form=request.form.to_dict(flat=False),
+                       staged="prefork.form" in request.environ, rest=len(request.get_data()))
+
+    @flask_app.post("/raw")
+    def raw() -> Any:
+        data = request.get_data()
+        return jsonify(sha256=hashlib.sha256(data).hexdigest(), size=len(data), mimetype=request.mimetype,
+                       staged="prefork.form" in request.environ, form=request.form.to_dict(flat=False))
+
+    @flask_app.post("/overwrite")
+    def overwrite() -> Any:
+        dest = os.path.join(UPLOAD_DIR, request.form["name"])
+        request.files["f"].save(dest)
+        with open(dest, "rb") as handle:
+            return jsonify(sha256=hashlib.sha256(handle.read()).hexdigest())
+
+    @flask_app.get("/")
+    def index() -> Any:
+        return "hello from flask"
+
+    return flask_app
 
 
-@app.post("/raw")
-def raw():  # type: ignore[no-untyped-def]
-    """A body that is not a form: ``get_data`` as without the adapter."""
-    return jsonify(sha256=hashlib.sha256(request.get_data()).hexdigest(), mimetype=request.mimetype)
-
-
-@app.get("/")
-def index():  # type: ignore[no-untyped-def]
-    """A trivial page."""
-    return "hello from flask"
+app = make_app(staged=True)
+plain = make_app(staged=False)

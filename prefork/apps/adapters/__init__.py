@@ -1,5 +1,6 @@
-"""Framework adapters: Flask and Django take prefork's staged form parts as their uploads.
+"""Optional adapters that hand prefork's staged uploads to a framework (Flask, Django).
 
-Each is one line of setup in the application and imports its framework only
-when used (``pip install -e '.[flask]'`` / ``'.[django]'``).
+Each module imports its framework at the top, so importing one needs that
+framework installed (``pip install prefork[flask]`` / ``prefork[django]``);
+nothing else in prefork imports them, and prefork runs without either.
 """

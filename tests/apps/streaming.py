@@ -74,7 +74,15 @@ def _django_urls() -> list[Any]:
     return [path("stream", _django_stream)]
 
 
-django_app = _make_django_app()
+def __getattr__(name: str) -> Any:
+    # ``django_app`` is built when first asked for (by the server that serves it), not at
+    # import: importing this module for its constants must not configure Django for the
+    # whole test process (tests.apps.django_staged configures it its own way).
+    if name == "django_app":
+        app = _make_django_app()
+        globals()["django_app"] = app
+        return app
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 urlpatterns = _django_urls()
 
 _tag: contextvars.ContextVar[str] = contextvars.ContextVar("tag")

@@ -15,7 +15,11 @@ from pathlib import Path
 from typing import Any
 
 import psutil
+import pytest
+import requests
 
+from prefork.protocol.limits import FormLimits
+from prefork.staging.forms import FormData, FormParser
 from tests.server import RawClient, Server, send_until_answered, staging_fds, wait_for
 
 MiB = 1 << 20
@@ -98,3 +102,40 @@ def refused_upload(served: Served, path: bytes, parts: list[tuple[bytes, bytes |
     status = client.read_response().status
     client.close()
     return status
+
+
+def served_fixture(app: str) -> Any:
+    """A module-scoped fixture serving ``app`` (``MODULE:NAME``) as ``serve`` does."""
+
+    @pytest.fixture(scope="module")
+    def served(start_module_server: Callable[..., Server], tmp_path_factory: pytest.TempPathFactory) -> Served:
+        return serve(start_module_server, tmp_path_factory.mktemp(app.split(":")[0].rsplit(".", 1)[-1]), app)
+
+    return served
+
+
+def assert_written_per_byte(served: Served, expected: tuple[float, float], seed: int, label: str) -> None:
+    """Upload 16 MiB as file part ``f`` to ``/upload`` and check the worker wrote
+    between ``expected[0]`` and ``expected[1]`` bytes per byte uploaded."""
+    size = 16 * MiB
+    body = pattern(size, seed)
+
+    def upload() -> Any:
+        return requests.post(served.server.url + "/upload", files={"f": ("b.bin", body)}, timeout=60).json()
+
+    wchar, _, doc = written_per_byte(served, upload, size)
+    assert doc["files"][0]["sha256"] == sha(body)
+    low, high = expected
+    assert low <= wchar <= high, f"{label}: {wchar:.3f} bytes written per byte uploaded"
+
+
+def parsed_form(tmp_path: Path, parts: list[tuple[str, str | None, bytes]], threshold: int = 1024) -> FormData:
+    """A ``FormData`` as the server would hand it over: ``(name, filename or None, data)``
+    parts parsed with parts past ``threshold`` bytes staged under ``tmp_path``."""
+    body = b"".join(b'--B\r\nContent-Disposition: form-data; name="%s"%s\r\n\r\n%s\r\n'
+                    % (name.encode(), b'; filename="%s"' % fn.encode() if fn is not None else b"", data)
+                    for name, fn, data in parts) + b"--B--\r\n"
+    parser = FormParser(b"B", limits=FormLimits(), spool_threshold=threshold, spool_dir=str(tmp_path))
+    parser.feed(body)
+    parser.feed(b"")
+    return parser.finish()

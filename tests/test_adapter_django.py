@@ -19,22 +19,14 @@ import requests
 
 from prefork.apps.handlers import TakesStagedForms
 from prefork.apps.loader import load_application
-from prefork.protocol.limits import FormLimits
-from prefork.staging.forms import FormData, FormParser
-from tests.adapter_helpers import MiB, Served, pattern, refused_upload, serve, sha, written_per_byte
+from tests.adapter_helpers import MiB, parsed_form, Served, assert_written_per_byte, pattern, refused_upload, serve, served_fixture, sha
 from tests.server import Server
 
 BIG, SMALL = 3 * MiB, 1000
 
 
-@pytest.fixture(scope="module")
-def staged(start_module_server: Callable[..., Server], tmp_path_factory: pytest.TempPathFactory) -> Served:
-    return serve(start_module_server, tmp_path_factory.mktemp("django"), "tests.apps.django_staged:app")
-
-
-@pytest.fixture(scope="module")
-def plain(start_module_server: Callable[..., Server], tmp_path_factory: pytest.TempPathFactory) -> Served:
-    return serve(start_module_server, tmp_path_factory.mktemp("django"), "tests.apps.django_staged:plain")
+staged = served_fixture("tests.apps.django_staged:app")  # with the adapter's one line
+plain = served_fixture("tests.apps.django_staged:plain")  # the same app without it
 
 
 def _post_files(served: Served) -> dict[str, Any]:
@@ -79,17 +71,7 @@ def test_with_djangos_own_handler_it_parses_as_before(plain: Served) -> None:
 @pytest.mark.parametrize("which, expected", [("staged", (0.97, 1.1)), ("plain", (1.9, 2.2))])
 def test_bytes_written_per_byte_uploaded(which: str, expected: tuple[float, float],
                                          request: pytest.FixtureRequest) -> None:
-    served: Served = request.getfixturevalue(which)
-    size = 16 * MiB
-    body = pattern(size, 4)
-
-    def upload() -> Any:
-        return requests.post(served.server.url + "/upload", files={"f": ("b.bin", body)}, timeout=60).json()
-
-    wchar, _, doc = written_per_byte(served, upload, size)
-    assert doc["files"][0]["sha256"] == sha(body)
-    low, high = expected
-    assert low <= wchar <= high, f"{which}: {wchar:.3f} bytes written per byte uploaded"
+    assert_written_per_byte(request.getfixturevalue(which), expected, 4, which)
 
 
 @pytest.mark.parametrize("which", ["staged", "plain"])
@@ -122,20 +104,10 @@ def adapter() -> Any:
     return importlib.import_module("prefork.apps.adapters.django")
 
 
-def _form(tmp_path: Path, parts: list[tuple[str, str | None, bytes]], threshold: int = 1024) -> FormData:
-    body = b"".join(b'--B\r\nContent-Disposition: form-data; name="%s"%s\r\n\r\n%s\r\n'
-                    % (name.encode(), b'; filename="%s"' % fn.encode() if fn is not None else b"", data)
-                    for name, fn, data in parts) + b"--B--\r\n"
-    parser = FormParser(b"B", limits=FormLimits(), spool_threshold=threshold, spool_dir=str(tmp_path))
-    parser.feed(body)
-    parser.feed(b"")
-    return parser.finish()
-
-
 def test_handler_builds_post_and_files(adapter: Any, tmp_path: Path) -> None:
     from django.core.files.storage import FileSystemStorage
     big = pattern(5000, 6)
-    with _form(tmp_path, [("t", None, b"text"), ("f", "a.bin", big), ("f", "b.bin", b"y"), ("n", "", b"")]) as form:
+    with parsed_form(tmp_path, [("t", None, b"text"), ("f", "a.bin", big), ("f", "b.bin", b"y"), ("n", "", b"")]) as form:
         handler = adapter.StagedFormHandler()
         post, files = handler.handle_raw_input(None, {"prefork.form": form}, 100, b"B", "utf-8")
         assert post.dict() == {"t": "text", "n": ""} and not post._mutable
@@ -155,7 +127,7 @@ def test_handler_leaves_a_body_without_staged_form_to_django(adapter: Any) -> No
 
 
 def test_an_unsaved_staged_name_goes_when_the_form_closes(adapter: Any, tmp_path: Path) -> None:
-    with _form(tmp_path, [("f", "a.bin", pattern(5000))]) as form:
+    with parsed_form(tmp_path, [("f", "a.bin", pattern(5000))]) as form:
         _, files = adapter.StagedFormHandler().handle_raw_input(None, {"prefork.form": form}, 1, b"B")
         assert os.path.exists(files["f"].temporary_file_path())
     assert list(tmp_path.iterdir()) == []

@@ -22,22 +22,14 @@ from prefork.apps.adapters.flask import StagedFileStorage, StagedFormsRequest, s
 from prefork.apps.handlers import TakesStagedForms
 from prefork.apps.loader import load_application
 from prefork.apps.wsgi import FORM_ENVIRON_KEY, ParsedFormInput
-from prefork.protocol.limits import FormLimits
-from prefork.staging.forms import FormData, FormParser
-from tests.adapter_helpers import MiB, Served, pattern, refused_upload, serve, sha, written_per_byte
+from tests.adapter_helpers import MiB, parsed_form, Served, assert_written_per_byte, pattern, refused_upload, serve, served_fixture, sha
 from tests.server import Server
 
 BIG, SMALL = 3 * MiB, 1000
 
 
-@pytest.fixture(scope="module")
-def staged(start_module_server: Callable[..., Server], tmp_path_factory: pytest.TempPathFactory) -> Served:
-    return serve(start_module_server, tmp_path_factory.mktemp("flask"), "tests.apps.flask_staged:app")
-
-
-@pytest.fixture(scope="module")
-def plain(start_module_server: Callable[..., Server], tmp_path_factory: pytest.TempPathFactory) -> Served:
-    return serve(start_module_server, tmp_path_factory.mktemp("flask"), "tests.apps.flask_staged:plain")
+staged = served_fixture("tests.apps.flask_staged:app")  # with the adapter's one line
+plain = served_fixture("tests.apps.flask_staged:plain")  # the same app without it
 
 
 def _post_files(served: Served) -> dict[str, Any]:
@@ -80,17 +72,7 @@ def test_without_the_line_werkzeug_reparses_as_before(plain: Served) -> None:
 @pytest.mark.parametrize("which, expected", [("staged", (0.97, 1.1)), ("plain", (2.9, 3.2))])
 def test_bytes_written_per_byte_uploaded(which: str, expected: tuple[float, float],
                                          request: pytest.FixtureRequest) -> None:
-    served: Served = request.getfixturevalue(which)
-    size = 16 * MiB
-    body = pattern(size, 3)
-
-    def upload() -> Any:
-        return requests.post(served.server.url + "/upload", files={"f": ("b.bin", body)}, timeout=60).json()
-
-    wchar, _, doc = written_per_byte(served, upload, size)
-    assert doc["files"][0]["sha256"] == sha(body)
-    low, high = expected
-    assert low <= wchar <= high, f"{which}: {wchar:.3f} bytes written per byte uploaded"
+    assert_written_per_byte(request.getfixturevalue(which), expected, 3, which)
 
 
 def test_save_replaces_an_existing_file(staged: Served) -> None:
@@ -129,19 +111,9 @@ def test_413_over_a_form_limit_leaves_no_staged_file(start_server: Callable[...,
 
 
 # --- without a server -------------------------------------------------------------------------------
-def _form(tmp_path: Path, parts: list[tuple[str, str | None, bytes]], threshold: int = 1024) -> FormData:
-    body = b"".join(b'--B\r\nContent-Disposition: form-data; name="%s"%s\r\n\r\n%s\r\n'
-                    % (name.encode(), b'; filename="%s"' % fn.encode() if fn is not None else b"", data)
-                    for name, fn, data in parts) + b"--B--\r\n"
-    parser = FormParser(b"B", limits=FormLimits(), spool_threshold=threshold, spool_dir=str(tmp_path))
-    parser.feed(body)
-    parser.feed(b"")
-    return parser.finish()
-
-
 def test_file_storage_save_links_replaces_and_copies(tmp_path: Path) -> None:
     data = pattern(5000, 7)
-    with _form(tmp_path, [("f", "a.bin", data)]) as form:
+    with parsed_form(tmp_path, [("f", "a.bin", data)]) as form:
         storage = StagedFileStorage(form.files["f"])
         assert (storage.filename, storage.name, storage.content_length) == ("a.bin", "f", 5000)
         dest = tmp_path / "dest"
@@ -164,7 +136,7 @@ def test_file_storage_save_links_replaces_and_copies(tmp_path: Path) -> None:
 
 def test_request_takes_the_staged_form(tmp_path: Path) -> None:
     app = staged_uploads(flask.Flask("t"))
-    with _form(tmp_path, [("t", None, b"text"), ("f", "a", b"x" * 3000), ("f", "b", b"y")]) as form:
+    with parsed_form(tmp_path, [("t", None, b"text"), ("f", "a", b"x" * 3000), ("f", "b", b"y")]) as form:
         environ = {"REQUEST_METHOD": "POST", "CONTENT_TYPE": "multipart/form-data; boundary=B",
                    "CONTENT_LENGTH": "4000", "wsgi.input": ParsedFormInput(), FORM_ENVIRON_KEY: form}
         with app.test_request_context(environ_base=environ):
@@ -177,7 +149,7 @@ def test_request_takes_the_staged_form(tmp_path: Path) -> None:
 def test_werkzeug_limits_still_apply(tmp_path: Path) -> None:
     app = staged_uploads(flask.Flask("t"))
     app.config["MAX_FORM_PARTS"] = 2
-    with _form(tmp_path, [("t", None, b"1"), ("u", None, b"2"), ("f", "a", b"x")]) as form:
+    with parsed_form(tmp_path, [("t", None, b"1"), ("u", None, b"2"), ("f", "a", b"x")]) as form:
         environ = {"REQUEST_METHOD": "POST", "CONTENT_TYPE": "multipart/form-data; boundary=B",
                    "CONTENT_LENGTH": "100", "wsgi.input": ParsedFormInput(), FORM_ENVIRON_KEY: form}
         with app.test_request_context(environ_base=environ):

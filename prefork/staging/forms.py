@@ -27,7 +27,8 @@ from typing import BinaryIO, Generic, TypeVar, cast
 from prefork.protocol.errors import BodyTooLarge, MultipartError, ServiceUnavailable
 from prefork.protocol.limits import FormLimits
 from prefork.protocol.multipart import MultipartParser, PartData, PartEnd, PartStart, parse_boundary, parse_options_header
-from prefork.staging.spool import BodySpool, MemoryBudget
+from prefork.staging.budget import MemoryBudget
+from prefork.staging.spool import BodySpool
 from prefork.staging.writebehind import WriteBehindHelper
 
 __all__ = ["FormData", "FormParser", "FormSink", "MultiDict", "UploadedFile"]

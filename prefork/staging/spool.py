@@ -26,30 +26,19 @@ import io
 import os
 import tempfile
 from collections.abc import Callable, Iterator
-from typing import Any, Protocol
+from typing import Any
 
+from prefork.staging.budget import MemoryBudget
 from prefork.staging.diskspace import FreeSpaceGuard, remove_stale_files, staging_name
 from prefork.protocol.errors import BodyTooLarge, InsufficientStorage
 from prefork.staging.rambuffer import RamBuffer
 from prefork.staging.stagingfile import DISK_FULL, copy_into_place, link_fd, open_named, open_staging_file, write_all
 from prefork.staging.writebehind import WriteBehind, WriteBehindHelper
 
-__all__ = ["BodySpool", "MemoryBudget", "remove_stale_files"]
+__all__ = ["BodySpool", "remove_stale_files"]
 
 #: Copy and readline block size; 1 MiB keeps syscall overhead negligible.
 _COPY_CHUNK = 1 << 20
-
-
-class MemoryBudget(Protocol):
-    """A global RAM budget shared by the workers (the scoreboard implements it)."""
-
-    def try_reserve(self, nbytes: int) -> bool:
-        """Reserve ``nbytes``; return False when the budget cannot grant them."""
-        ...
-
-    def release(self, nbytes: int) -> None:
-        """Give back ``nbytes`` previously reserved."""
-        ...
 
 
 class BodySpool(io.RawIOBase):

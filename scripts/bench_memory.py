@@ -65,6 +65,7 @@ SETTLE_SECONDS = 5.0  # how long "after" waits for the workers to give memory ba
 MODES = ("raw", "multipart")
 IDLE_CONNS, QUICK_IDLE_CONNS = 1000, 200  # keep-alive connections held open after one request each
 IDLE_SETTLE = 1.0  # seconds before each reading; well inside prefork's keepalive_timeout (5 s)
+IDLE_ANSWER_TIMEOUT = 5.0  # seconds a keep-alive connection may wait for its answer before the server counts as full
 LINGER_RST = struct.pack("ii", 1, 0)  # close with a reset: no TIME_WAIT for 1,000 client ports
 
 
@@ -225,25 +226,34 @@ def scenario_memory(args: argparse.Namespace, ws: Workspace) -> list[SummaryRow]
     return summary_rows(results, clients, each) + scenario_idle(args, ws)
 
 
-def hold_keepalive(port: int, n: int) -> list[socket.socket]:
-    """``n`` connections, each after one complete ``GET /`` answered with keep-alive, left open."""
+def hold_keepalive(port: int, n: int, socks: list[socket.socket]) -> str | None:
+    """Open ``n`` connections into ``socks``, each after one complete ``GET /`` answered with keep-alive.
+
+    Returns:
+        None when all ``n`` were answered, else why the next one was not (a server that
+        stops serving new connections past a limit of its own, as granian's backpressure
+        does): ``socks`` then holds those that were, and the one that was not is closed.
+    """
     request = f"GET / HTTP/1.1\r\nHost: {bench.HOST}:{port}\r\n\r\n".encode()
-    socks = []
     for _ in range(n):
-        sock = socket.create_connection((bench.HOST, port), timeout=10)
+        sock = socket.create_connection((bench.HOST, port), timeout=IDLE_ANSWER_TIMEOUT)
+        try:
+            sock.sendall(request)
+            data = b""
+            while True:
+                head, sep, body = data.partition(b"\r\n\r\n")
+                match = re.search(rb"(?im)^content-length:\s*(\d+)", head) if sep else None
+                if match and len(body) >= int(match.group(1)):
+                    break
+                chunk = sock.recv(65536)
+                if not chunk:
+                    raise ConnectionError(f"closed before a whole response: {data[:100]!r}")
+                data += chunk
+        except OSError as exc:
+            sock.close()
+            return f"connection {len(socks) + 1} not answered: {exc!r}"
         socks.append(sock)
-        sock.sendall(request)
-        data = b""
-        while True:
-            head, sep, body = data.partition(b"\r\n\r\n")
-            match = re.search(rb"(?im)^content-length:\s*(\d+)", head) if sep else None
-            if match and len(body) >= int(match.group(1)):
-                break
-            chunk = sock.recv(65536)
-            if not chunk:
-                raise ConnectionError(f"closed before a whole response: {data[:100]!r}")
-            data += chunk
-    return socks
+    return None
 
 
 def still_open(socks: list[socket.socket]) -> int:
@@ -272,12 +282,16 @@ def measure_idle(server: RunningServer, conns: int) -> dict[str, float]:
     metrics = {"processes": float(len(pids)), "master_rss_mib": rss_sum([server.proc.pid]) / MiB,
                "worker_rss_mib": rss_sum(workers) / len(workers) / MiB,
                "worker_uss_mib": sum(uss(pid) for pid in workers) / len(workers) / MiB, "total_rss_mib": before / MiB}
-    socks = hold_keepalive(server.port, conns)
+    socks: list[socket.socket] = []
     try:
+        refused = hold_keepalive(server.port, conns, socks)
+        if refused:
+            print(f"    {server.spec.name}: {refused}; measured with the {len(socks):,} answered", file=sys.stderr)
         time.sleep(IDLE_SETTLE)
         after = rss_sum(pids)
-        metrics.update({"conns_open": float(still_open(socks)), "total_rss_after_mib": after / MiB,
-                        "per_conn_kib": (after - before) / conns / 1024})
+        metrics.update({"conns_served": float(len(socks)), "conns_open": float(still_open(socks)),
+                        "total_rss_after_mib": after / MiB,
+                        "per_conn_kib": (after - before) / max(len(socks), 1) / 1024})
     finally:
         for sock in socks:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, LINGER_RST)
@@ -294,11 +308,12 @@ def scenario_idle(args: argparse.Namespace, ws: Workspace) -> list[SummaryRow]:
           file=sys.stderr)
     results = bench.alternate(specs, args.runs, ws, lambda server: {"idle": measure_idle(server, conns)})
     metrics = ["processes", "master_rss_mib", "worker_rss_mib", "worker_uss_mib", "total_rss_mib",
-               "total_rss_after_mib", "conns_open", "per_conn_kib"]
+               "total_rss_after_mib", "conns_served", "conns_open", "per_conn_kib"]
     bench.print_medians(results, ["idle"], metrics)
     print(f"Idle: RSS read {IDLE_SETTLE:g} s after the start; USS = pages only that process maps. per_conn_kib = "
           f"(Σ RSS of all the server's processes {IDLE_SETTLE:g} s after {conns:,} keep-alive connections each "
-          "made one GET - Σ RSS before) / connections; conns_open = those the server had not closed by then. "
+          "made one GET - Σ RSS before) / connections answered (conns_served: a server may stop answering new "
+          "connections past a limit of its own); conns_open = those the server had not closed by then. "
           f"prefork: conf/server.ini, access log {'on' if ws.access_log else 'off'}; granian: its defaults.\n")
     bench.save_json(args, "memory-idle", results)
     prefork, peer = (spec.name for spec in specs)

@@ -25,6 +25,8 @@ from prefork.config.config import Config
 from prefork.process.exit_codes import EXIT_BOOT, EXIT_CONFIG
 from prefork.apps.loader import load_application
 from prefork.process.privileges import drop_privileges, resolve
+from prefork.process.tls_context import build_server_context, certificate_warnings
+from prefork.protocol.errors import ConfigError
 from prefork.apps.runtime import Runtime
 
 __all__ = ["check_config", "unwritable"]
@@ -45,7 +47,7 @@ def check_config(cfg: Config) -> int:
         application failed to import).
     """
     accounts = account_problems(cfg)
-    files = file_problems(cfg)
+    files = file_problems(cfg) + tls_problems(cfg)
     for problem in accounts + files:
         _report(problem)
     if accounts:
@@ -88,6 +90,19 @@ def _check_as_service_user(cfg: Config) -> int:
                 "(start as root, or leave user and group empty)")
         return EXIT_CONFIG
     return 0 if _imports(cfg) else EXIT_BOOT
+
+
+def tls_problems(cfg: Config) -> list[str]:
+    """Certificates and keys the master could not load (read as the user running the check, as the master does)."""
+    if not cfg.tls.certfile:
+        return []
+    try:
+        build_server_context(cfg.tls, cfg.source)
+    except ConfigError as exc:
+        return [str(exc)]
+    for message in certificate_warnings(cfg.tls):
+        print(f"prefork-serve: warning: {message}", file=sys.stderr)
+    return []
 
 
 def file_problems(cfg: Config) -> list[str]:

@@ -33,6 +33,7 @@ from prefork.config.logs import error_log, setup_logging
 from prefork.supervisor.master import Master
 from prefork.process.privileges import give_directories, service_owner, socket_owner
 from prefork.process.sockets import BindAddress, BindError, bind_listener, parse_bind
+from prefork.process.tls_context import listener_contexts
 from prefork.process.status import render_text
 
 
@@ -215,13 +216,19 @@ def serve(cfg: Config, flags: dict[str, dict[str, object]]) -> int:
             _close_listeners(listeners, cfg)
             return EXIT_BIND
     try:
+        tls = listener_contexts(cfg, listeners, None if activated else cfg.server.bind)
+    except ConfigError as exc:
+        error_log.error("%s", exc)
+        _close_listeners(listeners, cfg, unlink=not activated)
+        return EXIT_CONFIG
+    try:
         give_directories(cfg.server.user, cfg.server.group, [cfg.staging.dir, cfg.uploads.dir])
     except OSError as exc:
         error_log.error("cannot prepare the directories for user %r / group %r: %s",
                         cfg.server.user, cfg.server.group, exc)
         _close_listeners(listeners, cfg, unlink=not activated)
         return EXIT_CONFIG
-    return Master(cfg, listeners, owns_unix_paths=not activated, overrides=flags).run()
+    return Master(cfg, listeners, owns_unix_paths=not activated, overrides=flags, tls=tls).run()
 
 
 def _warn_if_disk_too_small(cfg: Config) -> None:

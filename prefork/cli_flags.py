@@ -82,6 +82,10 @@ FLAGS: tuple[Flag, ...] = (
     Flag(("--error-logfile", "--log-file", "--error-log"), "logging", "error_log", "FILE",
          "error log file ('-' = stderr)"),
     Flag(("--log-level",), "logging", "level", "LEVEL", "debug, info, warning, error or critical"),
+    Flag(("--certfile",), "tls", "certfile", "FILE",
+         "TLS certificate (chain) in PEM: binds without a scheme serve HTTPS"),
+    Flag(("--keyfile",), "tls", "keyfile", "FILE", "TLS private key in PEM (if not in the certfile)"),
+    Flag(("--ca-certs",), "tls", "ca_certs", "FILE", "CA certificates to verify client certificates with"),
 )
 
 

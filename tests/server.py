@@ -50,8 +50,10 @@ class Server:
                  bind: str | None = None, env: dict[str, str] | None = None,
                  log_dir: Path | None = None) -> None:
         self.tmp = tmp
-        self.port = free_port()
-        self.bind = bind or f"127.0.0.1:{self.port}"
+        self.bind = bind or f"127.0.0.1:{free_port()}"
+        address = self.bind.partition("://")[2] or self.bind
+        # The port of a TCP bind; a unix socket's server keeps a free number for file names.
+        self.port = int(address.rpartition(":")[2]) if not address.startswith("unix:") else free_port()
         self.staging = tmp / "staging"
         self.uploads = tmp / "uploads"
         self.staging.mkdir(exist_ok=True)
@@ -79,23 +81,24 @@ class Server:
         with open(self.stdout_path, "wb") as stdout:
             self.proc = subprocess.Popen(args, cwd=REPO, env=env, stdout=stdout, stderr=subprocess.STDOUT)
         self.pid = self.proc.pid
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.url = f"{'https' if self.bind.startswith('https://') else 'http'}://127.0.0.1:{self.port}"
 
     def connect(self, timeout: float = 10.0) -> socket.socket:
-        """A client socket connected to the server's (first) bind address."""
-        if self.bind.startswith("unix:"):
+        """A client socket connected to the server's (first) bind address (TCP only: no TLS)."""
+        bind = self.bind.partition("://")[2] or self.bind
+        if bind.startswith("unix:"):
             sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             sock.settimeout(timeout)
             try:
-                sock.connect(self.bind[5:])
+                sock.connect(bind[5:])
             except OSError:
                 sock.close()
                 raise
             return sock
-        if self.bind.startswith("["):
-            host, _, port = self.bind[1:].partition("]:")
+        if bind.startswith("["):
+            host, _, port = bind[1:].partition("]:")
             return socket.create_connection((host, int(port)), timeout=timeout)
-        host, _, port = self.bind.rpartition(":")
+        host, _, port = bind.rpartition(":")
         return socket.create_connection((host, int(port)), timeout=timeout)
 
     def wait_ready(self, timeout: float = START_TIMEOUT) -> "Server":

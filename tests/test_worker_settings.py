@@ -17,7 +17,6 @@ from prefork.config.config import Config, LimitsConfig, WebSocketConfig, load_co
 from prefork.protocol.limits import GiB, KiB, MiB, FormLimits, HttpLimits, WsLimits
 from prefork.config.settings import ConnectionSettings
 from prefork.worker.settings import (
-    URL_SCHEME,
     WorkerSettings,
     form_limits,
     http_limits,
@@ -35,6 +34,9 @@ NOT_WORKER_SETTINGS = {
     ("server", "pidfile"), ("server", "umask"), ("server", "socket_mode"), ("server", "socket_owner"),
     ("staging", "memory_budget"), ("websocket", "broadcast"), ("process", "timeout"),
     ("logging", "access_log"), ("logging", "error_log"), ("logging", "level"),
+    # The master builds the TLS context from these; workers inherit the context, not the keys.
+    ("tls", "certfile"), ("tls", "keyfile"), ("tls", "password_file"), ("tls", "ca_certs"),
+    ("tls", "verify_client"), ("tls", "min_version"), ("tls", "ciphers"), ("tls", "sni"),
 }
 
 # (section, key, INI text) -> {settings field path: value it must give}; every value differs
@@ -82,9 +84,12 @@ REACHES: list[tuple[str, str, str, dict[str, object]]] = [
     ("process", "max_worker_memory", "1GiB", {"max_worker_memory": GiB}),
     ("status", "path", "/status", {"status_path": b"/status"}),
     ("status", "allow", "10.0.0.0/8", {"status_allow": ("10.0.0.0/8",)}),
+    ("tls", "hsts", "1h", {"connection.hsts_max_age": 3600}),
+    # A redirect needs an HTTPS listener: with a certfile, the default bind 127.0.0.1:8000 is one.
+    ("tls", "redirect_http", "on\ncertfile = /nonexistent/cert.pem", {"connection.https_redirect_port": 8000}),
 ]
-# Fields no key sets: constants of the translation.
-CONSTANT_FIELDS = {"connection.url_scheme": URL_SCHEME}
+# Fields no key sets: constants of the translation (none today).
+CONSTANT_FIELDS: dict[str, object] = {}
 
 
 def _objects(obj: object, path: str = "") -> Iterator[tuple[str, object]]:

@@ -24,6 +24,36 @@ from prefork.config.logs import error_log
 from prefork.apps.runtime import Runtime
 
 
+@dataclass(frozen=True, slots=True)
+class TlsInfo:
+    """What a TLS connection negotiated, for the environ and the native ``Request``.
+
+    Attributes:
+        version: e.g. ``"TLSv1.3"``.
+        cipher: the cipher suite's OpenSSL name.
+        server_name: the SNI name the client asked for, or None.
+        client_cert: the client's verified certificate as ``ssl.SSLSocket.getpeercert()``
+            gives it, or None when the client sent none (or ``verify_client = none``).
+    """
+
+    version: str
+    cipher: str
+    server_name: str | None = None
+    client_cert: dict[str, Any] | None = None
+
+    def client_subject(self) -> str:
+        """The client certificate's subject as ``CN=alice,O=Example`` (empty without one)."""
+        if not self.client_cert:
+            return ""
+        return ",".join(f"{_RDN_SHORT.get(k, k)}={v}" for rdn in self.client_cert.get("subject", ())
+                        for k, v in rdn)
+
+
+# getpeercert() spells attribute types out; DNs are usually written with the short names.
+_RDN_SHORT = {"commonName": "CN", "organizationName": "O", "organizationalUnitName": "OU",
+              "countryName": "C", "stateOrProvinceName": "ST", "localityName": "L", "emailAddress": "emailAddress"}
+
+
 @dataclass(slots=True)
 class CompleteRequest:
     """A request whose head and body have fully arrived.
@@ -35,8 +65,9 @@ class CompleteRequest:
         trailers: trailer fields of a chunked body.
         peer: the client address (host, port) or a Unix socket path.
         server: the local address (host, port) the request arrived on.
-        url_scheme: "http" (TLS terminates in front of prefork).
+        url_scheme: "https" on a TLS listener, else "http".
         form: the parsed multipart form, for routes that asked for one.
+        tls: what the TLS connection negotiated, or None over plain TCP.
     """
 
     head: Request
@@ -47,6 +78,7 @@ class CompleteRequest:
     server: tuple[str, int]
     url_scheme: str = "http"
     form: Any = None
+    tls: TlsInfo | None = None
 
 
 @dataclass(slots=True)

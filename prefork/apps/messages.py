@@ -66,6 +66,9 @@ class Request:
         content_length: the true body length (chunked bodies included).
         path_params: values captured by ``<name>`` segments of the route.
         remote_addr: the client address.
+        scheme: "https" over TLS, else "http".
+        tls: what the TLS connection negotiated (``TlsInfo``: version, cipher, SNI name,
+            client certificate), or None over plain TCP.
         error: in an error handler, the HTTPError or exception being answered.
     """
 
@@ -83,6 +86,8 @@ class Request:
         self.content_length = complete.body_size
         self.path_params = path_params
         self.remote_addr = complete.peer[0]
+        self.scheme = complete.url_scheme
+        self.tls = complete.tls
         self._form: FormData | None = complete.form
         self._urlencoded: MultiDict[str] | None = None
         self.error: BaseException | None = None

@@ -32,7 +32,7 @@ from types import TracebackType
 from typing import IO, Any
 from urllib.parse import unquote_to_bytes
 
-from prefork.apps.handlers import CompleteRequest, FileBody, ResponseStream
+from prefork.apps.handlers import CompleteRequest, FileBody, ResponseStream, TlsInfo
 from prefork.apps.runtime import Runtime
 from prefork.protocol.http.events import Request
 from prefork.protocol.mediatype import is_form_data
@@ -40,6 +40,8 @@ from prefork.protocol.mediatype import is_form_data
 #: Where an application that takes staged forms finds the parsed form
 #: (``prefork.staging.forms.FormData``); the worker closes it when the request ends.
 FORM_ENVIRON_KEY = "prefork.form"
+#: The environ key of the client's TLS certificate (``ssl.SSLSocket.getpeercert()`` form).
+CLIENT_CERT_ENVIRON_KEY = "prefork.client_cert"
 
 WsgiApp = Callable[[dict[str, Any], Callable[..., Callable[[bytes], None]]], Iterable[bytes]]
 ExcInfo = tuple[type[BaseException], BaseException, TracebackType | None]
@@ -274,7 +276,9 @@ def build_environ(request: CompleteRequest, *, multithread: bool = True) -> dict
         ``REQUEST_URI`` (the target as received), ``prefork.raw_headers`` (every field
         line in order, duplicates kept), ``prefork.trailers``, and ``prefork.form`` when
         the form was parsed as it arrived (``wsgi.input`` is then a ``ParsedFormInput``);
-        ``WsgiApplication`` adds
+        over TLS, ``HTTPS=on`` and mod_ssl's ``SSL_PROTOCOL``, ``SSL_CIPHER``,
+        ``SSL_TLS_SNI``, ``SSL_CLIENT_VERIFY``, ``SSL_CLIENT_S_DN`` and
+        ``prefork.client_cert``; ``WsgiApplication`` adds
         ``prefork.apps.runtime`` (the ``prefork.apps.runtime.Runtime`` the server runs with).
     """
     head = request.head
@@ -308,6 +312,8 @@ def build_environ(request: CompleteRequest, *, multithread: bool = True) -> dict
     }
     if request.form is not None:
         environ[FORM_ENVIRON_KEY] = request.form
+    if request.tls is not None:
+        _add_tls(environ, request.tls)
     for name, value in raw_headers:
         key = name.upper()
         if "_" in key:
@@ -324,3 +330,16 @@ def build_environ(request: CompleteRequest, *, multithread: bool = True) -> dict
         else:
             environ[key] = value
     return environ
+
+
+def _add_tls(environ: dict[str, Any], tls: TlsInfo) -> None:
+    """The TLS variables under the names Apache's mod_ssl gave them, which CGI-era apps read."""
+    environ["HTTPS"] = "on"
+    environ["SSL_PROTOCOL"] = tls.version
+    environ["SSL_CIPHER"] = tls.cipher
+    if tls.server_name:
+        environ["SSL_TLS_SNI"] = tls.server_name
+    environ["SSL_CLIENT_VERIFY"] = "SUCCESS" if tls.client_cert else "NONE"
+    if tls.client_cert:
+        environ["SSL_CLIENT_S_DN"] = tls.client_subject()
+        environ[CLIENT_CERT_ENVIRON_KEY] = tls.client_cert

@@ -1,6 +1,6 @@
 """Configuration: ``conf/server.ini`` -> one frozen dataclass per section.
 
-Strategy: each section is a frozen dataclass whose fields carry their default and,
+Strategy: each section is a frozen dataclass (``prefork.config.sections``) whose fields carry their default and,
 in ``field(metadata=...)``, the ``ValueType`` that parses and prints them, so a
 setting is declared in exactly one place. ``load_config`` reads the file with
 ``configparser`` (no interpolation, strict about duplicates, no ``[DEFAULT]``
@@ -23,36 +23,26 @@ import configparser
 import os
 import re
 from collections.abc import Iterator, Mapping
-from dataclasses import MISSING, Field, dataclass, field, fields
+from dataclasses import Field, fields
 from typing import Any
 
-from prefork.config.values import (
-    ValueType,
-    bool_value,
-    checked_value,
-    choice_value,
-    cpu_count,
-    duration_value,
-    format_size,
-    int_value,
-    list_value,
-    parse_app,
-    parse_bind,
-    parse_bool,
-    parse_duration,
-    parse_list,
-    parse_network,
-    parse_origin,
-    parse_size,
-    parse_url_path,
-    size_value,
-    suggest,
-    text_value,
-    mode_value,
-    umask_value,
+from prefork.config.sections import (
+    AUTO_WORKERS,
+    SECTIONS,
+    VALUE_TYPE,
+    Config,
+    LimitsConfig,
+    LoggingConfig,
+    ProcessConfig,
+    ServerConfig,
+    StagingConfig,
+    StatusConfig,
+    TlsConfig,
+    UploadsConfig,
+    WebSocketConfig,
 )
+from prefork.config.values import cpu_count, format_size, parse_bool, parse_duration, parse_list, parse_size, suggest
 from prefork.protocol.errors import ConfigError
-from prefork.protocol.limits import GiB, FormLimits, HttpLimits, MiB, WsLimits
 
 __all__ = [
     "Config",
@@ -62,6 +52,7 @@ __all__ = [
     "ServerConfig",
     "StagingConfig",
     "StatusConfig",
+    "TlsConfig",
     "UploadsConfig",
     "WebSocketConfig",
     "describe_config",
@@ -72,161 +63,9 @@ __all__ = [
     "parse_size",
 ]
 
-_VT = "prefork.value_type"
 COMMAND_LINE = "command line"
 # The workers default that PaaS platforms set (Heroku and others); gunicorn honours it too.
 WEB_CONCURRENCY = "WEB_CONCURRENCY"
-# What ``workers = auto`` parses to until load_config resolves it (never a valid count).
-AUTO_WORKERS = 0
-# The protocol layer's defaults, which the parser-limit keys below take as theirs.
-_HTTP, _FORM, _WS = HttpLimits(), FormLimits(), WsLimits()
-
-
-def _setting(value_type: ValueType[Any], default: object = MISSING, *, factory: Any = MISSING) -> Any:
-    """Declare a dataclass field together with the ValueType that reads and writes it."""
-    return field(default=default, default_factory=factory, metadata={_VT: value_type})
-
-
-@dataclass(frozen=True)
-class ServerConfig:
-    """``[server]``: where to listen, what to run, and how many processes and threads."""
-
-    bind: tuple[str, ...] = _setting(list_value(parse_bind, nonempty=True), ("127.0.0.1:8000",))
-    app: str = _setting(checked_value(parse_app), "")
-    workers: int = _setting(int_value(1, auto=lambda: AUTO_WORKERS), factory=cpu_count)
-    threads: int = _setting(int_value(0), 4)
-    max_connections: int = _setting(int_value(1), 1000)
-    backlog: int = _setting(int_value(1), 2048)
-    user: str = _setting(text_value(), "")
-    group: str = _setting(text_value(), "")
-    pidfile: str = _setting(text_value(), "")
-    umask: int | None = _setting(umask_value(), None)
-    socket_mode: int = _setting(mode_value(), 0o666)
-    socket_owner: str = _setting(text_value(), "")
-    reload: bool = _setting(bool_value(), False)
-
-
-@dataclass(frozen=True)
-class LimitsConfig:
-    """``[limits]``: HTTP and form parser limits, and per-connection timeouts.
-
-    The parser limits take their defaults from ``HttpLimits`` and ``FormLimits``,
-    where each number is written once with its precedent; ``max_body_size = 0``
-    means unlimited (``HttpLimits.max_body_size = None``).
-    """
-
-    max_request_line: int = _setting(size_value(1), _HTTP.max_request_line)
-    max_header_bytes: int = _setting(size_value(1), _HTTP.max_header_bytes)
-    max_header_count: int = _setting(int_value(1), _HTTP.max_header_count)
-    max_body_size: int = _setting(size_value(), _HTTP.max_body_size or 0)
-    max_chunk_line: int = _setting(size_value(1), _HTTP.max_chunk_line)
-    max_trailer_bytes: int = _setting(size_value(1), _HTTP.max_trailer_bytes)
-    max_parts: int = _setting(int_value(1), _FORM.max_parts)
-    max_part_header_bytes: int = _setting(size_value(1), _FORM.max_part_header_bytes)
-    max_field_size: int = _setting(size_value(1), _FORM.max_field_size)
-    max_fields_total: int = _setting(size_value(1), _FORM.max_fields_total)
-    header_timeout: float = _setting(duration_value(), 10.0)
-    body_min_rate: int = _setting(size_value(), 1024)
-    body_rate_window: float = _setting(duration_value(), 30.0)
-    keepalive_timeout: float = _setting(duration_value(), 5.0)
-    send_timeout: float = _setting(duration_value(), 60.0)
-
-
-@dataclass(frozen=True)
-class StagingConfig:
-    """``[staging]``: where request bodies are spooled while they arrive."""
-
-    dir: str = _setting(text_value(), "")
-    memory_threshold: int = _setting(size_value(), 1 * MiB)
-    memory_budget: int = _setting(size_value(), 256 * MiB)
-    min_free_disk: int = _setting(size_value(), 1 * GiB)
-
-
-@dataclass(frozen=True)
-class UploadsConfig:
-    """``[uploads]``: where uploaded files are placed."""
-
-    dir: str = _setting(checked_value(lambda text: _nonempty(text, "expected a directory path")), "uploads")
-    max_file_size: int = _setting(size_value(), 0)
-    checksum: str = _setting(choice_value("sha256", "none"), "sha256")
-
-
-@dataclass(frozen=True)
-class WebSocketConfig:
-    """``[websocket]``: message limits, keep-alive pings and broadcast backend."""
-
-    max_message_size: int = _setting(size_value(1), _WS.max_message_size)
-    inflate_budget: int = _setting(size_value(1), 64 * MiB)
-    message_timeout: float = _setting(duration_value(allow_zero=True), 60.0)
-    ping_interval: float = _setting(duration_value(), 20.0)
-    ping_timeout: float = _setting(duration_value(), 20.0)
-    close_timeout: float = _setting(duration_value(), 10.0)
-    compression: bool = _setting(bool_value(), True)
-    send_buffer: int = _setting(size_value(1), 16 * MiB)
-    allowed_origins: tuple[str, ...] = _setting(list_value(parse_origin), ())
-    broadcast: str = _setting(choice_value("local"), "local")
-
-
-@dataclass(frozen=True)
-class ProcessConfig:
-    """``[process]``: worker supervision and recycling."""
-
-    timeout: float = _setting(duration_value(), 30.0)
-    handler_timeout: float = _setting(duration_value(allow_zero=True), 60.0)
-    graceful_timeout: float = _setting(duration_value(), 30.0)
-    max_requests: int = _setting(int_value(0), 0)
-    max_requests_jitter: int = _setting(int_value(0), 0)
-    max_worker_memory: int = _setting(size_value(), 0)
-
-
-@dataclass(frozen=True)
-class LoggingConfig:
-    """``[logging]``: log destinations and level."""
-
-    access_log: str = _setting(text_value(), "-")
-    error_log: str = _setting(text_value(), "-")
-    level: str = _setting(choice_value("debug", "info", "warning", "error", "critical"), "info")
-
-
-@dataclass(frozen=True)
-class StatusConfig:
-    """``[status]``: the built-in status page and who may see it."""
-
-    path: str = _setting(checked_value(parse_url_path), "/server-status")
-    allow: tuple[str, ...] = _setting(list_value(parse_network), ("127.0.0.1", "::1"))
-
-
-@dataclass(frozen=True)
-class Config:
-    """The whole configuration; ``source`` is the file it came from (not compared)."""
-
-    server: ServerConfig = field(default_factory=ServerConfig)
-    limits: LimitsConfig = field(default_factory=LimitsConfig)
-    staging: StagingConfig = field(default_factory=StagingConfig)
-    uploads: UploadsConfig = field(default_factory=UploadsConfig)
-    websocket: WebSocketConfig = field(default_factory=WebSocketConfig)
-    process: ProcessConfig = field(default_factory=ProcessConfig)
-    logging: LoggingConfig = field(default_factory=LoggingConfig)
-    status: StatusConfig = field(default_factory=StatusConfig)
-    source: str | None = field(default=None, compare=False)
-
-
-_SECTIONS: dict[str, type[Any]] = {
-    "server": ServerConfig,
-    "limits": LimitsConfig,
-    "staging": StagingConfig,
-    "uploads": UploadsConfig,
-    "websocket": WebSocketConfig,
-    "process": ProcessConfig,
-    "logging": LoggingConfig,
-    "status": StatusConfig,
-}
-
-
-def _nonempty(text: str, form: str) -> str:
-    if not text.strip():
-        raise ValueError(form)
-    return text.strip()
 
 
 class _TrackingParser(configparser.ConfigParser):
@@ -322,11 +161,11 @@ def _parse_ini(path: str) -> _TrackingParser:
 
 
 def _section_class(name: str, where: str) -> type[Any]:
-    cls = _SECTIONS.get(name)
+    cls = SECTIONS.get(name)
     if cls is None:
         raise ConfigError(
-            f"{where}: [{name}]: unknown section{suggest(name, list(_SECTIONS))} "
-            f"(allowed sections: {', '.join(_SECTIONS)})"
+            f"{where}: [{name}]: unknown section{suggest(name, list(SECTIONS))} "
+            f"(allowed sections: {', '.join(SECTIONS)})"
         )
     return cls
 
@@ -343,7 +182,7 @@ def _field(cls: type[Any], section: str, key: str, where: str) -> Field[Any]:
 
 def _convert(fld: Field[Any], section: str, text: str, shown: object, where: str) -> object:
     try:
-        return fld.metadata[_VT].parse(text)
+        return fld.metadata[VALUE_TYPE].parse(text)
     except ValueError as exc:
         raise ConfigError(f"{where}: [{section}] {fld.name} = {shown!r}: {exc}") from None
 
@@ -426,6 +265,37 @@ def _check_consistency(cfg: Config, origin: Mapping[tuple[str, str], str]) -> No
         )
 
 
+def _check_tls(cfg: Config, origin: Mapping[tuple[str, str], str]) -> None:
+    """The ``[tls]`` keys that only mean something together, and HTTPS binds without a certificate."""
+    tls = cfg.tls
+
+    def where(section: str, key: str) -> str:
+        return origin.get((section, key), "defaults")
+
+    if not tls.certfile:
+        https = [entry for entry in cfg.server.bind if entry.startswith("https://")]
+        if https:
+            raise ConfigError(f"{where('server', 'bind')}: [server] bind = {https[0]!r}: an https:// listener "
+                              "needs [tls] certfile (and keyfile, unless the key is in the certfile)")
+        for key in ("keyfile", "password_file", "ca_certs", "sni"):
+            if getattr(tls, key):
+                raise ConfigError(f"{where('tls', key)}: [tls] {key} is set but [tls] certfile is empty: "
+                                  "set certfile (the default certificate) or remove it")
+    if tls.verify_client != "none" and not tls.ca_certs:
+        raise ConfigError(f"{where('tls', 'verify_client')}: [tls] verify_client = {tls.verify_client!r}: "
+                          "client certificates are checked against [tls] ca_certs, which is empty")
+    if tls.redirect_http and not any(listener_is_tls(entry, tls) for entry in cfg.server.bind):
+        raise ConfigError(f"{where('tls', 'redirect_http')}: [tls] redirect_http = on: there is no "
+                          "https listener to redirect to")
+
+
+def listener_is_tls(bind: str, tls: TlsConfig) -> bool:
+    """Whether a ``bind`` entry serves TLS: ``https://``, or no scheme on TCP while a certificate is set."""
+    if bind.startswith("https://"):
+        return True
+    return not bind.startswith(("http://", "unix:")) and bool(tls.certfile)
+
+
 def load_config(
     path: str | os.PathLike[str] | None,
     overrides: Mapping[str, Mapping[str, object]] | None = None,
@@ -450,7 +320,7 @@ def load_config(
             names the file and line (or "command line"), section, key, value, the
             allowed form and a suggestion when a known name is close.
     """
-    values: dict[str, dict[str, object]] = {name: {} for name in _SECTIONS}
+    values: dict[str, dict[str, object]] = {name: {} for name in SECTIONS}
     origin: dict[tuple[str, str], str] = {}
     source = None if path is None else os.fspath(path)
     if source is not None:
@@ -458,9 +328,10 @@ def load_config(
     if overrides:
         _apply_overrides(overrides, values, origin)
     _resolve_workers(values, os.environ if environ is None else environ)
-    sections = {name: cls(**values[name]) for name, cls in _SECTIONS.items()}
+    sections = {name: cls(**values[name]) for name, cls in SECTIONS.items()}
     cfg = Config(**sections, source=source)
     _check_consistency(cfg, origin)
+    _check_tls(cfg, origin)
     return cfg
 
 
@@ -477,10 +348,10 @@ def describe_config(cfg: Config) -> str:
         INI text with every section and key.
     """
     lines = [f"# prefork effective configuration (from {cfg.source or 'built-in defaults'})"]
-    for name in _SECTIONS:
+    for name in SECTIONS:
         section = getattr(cfg, name)
         lines += ["", f"[{name}]"]
         for fld in fields(section):
-            text = fld.metadata[_VT].show(getattr(section, fld.name))
+            text = fld.metadata[VALUE_TYPE].show(getattr(section, fld.name))
             lines.append(f"{fld.name} = {text}".rstrip())
     return "\n".join(lines) + "\n"

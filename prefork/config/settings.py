@@ -29,8 +29,11 @@ class ConnectionSettings:
         staging_dir: where bodies go past ``memory_threshold`` (None: system temp).
         memory_threshold: body bytes that may stay in RAM.
         min_free_disk: bytes that must stay free in the staging directory.
-        url_scheme: ``wsgi.url_scheme`` (``http`` until TLS exists).
         form_limits: the multipart parser's limits (``[limits]``).
+        hsts_max_age: ``Strict-Transport-Security`` max-age for HTTPS responses, in
+            seconds (0: no header).
+        https_redirect_port: with ``[tls] redirect_http``, the HTTPS port that plain
+            listeners redirect every request to (308); None: they serve as usual.
         max_file_size: largest uploaded file (None: only ``max_body_size``).
         checksum: SHA-256 of file parts while they arrive.
     """
@@ -44,7 +47,8 @@ class ConnectionSettings:
     staging_dir: str | None
     memory_threshold: int
     min_free_disk: int
-    url_scheme: str
     form_limits: FormLimits
+    hsts_max_age: int
+    https_redirect_port: int | None
     max_file_size: int | None
     checksum: bool

@@ -22,11 +22,13 @@ class BindAddress:
         family: socket.AF_INET, AF_INET6 or AF_UNIX.
         address: the sockaddr to bind: (host, port) or a filesystem path.
         text: the address as the user wrote it, for messages.
+        scheme: ``"http"`` or ``"https"`` when the entry started with one, else None.
     """
 
     family: int
     address: tuple[str, int] | str
     text: str
+    scheme: str | None = None
 
 
 class BindError(OSError):
@@ -34,7 +36,7 @@ class BindError(OSError):
 
 
 def parse_bind(text: str) -> BindAddress:
-    """Parse ``host:port``, ``[v6]:port`` or ``unix:/path``.
+    """Parse ``host:port``, ``[v6]:port`` or ``unix:/path``, optionally after ``http://`` or ``https://``.
 
     Args:
         text: the address as written in the config or on the command line.
@@ -45,6 +47,10 @@ def parse_bind(text: str) -> BindAddress:
     Raises:
         ValueError: the text is not one of the accepted forms.
     """
+    scheme, sep, rest = text.partition("://")
+    if sep:
+        bare = parse_bind(rest)
+        return BindAddress(bare.family, bare.address, text, scheme.lower())
     if text.startswith("unix:"):
         path = text[5:]
         if not path:

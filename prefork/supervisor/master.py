@@ -24,6 +24,7 @@ from prefork.supervisor.boot_backoff import BootBackoff, describe_status
 from prefork.supervisor.signal_pipe import SignalPipe
 from prefork.apps.broadcast import Hub
 from prefork.config.config import Config, load_config
+from prefork.process.tls_context import ListenerContexts, reloaded_contexts
 from prefork.protocol.errors import ConfigError
 from prefork.process.exit_codes import EXIT_CONFIG
 from prefork.config.logs import error_log, flush_access_log, reopen_logs, setup_logging
@@ -65,8 +66,9 @@ class Master:
     """
 
     def __init__(self, cfg: Config, listeners: list[socket.socket], *, owns_unix_paths: bool = True,
-                 overrides: dict[str, dict[str, object]] | None = None) -> None:
+                 overrides: dict[str, dict[str, object]] | None = None, tls: ListenerContexts | None = None) -> None:
         self.cfg = cfg
+        self.tls: ListenerContexts = tls or {}  # built before the fork: workers inherit the certificates
         self.listeners = listeners
         self.owns_unix_paths = owns_unix_paths
         self.overrides = overrides
@@ -81,7 +83,7 @@ class Master:
         # Workers of the current generation seen serving, while waiting for it to be ready.
         self.served: set[int] = set()
         # The configuration and worker count before the reload in progress (rollback).
-        self.previous: tuple[Config, int] | None = None
+        self.previous: tuple[Config, int, ListenerContexts] | None = None
         self.board = Scoreboard(max(64, self.num_workers * 2 + SPARE_SLOTS), cfg.staging.memory_budget)
         self.hub = Hub(on_error=error_log.error)
         self.watchdog_interval = systemd.watchdog_interval()
@@ -185,7 +187,7 @@ class Master:
                                 self.cfg.server.user, self.cfg.server.group, exc)
                 code = WORKER_BOOT_ERROR  # a configuration problem: no respawn loop
                 return
-            code = Worker(self.listeners, settings, self.board.slot(index), link=link).run()
+            code = Worker(self.listeners, settings, self.board.slot(index), link=link, tls=self.tls).run()
         except BaseException as exc:
             error_log.error("worker %d crashed: %s", os.getpid(), exc, exc_info=exc)
         finally:
@@ -236,7 +238,7 @@ class Master:
             for other in list(self.workers.values()):
                 if other.generation == self.generation and not other.stopping:
                     self._stop_worker(other)
-            self.cfg, self.num_workers = self.previous
+            self.cfg, self.num_workers, self.tls = self.previous
             self.generation -= 1
             self.reloading = False
             systemd.notify("READY=1\nSTATUS=reload failed: the application could not be loaded")
@@ -369,17 +371,17 @@ class Master:
         if self.stopping:
             return
         systemd.notify(f"RELOADING=1\nMONOTONIC_USEC={time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000}")
-        self.previous = (self.cfg, self.num_workers)
+        self.previous = (self.cfg, self.num_workers, self.tls)
         if self.cfg.source:
             try:
-                new_cfg = self._load_new_config()
+                new_cfg, new_tls = self._load_new_config()
             except ConfigError as exc:
                 error_log.error("reload failed, keeping the running configuration: %s", exc)
                 systemd.notify("READY=1\nSTATUS=reload failed: bad configuration")
                 return
             if new_cfg.server.bind != self.cfg.server.bind:
                 error_log.warning("reload: bind addresses changed; a restart is needed to apply them")
-            self.cfg = new_cfg
+            self.cfg, self.tls = new_cfg, new_tls
             self.num_workers = new_cfg.server.workers
         self.generation += 1
         self.served.clear()
@@ -387,12 +389,13 @@ class Master:
         error_log.info("reloading: starting generation %d", self.generation)
         self._spawn_missing()
 
-    def _load_new_config(self) -> Config:
-        """Read the config file again and switch the logs to it: all of it, or nothing.
+    def _load_new_config(self) -> tuple[Config, ListenerContexts]:
+        """Read the config file and certificates again and switch the logs: all of it, or nothing.
 
         Raises:
-            ConfigError: the file is invalid, names an unknown user or group, or a log
-                file that cannot be opened; the running configuration and logs stay.
+            ConfigError: the file is invalid, names an unknown user or group, a log file
+                that cannot be opened or a certificate that cannot be used; the running
+                configuration, certificates and logs stay.
         """
         assert self.cfg.source is not None
         new_cfg = load_config(self.cfg.source, self.overrides)
@@ -404,8 +407,9 @@ class Master:
             give_directories(new_cfg.server.user, new_cfg.server.group, [new_cfg.staging.dir, new_cfg.uploads.dir])
         except OSError as exc:
             raise ConfigError(f"cannot prepare the staging and uploads directories: {exc}") from None
+        new_tls = reloaded_contexts(self.tls, new_cfg)  # certificates read again: new connections get them
         setup_logging(new_cfg.logging.error_log, new_cfg.logging.access_log, new_cfg.logging.level, owner)
-        return new_cfg
+        return new_cfg, new_tls
 
     def handle_term(self) -> None:
         """Graceful stop."""

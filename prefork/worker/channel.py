@@ -49,6 +49,9 @@ class Channel:
 
     __slots__ = ("sock", "owner", "queued", "reading", "writing", "closed", "_out", "_watch")
 
+    #: The channel is encrypted (``TlsChannel``): requests on it are ``https``.
+    secure = False
+
     def __init__(self, sock: socket.socket, watch: Callable[[Channel, bool, bool], None]) -> None:
         self.sock = sock
         self.owner: Any = None
@@ -62,6 +65,10 @@ class Channel:
     def fileno(self) -> int:
         """The socket's file descriptor (-1 once closed)."""
         return self.sock.fileno()
+
+    def tls_info(self) -> Any:
+        """What TLS negotiated (``prefork.apps.handlers.TlsInfo``); None on a plain channel."""
+        return None
 
     # --- input ---------------------------------------------------------------------
     def recv_into(self, buffer: memoryview, size: int) -> int | None:

@@ -26,6 +26,7 @@ from prefork.apps.handlers import CompleteRequest, ResponseStream
 from prefork.protocol.http.events import ConnectionClosed, Data, EndOfMessage, Request, Signal
 from prefork.protocol.http.headers import Headers
 from prefork.protocol.http.parser import ParserState, RequestParser
+from prefork.protocol.http.https_redirect import redirect_location, redirect_response
 from prefork.protocol.http.response import CONTINUE, simple_error_response
 from prefork.config.logs import access_log_enabled, error_log, log_access
 from prefork.worker.loop_services import LoopServices, Upgrade
@@ -122,6 +123,9 @@ class Connection:
             n = self.channel.recv_into(self._buffer, room)
         except OSError:
             self._connection_lost()
+            return
+        except ProtocolError as exc:  # a transport's refusal: plain HTTP on a TLS port
+            self.fail(exc)
             return
         if n is None:
             return
@@ -236,6 +240,11 @@ class Connection:
     def _on_head(self, head: Request) -> None:
         self.request = head
         self.started = time.monotonic()
+        https_port = self.settings.https_redirect_port
+        if https_port is not None and not self.channel.secure:
+            location = redirect_location(head.headers.get(b"host"), head.target, https_port, self.server[0])
+            self._answer_and_close(308, redirect_response(location))
+            return
         if head.upgrade is not None and self.loop.wants_upgrade(head):
             self._upgrade(head)
             return
@@ -271,8 +280,10 @@ class Connection:
         body, form = self.body.seal()
         self.stage = Stage.HANDLING
         self.deadline = float("inf")
+        channel = self.channel
         request = CompleteRequest(self.request, body, self.body.received, trailers or _EMPTY_HEADERS,
-                                  self.peer, self.server, self.settings.url_scheme, form)
+                                  self.peer, self.server, "https" if channel.secure else "http", form,
+                                  channel.tls_info())
         self.loop.dispatch(self, request)
 
     # --- responding -----------------------------------------------------------
@@ -290,6 +301,10 @@ class Connection:
                                     [b"Internal Server Error\n"])
         head = self.request
         assert head is not None
+        hsts = self.settings.hsts_max_age
+        if hsts and self.channel.secure and not any(name.lower() == "strict-transport-security"
+                                                    for name, _ in result.headers):
+            result.headers.append(("Strict-Transport-Security", f"max-age={hsts}"))
         self.stage = Stage.RESPONDING
         self.deadline = time.monotonic() + self.settings.send_timeout
         self.status = result.status
@@ -357,18 +372,20 @@ class Connection:
     # --- errors and timeouts ---------------------------------------------------
     def fail(self, exc: ProtocolError, *, response: bytes | None = None) -> None:
         """Answer a protocol error with its status (or ``response``), log it, and close."""
-        head = self.request
-        what = head or "-"
-        error_log.info("%s:%s %s -> %d: %s", self.peer[0], self.peer[1], what, exc.status, exc)
+        error_log.info("%s:%s %s -> %d: %s", self.peer[0], self.peer[1], self.request or "-", exc.status, exc)
         self.body.discard()
         if self.stage in (Stage.RESPONDING, Stage.CLOSED, Stage.LINGER):
             self.close()
             return
-        self.status = exc.status
-        if head is not None:
+        self._answer_and_close(exc.status, response or simple_error_response(exc.status, str(exc)))
+
+    def _answer_and_close(self, status: int, response: bytes) -> None:
+        """Send ``response`` instead of whatever was queued, then linger and close."""
+        self.status = status
+        if self.request is not None:
             self.log_request()
         self.channel.discard_output()
-        self.channel.queue(response or simple_error_response(exc.status, str(exc)))
+        self.channel.queue(response)
         self.stage = Stage.LINGER
         self.deadline = time.monotonic() + LINGER_SECONDS
         self.channel.set_reading(not self.eof)

@@ -19,8 +19,9 @@ import random
 import selectors
 import signal
 import socket
+import ssl
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import psutil
@@ -32,6 +33,7 @@ from prefork.staging import memory
 from prefork.staging import writebehind
 from prefork.apps.broadcast import Subscribers
 from prefork.worker.channel import Channel
+from prefork.worker.tls_channel import TlsChannel
 from prefork.worker.connection import Connection
 from prefork.apps.handlers import CompleteRequest, LoadedApp, ResponseStream
 from prefork.protocol.http.events import Request
@@ -84,8 +86,9 @@ class Worker:
 
     def __init__(self, listeners: Sequence[socket.socket], settings: WorkerSettings,
                  slot: WorkerSlot | None = None, app: LoadedApp | None = None,
-                 link: socket.socket | None = None) -> None:
+                 link: socket.socket | None = None, tls: Mapping[int, ssl.SSLContext] | None = None) -> None:
         self.listeners = list(listeners)
+        self._tls = dict(tls or {})  # listener fd -> context: connections accepted there speak TLS
         self.settings = settings.connection
         self.worker_settings = settings
         self.slot = slot
@@ -278,7 +281,9 @@ class Worker:
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             else:
                 peer = ("unix", 0)
-            channel = Channel(sock, self.watch)
+            context = self._tls.get(lsock.fileno())
+            channel = (Channel(sock, self.watch) if context is None
+                       else TlsChannel(sock, self.watch, context, self.defer, peer))
             conn = Connection(channel, peer, self._server_names[lsock.fileno()], self, self._recv_buffer)
             self.connections.add(conn)
             self.selector.register(sock, selectors.EVENT_READ, conn)

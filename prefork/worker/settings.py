@@ -15,14 +15,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from prefork.config.config import Config, LimitsConfig, WebSocketConfig
+from prefork.config.config import Config, LimitsConfig, WebSocketConfig, listener_is_tls
+from prefork.process.sockets import parse_bind
 from prefork.protocol.limits import FormLimits, HttpLimits, WsLimits
 from prefork.config.settings import ConnectionSettings
 from prefork.worker.wsconn import UpgradeSettings, WsSettings
-
-#: ``wsgi.url_scheme``: a plain-TCP server has no other (the TLS issue makes it a setting).
-URL_SCHEME = "http"
-
 
 @dataclass(frozen=True, slots=True)
 class WorkerSettings:
@@ -92,6 +89,17 @@ def ws_limits(ws: WebSocketConfig) -> WsLimits:
     return WsLimits(max_message_size=ws.max_message_size, max_frame_size=ws.max_message_size)
 
 
+def https_redirect_port(cfg: Config) -> int | None:
+    """The port plain listeners redirect to under ``[tls] redirect_http``: the first TLS listener's."""
+    if not cfg.tls.redirect_http:
+        return None
+    for entry in cfg.server.bind:
+        if listener_is_tls(entry, cfg.tls):
+            address = parse_bind(entry).address
+            return address[1] if isinstance(address, tuple) else None
+    return None
+
+
 def connection_settings(cfg: Config) -> ConnectionSettings:
     """Derive what every HTTP connection runs with.
 
@@ -112,8 +120,9 @@ def connection_settings(cfg: Config) -> ConnectionSettings:
         staging_dir=cfg.staging.dir or None,
         memory_threshold=cfg.staging.memory_threshold,
         min_free_disk=cfg.staging.min_free_disk,
-        url_scheme=URL_SCHEME,
         form_limits=form_limits(limits),
+        hsts_max_age=int(cfg.tls.hsts),
+        https_redirect_port=https_redirect_port(cfg),
         max_file_size=cfg.uploads.max_file_size or None,
         checksum=cfg.uploads.checksum == "sha256",
     )

@@ -179,7 +179,7 @@ def test_x_forwarded_for_entries_in_every_line_split() -> None:
     for lines in line_splits(items):
         assert parse_x_forwarded_for(lines) == expected
     assert parse_x_forwarded_for([b" , 192.0.2.1,,\t", b""]) == [v4("192.0.2.1")]
-    assert parse_x_forwarded_for([b"fe80::1%eth0, 01.2.3.4, unknown, _hidden, 1.2.3.4:99999"]) == [None] * 5
+    assert parse_x_forwarded_for([b"fe80::1%eth0, 01.2.3.4, unknown, _hidden, 1.2.3.4:99999, unknown:80"]) == [None] * 6
 
 
 def test_x_forwarded_lists() -> None:

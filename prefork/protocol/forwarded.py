@@ -6,7 +6,7 @@ entry) to right (the entry our direct peer added). The chain is believed only
 as far as it is vouched for: when the direct peer is a trusted proxy, the chain
 is walked from the right past every hop whose address is trusted, and the
 first hop that is not trusted is the client (all trusted: the left-most hop),
-which is what nginx's ``real_ip_recursive``, uvicorn and gunicorn do. From an
+as nginx's ``real_ip_recursive`` and uvicorn's ProxyHeadersMiddleware do. From an
 untrusted peer nothing is taken, since anyone can send these headers (RFC 7239
 §8.1). Nothing here raises on a bad header: a hop that cannot be read is a
 wall, the walk stops there and keeps what it has (the peer, or the last trusted
@@ -31,17 +31,8 @@ from dataclasses import dataclass
 from prefork.protocol.errors import BadRequest
 from prefork.protocol.http.target import check_host
 
-__all__ = [
-    "ForwardedElement",
-    "ForwardedView",
-    "HeaderSource",
-    "Node",
-    "TrustedProxies",
-    "parse_forwarded",
-    "parse_x_forwarded_for",
-    "parse_x_forwarded_list",
-    "resolve_client",
-]
+__all__ = ["ForwardedElement", "ForwardedView", "HeaderSource", "Node", "TrustedProxies", "parse_forwarded",
+           "parse_x_forwarded_for", "parse_x_forwarded_list", "resolve_client"]
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -310,10 +301,8 @@ def _node(text: str) -> Node | None:
     # RFC 7239 §6; IPv6 in brackets, and in a quoted-string, which _PAIR has undone.
     if text.startswith("["):
         close = text.find("]")
-        if close < 0:
-            return None
         literal, rest = text[1:close], text[close + 1 :]
-        if "%" in literal:  # RFC 3986 IPv6address has no zone
+        if close < 0 or "%" in literal:  # RFC 3986 IPv6address has no zone
             return None
         try:
             ip: IPAddress | None = ipaddress.IPv6Address(literal)
@@ -368,12 +357,11 @@ def parse_x_forwarded_for(values: Iterable[bytes]) -> list[Node | None]:
 
 
 def _xff_node(item: str) -> Node | None:
-    if item.startswith("[") or item.count(":") == 1:
-        return _node(item)
+    if item.startswith("[") or item.count(":") == 1:  # "[v6]", "[v6]:port" or "v4:port"
+        node = _node(item)
+        return node if node is not None and node.ip is not None else None
     ip = _ip(item)
-    if ip is None or (isinstance(ip, ipaddress.IPv6Address) and ip.scope_id is not None):
-        return None
-    return Node(str(ip), ip, None)
+    return Node(str(ip), ip) if ip is not None and "%" not in item else None  # no zone (RFC 3986)
 
 
 def parse_x_forwarded_list(values: Iterable[bytes]) -> list[str]:
@@ -391,17 +379,9 @@ def parse_x_forwarded_list(values: Iterable[bytes]) -> list[str]:
 # --- deciding --------------------------------------------------------------------------
 
 
-def resolve_client(
-    peer_ip: str,
-    headers: HeaderPairs,
-    trusted: TrustedProxies,
-    *,
-    peer_port: int | None = None,
-    scheme: str = "http",
-    host: str | None = None,
-    port: int | None = None,
-    source: HeaderSource = HeaderSource.AUTO,
-) -> ForwardedView:
+def resolve_client(peer_ip: str, headers: HeaderPairs, trusted: TrustedProxies, *, peer_port: int | None = None,
+                   scheme: str = "http", host: str | None = None, port: int | None = None,
+                   source: HeaderSource = HeaderSource.AUTO) -> ForwardedView:
     """Decide the client's address, scheme, host and port for one request.
 
     Args:
@@ -459,10 +439,8 @@ def _walk(hops: Sequence[Node | None], trusted: TrustedProxies) -> int | None:
 def _from_forwarded(values: list[bytes], trusted: TrustedProxies) -> _Found:
     elements = parse_forwarded(values)
     index = _walk([e.for_ if e is not None else None for e in elements], trusted)
-    if index is not None:
-        chosen = elements[index]
-    else:  # no usable for=; the element our peer added may still carry proto/host
-        chosen = elements[-1] if elements else None
+    # With no usable for=, the element our peer added may still carry proto and host.
+    chosen = elements[index] if index is not None else elements[-1] if elements else None
     if chosen is None:
         return None, None, None, None
     return chosen.for_ if index is not None else None, chosen.proto, chosen.host, None
@@ -494,17 +472,11 @@ def _view(own: ForwardedView, client: Node | None, proto: str | None, host_text:
     if port is None and (scheme is not None or split is not None):
         # The URL changed but named no port: the one its scheme implies (RFC 9110 §4.2).
         port = _DEFAULT_PORTS.get(scheme or own.scheme, own.port)
-    taken = client is not None or scheme is not None or split is not None or port is not None
-    if not taken:
+    if client is None and scheme is None and split is None and port is None:
         return own
-    return ForwardedView(
-        client=client.name if client is not None else own.client,
-        client_port=client.port if client is not None else own.client_port,
-        scheme=scheme or own.scheme,
-        host=split[0] if split is not None else own.host,
-        port=port if port is not None else own.port,
-        from_headers=True,
-    )
+    name, client_port = (client.name, client.port) if client is not None else (own.client, own.client_port)
+    return ForwardedView(name, client_port, scheme or own.scheme, split[0] if split is not None else own.host,
+                         port if port is not None else own.port, True)
 
 
 def _split_host(text: str) -> tuple[str, int | None] | None:

@@ -86,6 +86,8 @@ FLAGS: tuple[Flag, ...] = (
          "TLS certificate (chain) in PEM: binds without a scheme serve HTTPS"),
     Flag(("--keyfile",), "tls", "keyfile", "FILE", "TLS private key in PEM (if not in the certfile)"),
     Flag(("--ca-certs",), "tls", "ca_certs", "FILE", "CA certificates to verify client certificates with"),
+    Flag(("--forwarded-allow-ips",), "proxy", "trusted", "IPS",
+         "comma-separated proxies (IPs, networks, unix, *) whose X-Forwarded-*/Forwarded headers are believed"),
 )
 
 

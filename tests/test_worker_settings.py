@@ -10,10 +10,12 @@ the worker runs with reaches its field, every field comes from a key).
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 from collections.abc import Iterator
 from pathlib import Path
 
 from prefork.config.config import Config, LimitsConfig, WebSocketConfig, load_config
+from prefork.protocol.forwarded import HeaderSource, TrustedProxies
 from prefork.protocol.limits import GiB, KiB, MiB, FormLimits, HttpLimits, WsLimits
 from prefork.config.settings import ConnectionSettings
 from prefork.worker.settings import (
@@ -26,7 +28,7 @@ from prefork.worker.settings import (
 from prefork.worker.wsconn import UpgradeSettings, WsSettings
 
 SETTINGS_CLASSES = {WorkerSettings, ConnectionSettings, HttpLimits, FormLimits, UpgradeSettings, WsSettings,
-                    WsLimits}
+                    WsLimits, TrustedProxies}
 
 # Keys the master, the CLI or the logging setup read, not the worker's settings.
 NOT_WORKER_SETTINGS = {
@@ -84,6 +86,10 @@ REACHES: list[tuple[str, str, str, dict[str, object]]] = [
     ("process", "max_worker_memory", "1GiB", {"max_worker_memory": GiB}),
     ("status", "path", "/status", {"status_path": b"/status"}),
     ("status", "allow", "10.0.0.0/8", {"status_allow": ("10.0.0.0/8",)}),
+    ("proxy", "trusted", "10.0.0.0/8, unix, *",
+     {"connection.trusted_proxies.networks": (ipaddress.ip_network("10.0.0.0/8"),),
+      "connection.trusted_proxies.unix": True, "connection.trusted_proxies.everyone": True}),
+    ("proxy", "headers", "x-forwarded", {"connection.forwarded_headers": HeaderSource.X_FORWARDED}),
     ("tls", "hsts", "1h", {"connection.hsts_max_age": 3600}),
     # A redirect needs an HTTPS listener: with a certfile, the default bind 127.0.0.1:8000 is one.
     ("tls", "redirect_http", "on\ncertfile = /nonexistent/cert.pem", {"connection.https_redirect_port": 8000}),

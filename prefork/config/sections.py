@@ -31,6 +31,7 @@ from prefork.config.values import (
     mode_value,
     umask_value,
 )
+from prefork.protocol.forwarded import TrustedProxies
 from prefork.protocol.limits import GiB, FormLimits, HttpLimits, MiB, WsLimits
 
 #: The field metadata key under which a setting's ValueType is kept.
@@ -67,6 +68,21 @@ def parse_listen(text: str) -> str:
         raise ValueError("a unix socket is always plain HTTP (the proxy in front terminates TLS); "
                          "write unix:/path without a scheme")
     return f"{scheme.lower()}://{parse_bind(address)}"
+
+
+def parse_trusted_proxy(text: str) -> str:
+    """Validate one ``[proxy] trusted`` entry: an IP address, a CIDR network, ``unix`` or ``*``.
+
+    Raises:
+        ValueError: anything else, or a network with host bits set (``10.0.0.1/8``).
+    """
+    entry = text.strip()
+    try:
+        TrustedProxies.parse([entry])
+    except ValueError:
+        raise ValueError("expected an IP address, a CIDR network like 10.0.0.0/8 (no host bits set), "
+                         "unix (unix-socket peers) or * (every peer)") from None
+    return entry
 
 
 def parse_sni_entry(text: str) -> str:
@@ -224,6 +240,14 @@ class TlsConfig:
 
 
 @dataclass(frozen=True)
+class ProxyConfig:
+    """``[proxy]``: which peers' forwarding headers are believed (gunicorn's forwarded_allow_ips)."""
+
+    trusted: tuple[str, ...] = _setting(list_value(parse_trusted_proxy), ("127.0.0.1", "::1"))
+    headers: str = _setting(choice_value("auto", "forwarded", "x-forwarded"), "auto")
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole configuration; ``source`` is the file it came from (not compared)."""
 
@@ -236,6 +260,7 @@ class Config:
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     status: StatusConfig = field(default_factory=StatusConfig)
     tls: TlsConfig = field(default_factory=TlsConfig)
+    proxy: ProxyConfig = field(default_factory=ProxyConfig)
     source: str | None = field(default=None, compare=False)
 
 
@@ -249,6 +274,7 @@ SECTIONS: dict[str, type[Any]] = {
     "logging": LoggingConfig,
     "status": StatusConfig,
     "tls": TlsConfig,
+    "proxy": ProxyConfig,
 }
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from prefork.protocol.forwarded import HeaderSource, TrustedProxies
 from prefork.protocol.limits import FormLimits, HttpLimits
 
 
@@ -32,6 +33,8 @@ class ConnectionSettings:
         form_limits: the multipart parser's limits (``[limits]``).
         hsts_max_age: ``Strict-Transport-Security`` max-age for HTTPS responses, in
             seconds (0: no header).
+        trusted_proxies: the peers whose forwarding headers are believed (``[proxy] trusted``).
+        forwarded_headers: which forwarding headers they write (``[proxy] headers``).
         https_redirect_port: with ``[tls] redirect_http``, the HTTPS port that plain
             listeners redirect every request to (308); None: they serve as usual.
         max_file_size: largest uploaded file (None: only ``max_body_size``).
@@ -50,5 +53,7 @@ class ConnectionSettings:
     form_limits: FormLimits
     hsts_max_age: int
     https_redirect_port: int | None
+    trusted_proxies: TrustedProxies
+    forwarded_headers: HeaderSource
     max_file_size: int | None
     checksum: bool

@@ -160,9 +160,9 @@ class TrustedProxies:
             proxy that replaces the headers rather than appending to them.
     """
 
-    networks: tuple[IPNetwork, ...] = ()
-    unix: bool = False
-    everyone: bool = False
+    networks: tuple[IPNetwork, ...]
+    unix: bool
+    everyone: bool
 
     @classmethod
     def parse(cls, entries: Iterable[str]) -> TrustedProxies:

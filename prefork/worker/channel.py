@@ -129,19 +129,24 @@ class Channel:
                     sent = sock.sendmsg(list(itertools.islice(out, MAX_IOV)))
             except (BlockingIOError, InterruptedError):
                 break
-            self.queued -= sent
-            while sent:
-                first = out[0]
-                if sent >= len(first):
-                    sent -= len(first)
-                    out.popleft()
-                else:
-                    out[0] = memoryview(first)[sent:]
-                    sent = 0
+            self._consume(sent)
         drained = not out
         if drained == self.writing:
             self.set_writing(not drained)
         return drained
+
+    def _consume(self, sent: int) -> None:
+        """Drop the first ``sent`` bytes of the queue; a partly sent buffer stays as a view."""
+        out = self._out
+        self.queued -= sent
+        while sent:
+            first = out[0]
+            if sent >= len(first):
+                sent -= len(first)
+                out.popleft()
+            else:
+                out[0] = memoryview(first)[sent:]
+                sent = 0
 
     def sendfile(self, fd: int, offset: int, count: int) -> int | None:
         """Send ``count`` bytes of file ``fd`` from ``offset`` (queued output must be gone).

@@ -16,12 +16,13 @@ life as an ``Upgrade`` outcome: the new protocol gets the channel.
 
 from __future__ import annotations
 
-import enum
 import time
 
 from prefork.worker.body_sinks import RequestBody, staging_failed
 from prefork.worker.channel import Channel
-from prefork.protocol.errors import IncompleteBody, ProtocolError, RequestTimeout
+from prefork.worker.connection_timeouts import DRAIN_LINGER, ConnectionTimeouts
+from prefork.worker.stage import Stage
+from prefork.protocol.errors import IncompleteBody, ProtocolError
 from prefork.apps.handlers import CompleteRequest, ResponseStream
 from prefork.protocol.http.events import ConnectionClosed, Data, EndOfMessage, Request, Signal
 from prefork.protocol.http.headers import Headers
@@ -30,6 +31,7 @@ from prefork.protocol.http.https_redirect import redirect_location, redirect_res
 from prefork.protocol.http.response import CONTINUE, simple_error_response
 from prefork.config.logs import access_log_enabled, error_log, log_access
 from prefork.worker.loop_services import LoopServices, Upgrade
+from prefork.worker.request_origin import direct_origin, request_origin
 from prefork.worker.sender import ResponseSender
 
 # Unread input a connection holds outside a body (pipelined requests waiting their
@@ -39,10 +41,6 @@ MAX_PIPELINE_BUFFER = 256 * 1024
 # How long an errored connection keeps draining the client's bytes after our
 # answer, so the client reads the answer instead of a reset (nginx lingering_time).
 LINGER_SECONDS = 2.0
-# How long a draining worker keeps an idle connection open for a request that may
-# be on its way (the reload and recycle race of RFC 9112 §9.3.1); short, so that a
-# stop is quick even with a long keepalive_timeout.
-DRAIN_LINGER = 2.0
 # Pipelined requests still answered on one connection once the worker drains.
 DRAIN_PIPELINE_MAX = 16
 # Receive-buffer fills per wake-up on the body fast path.
@@ -51,20 +49,7 @@ CLIENT_CLOSED_REQUEST = 499  # nginx's access-log status for a client that left 
 _EMPTY_HEADERS = Headers([])
 
 
-class Stage(enum.Enum):
-    """Where a connection is in its request cycle."""
-
-    HEAD = 1        # waiting for (the rest of) a request head
-    BODY = 2        # streaming a body into its sink
-    HANDLING = 3    # the application is running
-    RESPONDING = 4  # writing the response
-    LINGER = 5      # answered an error; draining the client's bytes before closing
-    UPGRADING = 6   # the loop took an upgrade: the new protocol is being set up
-    HANDED_OFF = 7  # the channel belongs to another protocol now (WebSocket)
-    CLOSED = 8
-
-
-class Connection:
+class Connection(ConnectionTimeouts):
     """One client connection, from accept to close.
 
     Args:
@@ -81,6 +66,8 @@ class Connection:
         channel.owner = self
         self.peer = peer
         self.server = server
+        self._direct = direct_origin(peer, server, channel.secure)
+        self._peer_is_proxy = loop.settings.trusted_proxies.trusts(peer[0])
         self.loop = loop
         self.settings = loop.settings
         self._buffer = recv_buffer
@@ -103,6 +90,7 @@ class Connection:
     # --- request state ------------------------------------------------------
     def _reset_request(self, now: float) -> None:
         self.request: Request | None = None
+        self.origin = self._direct  # who sent the request, once its head says (trusted proxies)
         self.started = now
         self.status = 0
         self.sender.writer.body_sent = 0
@@ -240,6 +228,8 @@ class Connection:
     def _on_head(self, head: Request) -> None:
         self.request = head
         self.started = time.monotonic()
+        if self._peer_is_proxy:
+            self.origin = request_origin(self._direct, head, self.settings)
         https_port = self.settings.https_redirect_port
         if https_port is not None and not self.channel.secure:
             location = redirect_location(head.headers.get(b"host"), head.target, https_port, self.server[0])
@@ -280,10 +270,9 @@ class Connection:
         body, form = self.body.seal()
         self.stage = Stage.HANDLING
         self.deadline = float("inf")
-        channel = self.channel
+        origin = self.origin
         request = CompleteRequest(self.request, body, self.body.received, trailers or _EMPTY_HEADERS,
-                                  self.peer, self.server, "https" if channel.secure else "http", form,
-                                  channel.tls_info())
+                                  origin.client, origin.server, origin.scheme, form, self.channel.tls_info())
         self.loop.dispatch(self, request)
 
     # --- responding -----------------------------------------------------------
@@ -345,7 +334,7 @@ class Connection:
             self.loop.slot.count_request()
         if not access_log_enabled():
             return
-        log_access(self.peer[0], f"{head} HTTP/{head.http_version.decode('latin-1')}", self.status,
+        log_access(self.origin.client[0], f"{head} HTTP/{head.http_version.decode('latin-1')}", self.status,
                    self.sender.writer.body_sent,
                    (head.headers.get(b"referer") or b"").decode("latin-1"),
                    (head.headers.get(b"user-agent") or b"").decode("latin-1"),
@@ -400,72 +389,6 @@ class Connection:
             return
         if self.eof:
             self.close()
-
-    def check_timeouts(self, now: float) -> None:
-        """Apply header, keep-alive, body-rate and linger timeouts."""
-        if now < self.deadline:
-            return
-        if self.stage is Stage.HEAD:
-            if self.timeout_is_keepalive or (self.loop.draining and not self.parser.buffered):
-                self._close_idle()
-            else:
-                self.fail(RequestTimeout(
-                    f"request head not complete within {self.settings.header_timeout:g} s"))
-        elif self.stage is Stage.BODY:
-            try:
-                self.body.check_rate(now)
-            except RequestTimeout as exc:
-                self.fail(exc)
-                return
-            self.deadline = now + self.settings.body_rate_window
-        elif self.stage is Stage.LINGER:
-            self.close()
-        elif self.stage is Stage.RESPONDING:
-            if not self.channel.queued:  # waiting for the application, not for the client
-                self.deadline = now + self.settings.send_timeout
-                return
-            error_log.info("%s:%s: no response bytes accepted for %g s; closing",
-                           self.peer[0], self.peer[1], self.settings.send_timeout)
-            self.close()
-
-    def _close_idle(self) -> None:
-        """Close a connection with no request in progress, unless one has just arrived.
-
-        Closing races a client that reuses the connection at that moment (RFC 9112
-        §9.3.1): its request would meet a reset. One last read narrows that race to
-        requests still on the wire; whatever is found is served instead.
-        """
-        self.on_readable()
-        if self.stage is Stage.HEAD and not self.parser.buffered:
-            self.close()
-
-    def waiting_since(self) -> float | None:
-        """When this connection began waiting for its current request head; None when busy."""
-        return self.started if self.stage is Stage.HEAD else None
-
-    def shed(self) -> bool:
-        """Close to make room for a new connection, unless a request has just arrived.
-
-        Returns:
-            True when closed; False when the last read found a complete head.
-        """
-        self.on_readable()
-        if self.stage is not Stage.HEAD:
-            return self.stage is Stage.CLOSED
-        self.close()
-        return True
-
-    def on_drain(self) -> None:
-        """The worker is stopping: idle connections stay for a short linger, no longer.
-
-        An idle keep-alive connection is not closed at once: its client may be
-        sending a request at this very moment, and closing would reset it. Requests
-        that arrive from now on are answered with ``Connection: close``; a
-        connection that stays idle is closed after at most ``DRAIN_LINGER`` (or its
-        keep-alive time, if sooner), after one last read.
-        """
-        if self.stage is Stage.HEAD and not self.parser.buffered:
-            self.deadline = min(self.deadline, time.monotonic() + DRAIN_LINGER)
 
     # --- output -------------------------------------------------------------------
     def flush(self) -> bool:

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 from prefork.config.config import Config, LimitsConfig, WebSocketConfig, listener_is_tls
 from prefork.process.sockets import parse_bind
+from prefork.protocol.forwarded import HeaderSource, TrustedProxies
 from prefork.protocol.limits import FormLimits, HttpLimits, WsLimits
 from prefork.config.settings import ConnectionSettings
 from prefork.worker.wsconn import UpgradeSettings, WsSettings
@@ -123,6 +124,8 @@ def connection_settings(cfg: Config) -> ConnectionSettings:
         form_limits=form_limits(limits),
         hsts_max_age=int(cfg.tls.hsts),
         https_redirect_port=https_redirect_port(cfg),
+        trusted_proxies=TrustedProxies.parse(cfg.proxy.trusted),
+        forwarded_headers=HeaderSource(cfg.proxy.headers),
         max_file_size=cfg.uploads.max_file_size or None,
         checksum=cfg.uploads.checksum == "sha256",
     )

@@ -248,18 +248,6 @@ class TlsChannel(Channel):
             size += len(item)
         return b"".join(parts)
 
-    def _consume(self, sent: int) -> None:
-        out = self._out
-        self.queued -= sent
-        while sent:
-            first = out[0]
-            if sent >= len(first):
-                sent -= len(first)
-                out.popleft()
-            else:
-                out[0] = memoryview(first)[sent:]
-                sent = 0
-
     def sendfile(self, fd: int, offset: int, count: int) -> int | None:
         """Send up to ``count`` bytes of file ``fd`` from ``offset``, one ``TLS_WRITE`` at a time."""
         if self._state is not _State.OPEN:

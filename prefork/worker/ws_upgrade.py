@@ -154,7 +154,7 @@ class WebSocketSide:
         assert self.settings is not None
         response = build_accept_response(pending.request, subprotocol=subprotocol, deflate=pending.deflate)
         protocol = WebSocketConnection(self.settings.limits, deflate=pending.deflate, inflate_budget=self._budget)
-        session = WebSocketSession(conn.hand_off(), conn.peer, self, protocol, handler, self.settings.session,
+        session = WebSocketSession(conn.hand_off(), conn.origin.client, self, protocol, handler, self.settings.session,
                                    self._recv_buffer)
         self.loop.switch(conn, session)
         session.start(WebSocket(session, pending.upgrade.head, pending.params, subprotocol), response,

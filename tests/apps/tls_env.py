@@ -14,7 +14,8 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 ENV_KEYS = ("wsgi.url_scheme", "HTTPS", "SSL_PROTOCOL", "SSL_CIPHER", "SSL_TLS_SNI", "SSL_CLIENT_VERIFY",
-            "SSL_CLIENT_S_DN", "REMOTE_ADDR", "HTTP_HOST")
+            "SSL_CLIENT_S_DN", "REMOTE_ADDR", "REMOTE_PORT", "HTTP_HOST", "SERVER_NAME", "SERVER_PORT",
+            "HTTP_X_FORWARDED_FOR", "HTTP_FORWARDED")
 PATTERN = bytes(range(256)) * 4096  # 1 MiB
 
 

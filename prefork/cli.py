@@ -32,7 +32,7 @@ from prefork.process.exit_codes import EXIT_BIND, EXIT_CONFIG
 from prefork.config.logs import error_log, setup_logging
 from prefork.supervisor.master import Master
 from prefork.process.privileges import give_directories, service_owner, socket_owner
-from prefork.process.sockets import BindAddress, BindError, bind_listener, parse_bind
+from prefork.process.sockets import BindAddress, BindError, bind_listener, parse_bind, proxy_protocol_listeners
 from prefork.process.tls_context import listener_contexts
 from prefork.process.status import render_text
 
@@ -228,7 +228,8 @@ def serve(cfg: Config, flags: dict[str, dict[str, object]]) -> int:
                         cfg.server.user, cfg.server.group, exc)
         _close_listeners(listeners, cfg, unlink=not activated)
         return EXIT_CONFIG
-    return Master(cfg, listeners, owns_unix_paths=not activated, overrides=flags, tls=tls).run()
+    return Master(cfg, listeners, owns_unix_paths=not activated, overrides=flags, tls=tls,
+                  proxy_protocol=proxy_protocol_listeners(cfg, listeners, None if activated else cfg.server.bind)).run()
 
 
 def _warn_if_disk_too_small(cfg: Config) -> None:

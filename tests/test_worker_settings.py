@@ -39,6 +39,7 @@ NOT_WORKER_SETTINGS = {
     # The master builds the TLS context from these; workers inherit the context, not the keys.
     ("tls", "certfile"), ("tls", "keyfile"), ("tls", "password_file"), ("tls", "ca_certs"),
     ("tls", "verify_client"), ("tls", "min_version"), ("tls", "ciphers"), ("tls", "sni"),
+    ("proxy", "proxy_protocol"),  # which listeners: the master passes their descriptors
 }
 
 # (section, key, INI text) -> {settings field path: value it must give}; every value differs

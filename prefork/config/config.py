@@ -291,6 +291,15 @@ def _check_tls(cfg: Config, origin: Mapping[tuple[str, str], str]) -> None:
                           "https listener to redirect to")
 
 
+def _check_proxy_protocol(cfg: Config, origin: Mapping[tuple[str, str], str]) -> None:
+    """Every ``[proxy] proxy_protocol`` entry names a listener."""
+    for entry in cfg.proxy.proxy_protocol:
+        if entry != "*" and entry not in cfg.server.bind:
+            raise ConfigError(f"{origin.get(('proxy', 'proxy_protocol'), 'defaults')}: [proxy] proxy_protocol = "
+                              f"{entry!r}: not one of the listeners ([server] bind = "
+                              f"{', '.join(cfg.server.bind)}); write the bind entry as it is there, or *")
+
+
 def listener_is_tls(bind: str, tls: TlsConfig) -> bool:
     """Whether a ``bind`` entry serves TLS: ``https://``, or no scheme on TCP while a certificate is set."""
     if bind.startswith("https://"):
@@ -334,6 +343,7 @@ def load_config(
     cfg = Config(**sections, source=source)
     _check_consistency(cfg, origin)
     _check_tls(cfg, origin)
+    _check_proxy_protocol(cfg, origin)
     return cfg
 
 

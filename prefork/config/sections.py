@@ -85,6 +85,12 @@ def parse_trusted_proxy(text: str) -> str:
     return entry
 
 
+def parse_proxy_protocol_bind(text: str) -> str:
+    """Validate one ``[proxy] proxy_protocol`` entry: a ``bind`` entry, or ``*`` for every listener."""
+    entry = text.strip()
+    return entry if entry == "*" else parse_listen(entry)
+
+
 def parse_sni_entry(text: str) -> str:
     """Validate one ``[tls] sni`` entry: ``name certfile [keyfile]``, whitespace-separated.
 
@@ -245,6 +251,7 @@ class ProxyConfig:
 
     trusted: tuple[str, ...] = _setting(list_value(parse_trusted_proxy), ("127.0.0.1", "::1"))
     headers: str = _setting(choice_value("auto", "forwarded", "x-forwarded"), "auto")
+    proxy_protocol: tuple[str, ...] = _setting(list_value(parse_proxy_protocol_bind), ())
 
 
 @dataclass(frozen=True)

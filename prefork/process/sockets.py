@@ -11,7 +11,10 @@ import errno
 import os
 import socket
 import stat
+from collections.abc import Sequence
 from dataclasses import dataclass
+
+from prefork.config.config import Config
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,3 +158,21 @@ def describe_listener(sock: socket.socket) -> str:
     if sock.family == socket.AF_INET6:
         return f"[{name[0]}]:{name[1]}"
     return f"{name[0]}:{name[1]}"
+
+
+def proxy_protocol_listeners(cfg: Config, listeners: Sequence[socket.socket],
+                             binds: Sequence[str] | None) -> frozenset[int]:
+    """File descriptors of the listeners whose connections start with a PROXY header.
+
+    Args:
+        cfg: the configuration (``[proxy] proxy_protocol``).
+        listeners: the listening sockets, in the order of ``binds``.
+        binds: the ``bind`` entries they were made from; None for sockets systemd
+            passed, which only ``*`` can name.
+    """
+    marked = cfg.proxy.proxy_protocol
+    if "*" in marked:
+        return frozenset(sock.fileno() for sock in listeners)
+    if binds is None:
+        return frozenset()
+    return frozenset(sock.fileno() for sock, entry in zip(listeners, binds) if entry in marked)

@@ -66,9 +66,11 @@ class Master:
     """
 
     def __init__(self, cfg: Config, listeners: list[socket.socket], *, owns_unix_paths: bool = True,
-                 overrides: dict[str, dict[str, object]] | None = None, tls: ListenerContexts | None = None) -> None:
+                 overrides: dict[str, dict[str, object]] | None = None, tls: ListenerContexts | None = None,
+                 proxy_protocol: frozenset[int] = frozenset()) -> None:
         self.cfg = cfg
         self.tls: ListenerContexts = tls or {}  # built before the fork: workers inherit the certificates
+        self.proxy_protocol = proxy_protocol  # listener fds expecting a PROXY header (fixed until a restart)
         self.listeners = listeners
         self.owns_unix_paths = owns_unix_paths
         self.overrides = overrides
@@ -187,7 +189,8 @@ class Master:
                                 self.cfg.server.user, self.cfg.server.group, exc)
                 code = WORKER_BOOT_ERROR  # a configuration problem: no respawn loop
                 return
-            code = Worker(self.listeners, settings, self.board.slot(index), link=link, tls=self.tls).run()
+            code = Worker(self.listeners, settings, self.board.slot(index), link=link, tls=self.tls,
+                          proxy_protocol=self.proxy_protocol).run()
         except BaseException as exc:
             error_log.error("worker %d crashed: %s", os.getpid(), exc, exc_info=exc)
         finally:

@@ -33,6 +33,7 @@ from prefork.staging import memory
 from prefork.staging import writebehind
 from prefork.apps.broadcast import Subscribers
 from prefork.worker.channel import Channel
+from prefork.worker.proxy_gate import ProxyHeaderGate
 from prefork.worker.tls_channel import TlsChannel
 from prefork.worker.connection import Connection
 from prefork.apps.handlers import CompleteRequest, LoadedApp, ResponseStream
@@ -86,9 +87,11 @@ class Worker:
 
     def __init__(self, listeners: Sequence[socket.socket], settings: WorkerSettings,
                  slot: WorkerSlot | None = None, app: LoadedApp | None = None,
-                 link: socket.socket | None = None, tls: Mapping[int, ssl.SSLContext] | None = None) -> None:
+                 link: socket.socket | None = None, tls: Mapping[int, ssl.SSLContext] | None = None,
+                 proxy_protocol: frozenset[int] = frozenset()) -> None:
         self.listeners = list(listeners)
         self._tls = dict(tls or {})  # listener fd -> context: connections accepted there speak TLS
+        self._proxy_protocol = proxy_protocol  # listener fds whose connections start with a PROXY header
         self.settings = settings.connection
         self.worker_settings = settings
         self.slot = slot
@@ -281,19 +284,31 @@ class Worker:
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             else:
                 peer = ("unix", 0)
-            context = self._tls.get(lsock.fileno())
-            channel = (Channel(sock, self.watch) if context is None
-                       else TlsChannel(sock, self.watch, context, self.defer, peer))
-            conn = Connection(channel, peer, self._server_names[lsock.fileno()], self, self._recv_buffer)
-            self.connections.add(conn)
-            self.selector.register(sock, selectors.EVENT_READ, conn)
-            self._registered[channel] = selectors.EVENT_READ
-            # Clients send the request right after connecting, so it is usually
-            # here already: read it now rather than one select() later.
-            try:
-                conn.on_readable()
-            except Exception as exc:
-                self._contain(conn, exc)
+            fd = lsock.fileno()
+            if fd in self._proxy_protocol:
+                gate = ProxyHeaderGate(Channel(sock, self.watch), peer, self.settings, self.forget,
+                                       functools.partial(self._start_connection, fd))
+                self._watch_and_read(gate)
+            else:
+                self._start_connection(fd, sock, peer)
+
+    def _start_connection(self, listener: int, sock: socket.socket, peer: tuple[str, int]) -> None:
+        """An HTTP connection on ``sock`` from ``peer``, accepted on listener fd ``listener``."""
+        context = self._tls.get(listener)
+        channel = (Channel(sock, self.watch) if context is None
+                   else TlsChannel(sock, self.watch, context, self.defer, peer))
+        self._watch_and_read(Connection(channel, peer, self._server_names[listener], self, self._recv_buffer))
+
+    def _watch_and_read(self, target: LoopTarget) -> None:
+        self.connections.add(target)
+        self.selector.register(target.channel.sock, selectors.EVENT_READ, target)
+        self._registered[target.channel] = selectors.EVENT_READ
+        # Clients send right after connecting, so the first bytes are usually
+        # here already: read them now rather than one select() later.
+        try:
+            target.on_readable()
+        except Exception as exc:
+            self._contain(target, exc)
 
     # --- LoopServices for connections --------------------------------------------------
     def watch(self, channel: Channel, read: bool, write: bool) -> None:

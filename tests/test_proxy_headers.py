@@ -11,7 +11,7 @@ from collections.abc import Callable
 import pytest
 import requests
 
-from tests.server import Server, wait_for
+from tests.server import RawClient, Server, wait_for
 
 Start = Callable[..., Server]
 
@@ -95,3 +95,22 @@ def test_bad_trusted_entry_is_a_clear_start_up_error(start_server: Start) -> Non
     assert server.wait(timeout=20) == 2
     out = server.output()
     assert "[proxy] trusted" in out and "10.0.0.1/8" in out and "no host bits" in out
+
+
+def ws_handshake_status(server: Server, headers: str) -> int:
+    with server.connect() as sock:
+        sock.sendall(("GET /chat HTTP/1.1\r\nHost: 127.0.0.1:%d\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                      "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n%s\r\n"
+                      % (server.port, headers)).encode())
+        head = RawClient(sock).read_until(b"\r\n\r\n")  # a 101 has no body framing: read the head only
+        return int(head.split(b" ", 2)[1])
+
+
+@pytest.mark.parametrize("trusted, expected", [("127.0.0.1", 101), ("10.0.0.0/8", 403)])
+def test_websocket_origin_check_uses_the_host_a_trusted_proxy_names(start_server: Start, trusted: str,
+                                                                    expected: int) -> None:
+    # A proxy that rewrote Host to the upstream address says the browser's host in X-Forwarded-Host.
+    server = start_server(app="tests.apps.behind_proxy:app", config={"proxy": f"trusted = {trusted}"})
+    forwarded = "Origin: https://chat.example.org\r\nX-Forwarded-Host: chat.example.org\r\nX-Forwarded-Proto: https\r\n"
+    assert ws_handshake_status(server, forwarded) == expected
+    assert ws_handshake_status(server, "Origin: https://chat.example.org\r\n") == 403  # no proxy said so

@@ -35,11 +35,15 @@ class RequestOrigin:
         scheme: ``"http"`` or ``"https"``.
         server: the (host, port) the client addressed: the listener's own, or
             what a trusted proxy said.
+        forwarded_authority: ``host:port`` the client addressed when a trusted
+            proxy named the host (``Forwarded: host=`` or ``X-Forwarded-Host``), else
+            None: the request's own Host is then the one to compare an Origin with.
     """
 
     client: tuple[str, int]
     scheme: str
     server: tuple[str, int]
+    forwarded_authority: str | None = None
 
 
 def direct_origin(peer: tuple[str, int], server: tuple[str, int], secure: bool) -> RequestOrigin:
@@ -62,9 +66,10 @@ def request_origin(direct: RequestOrigin, head: Request, settings: ConnectionSet
         return direct  # the common case, even behind a proxy: a few µs of parsing saved
     peer, server = direct.client, direct.server
     view = resolve_client(peer[0], head.headers.raw, settings.trusted_proxies, peer_port=peer[1],
-                          scheme=direct.scheme, host=server[0], port=server[1],
+                          scheme=direct.scheme, host=None, port=server[1],
                           source=settings.forwarded_headers)
     if not view.from_headers:
         return direct
-    return RequestOrigin((view.client, view.client_port or 0), view.scheme,
-                         (view.host or server[0], view.port or server[1]))
+    port = view.port or server[1]
+    return RequestOrigin((view.client, view.client_port or 0), view.scheme, (view.host or server[0], port),
+                         f"{view.host}:{port}" if view.host else None)

@@ -120,9 +120,11 @@ class WebSocketSide:
         try:
             if upgrade.has_body:
                 raise HandshakeError("a WebSocket handshake request must not have a body", 400)
-            # allowed_origins: empty = the same origin as Host only, "*" = any (handshake.py).
+            # allowed_origins: empty = the same origin as Host only (or the host a trusted proxy
+            # names), "*" = any (handshake.py).
             request = validate_upgrade(head.method, head.http_version, head.headers.raw,
-                                       allowed_origins=self.settings.allowed_origins)
+                                       allowed_origins=self.settings.allowed_origins,
+                                       authority=conn.origin.forwarded_authority)
             deflate = (negotiate(request.extensions, server_max_window_bits=SERVER_MAX_WINDOW_BITS)
                        if self.settings.compression else None)
         except HandshakeError as exc:

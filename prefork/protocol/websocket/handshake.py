@@ -272,6 +272,7 @@ def validate_upgrade(
     headers: Sequence[tuple[bytes, bytes]],
     *,
     allowed_origins: Sequence[str] | None = None,
+    authority: str | None = None,
 ) -> HandshakeRequest:
     """Check an opening handshake request (RFC 6455 §4.2.1).
 
@@ -282,6 +283,8 @@ def validate_upgrade(
         allowed_origins: None (the default) accepts any Origin, as does a list
             holding ``"*"``; an empty list accepts only the same origin as Host
             (or no Origin at all: not a browser); otherwise only the Origins listed.
+        authority: the ``host:port`` the request was sent to when a trusted proxy
+            said so (it rewrote Host); None: the request's Host.
 
     Returns:
         The parsed request.
@@ -296,7 +299,9 @@ def validate_upgrade(
     origin_raw = _single(fields, b"origin")
     origin = origin_raw.decode("latin-1") if origin_raw is not None else None
     host = _single(fields, b"host")
-    _check_origin(origin, allowed_origins, host.decode("latin-1") if host is not None else None)
+    if authority is None and host is not None:
+        authority = host.decode("latin-1")
+    _check_origin(origin, allowed_origins, authority)
     subprotocols = [t.strip() for v in fields.get(b"sec-websocket-protocol", [])
                     for t in v.decode("latin-1").split(",") if t.strip()]
     extensions = parse_extensions(fields.get(b"sec-websocket-extensions", []))

@@ -16,6 +16,7 @@ import contextlib
 import json
 import os
 import socket
+import ssl
 import sys
 import tempfile
 from collections.abc import Sequence
@@ -24,8 +25,9 @@ from prefork import __version__, cli_flags
 from prefork.apps import reloader
 from prefork.process import systemd
 from prefork.checks import check_config
-from prefork.config.config import COMMAND_LINE, Config, describe_config, load_config
-from prefork.config.values import format_size, parse_bind as check_bind
+from prefork.config.config import COMMAND_LINE, Config, describe_config, listener_is_tls, load_config
+from prefork.config.sections import parse_listen
+from prefork.config.values import format_size
 from prefork.staging.diskspace import free_bytes
 from prefork.protocol.errors import ConfigError
 from prefork.process.exit_codes import EXIT_BIND, EXIT_CONFIG
@@ -129,12 +131,12 @@ def status_main(argv: Sequence[str]) -> int:
         return EXIT_CONFIG
     try:
         # The same address forms as -b of the server (a host alone means port 8000).
-        address = parse_bind(check_bind(args.bind) if args.bind else cfg.server.bind[0])
+        address = parse_bind(parse_listen(args.bind) if args.bind else cfg.server.bind[0])
     except ValueError as exc:
         print(f"prefork-serve: {COMMAND_LINE}: -b {args.bind!r}: {exc}", file=sys.stderr)
         return EXIT_CONFIG
     try:
-        document = fetch_status(address, cfg.status.path)
+        document = fetch_status(address, cfg.status.path, tls=listener_is_tls(address.text, cfg.tls))
     except (OSError, ValueError) as exc:
         print(f"prefork-serve: cannot read the status of {address.text}: {exc}", file=sys.stderr)
         return EXIT_BIND
@@ -142,17 +144,18 @@ def status_main(argv: Sequence[str]) -> int:
     return 0
 
 
-def fetch_status(address: BindAddress, path: str, timeout: float = 5.0) -> dict[str, object]:
-    """GET the status page as JSON from a server listening on ``address``."""
+def fetch_status(address: BindAddress, path: str, timeout: float = 5.0, *, tls: bool = False) -> dict[str, object]:
+    """GET the status page as JSON from a server listening on ``address`` (over TLS with ``tls``)."""
     target = address.address
     if isinstance(target, tuple):
         host, port = target
         if host in ("0.0.0.0", "::", ""):
             host = "127.0.0.1" if address.family == socket.AF_INET else "::1"
         target = (host, port)
-    with socket.socket(address.family, socket.SOCK_STREAM) as sock:
-        sock.settimeout(timeout)
-        sock.connect(target)
+    with socket.socket(address.family, socket.SOCK_STREAM) as plain:
+        plain.settimeout(timeout)
+        plain.connect(target)
+        sock = _status_tls().wrap_socket(plain) if tls else plain
         sock.sendall(f"GET {path}?format=json HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n".encode())
         response = b""
         while chunk := sock.recv(65536):
@@ -163,6 +166,15 @@ def fetch_status(address: BindAddress, path: str, timeout: float = 5.0) -> dict[
         raise ValueError(f"the server answered {head.splitlines()[0].decode('latin-1') if head else 'nothing'}")
     result: dict[str, object] = json.loads(body)
     return result
+
+
+def _status_tls() -> ssl.SSLContext:
+    # The server's own status, asked by its address on this machine: the certificate
+    # names the public host, not 127.0.0.1, so it is not checked (the answer is read-only).
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    return context
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -14,6 +14,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -23,7 +24,7 @@ import websocket
 from websockets.sync.client import connect as ws_connect
 
 from tests.apps.tls_env import file_bytes
-from tests.server import Server, free_port, wait_for
+from tests.server import REPO, Server, free_port, wait_for
 from tests.tls_helpers import Pki, client_context, make_pki, peer_serial, tls_connect
 
 Start = Callable[..., Server]
@@ -363,3 +364,11 @@ def test_gunicorn_style_flags_make_a_bare_bind_https(start_server: Start, pki: P
     server = start_server(app="tests.apps.tls_env:app", bind=f"https://127.0.0.1:{port}",
                           extra_args=["-b", f"127.0.0.1:{port}", "--certfile", str(cert), "--keyfile", str(key)])
     assert get_env(server, pki)["HTTPS"] == "on"
+
+
+def test_status_command_reads_the_status_over_https(https: Server) -> None:
+    # The server's config: its first bind is https://, so `prefork-serve status` speaks TLS.
+    out = subprocess.run([sys.executable, "-m", "prefork.cli", "status", "-c", str(https.config_path), "--json"],
+                         capture_output=True, text=True, timeout=30, cwd=REPO)
+    assert out.returncode == 0, out.stderr
+    assert len(json.loads(out.stdout)["workers"]) == 2

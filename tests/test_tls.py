@@ -372,3 +372,31 @@ def test_status_command_reads_the_status_over_https(https: Server) -> None:
                          capture_output=True, text=True, timeout=30, cwd=REPO)
     assert out.returncode == 0, out.stderr
     assert len(json.loads(out.stdout)["workers"]) == 2
+
+
+def test_optional_client_certificate(start_server: Start, pki: Pki) -> None:
+    server = start_server(app="tests.apps.tls_env:app", bind=f"https://127.0.0.1:{free()}",
+                          config={"tls": tls_section(pki.server_cert("optional"),
+                                                     f"ca_certs = {pki.ca_file}\nverify_client = optional")})
+    assert get_env(server, pki)["SSL_CLIENT_VERIFY"] == "NONE"
+    with_cert = get_env(server, pki, cert=str(pki.client_cert("bob", "bob")))
+    assert with_cert["SSL_CLIENT_VERIFY"] == "SUCCESS" and "CN=bob" in str(with_cert["SSL_CLIENT_S_DN"])
+
+
+def test_min_version_and_ciphers(start_server: Start, pki: Pki) -> None:
+    strict = start_server(app="tests.apps.tls_env:app", bind=f"https://127.0.0.1:{free()}",
+                          config={"tls": tls_section(pki.server_cert("tls13"), "min_version = 1.3")})
+    assert s_client(strict.port, "-tls1_2").returncode != 0
+    assert s_client(strict.port, "-tls1_3").returncode == 0
+    narrow = start_server(app="tests.apps.tls_env:app", bind=f"https://127.0.0.1:{free()}",
+                          config={"tls": tls_section(pki.server_cert("ciphers"), "ciphers = ECDHE+AESGCM")})
+    assert s_client(narrow.port, "-tls1_2", "-cipher", "ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256"
+                    ).returncode == 0
+    assert s_client(narrow.port, "-tls1_2", "-cipher", "ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305"
+                    ).returncode != 0
+
+
+def test_ciphers_that_select_nothing_exit_2(start_server: Start, pki: Pki) -> None:
+    cert, key = pki.server_cert("nocipher")
+    out = start_failing(start_server, f"certfile = {cert}\nkeyfile = {key}\nciphers = NOSUCHCIPHER")
+    assert "[tls] ciphers" in out and "selects no cipher" in out

@@ -133,3 +133,11 @@ def test_proxy_protocol_entry_must_name_a_listener(start_server: Start) -> None:
                           config={"proxy": "proxy_protocol = 127.0.0.1:1"})
     assert server.wait(timeout=20) == 2
     assert "not one of the listeners" in server.output()
+
+
+def test_a_v2_header_longer_than_the_bound_is_refused(proxied: Server) -> None:
+    with connect(PROXIED) as sock:
+        # 16 fixed bytes announcing a 5,000-byte address block: past the 4,096 the gate peeks at.
+        sock.sendall(V2_SIGNATURE + bytes([0x21, 0x11]) + struct.pack("!H", 5000) + b"\0" * 5000)
+        assert closed_without_answer(sock)
+    wait_for(lambda: "bad PROXY protocol header" in proxied.error_log.read_text(), 10)

@@ -400,3 +400,19 @@ def test_ciphers_that_select_nothing_exit_2(start_server: Start, pki: Pki) -> No
     cert, key = pki.server_cert("nocipher")
     out = start_failing(start_server, f"certfile = {cert}\nkeyfile = {key}\nciphers = NOSUCHCIPHER")
     assert "[tls] ciphers" in out and "selects no cipher" in out
+
+
+def test_failed_handshakes_leave_no_descriptor_behind(https: Server, pki: Pki) -> None:
+    get_env(https, pki)
+    workers = https.workers()
+    before = sum(proc.num_fds() for proc in workers)
+    for _ in range(30):
+        with socket.create_connection(("127.0.0.1", https.port), timeout=10) as sock:
+            sock.sendall(b"\x16\x03\x01\x00\x05garbage")
+            try:
+                while sock.recv(65536):
+                    pass
+            except ConnectionResetError:
+                pass
+    wait_for(lambda: sum(proc.num_fds() for proc in workers) <= before, 10)
+    get_env(https, pki)

@@ -23,6 +23,7 @@ import pytest
 import websocket
 
 from tests.server import REPO, Server, free_port, wait_for
+from tests.tls_helpers import client_context, make_pki
 
 Start = Callable[..., Server]
 CLIENT_IP = "127.0.0.2"  # any 127/8 address is loopback on Linux
@@ -90,9 +91,13 @@ def shipped_haproxy(upstream: int, port: int, server_options: str = "") -> str:
     return re.sub(r"(?m)^(\s*maxconn) \d+", r"\1 1000", text)
 
 
-def start_nginx(tmp: Path, upstream: int) -> Proxy:
+def start_nginx(tmp: Path, upstream: int, tls: tuple[Path, Path] | None = None) -> Proxy:
     port = free_port()
-    (tmp / "site.conf").write_text(shipped_nginx(upstream, port))
+    site = shipped_nginx(upstream, port)
+    if tls is not None:  # nginx terminating TLS in front, as many deployments do
+        site = site.replace(f"listen 127.0.0.1:{port};", f"listen 127.0.0.1:{port} ssl;\n"
+                            f"    ssl_certificate {tls[0]};\n    ssl_certificate_key {tls[1]};")
+    (tmp / "site.conf").write_text(site)
     temp = "".join(f"    {kind}_temp_path {tmp}/{kind};\n" for kind in ("client_body", "proxy", "fastcgi",
                                                                         "uwsgi", "scgi"))
     user = "user root;\n" if os.geteuid() == 0 else ""  # workers keep our rights to the temp dirs
@@ -199,3 +204,20 @@ def test_haproxy_send_proxy_v2_to_a_proxy_protocol_listener(start_server: Start,
         assert _get_env(haproxy.port)[1] == {"remote_addr": CLIENT_IP, "scheme": "http"}
     finally:
         haproxy.stop()
+
+
+def test_behind_nginx_terminating_tls_the_app_sees_https(backend: Server, tmp_path: Path) -> None:
+    pki = make_pki(tmp_path)
+    nginx = start_nginx(tmp_path, backend.port, tls=pki.server_cert("nginx"))
+    try:
+        with socket.create_connection(("127.0.0.1", nginx.port), timeout=10, source_address=(CLIENT_IP, 0)) as raw:
+            with client_context(pki).wrap_socket(raw, server_hostname="localhost") as sock:
+                sock.sendall(b"GET /env HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+                data = b""
+                while chunk := sock.recv(65536):
+                    data += chunk
+        head, _, body = data.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 200"), head
+        assert json.loads(body) == {"remote_addr": CLIENT_IP, "scheme": "https"}
+    finally:
+        nginx.stop()

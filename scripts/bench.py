@@ -56,6 +56,7 @@ import shlex
 import shutil
 import signal
 import socket
+import ssl
 import statistics
 import subprocess
 import sys
@@ -114,6 +115,7 @@ class ServerSpec:
     cwd: Path = SCRIPTS
     env: dict[str, str] = field(default_factory=dict)
     ready_path: str = "/"
+    tls_ca: Path | None = None  # set: the server speaks HTTPS, its certificate issued by this CA (PEM)
 
 
 @dataclass
@@ -152,13 +154,20 @@ def log_tail(path: Path, lines: int = 30) -> str:
     return "\n".join(text[-lines:])
 
 
+def tls_client_context(ca: Path) -> ssl.SSLContext:
+    """A client context that trusts only ``ca`` (the bench's throwaway CA), hostname checked."""
+    return ssl.create_default_context(cafile=str(ca))
+
+
 def _wait_ready(server: RunningServer) -> None:
     deadline = time.monotonic() + READY_TIMEOUT
+    ca = server.spec.tls_ca
     while time.monotonic() < deadline:
         if server.proc.poll() is not None:
             raise RuntimeError(f"{server.name} exited with {server.proc.returncode} before it was ready; "
                                f"log {server.log}:\n{log_tail(server.log)}")
-        conn = http.client.HTTPConnection(HOST, server.port, timeout=1.0)
+        conn = (http.client.HTTPSConnection(HOST, server.port, timeout=1.0, context=tls_client_context(ca))
+                if ca else http.client.HTTPConnection(HOST, server.port, timeout=1.0))
         try:
             conn.request("GET", server.spec.ready_path)
             if conn.getresponse().status < 500:
@@ -457,11 +466,13 @@ def parse_wrk(text: str) -> Metrics:
     return out
 
 
-def run_wrk(port: int, conns: int, duration: float, close: bool, path: str = "/") -> tuple[Metrics, str]:
+def run_wrk(port: int, conns: int, duration: float, close: bool, path: str = "/",
+            scheme: str = "http") -> tuple[Metrics, str]:
+    """``wrk --latency`` for ``duration`` s; ``scheme`` https: over TLS (wrk does not verify certificates)."""
     cmd = ["wrk", "-t2", f"-c{conns}", f"-d{max(1, round(duration))}s", "--latency"]
     if close:
         cmd += ["-H", "Connection: close"]
-    cmd.append(f"http://{HOST}:{port}{path}")
+    cmd.append(f"{scheme}://{HOST}:{port}{path}")
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=duration + 60)
     text = proc.stdout + proc.stderr
     metrics = parse_wrk(text)
@@ -829,16 +840,18 @@ def cpu_per_gib(sampler: ProcessSampler, size: int) -> Metrics:
 
 def post_body(port: int, size: int, block: memoryview, path: str = "/upload", *,
               content_type: str = "application/octet-stream", prefix: bytes = b"",
-              suffix: bytes = b"") -> tuple[float, float, bytes]:
+              suffix: bytes = b"", tls: ssl.SSLContext | None = None) -> tuple[float, float, bytes]:
     """POST ``prefix`` + ``size`` bytes from ``block`` (repeated) + ``suffix`` with Content-Length.
 
     ``prefix``/``suffix`` frame a multipart body (see ``multipart_frame``); the body is
-    streamed, never built in memory.
+    streamed, never built in memory. With ``tls`` the socket is wrapped in it (the handshake
+    happens before the clock starts).
 
     Returns:
         (seconds to send the body, seconds from the last byte sent to the full response, response body).
     """
-    with socket.create_connection((HOST, port), timeout=600) as sock:
+    with socket.create_connection((HOST, port), timeout=600) as raw, \
+            (tls.wrap_socket(raw, server_hostname=HOST) if tls else contextlib.nullcontext(raw)) as sock:
         length = len(prefix) + size + len(suffix)
         head = (f"POST {path} HTTP/1.1\r\nHost: {HOST}:{port}\r\nContent-Type: {content_type}\r\n"
                 f"Content-Length: {length}\r\nConnection: close\r\n\r\n").encode()
@@ -1536,8 +1549,7 @@ def ceiling_main(port: int, directory: str) -> int:
 
     Serves one connection at a time until killed (or 10,000 connections, or an hour idle).
     """
-    buf = bytearray(4 * MiB)
-    view = memoryview(buf)
+    view = memoryview(bytearray(4 * MiB))
     with socket.create_server((HOST, port), backlog=128) as srv:
         srv.settimeout(3600)
         for _ in range(10_000):
@@ -1546,37 +1558,43 @@ def ceiling_main(port: int, directory: str) -> int:
             except socket.timeout:
                 return 0
             with conn:
-                conn.settimeout(600)
-                head = bytearray()
-                while b"\r\n\r\n" not in head and len(head) < 65536:
-                    data = conn.recv(65536)
-                    if not data:
-                        break
-                    head += data
-                raw, _, rest = bytes(head).partition(b"\r\n\r\n")
-                m = re.search(rb"(?im)^content-length:\s*(\d+)", raw)
-                remaining = int(m.group(1)) if m else 0
-                total = 0
-                if remaining:
-                    path = os.path.join(directory, f"ceiling-{os.getpid()}.bin")
-                    try:
-                        with open(path, "wb", buffering=0) as out:
-                            out.write(rest)
-                            total = len(rest)
-                            remaining -= len(rest)
-                            while remaining > 0:
-                                n = conn.recv_into(view, min(len(buf), remaining))
-                                if not n:
-                                    break
-                                out.write(view[:n])
-                                total += n
-                                remaining -= n
-                    finally:
-                        os.unlink(path)
-                body = b"%d\n" % total
-                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: %d\r\n"
-                             b"Connection: close\r\n\r\n%s" % (len(body), body))
+                ceiling_serve(conn, view, directory)
     return 0
+
+
+def ceiling_serve(conn: socket.socket, view: memoryview, directory: str) -> None:
+    """One ceiling request on ``conn`` (a plain or an ``ssl`` socket): the body goes through ``view``
+    (preallocated) into a file that is deleted afterwards; the answer is its byte count."""
+    conn.settimeout(600)
+    head = bytearray()
+    while b"\r\n\r\n" not in head and len(head) < 65536:
+        data = conn.recv(65536)
+        if not data:
+            break
+        head += data
+    raw, _, rest = bytes(head).partition(b"\r\n\r\n")
+    m = re.search(rb"(?im)^content-length:\s*(\d+)", raw)
+    remaining = int(m.group(1)) if m else 0
+    total = 0
+    if remaining:
+        path = os.path.join(directory, f"ceiling-{os.getpid()}-{threading.get_ident()}.bin")
+        try:
+            with open(path, "wb", buffering=0) as out:
+                out.write(rest)
+                total = len(rest)
+                remaining -= len(rest)
+                while remaining > 0:
+                    n = conn.recv_into(view, min(len(view), remaining))
+                    if not n:
+                        break
+                    out.write(view[:n])
+                    total += n
+                    remaining -= n
+        finally:
+            os.unlink(path)
+    body = b"%d\n" % total
+    conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: %d\r\n"
+                 b"Connection: close\r\n\r\n%s" % (len(body), body))
 
 
 def scenario_reload(args: argparse.Namespace, ws: Workspace) -> list[SummaryRow]:

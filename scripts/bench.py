@@ -15,6 +15,7 @@ Usage (from the repo root)::
     python scripts/bench.py ws --runs 3            # both clients: raw sockets and the websockets library
     python scripts/bench.py reload --runs 1        # requests lost to HUP/TTIN/TTOU + max_requests
     python scripts/bench.py ws-hostile --runs 1    # worker RSS: ping flood, unfinished deflate (bench_ws_hostile.py)
+    python scripts/bench.py tls --runs 3           # HTTPS hello vs granian/gunicorn, upload over TLS (bench_tls.py)
 
 The main peer is granian (``granian_server``: ``--interface wsgi --workers 2
 --http 1``, its defaults otherwise), the issue-14 targets are ratios to it;
@@ -1638,6 +1639,13 @@ def scenario_ws_hostile(args: argparse.Namespace, ws: Workspace) -> list[Summary
     return run(args, ws)
 
 
+def scenario_tls(args: argparse.Namespace, ws: Workspace) -> list[SummaryRow]:
+    """HTTPS hello vs granian and gunicorn, a large upload over TLS vs plain and a TLS ceiling: bench_tls.py."""
+    from bench_tls import scenario_tls as run
+
+    return run(args, ws)
+
+
 SCENARIOS: dict[str, Callable[[argparse.Namespace, Workspace], list[SummaryRow]]] = {
     "parse": scenario_parse,
     "hello": scenario_hello,
@@ -1651,6 +1659,7 @@ SCENARIOS: dict[str, Callable[[argparse.Namespace, Workspace], list[SummaryRow]]
     "ws": scenario_ws,
     "reload": scenario_reload,
     "ws-hostile": scenario_ws_hostile,
+    "tls": scenario_tls,
 }
 
 
@@ -1690,6 +1699,8 @@ def build_parser() -> argparse.ArgumentParser:
                                        "and max_requests recycling, vs gunicorn gthread"),
                             ("ws-hostile", "worker RSS: WebSocket ping flood from a peer that never reads, "
                                            "unfinished deflate messages on 10 connections"),
+                            ("tls", "HTTPS hello c100 (keep-alive, close) vs granian and gunicorn with TLS; "
+                                    "upload over TLS vs plain TCP and a TLS ceiling, worker RSS"),
                             ("all", "every scenario, then the summary table with targets"),
                             ("perf", "the same as all")]:
         sub.add_parser(name, parents=[common], help=help_text)

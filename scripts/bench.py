@@ -15,6 +15,7 @@ Usage (from the repo root)::
     python scripts/bench.py ws --runs 3            # both clients: raw sockets and the websockets library
     python scripts/bench.py reload --runs 1        # requests lost to HUP/TTIN/TTOU + max_requests
     python scripts/bench.py ws-hostile --runs 1    # worker RSS: ping flood, unfinished deflate (bench_ws_hostile.py)
+    python scripts/bench.py tls --runs 3           # HTTPS hello vs granian/gunicorn, upload over TLS (bench_tls.py)
 
 The main peer is granian (``granian_server``: ``--interface wsgi --workers 2
 --http 1``, its defaults otherwise), the issue-14 targets are ratios to it;
@@ -56,6 +57,7 @@ import shlex
 import shutil
 import signal
 import socket
+import ssl
 import statistics
 import subprocess
 import sys
@@ -114,6 +116,7 @@ class ServerSpec:
     cwd: Path = SCRIPTS
     env: dict[str, str] = field(default_factory=dict)
     ready_path: str = "/"
+    tls_ca: Path | None = None  # set: the server speaks HTTPS, its certificate issued by this CA (PEM)
 
 
 @dataclass
@@ -152,13 +155,20 @@ def log_tail(path: Path, lines: int = 30) -> str:
     return "\n".join(text[-lines:])
 
 
+def tls_client_context(ca: Path) -> ssl.SSLContext:
+    """A client context that trusts only ``ca`` (the bench's throwaway CA), hostname checked."""
+    return ssl.create_default_context(cafile=str(ca))
+
+
 def _wait_ready(server: RunningServer) -> None:
     deadline = time.monotonic() + READY_TIMEOUT
+    ca = server.spec.tls_ca
     while time.monotonic() < deadline:
         if server.proc.poll() is not None:
             raise RuntimeError(f"{server.name} exited with {server.proc.returncode} before it was ready; "
                                f"log {server.log}:\n{log_tail(server.log)}")
-        conn = http.client.HTTPConnection(HOST, server.port, timeout=1.0)
+        conn = (http.client.HTTPSConnection(HOST, server.port, timeout=1.0, context=tls_client_context(ca))
+                if ca else http.client.HTTPConnection(HOST, server.port, timeout=1.0))
         try:
             conn.request("GET", server.spec.ready_path)
             if conn.getresponse().status < 500:
@@ -457,11 +467,13 @@ def parse_wrk(text: str) -> Metrics:
     return out
 
 
-def run_wrk(port: int, conns: int, duration: float, close: bool, path: str = "/") -> tuple[Metrics, str]:
+def run_wrk(port: int, conns: int, duration: float, close: bool, path: str = "/",
+            scheme: str = "http") -> tuple[Metrics, str]:
+    """``wrk --latency`` for ``duration`` s; ``scheme`` https: over TLS (wrk does not verify certificates)."""
     cmd = ["wrk", "-t2", f"-c{conns}", f"-d{max(1, round(duration))}s", "--latency"]
     if close:
         cmd += ["-H", "Connection: close"]
-    cmd.append(f"http://{HOST}:{port}{path}")
+    cmd.append(f"{scheme}://{HOST}:{port}{path}")
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=duration + 60)
     text = proc.stdout + proc.stderr
     metrics = parse_wrk(text)
@@ -829,16 +841,18 @@ def cpu_per_gib(sampler: ProcessSampler, size: int) -> Metrics:
 
 def post_body(port: int, size: int, block: memoryview, path: str = "/upload", *,
               content_type: str = "application/octet-stream", prefix: bytes = b"",
-              suffix: bytes = b"") -> tuple[float, float, bytes]:
+              suffix: bytes = b"", tls: ssl.SSLContext | None = None) -> tuple[float, float, bytes]:
     """POST ``prefix`` + ``size`` bytes from ``block`` (repeated) + ``suffix`` with Content-Length.
 
     ``prefix``/``suffix`` frame a multipart body (see ``multipart_frame``); the body is
-    streamed, never built in memory.
+    streamed, never built in memory. With ``tls`` the socket is wrapped in it (the handshake
+    happens before the clock starts).
 
     Returns:
         (seconds to send the body, seconds from the last byte sent to the full response, response body).
     """
-    with socket.create_connection((HOST, port), timeout=600) as sock:
+    with socket.create_connection((HOST, port), timeout=600) as raw, \
+            (tls.wrap_socket(raw, server_hostname=HOST) if tls else contextlib.nullcontext(raw)) as sock:
         length = len(prefix) + size + len(suffix)
         head = (f"POST {path} HTTP/1.1\r\nHost: {HOST}:{port}\r\nContent-Type: {content_type}\r\n"
                 f"Content-Length: {length}\r\nConnection: close\r\n\r\n").encode()
@@ -1536,8 +1550,7 @@ def ceiling_main(port: int, directory: str) -> int:
 
     Serves one connection at a time until killed (or 10,000 connections, or an hour idle).
     """
-    buf = bytearray(4 * MiB)
-    view = memoryview(buf)
+    view = memoryview(bytearray(4 * MiB))
     with socket.create_server((HOST, port), backlog=128) as srv:
         srv.settimeout(3600)
         for _ in range(10_000):
@@ -1546,37 +1559,43 @@ def ceiling_main(port: int, directory: str) -> int:
             except socket.timeout:
                 return 0
             with conn:
-                conn.settimeout(600)
-                head = bytearray()
-                while b"\r\n\r\n" not in head and len(head) < 65536:
-                    data = conn.recv(65536)
-                    if not data:
-                        break
-                    head += data
-                raw, _, rest = bytes(head).partition(b"\r\n\r\n")
-                m = re.search(rb"(?im)^content-length:\s*(\d+)", raw)
-                remaining = int(m.group(1)) if m else 0
-                total = 0
-                if remaining:
-                    path = os.path.join(directory, f"ceiling-{os.getpid()}.bin")
-                    try:
-                        with open(path, "wb", buffering=0) as out:
-                            out.write(rest)
-                            total = len(rest)
-                            remaining -= len(rest)
-                            while remaining > 0:
-                                n = conn.recv_into(view, min(len(buf), remaining))
-                                if not n:
-                                    break
-                                out.write(view[:n])
-                                total += n
-                                remaining -= n
-                    finally:
-                        os.unlink(path)
-                body = b"%d\n" % total
-                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: %d\r\n"
-                             b"Connection: close\r\n\r\n%s" % (len(body), body))
+                ceiling_serve(conn, view, directory)
     return 0
+
+
+def ceiling_serve(conn: socket.socket, view: memoryview, directory: str) -> None:
+    """One ceiling request on ``conn`` (a plain or an ``ssl`` socket): the body goes through ``view``
+    (preallocated) into a file that is deleted afterwards; the answer is its byte count."""
+    conn.settimeout(600)
+    head = bytearray()
+    while b"\r\n\r\n" not in head and len(head) < 65536:
+        data = conn.recv(65536)
+        if not data:
+            break
+        head += data
+    raw, _, rest = bytes(head).partition(b"\r\n\r\n")
+    m = re.search(rb"(?im)^content-length:\s*(\d+)", raw)
+    remaining = int(m.group(1)) if m else 0
+    total = 0
+    if remaining:
+        path = os.path.join(directory, f"ceiling-{os.getpid()}-{threading.get_ident()}.bin")
+        try:
+            with open(path, "wb", buffering=0) as out:
+                out.write(rest)
+                total = len(rest)
+                remaining -= len(rest)
+                while remaining > 0:
+                    n = conn.recv_into(view, min(len(view), remaining))
+                    if not n:
+                        break
+                    out.write(view[:n])
+                    total += n
+                    remaining -= n
+        finally:
+            os.unlink(path)
+    body = b"%d\n" % total
+    conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: %d\r\n"
+                 b"Connection: close\r\n\r\n%s" % (len(body), body))
 
 
 def scenario_reload(args: argparse.Namespace, ws: Workspace) -> list[SummaryRow]:
@@ -1620,6 +1639,13 @@ def scenario_ws_hostile(args: argparse.Namespace, ws: Workspace) -> list[Summary
     return run(args, ws)
 
 
+def scenario_tls(args: argparse.Namespace, ws: Workspace) -> list[SummaryRow]:
+    """HTTPS hello vs granian and gunicorn, a large upload over TLS vs plain and a TLS ceiling: bench_tls.py."""
+    from bench_tls import scenario_tls as run
+
+    return run(args, ws)
+
+
 SCENARIOS: dict[str, Callable[[argparse.Namespace, Workspace], list[SummaryRow]]] = {
     "parse": scenario_parse,
     "hello": scenario_hello,
@@ -1633,6 +1659,7 @@ SCENARIOS: dict[str, Callable[[argparse.Namespace, Workspace], list[SummaryRow]]
     "ws": scenario_ws,
     "reload": scenario_reload,
     "ws-hostile": scenario_ws_hostile,
+    "tls": scenario_tls,
 }
 
 
@@ -1672,6 +1699,8 @@ def build_parser() -> argparse.ArgumentParser:
                                        "and max_requests recycling, vs gunicorn gthread"),
                             ("ws-hostile", "worker RSS: WebSocket ping flood from a peer that never reads, "
                                            "unfinished deflate messages on 10 connections"),
+                            ("tls", "HTTPS hello c100 (keep-alive, close) vs granian and gunicorn with TLS; "
+                                    "upload over TLS vs plain TCP and a TLS ceiling, worker RSS"),
                             ("all", "every scenario, then the summary table with targets"),
                             ("perf", "the same as all")]:
         sub.add_parser(name, parents=[common], help=help_text)

@@ -178,6 +178,8 @@ class TlsChannel(Channel):
                     break  # the EOF is reported by the next call
                 return 0
             got += n
+            if got < size and not sock.pending():  # type: ignore[attr-defined]
+                break  # a short read: asking again would mostly cost a raised SSLWantReadError
         if got >= size and not self._poke_queued and sock.pending():  # type: ignore[attr-defined]
             self._poke_queued = True
             self._defer(self._poke)

@@ -3,9 +3,11 @@
 The server terminates TLS itself with a certificate from a test CA (``tests/tls_helpers.py``).
 Chromium is told to trust exactly that certificate's key, by the SHA-256 of its
 SubjectPublicKeyInfo (``--ignore-certificate-errors-spki-list``), never to ignore certificate
-errors in general; a Chromium without the switch is refused the page, so the switch is what
-makes it trusted. Chromium, chromedriver and Selenium as in ``tests/test_demo_browser.py``,
-whose helpers are used here.
+errors in general; a Chromium that lists another key of the same CA is refused the page, so
+the switch, for exactly this key, is what makes it trusted. The WebSocket URL the page opened
+is read from Chromium's own performance log (``Network.webSocketCreated``), not from the
+page's code. Chromium, chromedriver and Selenium as in ``tests/test_demo_browser.py``, whose
+helpers are used here.
 """
 
 from __future__ import annotations
@@ -25,8 +27,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from tests.server import Server, free_port
-from tests.test_demo_browser import (CHROMEDRIVER, CHROMIUM, WAIT, chat_texts, console_errors, png, send_chat,
-                                     wait)
+from tests.test_demo_browser import (CHROMEDRIVER, CHROMIUM, WAIT, chat_texts, console_errors, open_page, png,
+                                     send_chat, wait)
 from tests.test_demo_browser import pytestmark as needs_chromium
 from tests.tls_helpers import Pki, make_pki
 
@@ -70,7 +72,8 @@ def spki_hash(chain: Path) -> str:
 def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..., Any]]:
     """A factory of headless Chromium drivers trusting the given SPKI hashes; every one is quit at teardown.
 
-    Not ``tests.test_demo_browser.browser``: that factory takes no extra switches.
+    Not ``tests.test_demo_browser.browser``: that factory takes no extra switches, and its
+    switches are inline, so ``ARGS`` repeats them (plus ``--no-proxy-server``: loopback only).
     """
     drivers: list[Any] = []
     with pytest.MonkeyPatch.context() as patch:
@@ -85,7 +88,7 @@ def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..., 
             options.add_argument(f"--user-data-dir={tempfile.mkdtemp(dir=tmp_path_factory.mktemp('chrome'))}")
             if trusted_spki:
                 options.add_argument(f"--ignore-certificate-errors-spki-list={','.join(trusted_spki)}")
-            options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+            options.set_capability("goog:loggingPrefs", {"browser": "ALL", "performance": "ALL"})
             driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
             drivers.append(driver)
             return driver
@@ -97,31 +100,42 @@ def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..., 
                 driver.quit()
 
 
-def page_url(server: Server) -> str:
-    """By name, as a user types it (``Server.url`` and ``open_page`` use 127.0.0.1)."""
-    return f"https://localhost:{server.port}/"
+def websocket_urls(driver: Any) -> list[str]:
+    """The URLs of the WebSockets the page opened that got their 101, from Chromium's performance log.
 
-
-def open_page(driver: Any, server: Server) -> None:
-    driver.get(page_url(server))
-    wait(driver, lambda d: d.find_element(By.ID, "chat-status").text == "online", "chat online over wss")
+    Reading the log drains it: call this once per driver.
+    """
+    created: dict[str, str] = {}
+    upgraded: set[str] = set()
+    for entry in driver.get_log("performance"):
+        message = json.loads(entry["message"])["message"]
+        if message["method"] == "Network.webSocketCreated":
+            created[message["params"]["requestId"]] = message["params"]["url"]
+        elif message["method"] == "Network.webSocketHandshakeResponseReceived":
+            if message["params"]["response"]["status"] == 101:
+                upgraded.add(message["params"]["requestId"])
+    return [url for request_id, url in created.items() if request_id in upgraded]
 
 
 def test_page_loads_over_https_with_the_trusted_certificate(demo: Server, browser: Callable[..., Any],
-                                                            cert: tuple[Path, Path]) -> None:
+                                                            cert: tuple[Path, Path], pki: Pki) -> None:
     driver = browser(spki_hash(cert[0]))
-    open_page(driver, demo)
-    assert driver.current_url == page_url(demo)
+    open_page(driver, demo)  # waits for the chat to be online: app.js picked wss:// for an https page
+    assert demo.url.startswith("https://")
+    assert driver.current_url == demo.url + "/"
     assert driver.execute_script("return location.protocol") == "https:"
     assert driver.execute_script("return window.isSecureContext") is True
     assert driver.title == "prefork demo"
+    assert websocket_urls(driver) == [f"wss://127.0.0.1:{demo.port}/ws/chat"]
     assert console_errors(driver) == []
 
-    untrusting = browser()  # the control: without the switch, the test CA's certificate is refused
-    untrusting.get(page_url(demo))
-    wait(untrusting, lambda d: d.execute_script("return location.href").startswith("chrome-error://"),
+    # The control: trusting another key of the same CA, Chromium refuses this certificate,
+    # so the switch trusts exactly the listed key and nothing else does.
+    other = browser(spki_hash(pki.server_cert("other")[0]))
+    other.get(demo.url + "/")
+    wait(other, lambda d: d.execute_script("return location.href").startswith("chrome-error://"),
          "Chromium's certificate error page")
-    assert untrusting.find_elements(By.ID, "chat-status") == []
+    assert other.find_elements(By.ID, "chat-status") == []
 
 
 def test_upload_with_progress_over_https_shows_in_gallery(demo: Server, browser: Callable[..., Any],
@@ -143,7 +157,7 @@ def test_upload_with_progress_over_https_shows_in_gallery(demo: Server, browser:
     name = item.get_attribute("data-name")
     wait(driver, lambda d: d.execute_script(
         "const i = document.querySelector('#gallery li.image img');"
-        "return i && i.complete && i.naturalWidth === 1024 && i.src.startsWith('https://localhost:');"),
+        "return i && i.complete && i.naturalWidth === 1024 && i.src.startsWith('https://127.0.0.1:');"),
         "image decoded in the gallery, fetched over https")
     assert item.find_element(By.CSS_SELECTOR, ".caption").text == "secure.png"
     assert (demo.uploads / name).read_bytes() == image.read_bytes()
@@ -163,8 +177,9 @@ def recv_message(ws: websocket.WebSocket, text: str) -> dict[str, Any]:
 def test_chat_over_wss_between_the_page_and_websocket_client(demo: Server, browser: Callable[..., Any],
                                                              cert: tuple[Path, Path], pki: Pki) -> None:
     driver = browser(spki_hash(cert[0]))
-    open_page(driver, demo)  # app.js connects to wss://localhost:PORT/ws/chat, as the page is https
-    ws = websocket.create_connection(f"wss://localhost:{demo.port}/ws/chat", timeout=WAIT,
+    open_page(driver, demo)
+    # Verified against the test CA, host name (the certificate's 127.0.0.1) included.
+    ws = websocket.create_connection(f"wss://127.0.0.1:{demo.port}/ws/chat", timeout=WAIT,
                                      sslopt={"ca_certs": str(pki.ca_file)})
     try:
         history = json.loads(ws.recv())
@@ -184,4 +199,5 @@ def test_chat_over_wss_between_the_page_and_websocket_client(demo: Server, brows
         assert chat_texts(driver).count(from_page) == 1
     finally:
         ws.close()
+    assert websocket_urls(driver) == [f"wss://127.0.0.1:{demo.port}/ws/chat"]
     assert console_errors(driver) == []

@@ -127,14 +127,14 @@ def xss_ran(driver: Any) -> str:
     return result
 
 
-def test_upload_with_progress_shows_in_gallery(demo: Server, browser: Callable[..., Any], tmp_path: Path) -> None:
-    image = tmp_path / "photo.png"
-    image.write_bytes(png(1024, 1024))  # about 3 MiB: several progress events on loopback
-    driver = browser()
-    open_page(driver, demo)
+def upload_and_find_in_gallery(driver: Any, server: Server, image: Path, src_prefix: str = "") -> str:
+    """Upload ``image`` (1024 px wide) with the page's form; wait for 100 % and the gallery item.
+
+    Returns:
+        The stored file's name, checked byte for byte; the gallery image's URL starts with ``src_prefix``.
+    """
     driver.find_element(By.ID, "file-input").send_keys(str(image))
     driver.find_element(By.ID, "upload-button").click()
-
     wait(driver, lambda d: d.find_element(By.ID, "progress-text").text == "100 %", "progress at 100 %")
     wait(driver, lambda d: d.find_element(By.ID, "upload-status").text.startswith("Uploaded 1 file"),
          "upload finished")
@@ -142,12 +142,22 @@ def test_upload_with_progress_shows_in_gallery(demo: Server, browser: Callable[.
     assert progress.get_property("value") == 100
     assert int(progress.get_attribute("data-events")) >= 1, "xhr.upload.onprogress never fired"
     item = wait(driver, lambda d: d.find_element(By.CSS_SELECTOR, "#gallery li.image"), "gallery item")
-    name = item.get_attribute("data-name")
+    name: str = item.get_attribute("data-name")
     wait(driver, lambda d: d.execute_script(
         "const i = document.querySelector('#gallery li.image img');"
-        "return i && i.complete && i.naturalWidth === 1024;"), "image decoded in the gallery")
-    assert item.find_element(By.CSS_SELECTOR, ".caption").text == "photo.png"
-    assert (demo.uploads / name).read_bytes() == image.read_bytes()
+        "return i && i.complete && i.naturalWidth === 1024 && i.src.startsWith(arguments[0]);", src_prefix),
+        "image decoded in the gallery")
+    assert item.find_element(By.CSS_SELECTOR, ".caption").text == image.name
+    assert (server.uploads / name).read_bytes() == image.read_bytes()
+    return name
+
+
+def test_upload_with_progress_shows_in_gallery(demo: Server, browser: Callable[..., Any], tmp_path: Path) -> None:
+    image = tmp_path / "photo.png"
+    image.write_bytes(png(1024, 1024))  # about 3 MiB: several progress events on loopback
+    driver = browser()
+    open_page(driver, demo)
+    name = upload_and_find_in_gallery(driver, demo, image)
 
     ARTIFACTS.mkdir(exist_ok=True)
     shot = ARTIFACTS / "demo-after-upload.png"

@@ -28,7 +28,7 @@ from cryptography.hazmat.primitives import serialization
 
 from tests.server import Server, free_port
 from tests.test_demo_browser import (CHROMEDRIVER, CHROMIUM, WAIT, chat_texts, console_errors, open_page, png,
-                                     send_chat, wait)
+                                     send_chat, upload_and_find_in_gallery, wait)
 from tests.test_demo_browser import pytestmark as needs_chromium
 from tests.tls_helpers import Pki, make_pki
 
@@ -144,23 +144,7 @@ def test_upload_with_progress_over_https_shows_in_gallery(demo: Server, browser:
     image.write_bytes(png(1024, 1024))  # about 3 MiB: several progress events, and many TLS records
     driver = browser(spki_hash(cert[0]))
     open_page(driver, demo)
-    driver.find_element(By.ID, "file-input").send_keys(str(image))
-    driver.find_element(By.ID, "upload-button").click()
-
-    wait(driver, lambda d: d.find_element(By.ID, "progress-text").text == "100 %", "progress at 100 %")
-    wait(driver, lambda d: d.find_element(By.ID, "upload-status").text.startswith("Uploaded 1 file"),
-         "upload finished")
-    progress = driver.find_element(By.ID, "progress")
-    assert progress.get_property("value") == 100
-    assert int(progress.get_attribute("data-events")) >= 1, "xhr.upload.onprogress never fired"
-    item = wait(driver, lambda d: d.find_element(By.CSS_SELECTOR, "#gallery li.image"), "gallery item")
-    name = item.get_attribute("data-name")
-    wait(driver, lambda d: d.execute_script(
-        "const i = document.querySelector('#gallery li.image img');"
-        "return i && i.complete && i.naturalWidth === 1024 && i.src.startsWith('https://127.0.0.1:');"),
-        "image decoded in the gallery, fetched over https")
-    assert item.find_element(By.CSS_SELECTOR, ".caption").text == "secure.png"
-    assert (demo.uploads / name).read_bytes() == image.read_bytes()
+    upload_and_find_in_gallery(driver, demo, image, "https://127.0.0.1:")  # fetched over https
     assert console_errors(driver) == []
 
 

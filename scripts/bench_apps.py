@@ -26,6 +26,9 @@ Apps:
                   (PEP 562 ``__getattr__``), so no other app configures Django.
     django_upload_staged  ``django_upload`` served by prefork's ``get_wsgi_application``
                   (``prefork.apps.adapters.django``): the staged part is renamed into place.
+    download      ``GET /download`` sends ``$BENCH_DOWNLOAD_FILE`` through ``wsgi.file_wrapper``
+                  (a server's sendfile path; 1 MiB reads where there is none); any other
+                  request answers the hello body (readiness probe).
     native_app    a ``prefork.App``: ``GET /`` hello; ``POST /upload`` links the staged raw
                   body into place with ``request.body.move_to(path)``; ``POST /form`` saves
                   ``request.files["upload"]`` with ``.save(path)`` (a rename of the part that
@@ -109,6 +112,27 @@ def upload_move(environ: dict[str, Any], start_response: StartResponse) -> Itera
     if environ.get("REQUEST_METHOD") != "POST" or not hasattr(stream, "move_to"):
         return upload(environ, start_response)
     return _answer(start_response, _saved_size(stream.move_to))
+
+
+def download(environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+    """The file named by ``$BENCH_DOWNLOAD_FILE`` at ``/download``, else the hello body."""
+    if environ.get("PATH_INFO") != "/download":
+        return hello(environ, start_response)
+    path = os.environ["BENCH_DOWNLOAD_FILE"]
+    start_response("200 OK", [("Content-Type", "application/octet-stream"),
+                              ("Content-Length", str(os.path.getsize(path)))])
+    stream = open(path, "rb")
+    wrapper = environ.get("wsgi.file_wrapper")
+    if wrapper is not None:
+        wrapped: Iterable[bytes] = wrapper(stream, PIECE)
+        return wrapped
+    return _read_pieces(stream)
+
+
+def _read_pieces(stream: Any) -> Iterable[bytes]:
+    with stream:
+        while piece := stream.read(PIECE):
+            yield piece
 
 
 def _add_flask_hello(flask_app: Any) -> None:

@@ -24,11 +24,17 @@ clients trust that CA and check the name; wrk does not verify certificates.
    preallocated 4 MiB buffer and written to a file, ``bench.ceiling_serve``),
    and the growth of any prefork worker's RSS during the TLS upload, bounded by
    16 MiB as in ``bigupload``.
+3. A file response of the same size (``bench_apps:download``, ``wsgi.file_wrapper``)
+   read by a Python client (``recv_into`` a 4 MiB buffer): prefork over TLS
+   (kernel TLS needs Python 3.12, so its bounded ``pread`` + TLS write loop),
+   over plain TCP (``sendfile``), and gunicorn gthread and granian over TLS
+   serving the same app; MiB/s and the growth of any serving process's RSS.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import os
 import shutil
@@ -36,6 +42,7 @@ import socket
 import ssl
 import sys
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -51,6 +58,10 @@ PREFORK_PLAIN = "prefork threads=4, plain TCP"
 GRANIAN_TLS = "granian wsgi 2w, TLS"
 SYNC_TLS = "gunicorn sync 2w, TLS"
 GTHREAD_TLS = "gunicorn gthread 2x4, TLS"
+DOWNLOAD_TLS = "prefork file_wrapper, TLS"
+DOWNLOAD_PLAIN = "prefork file_wrapper, plain TCP (sendfile)"
+DOWNLOAD_GRANIAN = "granian file_wrapper, TLS"
+DOWNLOAD_GTHREAD = "gunicorn gthread 2x4 file_wrapper, TLS"
 UPLOAD_TLS = "prefork move_to, TLS"
 UPLOAD_PLAIN = "prefork move_to, plain TCP"
 CEILING_TLS = "TLS ceiling (ssl socket)"
@@ -253,10 +264,91 @@ def print_upload_tables(results: Results, size: int, args: argparse.Namespace) -
                                         "user_s_per_gib", "sys_s_per_gib", "ok"])
 
 
+def get_body(port: int, path: str, view: memoryview, tls: ssl.SSLContext | None) -> tuple[float, int, bytes]:
+    """GET ``path`` (Connection: close) and read the whole response into ``view``, reused.
+
+    Returns:
+        (seconds from the request to the last byte, body bytes received, the response head).
+    """
+    with socket.create_connection((HOST, port), timeout=600) as raw, \
+            (tls.wrap_socket(raw, server_hostname=HOST) if tls else contextlib.nullcontext(raw)) as sock:
+        start = time.perf_counter()
+        sock.sendall(f"GET {path} HTTP/1.1\r\nHost: {HOST}:{port}\r\nConnection: close\r\n\r\n".encode())
+        head = bytearray()
+        while b"\r\n\r\n" not in head and len(head) < 65536:
+            data = sock.recv(65536)
+            if not data:
+                break
+            head += data
+        received = len(head.partition(b"\r\n\r\n")[2])
+        while n := sock.recv_into(view):
+            received += n
+        return time.perf_counter() - start, received, bytes(head.partition(b"\r\n\r\n")[0])
+
+
+def tls_download(args: argparse.Namespace, ws: Workspace, certs: Certs) -> list[SummaryRow]:
+    """The same file response over TLS and plain TCP from prefork, and over TLS from gunicorn and granian."""
+    size = args.size
+    source = ws.scratch / "download.bin"
+    with open(source, "wb") as out:  # real bytes: a sparse file would be read from the zero page
+        block = os.urandom(4 * MiB)
+        for offset in range(0, size, len(block)):
+            out.write(block[:min(len(block), size - offset)])
+    env = {"BENCH_DOWNLOAD_FILE": str(source)}
+    view = memoryview(bytearray(4 * MiB))
+    failures: list[str] = []
+
+    def measure(server: RunningServer) -> Measurement:
+        tls = tls_client_context(server.spec.tls_ca) if server.spec.tls_ca else None
+        with ProcessSampler(server.workers(), interval=0.01) as sampler:
+            seconds, received, head = get_body(server.port, "/download", view, tls)
+        ok = head.startswith(b"HTTP/1.1 200") and received == size
+        if not ok:
+            failures.append(f"{server.name}: {received:,} of {size:,} bytes, {head[:60]!r} (log {server.log})")
+        return {"download": {"mib_s": size / MiB / seconds, "rss_growth_mib": sampler.rss_growth() / MiB,
+                             **cpu_per_gib(sampler, size), "ok": float(ok)}}
+
+    gunicorn_flags = ["--certfile", str(certs.cert), "--keyfile", str(certs.key)]
+    contenders = [dataclasses.replace(spec, env=env) for spec in (
+        prefork_tls(ws, "download", certs, DOWNLOAD_TLS),
+        prefork_server(ws, "download", threads=4, name=DOWNLOAD_PLAIN),
+        with_flags(gunicorn_server("download", worker_class="gthread", threads=4), certs, gunicorn_flags,
+                   DOWNLOAD_GTHREAD),
+        with_flags(granian_server("download", access_log=ws.access_log), certs,
+                   ["--ssl-certificate", str(certs.cert), "--ssl-keyfile", str(certs.key)], DOWNLOAD_GRANIAN))]
+    print(f"tls download: {size / MiB:,.0f} MiB x {args.runs} runs x {len(contenders)} servers", file=sys.stderr)
+    try:
+        results = alternate(contenders, args.runs, ws, measure)
+    finally:
+        source.unlink()
+    print_table(f"File response over TLS, GET {size / MiB:,.0f} MiB (median of {args.runs}; higher is better)",
+                ratio_rows(results, ["download"], "mib_s", "MiB/s", [DOWNLOAD_TLS],
+                           [DOWNLOAD_PLAIN, DOWNLOAD_GTHREAD, DOWNLOAD_GRANIAN], lambda v: "GET a file"),
+                note="Every server serves `bench_apps:download` (`wsgi.file_wrapper` over the file), 2 workers; "
+                     "the client reads with `recv_into` a 4 MiB buffer, its socket wrapped in `ssl` (TLS 1.3) "
+                     "for the TLS rows. prefork over plain TCP uses `sendfile`; over TLS it reads the file in "
+                     "bounded pieces and writes them through OpenSSL (kernel TLS, which would let sendfile "
+                     "encrypt in the kernel, needs Python 3.12's `OP_ENABLE_KTLS`).")
+    print_medians(results, ["download"], ["mib_s", "rss_growth_mib", "user_s_per_gib", "sys_s_per_gib", "ok"])
+    print_failures(failures)
+    save_json(args, "tls-download", results)
+
+    def med(name: str) -> float:
+        return median(results, name, "download", "mib_s")
+
+    growth = [m["rss_growth_mib"] for m in results[DOWNLOAD_TLS].get("download", [])]
+    row = f"{size / MiB:,.0f} MiB file response over TLS (wsgi.file_wrapper)"
+    return [report_ratio(row, med(DOWNLOAD_TLS), med(DOWNLOAD_PLAIN), "MiB/s", "prefork plain TCP, sendfile"),
+            report_ratio(row, med(DOWNLOAD_TLS), med(DOWNLOAD_GTHREAD), "MiB/s", DOWNLOAD_GTHREAD),
+            report_ratio(row, med(DOWNLOAD_TLS), med(DOWNLOAD_GRANIAN), "MiB/s", DOWNLOAD_GRANIAN),
+            target_max(f"worker RSS growth, {row} (max over {len(growth)} runs)",
+                       max(growth) if growth else float("nan"), "MiB", RSS_TARGET_MIB)]
+
+
 def scenario_tls(args: argparse.Namespace, ws: Workspace) -> list[SummaryRow]:
-    """Make the certificates, then the hello part and the upload part; their summary rows."""
+    """Make the certificates, then the hello, upload and download parts; their summary rows."""
     certs = make_certs(ws.scratch / "tls")
-    return tls_hello(args, ws, certs) + tls_upload(args, ws, certs)
+    return tls_hello(args, ws, certs) + tls_upload(args, ws, certs) + tls_download(args, ws, certs)
 
 
 # --------------------------------------------------------------------------- the TLS ceiling receiver

@@ -1563,17 +1563,23 @@ def ceiling_main(port: int, directory: str) -> int:
     return 0
 
 
+def read_head(sock: socket.socket) -> tuple[bytes, bytes]:
+    """Read until the blank line after a message head (at most 64 KiB): (the head, the bytes after it)."""
+    data = bytearray()
+    while b"\r\n\r\n" not in data and len(data) < 65536:
+        piece = sock.recv(65536)
+        if not piece:
+            break
+        data += piece
+    head, _, rest = bytes(data).partition(b"\r\n\r\n")
+    return head, rest
+
+
 def ceiling_serve(conn: socket.socket, view: memoryview, directory: str) -> None:
     """One ceiling request on ``conn`` (a plain or an ``ssl`` socket): the body goes through ``view``
     (preallocated) into a file that is deleted afterwards; the answer is its byte count."""
     conn.settimeout(600)
-    head = bytearray()
-    while b"\r\n\r\n" not in head and len(head) < 65536:
-        data = conn.recv(65536)
-        if not data:
-            break
-        head += data
-    raw, _, rest = bytes(head).partition(b"\r\n\r\n")
+    raw, rest = read_head(conn)
     m = re.search(rb"(?im)^content-length:\s*(\d+)", raw)
     remaining = int(m.group(1)) if m else 0
     total = 0

@@ -48,7 +48,7 @@ from pathlib import Path
 
 from bench import (HOST, MiB, Measurement, ProcessSampler, Results, RunningServer, ServerSpec, SummaryRow, Workspace,
                    alternate, ceiling_serve, check_answer, cpu_per_gib, granian_server, gunicorn_server, log_label,
-                   median, post_body, prefork_server, print_failures, print_medians, print_table, ratio_rows,
+                   median, post_body, prefork_server, print_failures, read_head, print_medians, print_table, ratio_rows,
                    report_ratio, run_wrk, save_json, target_max, tls_client_context)
 
 VARIANTS = [(100, False), (100, True)]  # (connections, Connection: close)
@@ -238,13 +238,18 @@ def tls_upload(args: argparse.Namespace, ws: Workspace, certs: Certs) -> list[Su
     print_failures(failures)
     save_json(args, "tls-upload", results)
 
-    def med(name: str) -> float:
-        return median(results, name, "upload", "mib_s")
+    return transfer_rows(results, "upload", f"raw {size / MiB:,.0f} MiB upload over TLS (WSGI move_to)",
+                         UPLOAD_TLS, [(UPLOAD_PLAIN, "prefork plain TCP"), (CEILING_TLS, "TLS ceiling")])
 
-    growth = [m["rss_growth_mib"] for m in results[UPLOAD_TLS].get("upload", [])]
-    row = f"raw {size / MiB:,.0f} MiB upload over TLS (WSGI move_to)"
-    return [report_ratio(row, med(UPLOAD_TLS), med(UPLOAD_PLAIN), "MiB/s", "prefork plain TCP"),
-            report_ratio(row, med(UPLOAD_TLS), med(CEILING_TLS), "MiB/s", "TLS ceiling"),
+
+def transfer_rows(results: Results, variant: str, row: str, primary: str,
+                  peers: list[tuple[str, str]]) -> list[SummaryRow]:
+    """MiB/s of ``primary`` against each (contender, label) of ``peers``, then its worst RSS growth."""
+    def med(name: str) -> float:
+        return median(results, name, variant, "mib_s")
+
+    growth = [m["rss_growth_mib"] for m in results[primary].get(variant, [])]
+    return [*(report_ratio(row, med(primary), med(peer), "MiB/s", label) for peer, label in peers),
             target_max(f"worker RSS growth, {row} (max over {len(growth)} runs)",
                        max(growth) if growth else float("nan"), "MiB", RSS_TARGET_MIB)]
 
@@ -274,16 +279,11 @@ def get_body(port: int, path: str, view: memoryview, tls: ssl.SSLContext | None)
             (tls.wrap_socket(raw, server_hostname=HOST) if tls else contextlib.nullcontext(raw)) as sock:
         start = time.perf_counter()
         sock.sendall(f"GET {path} HTTP/1.1\r\nHost: {HOST}:{port}\r\nConnection: close\r\n\r\n".encode())
-        head = bytearray()
-        while b"\r\n\r\n" not in head and len(head) < 65536:
-            data = sock.recv(65536)
-            if not data:
-                break
-            head += data
-        received = len(head.partition(b"\r\n\r\n")[2])
+        head, rest = read_head(sock)
+        received = len(rest)
         while n := sock.recv_into(view):
             received += n
-        return time.perf_counter() - start, received, bytes(head.partition(b"\r\n\r\n")[0])
+        return time.perf_counter() - start, received, head
 
 
 def tls_download(args: argparse.Namespace, ws: Workspace, certs: Certs) -> list[SummaryRow]:
@@ -333,16 +333,9 @@ def tls_download(args: argparse.Namespace, ws: Workspace, certs: Certs) -> list[
     print_failures(failures)
     save_json(args, "tls-download", results)
 
-    def med(name: str) -> float:
-        return median(results, name, "download", "mib_s")
-
-    growth = [m["rss_growth_mib"] for m in results[DOWNLOAD_TLS].get("download", [])]
-    row = f"{size / MiB:,.0f} MiB file response over TLS (wsgi.file_wrapper)"
-    return [report_ratio(row, med(DOWNLOAD_TLS), med(DOWNLOAD_PLAIN), "MiB/s", "prefork plain TCP, sendfile"),
-            report_ratio(row, med(DOWNLOAD_TLS), med(DOWNLOAD_GTHREAD), "MiB/s", DOWNLOAD_GTHREAD),
-            report_ratio(row, med(DOWNLOAD_TLS), med(DOWNLOAD_GRANIAN), "MiB/s", DOWNLOAD_GRANIAN),
-            target_max(f"worker RSS growth, {row} (max over {len(growth)} runs)",
-                       max(growth) if growth else float("nan"), "MiB", RSS_TARGET_MIB)]
+    return transfer_rows(results, "download", f"{size / MiB:,.0f} MiB file response over TLS (wsgi.file_wrapper)",
+                         DOWNLOAD_TLS, [(DOWNLOAD_PLAIN, "prefork plain TCP, sendfile"),
+                                        (DOWNLOAD_GTHREAD, DOWNLOAD_GTHREAD), (DOWNLOAD_GRANIAN, DOWNLOAD_GRANIAN)])
 
 
 def scenario_tls(args: argparse.Namespace, ws: Workspace) -> list[SummaryRow]:

@@ -71,6 +71,30 @@ READ_SIZE = 16 * 1024
 _RESET_ERRORS = (errno.ECONNRESET, errno.EPIPE, errno.ECONNABORTED)
 
 
+def _send_buffered(sock: socket.socket, buffer: bytearray) -> bool | None:
+    """Send what ``buffer`` holds until the socket would block; True when it is empty,
+    False when bytes wait, None when the peer reset the connection."""
+    try:
+        while buffer:
+            sent = sock.send(buffer)
+            del buffer[:sent]
+    except (BlockingIOError, InterruptedError):
+        return False
+    except OSError as exc:
+        if exc.errno not in _RESET_ERRORS:
+            raise
+        return None
+    return True
+
+
+def _half_close(sock: socket.socket) -> None:
+    """Send a FIN; a socket the peer already closed needs none."""
+    try:
+        sock.shutdown(socket.SHUT_WR)
+    except OSError:
+        pass
+
+
 def _abort(sock: socket.socket) -> None:
     """Close ``sock`` with a RST (SO_LINGER 0): a reset is passed on as a reset."""
     try:
@@ -337,23 +361,12 @@ class Relay:
             return  # closed (a reset) earlier in this event
         if not pair.connected or pair.server_shut and not pair.to_server:
             return
-        try:
-            while pair.to_server:
-                sent = pair.server.send(pair.to_server)
-                del pair.to_server[:sent]
-        except (BlockingIOError, InterruptedError):
-            return
-        except OSError as exc:
-            if exc.errno not in _RESET_ERRORS:
-                raise
+        drained = _send_buffered(pair.server, pair.to_server)
+        if drained is None:
             self._server_closed(pair, broken=True)
-            return
-        if pair.client_eof and not pair.server_shut:
+        elif drained and pair.client_eof and not pair.server_shut:
             pair.server_shut = True
-            try:
-                pair.server.shutdown(socket.SHUT_WR)  # the FIN after close_notify
-            except OSError:
-                pass
+            _half_close(pair.server)  # the FIN after close_notify
 
     def _client_writable(self, pair: Pair) -> None:
         self._send_to_client(pair)
@@ -363,23 +376,12 @@ class Relay:
     def _send_to_client(self, pair: Pair) -> None:
         if pair not in self.pairs:
             return  # closed (a reset) earlier in this event
-        try:
-            while pair.to_client:
-                sent = pair.client.send(pair.to_client)
-                del pair.to_client[:sent]
-        except (BlockingIOError, InterruptedError):
-            return
-        except OSError as exc:
-            if exc.errno not in _RESET_ERRORS:
-                raise
+        drained = _send_buffered(pair.client, pair.to_client)
+        if drained is None:
             self._close(pair, abort=True)
-            return
-        if pair.server_eof and not pair.client_shut:
+        elif drained and pair.server_eof and not pair.client_shut:
             pair.client_shut = True
-            try:
-                pair.client.shutdown(socket.SHUT_WR)
-            except OSError:
-                pass
+            _half_close(pair.client)
 
     def _finish_if_done(self, pair: Pair) -> None:
         """Both ways closed and flushed: release the pair."""

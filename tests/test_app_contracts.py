@@ -224,7 +224,7 @@ def test_the_status_page_answers_its_path_on_the_loop_and_leaves_the_rest_to_the
 
 def test_the_loader_assembles_the_status_page(board: Scoreboard) -> None:
     page = StatusPage(board, 1, b"/status", ())
-    loaded = load_application("tests.apps.upload:app", threads=2, runtime=Runtime(), status=page)
+    loaded = load_application("tests.apps.upload:app", threads=2, runtime=Runtime(), wrappers=[page])
     denied = loaded.answer_on_loop(complete("GET", "/status", peer="192.0.2.1"))
     assert denied is not None and denied.status == 403
     assert loaded.answer_on_loop(complete("GET", "/environ")) is None

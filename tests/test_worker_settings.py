@@ -17,7 +17,7 @@ from pathlib import Path
 from prefork.config.config import Config, LimitsConfig, WebSocketConfig, load_config
 from prefork.protocol.forwarded import HeaderSource, TrustedProxies
 from prefork.protocol.limits import GiB, KiB, MiB, FormLimits, HttpLimits, WsLimits
-from prefork.config.settings import ConnectionSettings
+from prefork.config.settings import ConnectionSettings, ResumableSettings
 from prefork.worker.settings import (
     WorkerSettings,
     form_limits,
@@ -28,7 +28,7 @@ from prefork.worker.settings import (
 from prefork.worker.wsconn import UpgradeSettings, WsSettings
 
 SETTINGS_CLASSES = {WorkerSettings, ConnectionSettings, HttpLimits, FormLimits, UpgradeSettings, WsSettings,
-                    WsLimits, TrustedProxies}
+                    WsLimits, TrustedProxies, ResumableSettings}
 
 # Keys the master, the CLI or the logging setup read, not the worker's settings.
 NOT_WORKER_SETTINGS = {
@@ -67,7 +67,7 @@ REACHES: list[tuple[str, str, str, dict[str, object]]] = [
     ("staging", "dir", "/srv/staging", {"connection.staging_dir": "/srv/staging"}),
     ("staging", "memory_threshold", "2MiB", {"connection.memory_threshold": 2 * MiB}),
     ("staging", "min_free_disk", "5MiB", {"connection.min_free_disk": 5 * MiB}),
-    ("uploads", "dir", "/srv/uploads", {"uploads_dir": "/srv/uploads"}),
+    ("uploads", "dir", "/srv/uploads", {"uploads_dir": "/srv/uploads", "resumable.dir": "/srv/uploads/.partial"}),
     ("uploads", "max_file_size", "4MiB", {"connection.max_file_size": 4 * MiB}),
     ("uploads", "checksum", "none", {"connection.checksum": False}),
     ("websocket", "max_message_size", "2MiB", {"websocket.limits.max_message_size": 2 * MiB,
@@ -92,6 +92,14 @@ REACHES: list[tuple[str, str, str, dict[str, object]]] = [
       "connection.trusted_proxies.unix": True, "connection.trusted_proxies.everyone": True}),
     ("proxy", "headers", "x-forwarded", {"connection.forwarded_headers": HeaderSource.X_FORWARDED}),
     ("tls", "hsts", "1h", {"connection.hsts_max_age": 3600}),
+    ("resumable", "path", "/up", {"resumable.prefix": "/up/"}),
+    ("resumable", "path", "", {"resumable.prefix": ""}),
+    ("resumable", "dir", "/srv/partial", {"resumable.dir": "/srv/partial"}),
+    ("resumable", "max_size", "0", {"resumable.max_size": None}),
+    ("resumable", "max_partial_bytes", "5GiB", {"resumable.max_partial_bytes": 5 * GiB}),
+    ("resumable", "max_uploads_per_client", "3", {"resumable.max_uploads_per_client": 3}),
+    ("resumable", "expire_after", "2h", {"resumable.expire_after": 7200.0}),
+    ("resumable", "checkpoint", "8MiB", {"resumable.checkpoint": 8 * MiB}),
     # A redirect needs an HTTPS listener: with a certfile, the default bind 127.0.0.1:8000 is one.
     ("tls", "redirect_http", "on\ncertfile = /nonexistent/cert.pem", {"connection.https_redirect_port": 8000}),
 ]

@@ -68,6 +68,11 @@ class CompleteRequest:
         url_scheme: "https" on a TLS listener, else "http".
         form: the parsed multipart form, for routes that asked for one.
         tls: what the TLS connection negotiated, or None over plain TCP.
+        resumable: for a request to the resumable-upload URL space, what its head decided
+            (``prefork.staging.partial_intake.ResumableExchange``), for the endpoint in
+            front of the application (``prefork.apps.resumable``).
+        completed_upload: the ``UploadedFile`` of a completed resumable upload, for the
+            application (``prefork.apps.resumable`` builds such requests).
     """
 
     head: Request
@@ -79,6 +84,8 @@ class CompleteRequest:
     url_scheme: str = "http"
     form: Any = None
     tls: TlsInfo | None = None
+    resumable: Any = None
+    completed_upload: Any = None
 
 
 @dataclass(slots=True)

@@ -8,7 +8,7 @@ WSGI app has no WebSocket routes, and has its forms parsed while they arrive
 only when it declares ``TakesStagedForms``, as the Flask and Django adapters
 in ``prefork.apps.adapters`` do), and the app is handed
 the worker's ``Runtime`` (native: ``App.bind``; WSGI: ``environ["prefork.apps.runtime"]``).
-An ``AppWrapper`` given by the worker (its ``StatusPage``) is wrapped around it here, where the app
+The ``AppWrapper``s given by the worker (its resumable-upload endpoint and ``StatusPage``) are wrapped around it here, where the app
 is assembled. Import errors propagate with their traceback so
 the worker can report them and the master can stop instead of respawning;
 except under ``--reload``, where the worker serves a 500 page naming the error
@@ -22,7 +22,7 @@ import importlib
 import os
 import sys
 import traceback
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Protocol
 
 from prefork.apps import reloader
@@ -35,7 +35,7 @@ DEFAULT_APP = "prefork.apps.demo:app"
 
 
 class AppWrapper(Protocol):
-    """Something put in front of the loaded app by the worker (the status page)."""
+    """Something put in front of the loaded app by the worker (the status page, resumable uploads)."""
 
     def wrap(self, app: LoadedApp) -> LoadedApp:
         """``app`` with the wrapper in front of it."""
@@ -74,7 +74,7 @@ def import_object(spec: str) -> Any:
 
 
 def load_application(spec: str, *, threads: int, reload: bool = False, runtime: Runtime | None = None,
-                     status: AppWrapper | None = None) -> LoadedApp:
+                     wrappers: Sequence[AppWrapper] = ()) -> LoadedApp:
     """Import the app named by ``spec`` and assemble what the worker serves.
 
     Args:
@@ -84,7 +84,8 @@ def load_application(spec: str, *, threads: int, reload: bool = False, runtime: 
             replaced by a 500 page, and the files of the failure are watched.
         runtime: the deployment facts handed to the app (None: ``Runtime()``'s defaults,
             no broadcast transport: outside a worker).
-        status: the status page to answer ``[status] path`` with, or None.
+        wrappers: what the worker puts in front of the app, innermost first (the
+            resumable-upload endpoint, the status page).
 
     Returns:
         The app with its capabilities stated; calling it handles a CompleteRequest.
@@ -93,7 +94,9 @@ def load_application(spec: str, *, threads: int, reload: bool = False, runtime: 
         AppLoadError, ImportError or whatever the module raised, unless ``reload``.
     """
     loaded = _load_or_fail(spec, threads, reload, runtime if runtime is not None else Runtime())
-    return status.wrap(loaded) if status is not None else loaded
+    for wrapper in wrappers:
+        loaded = wrapper.wrap(loaded)
+    return loaded
 
 
 def _load_or_fail(spec: str, threads: int, reload: bool, runtime: Runtime) -> LoadedApp:

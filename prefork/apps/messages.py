@@ -89,6 +89,9 @@ class Request:
         self.scheme = complete.url_scheme
         self.tls = complete.tls
         self._form: FormData | None = complete.form
+        #: A completed resumable upload (``prefork.apps.resumable``): the whole file as an
+        #: ``UploadedFile``, also ``files["file"]``; None for any other request.
+        self.upload: UploadedFile | None = complete.completed_upload
         self._urlencoded: MultiDict[str] | None = None
         self.error: BaseException | None = None
 

@@ -42,6 +42,9 @@ from prefork.protocol.mediatype import is_form_data
 FORM_ENVIRON_KEY = "prefork.form"
 #: The environ key of the client's TLS certificate (``ssl.SSLSocket.getpeercert()`` form).
 CLIENT_CERT_ENVIRON_KEY = "prefork.client_cert"
+#: A completed resumable upload (``prefork.staging.forms.UploadedFile``): ``save(dest)`` is a
+#: link; ``wsgi.input`` reads the same file. The worker closes it when the request ends.
+UPLOAD_ENVIRON_KEY = "prefork.upload"
 
 WsgiApp = Callable[[dict[str, Any], Callable[..., Callable[[bytes], None]]], Iterable[bytes]]
 ExcInfo = tuple[type[BaseException], BaseException, TracebackType | None]
@@ -275,7 +278,8 @@ def build_environ(request: CompleteRequest, *, multithread: bool = True) -> dict
         The environ dict. Besides the PEP 3333 keys it carries ``RAW_URI`` /
         ``REQUEST_URI`` (the target as received), ``prefork.raw_headers`` (every field
         line in order, duplicates kept), ``prefork.trailers``, and ``prefork.form`` when
-        the form was parsed as it arrived (``wsgi.input`` is then a ``ParsedFormInput``);
+        the form was parsed as it arrived (``wsgi.input`` is then a ``ParsedFormInput``),
+        ``prefork.upload`` for a completed resumable upload (``wsgi.input`` reads it);
         over TLS, ``HTTPS=on`` and mod_ssl's ``SSL_PROTOCOL``, ``SSL_CIPHER``,
         ``SSL_TLS_SNI``, ``SSL_CLIENT_VERIFY``, ``SSL_CLIENT_S_DN`` and
         ``prefork.client_cert``; ``WsgiApplication`` adds
@@ -299,7 +303,7 @@ def build_environ(request: CompleteRequest, *, multithread: bool = True) -> dict
         "CONTENT_LENGTH": str(request.body_size),
         "wsgi.version": (1, 0),
         "wsgi.url_scheme": request.url_scheme,
-        "wsgi.input": request.body if request.form is None else ParsedFormInput(),
+        "wsgi.input": request.body if request.form is None or request.completed_upload else ParsedFormInput(),
         "wsgi.errors": _ERRORS,
         "wsgi.multithread": multithread,
         "wsgi.multiprocess": True,
@@ -312,6 +316,8 @@ def build_environ(request: CompleteRequest, *, multithread: bool = True) -> dict
     }
     if request.form is not None:
         environ[FORM_ENVIRON_KEY] = request.form
+    if request.completed_upload is not None:
+        environ[UPLOAD_ENVIRON_KEY] = request.completed_upload
     if request.tls is not None:
         _add_tls(environ, request.tls)
     for name, value in raw_headers:

@@ -255,6 +255,19 @@ class ProxyConfig:
 
 
 @dataclass(frozen=True)
+class ResumableConfig:
+    """``[resumable]``: resumable uploads (the IETF draft and tus 1.0) under one URL prefix."""
+
+    path: str = _setting(checked_value(parse_url_path), "/resumable/")
+    dir: str = _setting(text_value(), "")
+    max_size: int = _setting(size_value(), 10 * GiB)
+    max_partial_bytes: int = _setting(size_value(), 0)
+    max_uploads_per_client: int = _setting(int_value(1), 16)
+    expire_after: float = _setting(duration_value(), 24 * 3600.0)
+    checkpoint: int = _setting(size_value(1 * MiB), 64 * MiB)
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole configuration; ``source`` is the file it came from (not compared)."""
 
@@ -268,6 +281,7 @@ class Config:
     status: StatusConfig = field(default_factory=StatusConfig)
     tls: TlsConfig = field(default_factory=TlsConfig)
     proxy: ProxyConfig = field(default_factory=ProxyConfig)
+    resumable: ResumableConfig = field(default_factory=ResumableConfig)
     source: str | None = field(default=None, compare=False)
 
 
@@ -282,6 +296,7 @@ SECTIONS: dict[str, type[Any]] = {
     "status": StatusConfig,
     "tls": TlsConfig,
     "proxy": ProxyConfig,
+    "resumable": ResumableConfig,
 }
 
 

@@ -17,6 +17,30 @@ from prefork.protocol.limits import FormLimits, HttpLimits
 
 
 @dataclass(frozen=True, slots=True)
+class ResumableSettings:
+    """Resumable uploads (``[resumable]``), plain values only.
+
+    Attributes:
+        prefix: the URL path the upload collection is at (e.g. ``/resumable/``); its
+            resources are ``prefix + id``. Empty: resumable uploads are off.
+        dir: where partial uploads live (data files and records).
+        max_size: largest upload (None: no limit of its own).
+        max_partial_bytes: bytes all partial uploads together may hold (None: no limit).
+        max_uploads_per_client: partial uploads one client address may have open.
+        expire_after: seconds a partial upload lives after its creation or last append.
+        checkpoint: bytes of a long append between two durable commits.
+    """
+
+    prefix: str
+    dir: str
+    max_size: int | None
+    max_partial_bytes: int | None
+    max_uploads_per_client: int
+    expire_after: float
+    checkpoint: int
+
+
+@dataclass(frozen=True, slots=True)
 class ConnectionSettings:
     """What a connection needs to know of the configuration (plain values only).
 

@@ -8,10 +8,10 @@ RAM bytes are flushed once to a staging file and later writes go straight to it.
 body; reads use ``os.pread``/``os.preadv`` on the file descriptor, so the read
 position is ours and never fights the write offset.
 
-Staging files must not outlive a SIGKILLed worker (DESIGN §3): they are unnamed
-(``O_TMPFILE``) or named by PID for ``remove_stale_files``. ``move_to()`` publishes
-a sealed body, never partial, never overwriting: it links the inode into place
-(no copy), or across filesystems copies it there (``prefork.staging.stagingfile``).
+Staging files are unnamed (``O_TMPFILE``) or named by PID for ``remove_stale_files``,
+so none outlives a SIGKILLed worker (DESIGN §3). ``move_to()`` publishes a sealed body,
+never partial, never overwriting: a link, or a copy across filesystems (``stagingfile``).
+``adopt`` makes a spool of a file staged elsewhere (a completed resumable upload).
 
 Disk full (ENOSPC/EDQUOT) raises ``InsufficientStorage`` (507) and removes the
 partial file, and so does growing past ``min_free_disk`` (``diskspace.FreeSpaceGuard``,
@@ -91,6 +91,15 @@ class BodySpool(io.RawIOBase):
         self._sealed = False
         self._moved_to: str | None = None
 
+    @classmethod
+    def adopt(cls, fd: int, path: str, size: int, sha256: str | None) -> BodySpool:
+        """A sealed spool of a complete file staged elsewhere (a resumable upload's data):
+        it owns ``fd`` and ``path`` from now on, as if it had written them."""
+        spool = cls(0, dir=os.path.dirname(path))
+        spool._ram, spool._fd, spool._path, spool._size, spool._sha256 = None, fd, path, size, sha256
+        spool._sealed = True
+        return spool
+
     # -- properties -------------------------------------------------------
     @property
     def size(self) -> int:
@@ -115,8 +124,7 @@ class BodySpool(io.RawIOBase):
         read back from RAM or the staging file on first use (then remembered).
 
         Raises:
-            ValueError: the spool is not sealed, or it is closed and the digest
-                was never computed.
+            ValueError: not sealed, or closed and the digest never computed.
         """
         if self._sha256 is None:
             if not self._sealed:
@@ -163,8 +171,7 @@ class BodySpool(io.RawIOBase):
     def readable(self) -> bool:
         return True
 
-    def seekable(self) -> bool:
-        return True
+    seekable = readable
 
     def writable(self) -> bool:
         return not self._sealed
@@ -337,9 +344,6 @@ class BodySpool(io.RawIOBase):
             self._drop_file()
         super().close()
 
-    def __enter__(self) -> BodySpool:
-        return self
-
     def _check_open(self) -> None:
         if self.closed:
             raise ValueError("I/O operation on closed spool")
@@ -450,17 +454,15 @@ class BodySpool(io.RawIOBase):
     def staged_path(self) -> str | None:
         """A name for the sealed staging file, for code that moves uploads by path.
 
-        Django's ``FileSystemStorage`` renames ``temporary_file_path()`` into place,
-        and an unnamed (``O_TMPFILE``) file has no path: it is linked here under a
-        PID name in the staging directory first (``diskspace.staging_name``). That
-        name goes on ``close()`` unless its user renamed it away, and after a
-        SIGKILL the master's ``remove_stale_files`` takes it, as for any named
-        staging file. The spool stays readable; once the name was renamed away,
+        Django's ``FileSystemStorage`` renames ``temporary_file_path()`` into place, and
+        an unnamed (``O_TMPFILE``) file has none: it is linked here under a PID name in
+        the staging directory first, which goes on ``close()`` unless renamed away (and
+        after a SIGKILL, with the master's ``remove_stale_files``). Once renamed away,
         ``move_to`` is no longer possible.
 
         Returns:
-            The path; None when the body is in RAM, was moved with ``move_to``,
-            or cannot be named (the link failed with EXDEV: read the body instead).
+            The path; None when the body is in RAM, was moved with ``move_to``, or
+            cannot be named (the link failed with EXDEV: read the body instead).
         """
         self._check_open()
         if not self._sealed or self._fd is None or self._moved_to is not None:

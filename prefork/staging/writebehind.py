@@ -50,7 +50,8 @@ MIN_CHUNK = 64 * 1024
 WriteFn = Callable[[int, memoryview], None]
 
 
-Job = tuple["WriteBehind", memoryview, int]  # the stream, its piece in the ring, ring bytes charged
+# The stream, then its piece in the ring and the ring bytes charged, or an action to run in order.
+Job = tuple["WriteBehind", memoryview | Callable[[], None], int]
 
 
 class WriteBehindHelper:
@@ -99,6 +100,14 @@ class WriteBehindHelper:
             self._queue.put((stream, view, charge))
             offset += size
 
+    def submit_action(self, stream: WriteBehind, action: Callable[[], None]) -> None:
+        """Queue ``action`` to run on the helper thread once ``stream``'s pieces queued so
+        far are written (it counts as pending for ``wait_for`` until it has run)."""
+        self._ensure_started()
+        with self.cond:
+            stream.pending += 1
+        self._queue.put((stream, action, 0))
+
     def _ring_in_use(self) -> mmap.mmap:
         """The ring, mapped (again) if needed; resized to MAX_BACKLOG only while empty."""
         if self._ring is None or (not self.queued and len(self._ring) != MAX_BACKLOG):
@@ -122,10 +131,14 @@ class WriteBehindHelper:
 
     def _run(self, jobs: queue.SimpleQueue[Job]) -> None:
         while True:
-            stream, view, charge = jobs.get()
-            stream._apply(view)
-            size = len(view)
-            view.release()
+            stream, piece, charge = jobs.get()
+            if isinstance(piece, memoryview):
+                stream._apply(piece)
+                size = len(piece)
+                piece.release()
+            else:
+                stream._run_action(piece)
+                size = 1
             with self.cond:
                 self.queued -= charge
                 stream.pending -= size
@@ -203,6 +216,21 @@ class WriteBehind:
             self._helper.wait_for(self)
         self._raise_error()
 
+    def then(self, action: Callable[[], None]) -> None:
+        """Run ``action`` once everything written so far is written: on the helper
+        thread (the caller does not wait), or at once without a helper. It runs even
+        after a failed write (``error`` tells), and what it raises is kept like a
+        write's error."""
+        if self._helper is None:
+            self._run_action(action)
+        else:
+            self._helper.submit_action(self, action)
+
+    @property
+    def error(self) -> OSError | None:
+        """The first write error, if any (the bytes after it were dropped)."""
+        return self._error
+
     def discard(self) -> None:
         """Wait for the helper thread to be done with this file, ignoring errors."""
         if self._helper is not None:
@@ -211,6 +239,14 @@ class WriteBehind:
     def _raise_error(self) -> None:
         if self._error is not None:
             raise self._error
+
+    def _run_action(self, action: Callable[[], None]) -> None:
+        try:
+            action()
+        except OSError as exc:
+            self._error = self._error or exc
+        except BaseException as exc:  # a bug: still reach the caller
+            self._error = self._error or OSError(f"write-behind action failed: {exc!r}")
 
     def _apply(self, view: memoryview) -> None:
         """On the helper thread: write and hash one chunk, unless an earlier one failed."""

@@ -23,6 +23,7 @@ from prefork.protocol.http.events import Request
 from prefork.config.logs import error_log
 from prefork.process.scoreboard import WorkerSlot
 from prefork.config.settings import ConnectionSettings
+from prefork.staging.partial_sink import PartialUploadSink
 from prefork.staging.spool import BodySpool
 from prefork.staging.writebehind import WriteBehindHelper
 
@@ -86,18 +87,19 @@ class RequestBody:
         self._slot = slot
         self._parse_form = parse_form
         self._write_behind = write_behind
-        self.sink: BodySpool | FormSink | None = None
+        self.sink: BodySpool | FormSink | PartialUploadSink | None = None
         self.received = 0
         self._uploading = False
         self._window_start = 0.0
         self._window_bytes = 0
 
-    def start(self, head: Request, now: float) -> None:
+    def start(self, head: Request, now: float, sink: PartialUploadSink | None = None) -> None:
         """A request head arrived: open a sink when it announces a body.
 
         Args:
             head: the request.
             now: when the head arrived (the first rate window starts then).
+            sink: the sink already chosen for it (an append to a resumable upload), if any.
 
         Raises:
             ProtocolError: 507, too little free disk for the declared body.
@@ -106,8 +108,11 @@ class RequestBody:
         self.received = 0
         self._window_start, self._window_bytes = now, 0
         declared = head.content_length
-        if head.chunked or declared:
+        if sink is not None:
+            self.sink = sink
+        elif head.chunked or declared:
             self.sink = open_sink(head, self._settings, self._slot, self._parse_form(head), self._write_behind)
+        if self.sink is not None:
             if (declared is None or declared > self._settings.memory_threshold) and self._slot is not None:
                 # Large or unknown: worth a row in the status page's uploads in progress.
                 self._uploading = True
@@ -151,6 +156,9 @@ class RequestBody:
             return io.BytesIO(), sink.seal()
         if sink is None:
             return io.BytesIO(), None
+        if isinstance(sink, PartialUploadSink):  # the content is the upload's, not the request's
+            sink.seal()
+            return io.BytesIO(), None
         sink.seal()
         return sink, None  # type: ignore[return-value]  # a RawIOBase with IO[bytes]'s file API
 
@@ -162,6 +170,11 @@ class RequestBody:
         """
         sink, self.sink = self.sink, None
         return sink.close if sink is not None else None
+
+    def preempted(self) -> bool:
+        """Whether a newer request asked the resumable upload this body appends to to let go."""
+        sink = self.sink
+        return isinstance(sink, PartialUploadSink) and sink.preempted()
 
     def end_upload(self) -> None:
         """The upload is no longer in progress (complete, aborted or refused)."""

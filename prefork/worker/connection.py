@@ -33,6 +33,8 @@ from prefork.config.logs import access_log_enabled, error_log, log_access
 from prefork.worker.loop_services import LoopServices, Upgrade
 from prefork.worker.request_origin import direct_origin, request_origin
 from prefork.worker.sender import ResponseSender
+from prefork.protocol.resumable import Dialect, ResumableError, error_response
+from prefork.staging.partial_intake import ResumableExchange
 
 # Unread input a connection holds outside a body (pipelined requests waiting their
 # turn) before it stops reading: the rest waits in the kernel, and a client that
@@ -90,6 +92,7 @@ class Connection(ConnectionTimeouts):
     # --- request state ------------------------------------------------------
     def _reset_request(self, now: float) -> None:
         self.request: Request | None = None
+        self.exchange: ResumableExchange | None = None  # a request to the resumable URL space
         self.origin = self._direct  # who sent the request, once its head says (trusted proxies)
         self.started = now
         self.status = 0
@@ -215,8 +218,9 @@ class Connection(ConnectionTimeouts):
         head = self.request
         assert head is not None
         declared = "?" if head.content_length is None else str(head.content_length)
-        error_log.info("%s:%s %s: the client %s after %d of %s body bytes; upload discarded",
-                       self.peer[0], self.peer[1], head, how, self.body.received, declared)
+        fate = "kept for resumption" if self.exchange is not None and self.exchange.sink else "upload discarded"
+        error_log.info("%s:%s %s: the client %s after %d of %s body bytes; %s",
+                       self.peer[0], self.peer[1], head, how, self.body.received, declared, fate)
         self.status = CLIENT_CLOSED_REQUEST
         self.log_request()
         self.close()
@@ -238,7 +242,17 @@ class Connection(ConnectionTimeouts):
         if head.upgrade is not None and self.loop.wants_upgrade(head):
             self._upgrade(head)
             return
-        self.body.start(head, self.started)
+        resumable = self.loop.resumable
+        if resumable is not None and resumable.matches(head):
+            exchange = self.exchange = resumable.begin(head, self.origin.client[0])
+            if exchange.error is not None and (head.chunked or head.content_length):
+                self.fail(exchange.error)  # refused before its content: answered unread
+                return
+            if exchange.interim is not None:
+                self.channel.queue(exchange.interim)
+            self.body.start(head, self.started, exchange.sink)
+        else:
+            self.body.start(head, self.started)
         if head.expects_continue and head.http_version == b"1.1" and self.body.sink is not None:
             self.channel.queue(CONTINUE)
             self.flush()
@@ -272,7 +286,8 @@ class Connection(ConnectionTimeouts):
         self.deadline = float("inf")
         origin = self.origin
         request = CompleteRequest(self.request, body, self.body.received, trailers or _EMPTY_HEADERS,
-                                  origin.client, origin.server, origin.scheme, form, self.channel.tls_info())
+                                  origin.client, origin.server, origin.scheme, form, self.channel.tls_info(),
+                                  self.exchange)
         self.loop.dispatch(self, request)
 
     # --- responding -----------------------------------------------------------
@@ -362,11 +377,26 @@ class Connection(ConnectionTimeouts):
     def fail(self, exc: ProtocolError, *, response: bytes | None = None) -> None:
         """Answer a protocol error with its status (or ``response``), log it, and close."""
         error_log.info("%s:%s %s -> %d: %s", self.peer[0], self.peer[1], self.request or "-", exc.status, exc)
+        if response is None and isinstance(exc, ResumableError):
+            exchange = self.exchange
+            response = error_response(exc, exchange.dialect if exchange else Dialect.DRAFT,
+                                      exchange.request.interop_version if exchange and exchange.request else None,
+                                      close=True)
         self.body.discard()
         if self.stage in (Stage.RESPONDING, Stage.CLOSED, Stage.LINGER):
             self.close()
             return
         self._answer_and_close(exc.status, response or simple_error_response(exc.status, str(exc)))
+
+    def superseded(self) -> None:
+        """A newer request for the resumable upload this one appends to asked it to let go
+        (draft §4.6: the client has given up on this one): what arrived is kept, and the
+        connection closes."""
+        error_log.info("%s:%s %s: a newer request for this upload took over after %d body bytes; closing",
+                       self.peer[0], self.peer[1], self.request, self.body.received)
+        self.status = 409
+        self.log_request()
+        self.close()
 
     def _answer_and_close(self, status: int, response: bytes) -> None:
         """Send ``response`` instead of whatever was queued, then linger and close."""

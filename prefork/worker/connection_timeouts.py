@@ -53,9 +53,14 @@ class ConnectionTimeouts:
         def fail(self, exc: ProtocolError, *, response: bytes | None = None) -> None: ...
 
         def close(self) -> None: ...
+        def superseded(self) -> None: ...
 
     def check_timeouts(self, now: float) -> None:
-        """Apply header, keep-alive, body-rate and linger timeouts."""
+        """Apply header, keep-alive, body-rate and linger timeouts (and let go of a resumable
+        upload that a newer request asked for)."""
+        if self.stage is Stage.BODY and self.body.preempted():
+            self.superseded()
+            return
         if now < self.deadline:
             return
         if self.stage is Stage.HEAD:

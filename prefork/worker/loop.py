@@ -37,6 +37,9 @@ from prefork.worker.proxy_gate import ProxyHeaderGate
 from prefork.worker.tls_channel import TlsChannel
 from prefork.worker.connection import Connection
 from prefork.apps.handlers import CompleteRequest, LoadedApp, ResponseStream
+from prefork.apps.loader import AppWrapper
+from prefork.apps.resumable import ResumableEndpoint
+from prefork.staging.partial_intake import ResumableUploads
 from prefork.protocol.http.events import Request
 from prefork.worker.app_runner import AppRunner
 from prefork.process.exit_codes import EXIT_BOOT
@@ -56,6 +59,8 @@ WORKER_BOOT_ERROR = EXIT_BOOT  # the app cannot be imported: the master stops, n
 # worker, and only the bytes received are ever copied out of it.
 RECV_BUFFER_SIZE = 1024 * 1024
 SWEEP_INTERVAL = 0.5
+# Seconds between two sweeps of expired partial uploads (a directory listing each).
+RESUMABLE_SWEEP_INTERVAL = 60.0
 # One accept per wake-up (nginx's multi_accept off): every worker is woken for a
 # pending connection, so each takes its share instead of the first one taking all.
 ACCEPT_BURST = 1
@@ -108,6 +113,8 @@ class Worker:
         self._max_requests = settings.max_requests + jitter if settings.max_requests else 0
         self.requests = 0
         self._orphan_deadline = 0.0
+        self.resumable: ResumableUploads | None = None
+        self._next_resumable_sweep = 0.0
 
     # --- start-up -------------------------------------------------------------
     def run(self) -> int:
@@ -122,6 +129,9 @@ class Worker:
         self._transport = self._broadcast_transport()
         if self.app is None:
             try:
+                if self.worker_settings.resumable.prefix:
+                    self.resumable = ResumableUploads(self.worker_settings.resumable, self.write_behind,
+                                                      self.settings.min_free_disk)
                 self.app = self._load_app()
             except BaseException as exc:
                 error_log.error("worker %d failed to load the application %r: %s",
@@ -158,10 +168,13 @@ class Worker:
         settings = self.worker_settings
         facts = Runtime(uploads_dir=settings.uploads_dir, staging_dir=self.settings.staging_dir or "",
                         transport=self._transport, subscribers=self.subscribers)
-        status = (StatusPage(self.slot.board, self._ppid, settings.status_path, settings.status_allow)
-                  if settings.status_path and self.slot is not None else None)
+        wrappers: list[AppWrapper] = []
+        if self.resumable is not None:
+            wrappers.append(ResumableEndpoint(self.resumable))
+        if settings.status_path and self.slot is not None:
+            wrappers.append(StatusPage(self.slot.board, self._ppid, settings.status_path, settings.status_allow))
         return load_application(settings.app, threads=settings.threads, reload=settings.reload,
-                                runtime=facts, status=status)
+                                runtime=facts, wrappers=wrappers)
 
     def _install_signals(self) -> None:
         signal.signal(signal.SIGTERM, lambda *_: self.wakeup.defer(self.begin_drain))
@@ -223,6 +236,9 @@ class Worker:
             self._set_accepting(True)
         for conn in list(self.connections):
             conn.check_timeouts(now)
+        if self.resumable is not None and now >= self._next_resumable_sweep:
+            self._next_resumable_sweep = now + RESUMABLE_SWEEP_INTERVAL
+            self._sweep_resumable()
         if os.getppid() != self._ppid:
             self._orphaned(now)
         if self.worker_settings.max_worker_memory and not self.draining:
@@ -230,6 +246,17 @@ class Worker:
             if rss > self.worker_settings.max_worker_memory:
                 error_log.info("worker %d: RSS %d bytes over max_worker_memory, recycling", os.getpid(), rss)
                 self.begin_drain()
+
+    def _sweep_resumable(self) -> None:
+        """Remove expired partial uploads (every worker sweeps; the store's locks keep it safe)."""
+        assert self.resumable is not None
+        try:
+            removed = self.resumable.sweep()
+        except OSError as exc:
+            error_log.error("sweeping partial uploads in %s failed: %s", self.resumable.store.dir, exc)
+            return
+        if removed:
+            error_log.info("worker %d removed %d expired partial upload(s)", os.getpid(), removed)
 
     def _orphaned(self, now: float) -> None:
         """The master is gone: nobody will enforce graceful_timeout, so this worker does."""

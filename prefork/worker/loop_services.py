@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from prefork.worker.connection import Connection
     from prefork.process.scoreboard import WorkerSlot
     from prefork.staging.writebehind import WriteBehindHelper
+    from prefork.staging.partial_intake import ResumableUploads
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,6 +49,7 @@ class LoopServices(Protocol):
     slot: WorkerSlot | None
     draining: bool
     write_behind: WriteBehindHelper  # the worker's, for the files of the forms it stages
+    resumable: ResumableUploads | None  # the resumable-upload URL space; None: [resumable] path is empty
 
     def watch(self, channel: Channel, read: bool, write: bool) -> None:
         """Set which readiness events the loop reports to the channel's owner."""

@@ -13,13 +13,14 @@ worker runs with reaches its field and that no default disagrees.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 from prefork.config.config import Config, LimitsConfig, WebSocketConfig, listener_is_tls
 from prefork.process.sockets import parse_bind
 from prefork.protocol.forwarded import HeaderSource, TrustedProxies
 from prefork.protocol.limits import FormLimits, HttpLimits, WsLimits
-from prefork.config.settings import ConnectionSettings
+from prefork.config.settings import ConnectionSettings, ResumableSettings
 from prefork.worker.wsconn import UpgradeSettings, WsSettings
 
 @dataclass(frozen=True, slots=True)
@@ -39,6 +40,7 @@ class WorkerSettings:
     uploads_dir: str
     status_path: bytes
     status_allow: tuple[str, ...]
+    resumable: ResumableSettings
     reload: bool  # --reload: see prefork.apps.reloader
 
 
@@ -152,6 +154,25 @@ def upgrade_settings(cfg: Config) -> UpgradeSettings:
     )
 
 
+def resumable_settings(cfg: Config) -> ResumableSettings:
+    """Derive the resumable-upload settings (``prefix`` empty: turned off).
+
+    The partial uploads live by default under ``[uploads] dir`` (``.partial``), on the
+    filesystem uploads are saved to, so that saving a completed one is a link.
+    """
+    section = cfg.resumable
+    prefix = section.path if not section.path or section.path.endswith("/") else section.path + "/"
+    return ResumableSettings(
+        prefix=prefix,
+        dir=section.dir or os.path.join(cfg.uploads.dir, ".partial"),
+        max_size=section.max_size or None,
+        max_partial_bytes=section.max_partial_bytes or None,
+        max_uploads_per_client=section.max_uploads_per_client,
+        expire_after=section.expire_after,
+        checkpoint=section.checkpoint,
+    )
+
+
 def worker_settings(cfg: Config) -> WorkerSettings:
     """Derive the plain settings a worker runs with from the configuration.
 
@@ -176,5 +197,6 @@ def worker_settings(cfg: Config) -> WorkerSettings:
         uploads_dir=cfg.uploads.dir,
         status_path=cfg.status.path.encode("latin-1"),
         status_allow=cfg.status.allow,
+        resumable=resumable_settings(cfg),
         reload=server.reload,
     )

@@ -158,6 +158,17 @@ def upload(request: Request) -> Response:
     return Response.json({"files": [entry.to_dict() for entry in saved]}, 201)
 
 
+@app.route("/resumable/", methods=["POST"])
+def resumable_complete(request: Request) -> Response:
+    """A resumable upload (IETF draft or tus, ``[resumable] path``) has completed: into the
+    gallery, as a form upload would go (``save()`` is a link of its data file)."""
+    if request.upload is None:
+        raise HTTPError(400, "create resumable uploads with the draft's or tus's headers")
+    saved = [_store().save(request.upload)]
+    _announce(saved)
+    return Response.json({"files": [entry.to_dict() for entry in saved]}, 201)
+
+
 @app.route("/api/files")
 def list_files(request: Request) -> Response:
     """The gallery as JSON, newest first."""

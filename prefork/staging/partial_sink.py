@@ -1,0 +1,165 @@
+"""The body sink of a request that appends to a partial upload.
+
+Strategy: an append's bytes go straight to the upload's data file, after the
+bytes already stored, through the worker's write-behind helper, which also
+updates the upload's running SHA-256 (``sha256_state``), so the loop only
+receives. Every ``checkpoint`` bytes, and when the request ends however it
+ends (completed, cut off by its client, refused, preempted by a newer
+request), the helper thread runs a commit behind the queued writes: fdatasync,
+then the record names the new offset and hash state. So a connection that
+drops keeps what it sent, and a worker that is SIGKILLed loses at most the
+bytes since the last checkpoint; the offset reported is never more than what
+is on disk. The loop never waits for a sync: the commit of a request that
+completed runs on the handler thread that answers it (``finish``), and the
+others on the helper thread, which then lets go of the upload's lock.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Callable
+from typing import Any
+
+from prefork.staging.diskspace import FreeSpaceGuard
+from prefork.staging.partial_uploads import PartialUpload
+from prefork.staging.sha256_state import ResumableSha256, hash_prefix
+from prefork.staging.stagingfile import write_all
+from prefork.staging.writebehind import WriteBehind, WriteBehindHelper
+
+__all__ = ["PartialUploadSink", "running_sha256"]
+
+#: Bytes between two commits of a long append (a SIGKILL loses at most this much).
+DEFAULT_CHECKPOINT = 64 * 1024 * 1024
+
+
+def running_sha256(upload: PartialUpload) -> Any:
+    """The upload's SHA-256 so far, ready to go on: restored from the record's state, or
+    (without libcrypto, or with a state saved by another one) by hashing the stored prefix."""
+    if ResumableSha256.available:
+        try:
+            return ResumableSha256(bytes.fromhex(upload.record.hash_state) if upload.record.offset else None)
+        except ValueError:
+            digest: Any = ResumableSha256()
+    else:
+        digest = hashlib.sha256()
+    assert upload.fd is not None
+    hash_prefix(upload.fd, upload.record.offset, digest)
+    return digest
+
+
+def _state_of(digest: Any) -> str:
+    return digest.state().hex() if isinstance(digest, ResumableSha256) else ""
+
+
+class PartialUploadSink:
+    """Appends one request's content to ``upload``.
+
+    Args:
+        upload: the upload, locked by this process; the sink owns it from now on.
+        limit: the offset the content must not pass (the upload's length, or the
+            largest upload allowed), and ``too_long``: what passing it raises.
+        write_behind: the worker's helper; None writes and commits inline (tests).
+        checkpoint: bytes between two commits while the content arrives.
+        on_disk_bytes: staging-bytes accounting, as for a spool.
+        min_free_disk: bytes that must stay free on the upload's filesystem (507).
+    """
+
+    def __init__(self, upload: PartialUpload, *, limit: int | None, too_long: Callable[[int], Exception],
+                 write_behind: WriteBehindHelper | None, checkpoint: int = DEFAULT_CHECKPOINT,
+                 on_disk_bytes: Callable[[int], None] | None = None, min_free_disk: int = 0) -> None:
+        assert upload.fd is not None
+        self.upload = upload
+        self.start = upload.record.offset
+        self.received = 0
+        self._limit = limit
+        self._too_long = too_long
+        self._checkpoint = checkpoint
+        self._next_checkpoint = checkpoint
+        self._on_disk = on_disk_bytes
+        self._guard = FreeSpaceGuard(upload.store.dir, min_free_disk) if min_free_disk else None
+        self.digest = running_sha256(upload)
+        self._written = 0  # bytes the helper has written (and hashed); read on its thread
+        os.lseek(upload.fd, self.start, os.SEEK_SET)
+        self._behind = WriteBehind(upload.fd, self._write, self.digest, helper=write_behind)
+        self.sealed = False
+        self.finished = False
+        self.closed = False
+
+    @property
+    def size(self) -> int:
+        """The upload's offset once this request's content is all written."""
+        return self.start + self.received
+
+    def _write(self, fd: int, data: bytes | bytearray | memoryview) -> None:
+        write_all(fd, data)
+        self._written += len(data)
+
+    def write(self, data: bytes | bytearray | memoryview) -> int:
+        """Append ``data``.
+
+        Raises:
+            BodyTooLarge, BadRequest: the content passes the limit (``too_long``'s error).
+            InsufficientStorage: less than ``min_free_disk`` would stay free.
+            OSError: an earlier queued write failed.
+        """
+        n = memoryview(data).nbytes
+        if self._limit is not None and self.size + n > self._limit:
+            raise self._too_long(self.size + n)
+        if self._guard is not None:
+            self._guard.check(self.received, n)
+        self._behind.write(data)
+        self.received += n
+        if self._on_disk is not None:
+            self._on_disk(n)
+        if self.received >= self._next_checkpoint:
+            self._next_checkpoint += self._checkpoint
+            self._behind.then(self._commit_written)
+        return n
+
+    def preempted(self) -> bool:
+        """Whether a newer request for the upload asked this one to let go."""
+        return self.upload.store.preempted(self.upload.id)
+
+    def _commit_written(self) -> None:
+        """On the helper thread, behind the queued writes: make what is written durable."""
+        if self.upload.fd is not None:
+            self.upload.commit(self.start + self._written, hash_state=_state_of(self.digest))
+
+    def seal(self) -> None:
+        """The content is all here: wait for its writes (not for a sync).
+
+        Raises:
+            OSError: a queued write failed.
+        """
+        self._behind.flush()
+        self.sealed = True
+
+    def finish(self, *, complete: bool, length: int | None) -> str | None:
+        """On a handler thread, after ``seal``: commit the request's content (and the
+        upload's completion). Returns the upload's SHA-256 hex once it is complete."""
+        assert self.sealed
+        self.finished = True
+        sha256 = self.digest.hexdigest() if complete else None
+        self.upload.commit(self.size, hash_state=_state_of(self.digest), complete=complete, length=length,
+                           sha256=sha256)
+        return sha256
+
+    def close(self) -> None:
+        """The request is over: commit what arrived unless ``finish`` did, then let go of the
+        upload (on the helper thread, behind the queued writes). Idempotent."""
+        if self.closed:
+            return
+        self.closed = True
+        if self._on_disk is not None and self.received:
+            self._on_disk(-self.received)
+        if self.finished:
+            self.upload.close()
+            return
+        self._behind.then(self._commit_and_release)
+
+    def _commit_and_release(self) -> None:
+        try:
+            self._commit_written()
+        finally:
+            self.upload.close()

@@ -12,11 +12,15 @@ scaling would label 1024-based numbers "MB" and compute the rate in 1000s);
 tqdm comes with ``pip install -e '.[upload]'`` and only ``--quiet`` runs
 without it. SHA-256 is computed on the bytes as they are sent; the server's
 answer and the local digest are printed, so the two can be compared. If the
-server answers early (413, 507) the answer is still printed.
+server answers early (413, 507) the answer is still printed. ``--resumable``
+sends it as a resumable upload to a collection URL (the IETF draft's client,
+``resumable_client.py``): after ^C, a dropped connection or a server restart,
+the same command resumes where the server's durable offset says.
 
 Usage:
     scripts/upload.py http://127.0.0.1:8000/upload photo.jpg
     scripts/upload.py http://127.0.0.1:8000/upload big.iso --raw
+    scripts/upload.py http://127.0.0.1:8000/resumable/ big.iso --resumable
 """
 
 from __future__ import annotations
@@ -64,7 +68,7 @@ def binary_size(count: float) -> str:
     raise AssertionError("unreachable")
 
 
-def progress_bar(total: int, name: str, quiet: bool) -> Progress:
+def progress_bar(total: int, name: str, quiet: bool, initial: int = 0) -> Progress:
     """A tqdm bar in binary units, or a silent one with --quiet.
 
     Raises:
@@ -88,7 +92,7 @@ def progress_bar(total: int, name: str, quiet: bool) -> Progress:
                           speed="?" if rate is None else binary_size(rate) + "/s")
             return fields
 
-    bar: Progress = ByteBar(total=total, desc=name[:30], file=sys.stderr, bar_format=BAR_FORMAT)
+    bar: Progress = ByteBar(total=total, initial=initial, desc=name[:30], file=sys.stderr, bar_format=BAR_FORMAT)
     return bar
 
 
@@ -181,7 +185,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--method", help="HTTP method (default: POST, or PUT with --raw)")
     parser.add_argument("--timeout", type=float, default=60.0, help="socket timeout in seconds")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.add_argument("--resumable", action="store_true",
+                        help="a resumable upload to this collection URL; run again to resume")
     args = parser.parse_args(argv)
+    if args.resumable:
+        return _main_resumable(args)
     try:
         status, reason, body, sha256 = upload(args.url, args.file, field=args.field, raw=args.raw,
                                               method=args.method, timeout=args.timeout, quiet=args.quiet)
@@ -192,6 +200,27 @@ def main(argv: list[str] | None = None) -> int:
     print(body.decode("utf-8", "replace"))
     print(f"local sha256: {sha256}")
     return 0 if 200 <= status < 300 else 1
+
+
+def _main_resumable(args: argparse.Namespace) -> int:
+    from resumable_client import UploadFailed, upload_resumable
+
+    name = os.path.basename(args.file)
+    try:
+        answer, sha256 = upload_resumable(
+            args.url, args.file, timeout=args.timeout,
+            bar_for=lambda total, initial: progress_bar(total, name, args.quiet, initial),
+            log=lambda message: print(f"upload: {message}", file=sys.stderr))
+    except KeyboardInterrupt:
+        print("upload: interrupted; run the same command again to resume", file=sys.stderr)
+        return 130
+    except (UploadFailed, OSError) as exc:
+        print(f"upload: {exc}", file=sys.stderr)
+        return 2
+    print(f"{answer.status} {answer.reason}")
+    print(answer.body.decode("utf-8", "replace"))
+    print(f"local sha256: {sha256}")
+    return 0 if 200 <= answer.status < 300 else 1
 
 
 if __name__ == "__main__":

@@ -58,9 +58,9 @@ def demo(start_module_server: Callable[..., Server]) -> Server:
     return start_module_server(app="", workers=4)
 
 
-@pytest.fixture(scope="module")
-def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..., Any]]:
-    """A factory of headless Chromium drivers; every one is quit at teardown."""
+def chromium_drivers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..., Any]]:
+    """A factory of headless Chromium drivers; every one is quit at teardown (the body of
+    ``browser``, for modules that want the same fixture)."""
     os.environ["SE_OFFLINE"] = "true"  # selenium-manager must never go online
     drivers: list[Any] = []
 
@@ -82,6 +82,12 @@ def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..., 
     yield start
     for driver in drivers:
         driver.quit()
+
+
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..., Any]]:
+    """A factory of headless Chromium drivers; every one is quit at teardown."""
+    yield from chromium_drivers(tmp_path_factory)
 
 
 def wait(driver: Any, predicate: Callable[[Any], Any], what: str) -> Any:

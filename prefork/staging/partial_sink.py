@@ -113,7 +113,7 @@ class PartialUploadSink:
         if self._on_disk is not None:
             self._on_disk(n)
         if self.received >= self._next_checkpoint:
-            self._next_checkpoint += self._checkpoint
+            self._next_checkpoint = self.received + self._checkpoint
             self._behind.then(self._commit_written)
         return n
 
@@ -137,12 +137,18 @@ class PartialUploadSink:
 
     def finish(self, *, complete: bool, length: int | None) -> str | None:
         """On a handler thread, after ``seal``: commit the request's content (and the
-        upload's completion). Returns the upload's SHA-256 hex once it is complete."""
+        upload's completion). Returns the upload's SHA-256 hex once it is complete.
+
+        An upload that is not complete is let go of at once, before the answer goes out:
+        the client's next request may reach another worker before this one is done.
+        """
         assert self.sealed
         self.finished = True
         sha256 = self.digest.hexdigest() if complete else None
         self.upload.commit(self.size, hash_state=_state_of(self.digest), complete=complete, length=length,
                            sha256=sha256)
+        if not complete:
+            self.upload.close()
         return sha256
 
     def close(self) -> None:

@@ -99,12 +99,27 @@ class UploadRecord:
 
     @classmethod
     def from_json(cls, data: bytes) -> UploadRecord:
-        """Raises ValueError (or TypeError) on a record that is not one of ours."""
+        """Raises ValueError (or TypeError) on a record that is not one of ours: one
+        written by another version, or by hand, must not reach the comparisons."""
         fields = json.loads(data)
         if not isinstance(fields, dict):
             raise ValueError("record is not an object")
-        known = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in fields.items() if k in known})
+        values = {k: v for k, v in fields.items() if k in _FIELD_TYPES}
+        for name, value in values.items():
+            kinds = _FIELD_TYPES[name]
+            if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
+                raise TypeError(f"record field {name!r} is {type(value).__name__}")
+        return cls(**values)
+
+
+# What each record field may hold once parsed from JSON (bool is an int: told apart above).
+_NONE = type(None)
+_FIELD_TYPES: dict[str, tuple[type, ...]] = {
+    "id": (str,), "dialect": (str,), "offset": (int,), "length": (int, _NONE), "complete": (bool,),
+    "created": (int, float), "expires": (int, float), "client": (str,), "target": (str,),
+    "content_type": (str, _NONE), "content_disposition": (str, _NONE), "metadata": (dict,),
+    "raw_metadata": (str, _NONE), "interop_version": (int, _NONE), "hash_state": (str,), "sha256": (str, _NONE),
+}
 
 
 class PartialUploadStore:
@@ -258,6 +273,9 @@ class PartialUploadStore:
                 removed += self._sweep_orphan(path, now)
             elif ".json.tmp-" in name and _older_than(path, now, _ORPHAN_GRACE):
                 _unlink_quietly(path)
+            elif (suffix == _PREEMPT and not os.path.exists(self._path(upload_id, _RECORD))
+                  and _older_than(path, now, _ORPHAN_GRACE)):
+                _unlink_quietly(path)  # a preemption that came after its upload was gone
         return removed
 
     def _sweep_record(self, upload_id: str, now: float) -> int:

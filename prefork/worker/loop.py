@@ -252,8 +252,9 @@ class Worker:
         assert self.resumable is not None
         try:
             removed = self.resumable.sweep()
-        except OSError as exc:
-            error_log.error("sweeping partial uploads in %s failed: %s", self.resumable.store.dir, exc)
+        except Exception as exc:  # a full disk or a bug: the uploads wait for the next sweep, the loop goes on
+            error_log.error("sweeping partial uploads in %s failed: %s", self.resumable.store.dir, exc,
+                            exc_info=not isinstance(exc, OSError))
             return
         if removed:
             error_log.info("worker %d removed %d expired partial upload(s)", os.getpid(), removed)

@@ -1,4 +1,4 @@
-// prefork demo page: XHR upload with progress, live gallery, WebSocket chat.
+// prefork demo page: resumable upload with progress, live gallery, WebSocket chat.
 // Every piece of user-controlled text goes into the page with textContent or as an
 // attribute value set through the DOM, never through innerHTML.
 "use strict";
@@ -68,37 +68,114 @@
     status.classList.toggle("error", Boolean(isError));
   }
 
-  form.addEventListener("submit", (event) => {
+  // Each file goes up as a resumable upload (the IETF draft, to /resumable/): created
+  // empty, then sent in one PATCH from the server's offset. A dropped connection or a
+  // server restart is retried from the offset the server reports; the upload's URL is
+  // kept in localStorage, so choosing the same file again after a reload resumes too.
+  // Without JavaScript the form posts multipart to /upload instead.
+  const COLLECTION = "/resumable/";
+  const INTEROP = "9";
+  const RETRY_DELAYS = [500, 1000, 2000, 4000, 8000];  // then every 8 s, for about two minutes
+
+  function storageKey(file) {
+    return "prefork-upload:" + [file.name, file.size, file.lastModified].join(":");
+  }
+
+  function request(method, url, headers, body, onProgress) {
+    return new Promise((resolve, reject) => {
+      const xhr = new XMLHttpRequest();
+      xhr.open(method, url);
+      for (const [name, value] of Object.entries(headers)) xhr.setRequestHeader(name, value);
+      if (onProgress) {
+        xhr.upload.onprogress = (ev) => {
+          progress.dataset.events = String(Number(progress.dataset.events) + 1);
+          onProgress(ev.loaded);
+        };
+      }
+      xhr.onload = () => resolve(xhr);
+      xhr.onerror = () => reject(new Error("connection error"));
+      xhr.send(body === undefined ? null : body);
+    });
+  }
+
+  async function createUpload(file) {
+    const xhr = await request("POST", COLLECTION, {
+      "Upload-Draft-Interop-Version": INTEROP, "Upload-Complete": "?0", "Upload-Length": String(file.size),
+      "Content-Type": file.type || "application/octet-stream",
+      "Content-Disposition": "attachment; filename*=UTF-8''" + encodeURIComponent(file.name),
+    });
+    const location = xhr.getResponseHeader("Location");
+    if (xhr.status !== 201 || !location) throw new Error("Upload failed: " + xhr.status + " " + xhr.responseText.slice(0, 200));
+    localStorage.setItem(storageKey(file), location);
+    return location;
+  }
+
+  async function serverOffset(location) {
+    const xhr = await request("HEAD", location, {"Upload-Draft-Interop-Version": INTEROP});
+    if (xhr.status === 404 || xhr.status === 410) return null;  // expired or unknown: start over
+    const offset = xhr.getResponseHeader("Upload-Offset");
+    if (xhr.status >= 300 || offset === null) throw new Error("Upload failed: " + xhr.status);
+    return Number(offset);
+  }
+
+  async function uploadFile(file, index, count) {
+    const label = count > 1 ? " (" + (index + 1) + " of " + count + ")" : "";
+    let location = localStorage.getItem(storageKey(file));
+    let failures = 0;
+    for (;;) {
+      try {
+        let offset = location ? await serverOffset(location) : null;
+        if (offset === null) {
+          location = await createUpload(file);
+          offset = 0;
+          setStatus("Uploading" + label + "…", false);
+        } else if (offset > 0) {
+          const percent = Math.floor((offset / file.size) * 100);
+          setStatus("resuming at " + percent + " %" + label, false);
+        }
+        setProgress((offset / Math.max(file.size, 1)) * 100);
+        const start = offset;
+        const xhr = await request("PATCH", location, {
+          "Upload-Draft-Interop-Version": INTEROP, "Upload-Offset": String(start), "Upload-Complete": "?1",
+          "Content-Type": "application/partial-upload",
+        }, file.slice(start), (loaded) => setProgress(((start + loaded) / Math.max(file.size, 1)) * 100));
+        if (xhr.status === 409 || xhr.status === 423) throw new Error("busy");  // ask for the offset again
+        if (xhr.status === 404) { location = null; continue; }
+        localStorage.removeItem(storageKey(file));
+        if (xhr.status !== 201) throw new Error("Upload failed: " + xhr.status + " " + xhr.responseText.slice(0, 200));
+        return JSON.parse(xhr.responseText).files;
+      } catch (error) {
+        if (String(error.message).startsWith("Upload failed")) throw error;
+        const delay = RETRY_DELAYS[Math.min(failures, RETRY_DELAYS.length - 1)];
+        failures += 1;
+        if (failures > 20) throw new Error("Upload failed: the server is unreachable");
+        setStatus("Connection lost; retrying in " + delay / 1000 + " s…", true);
+        await new Promise((resolve) => setTimeout(resolve, delay));
+      }
+    }
+  }
+
+  form.addEventListener("submit", async (event) => {
     event.preventDefault();
     if (!input.files.length) { setStatus("Choose a file first.", true); return; }
-    const xhr = new XMLHttpRequest();
-    xhr.open("POST", form.action);
-    xhr.setRequestHeader("Accept", "application/json");
-    xhr.upload.onprogress = (ev) => {
-      progress.dataset.events = String(Number(progress.dataset.events) + 1);
-      if (ev.lengthComputable) setProgress((ev.loaded / ev.total) * 100);
-    };
-    xhr.upload.onload = () => setProgress(100);
-    xhr.onload = () => {
-      if (xhr.status === 201) {
-        const answer = JSON.parse(xhr.responseText);
-        answer.files.forEach(addFile);
-        setProgress(100);
-        setStatus("Uploaded " + answer.files.length + " file(s).", false);
-        form.reset();
-      } else {
-        setStatus("Upload failed: " + xhr.status + " " + xhr.responseText.slice(0, 200), true);
-      }
-      $("#upload-button").disabled = false;
-    };
-    xhr.onerror = () => {
-      setStatus("Upload failed: connection error.", true);
-      $("#upload-button").disabled = false;
-    };
+    const files = Array.from(input.files);
+    $("#upload-button").disabled = true;
     setProgress(0);
     setStatus("Uploading…", false);
-    $("#upload-button").disabled = true;
-    xhr.send(new FormData(form));
+    try {
+      let saved = 0;
+      for (const [index, file] of files.entries()) {
+        const stored = await uploadFile(file, index, files.length);
+        stored.forEach(addFile);
+        saved += stored.length;
+      }
+      setProgress(100);
+      setStatus("Uploaded " + saved + " file(s).", false);
+      form.reset();
+    } catch (error) {
+      setStatus(error.message, true);
+    }
+    $("#upload-button").disabled = false;
   });
 
   // --- chat -------------------------------------------------------------------------------

@@ -1,0 +1,78 @@
+"""scripts/upload.py --resumable against the real server: ^C, then the same command resumes.
+
+The interruption is a real SIGINT to the script's process, sent once the server holds
+part of the file durably (its partial-upload record says so); the second run of the
+same command must report where it resumes and finish with the file whole.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.server import REPO, Server
+
+SCRIPT = REPO / "scripts" / "upload.py"
+MiB = 1 << 20
+
+
+@pytest.fixture
+def server(start_server: Any) -> Server:
+    return start_server(app="", workers=2, config={"resumable": "checkpoint = 1MiB"})  # type: ignore[no-any-return]
+
+
+def durable_offsets(server: Server) -> list[int]:
+    records = (json.loads(p.read_text()) for p in (server.uploads / ".partial").glob("*.json"))
+    return [r["offset"] for r in records if not r["complete"]]
+
+
+def wait_for(predicate: Any, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.01)
+
+
+def test_interrupted_upload_resumes_where_the_server_says(server: Server, tmp_path: Path) -> None:
+    data = os.urandom(64 * MiB + 5)
+    path = tmp_path / "big file.bin"
+    path.write_bytes(data)
+    env = dict(os.environ, XDG_CACHE_HOME=str(tmp_path / "cache"))
+    command = [sys.executable, str(SCRIPT), server.url + "/resumable/", str(path), "--resumable", "--quiet"]
+    # Stopped as soon as any of it is durable: 64 MiB take far longer than one 1 MiB checkpoint.
+    first = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for(lambda: any(durable_offsets(server)) or first.poll() is not None, 30, "part of the file stored")
+        first.send_signal(signal.SIGINT)
+        _, err = first.communicate(timeout=30)
+    finally:
+        if first.poll() is None:
+            first.kill()
+    if first.returncode == 0:
+        pytest.fail("the first run finished before it could be interrupted; the file is too small for this machine")
+    assert first.returncode == 130, err
+    assert "run the same command again to resume" in err
+    assert len(list((tmp_path / "cache" / "prefork-upload").iterdir())) == 1  # the upload's URL, kept
+
+    second = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
+    assert second.returncode == 0, second.stderr
+    resumed = re.search(r"resuming at (\d+) % \((\d+) of (\d+) bytes\)", second.stderr)
+    assert resumed is not None, second.stderr
+    assert 0 < int(resumed.group(2)) < len(data)
+    answer = json.loads(second.stdout.splitlines()[1])
+    sha256 = hashlib.sha256(data).hexdigest()
+    assert answer["files"][0]["sha256"] == sha256 and answer["files"][0]["size"] == len(data)
+    assert answer["files"][0]["filename"] == "big file.bin"
+    assert f"local sha256: {sha256}" in second.stdout
+    assert list((tmp_path / "cache" / "prefork-upload").iterdir()) == []  # done: nothing left to resume

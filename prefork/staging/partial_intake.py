@@ -162,6 +162,9 @@ class ResumableUploads:
             raise ResumableError(423, "another request is appending to this upload; it has been asked to "
                                       "stop: retry in a moment", headers=[("Retry-After", "1")]) from None
         if upload is None:
+            record = self.store.read(request.upload_id)
+            if record is not None and record.complete:  # its data went to the app; its record stays
+                check_append(request, record.state, self.limits)  # raises: already completed
             raise ResumableError(404, "no such upload (it may have expired or been cancelled)")
         try:
             length = check_append(request, upload.record.state, self.limits)

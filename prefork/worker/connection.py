@@ -248,8 +248,9 @@ class Connection(ConnectionTimeouts):
             if exchange.error is not None and (head.chunked or head.content_length):
                 self.fail(exchange.error)  # refused before its content: answered unread
                 return
-            if exchange.interim is not None:
+            if exchange.interim is not None:  # the client learns the upload's URL before it sends the content
                 self.channel.queue(exchange.interim)
+                self.flush()
             self.body.start(head, self.started, exchange.sink)
         else:
             self.body.start(head, self.started)

@@ -841,12 +841,13 @@ def cpu_per_gib(sampler: ProcessSampler, size: int) -> Metrics:
 
 def post_body(port: int, size: int, block: memoryview, path: str = "/upload", *,
               content_type: str = "application/octet-stream", prefix: bytes = b"",
-              suffix: bytes = b"", tls: ssl.SSLContext | None = None) -> tuple[float, float, bytes]:
+              suffix: bytes = b"", tls: ssl.SSLContext | None = None, headers: str = "",
+              method: str = "POST") -> tuple[float, float, bytes]:
     """POST ``prefix`` + ``size`` bytes from ``block`` (repeated) + ``suffix`` with Content-Length.
 
     ``prefix``/``suffix`` frame a multipart body (see ``multipart_frame``); the body is
     streamed, never built in memory. With ``tls`` the socket is wrapped in it (the handshake
-    happens before the clock starts).
+    happens before the clock starts). ``headers``: more field lines, each ending in CRLF.
 
     Returns:
         (seconds to send the body, seconds from the last byte sent to the full response, response body).
@@ -854,8 +855,8 @@ def post_body(port: int, size: int, block: memoryview, path: str = "/upload", *,
     with socket.create_connection((HOST, port), timeout=600) as raw, \
             (tls.wrap_socket(raw, server_hostname=HOST) if tls else contextlib.nullcontext(raw)) as sock:
         length = len(prefix) + size + len(suffix)
-        head = (f"POST {path} HTTP/1.1\r\nHost: {HOST}:{port}\r\nContent-Type: {content_type}\r\n"
-                f"Content-Length: {length}\r\nConnection: close\r\n\r\n").encode()
+        head = (f"{method} {path} HTTP/1.1\r\nHost: {HOST}:{port}\r\nContent-Type: {content_type}\r\n"
+                f"Content-Length: {length}\r\n{headers}Connection: close\r\n\r\n").encode()
         start = time.perf_counter()
         sock.sendall(head + prefix)
         remaining = size
@@ -1645,6 +1646,13 @@ def scenario_ws_hostile(args: argparse.Namespace, ws: Workspace) -> list[Summary
     return run(args, ws)
 
 
+def scenario_resumable(args: argparse.Namespace, ws: Workspace) -> list[SummaryRow]:
+    """A resumable upload (one request, and resumed once; tuspy) vs a plain one: bench_resumable.py."""
+    from bench_resumable import scenario_resumable as run
+
+    return run(args, ws)
+
+
 def scenario_tls(args: argparse.Namespace, ws: Workspace) -> list[SummaryRow]:
     """HTTPS hello vs granian and gunicorn, a large upload over TLS vs plain and a TLS ceiling: bench_tls.py."""
     from bench_tls import scenario_tls as run
@@ -1666,6 +1674,7 @@ SCENARIOS: dict[str, Callable[[argparse.Namespace, Workspace], list[SummaryRow]]
     "reload": scenario_reload,
     "ws-hostile": scenario_ws_hostile,
     "tls": scenario_tls,
+    "resumable": scenario_resumable,
 }
 
 
@@ -1707,6 +1716,8 @@ def build_parser() -> argparse.ArgumentParser:
                                            "unfinished deflate messages on 10 connections"),
                             ("tls", "HTTPS hello c100 (keep-alive, close) vs granian and gunicorn with TLS; "
                                     "upload over TLS vs plain TCP and a TLS ceiling, worker RSS"),
+                            ("resumable", "resumable upload (one request; resumed once; tuspy) vs a plain "
+                                          "upload of the same size on the same server"),
                             ("all", "every scenario, then the summary table with targets"),
                             ("perf", "the same as all")]:
         sub.add_parser(name, parents=[common], help=help_text)

@@ -258,6 +258,10 @@ def _make_native_app() -> Any:
     def upload_form(request: Any) -> Any:
         return answer(_saved_size(request.files["upload"].save))
 
+    @app.route("/resumable/", methods=["POST"])
+    def upload_resumable(request: Any) -> Any:  # a completed resumable upload (bench_resumable)
+        return answer(_saved_size(request.upload.save))
+
     return app
 
 

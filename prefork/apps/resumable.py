@@ -49,6 +49,7 @@ from prefork.staging.forms import FormData, MultiDict, UploadedFile
 from prefork.staging.partial_intake import ResumableExchange, ResumableUploads
 from prefork.staging.partial_uploads import PartialUpload, UploadBusy, UploadRecord
 from prefork.staging.spool import BodySpool
+from prefork.staging.stagingfile import DISK_FULL
 
 __all__ = ["ResumableEndpoint", "UPLOAD_FIELD"]
 
@@ -158,7 +159,12 @@ class ResumableEndpoint:
         asked, sink = exchange.request, exchange.sink
         assert asked is not None and sink is not None
         length = exchange.length if exchange.length is not None else (sink.size if exchange.completes else None)
-        sha256 = sink.finish(complete=exchange.completes, length=length)
+        try:
+            sha256 = sink.finish(complete=exchange.completes, length=length)
+        except OSError as exc:  # the sync or the record failed: the upload stays at its last durable offset
+            error_log.error("committing resumable upload %s failed: %s", sink.upload.id, exc)
+            raise ResumableError(507 if exc.errno in DISK_FULL else 500,
+                                 f"the upload could not be stored: {exc.strerror or exc}") from exc
         record = sink.upload.record
         expires = _http_date(record.expires)
         if not exchange.completes:

@@ -37,6 +37,7 @@ from prefork.protocol.resumable import (
     interim_response,
     wants_interim,
 )
+from prefork.staging.commit_queue import CommitQueue
 from prefork.staging.partial_sink import PartialUploadSink
 from prefork.staging.partial_uploads import PartialUpload, PartialUploadStore, UploadBusy, UploadRecord
 from prefork.staging.writebehind import WriteBehindHelper
@@ -78,16 +79,20 @@ class ResumableUploads:
         settings: ``[resumable]``.
         write_behind: the worker's helper (appends are written and hashed on its thread).
         min_free_disk: ``[staging] min_free_disk``, kept free on the store's filesystem too.
+        checksum: ``[uploads] checksum``: SHA-256 while appends arrive, across resumptions.
     """
 
     def __init__(self, settings: ResumableSettings, write_behind: WriteBehindHelper | None,
-                 min_free_disk: int = 0) -> None:
+                 min_free_disk: int = 0, checksum: bool = True) -> None:
         self.settings = settings
         self.prefix = settings.prefix.encode("latin-1")
         self.store = PartialUploadStore(settings.dir, settings.expire_after)
         self.limits = UploadLimits(settings.max_size, int(settings.expire_after))
         self._write_behind = write_behind
         self._min_free_disk = min_free_disk
+        self._checksum = checksum
+        # Syncs on a thread of their own, not the write-behind's (``commit_queue``); inline without a helper.
+        self._commits = CommitQueue() if write_behind is not None else None
 
     def matches(self, head: Request) -> bool:
         """Whether ``head`` is for the collection or one of its resources."""
@@ -201,7 +206,8 @@ class ResumableUploads:
 
         limit = length if length is not None else max_size
         return PartialUploadSink(upload, limit=limit, too_long=too_long, write_behind=self._write_behind,
-                                 checkpoint=self.settings.checkpoint, min_free_disk=self._min_free_disk)
+                                 checkpoint=self.settings.checkpoint, min_free_disk=self._min_free_disk,
+                                 commits=self._commits, checksum=self._checksum)
 
     def sweep(self) -> int:
         """Remove expired partial uploads (the worker's periodic sweep); the number removed.

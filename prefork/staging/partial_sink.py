@@ -5,13 +5,19 @@ bytes already stored, through the worker's write-behind helper, which also
 updates the upload's running SHA-256 (``sha256_state``), so the loop only
 receives. Every ``checkpoint`` bytes, and when the request ends however it
 ends (completed, cut off by its client, refused, preempted by a newer
-request), the helper thread runs a commit behind the queued writes: fdatasync,
-then the record names the new offset and hash state. So a connection that
-drops keeps what it sent, and a worker that is SIGKILLed loses at most the
-bytes since the last checkpoint; the offset reported is never more than what
-is on disk. The loop never waits for a sync: the commit of a request that
-completed runs on the handler thread that answers it (``finish``), and the
-others on the helper thread, which then lets go of the upload's lock.
+request), a commit is queued behind the writes: the helper thread notes the
+offset and hash state it has reached and hands them to the worker's
+``CommitQueue``, whose thread syncs the data file and then writes the record,
+while the next bytes go on arriving. So a connection that drops keeps what it
+sent, a worker that is SIGKILLed loses at most what its last commits had not
+made durable, and the offset reported is never more than what is on disk.
+
+The request's own end waits for its commit on the handler thread that answers
+it (``finish``), never on the loop; an upload that is not complete is let go
+of by that commit, before the answer goes out. A completed upload's data is
+not synced: from then on it is the application's file, staged like any other
+upload, and its record only says that it is complete. A commit that the end of
+the request makes redundant (a checkpoint still queued) is skipped.
 """
 
 from __future__ import annotations
@@ -21,6 +27,8 @@ import os
 from collections.abc import Callable
 from typing import Any
 
+from prefork.config.logs import error_log
+from prefork.staging.commit_queue import Commit, CommitQueue, run_now
 from prefork.staging.diskspace import FreeSpaceGuard
 from prefork.staging.partial_uploads import PartialUpload
 from prefork.staging.sha256_state import ResumableSha256, hash_prefix
@@ -63,11 +71,15 @@ class PartialUploadSink:
         checkpoint: bytes between two commits while the content arrives.
         on_disk_bytes: staging-bytes accounting, as for a spool.
         min_free_disk: bytes that must stay free on the upload's filesystem (507).
+        commits: the worker's commit thread; None commits inline (tests).
+        checksum: keep the running SHA-256 (``[uploads] checksum``); without, a completed
+            upload's ``sha256`` is read back from its file if the app asks for it.
     """
 
     def __init__(self, upload: PartialUpload, *, limit: int | None, too_long: Callable[[int], Exception],
                  write_behind: WriteBehindHelper | None, checkpoint: int = DEFAULT_CHECKPOINT,
-                 on_disk_bytes: Callable[[int], None] | None = None, min_free_disk: int = 0) -> None:
+                 on_disk_bytes: Callable[[int], None] | None = None, min_free_disk: int = 0,
+                 commits: CommitQueue | None = None, checksum: bool = True) -> None:
         assert upload.fd is not None
         self.upload = upload
         self.start = upload.record.offset
@@ -78,10 +90,16 @@ class PartialUploadSink:
         self._next_checkpoint = checkpoint
         self._on_disk = on_disk_bytes
         self._guard = FreeSpaceGuard(upload.store.dir, min_free_disk) if min_free_disk else None
-        self.digest = running_sha256(upload)
+        self.digest = running_sha256(upload) if checksum else None
         self._written = 0  # bytes the helper has written (and hashed); read on its thread
         os.lseek(upload.fd, self.start, os.SEEK_SET)
-        self._behind = WriteBehind(upload.fd, self._write, self.digest, helper=write_behind)
+        # Without a digest to compute, the bytes are written fastest inline, as a raw body's are
+        # (``writebehind``); the commits still go to their own thread.
+        self._behind = WriteBehind(upload.fd, self._write, self.digest,
+                                   helper=write_behind if self.digest is not None else None)
+        self._submit = commits.submit if commits is not None else run_now
+        self._checkpoint_commit: Commit | None = None
+        self._ending = False  # the request's own last commit is asked for: checkpoints are redundant
         self.sealed = False
         self.finished = False
         self.closed = False
@@ -101,8 +119,11 @@ class PartialUploadSink:
         Raises:
             BodyTooLarge, BadRequest: the content passes the limit (``too_long``'s error).
             InsufficientStorage: less than ``min_free_disk`` would stay free.
-            OSError: an earlier queued write failed.
+            OSError: an earlier queued write, or a checkpoint's commit, failed.
         """
+        failed = self._checkpoint_commit.error if self._checkpoint_commit is not None else None
+        if isinstance(failed, OSError):
+            raise failed
         n = memoryview(data).nbytes
         if self._limit is not None and self.size + n > self._limit:
             raise self._too_long(self.size + n)
@@ -114,17 +135,22 @@ class PartialUploadSink:
             self._on_disk(n)
         if self.received >= self._next_checkpoint:
             self._next_checkpoint = self.received + self._checkpoint
-            self._behind.then(self._commit_written)
+            self._behind.then(self._queue_checkpoint)
         return n
 
     def preempted(self) -> bool:
         """Whether a newer request for the upload asked this one to let go."""
         return self.upload.store.preempted(self.upload.id)
 
-    def _commit_written(self) -> None:
-        """On the helper thread, behind the queued writes: make what is written durable."""
-        if self.upload.fd is not None:
-            self.upload.commit(self.start + self._written, hash_state=_state_of(self.digest))
+    def _queue_checkpoint(self) -> None:
+        """On the helper thread, behind the queued writes: have what is written made durable."""
+        offset, state = self.start + self._written, _state_of(self.digest)
+
+        def commit() -> None:
+            if not self._ending and self.upload.fd is not None:
+                self.upload.commit(offset, hash_state=state)
+
+        self._checkpoint_commit = self._submit(commit)
 
     def seal(self) -> None:
         """The content is all here: wait for its writes (not for a sync).
@@ -143,12 +169,17 @@ class PartialUploadSink:
         the client's next request may reach another worker before this one is done.
         """
         assert self.sealed
-        self.finished = True
-        sha256 = self.digest.hexdigest() if complete else None
-        self.upload.commit(self.size, hash_state=_state_of(self.digest), complete=complete, length=length,
-                           sha256=sha256)
-        if not complete:
-            self.upload.close()
+        self.finished = self._ending = True
+        sha256 = self.digest.hexdigest() if complete and self.digest is not None else None
+        offset, state = self.size, _state_of(self.digest)
+
+        def commit() -> None:
+            self.upload.commit(offset, hash_state=state, complete=complete, length=length, sha256=sha256,
+                               sync=not complete)
+            if not complete:
+                self.upload.close()
+
+        self._submit(commit).wait()
         return sha256
 
     def close(self) -> None:
@@ -162,10 +193,20 @@ class PartialUploadSink:
         if self.finished:
             self.upload.close()
             return
+        self._ending = True
         self._behind.then(self._commit_and_release)
 
     def _commit_and_release(self) -> None:
-        try:
-            self._commit_written()
-        finally:
-            self.upload.close()
+        """On the helper thread, behind the last write: queue the last commit, which lets go."""
+        offset, state, upload = self.start + self._written, _state_of(self.digest), self.upload
+
+        def commit() -> None:
+            try:
+                if upload.fd is not None:
+                    upload.commit(offset, hash_state=state)
+            except OSError as exc:  # the upload stays at its last durable offset
+                error_log.error("committing partial upload %s at %d bytes failed: %s", upload.id, offset, exc)
+            finally:
+                upload.close()
+
+        self._submit(commit)

@@ -336,13 +336,16 @@ class PartialUpload:
         return self.store._path(self.record.id, _DATA)
 
     def commit(self, offset: int, *, hash_state: str, complete: bool = False, length: int | None = None,
-               sha256: str | None = None) -> None:
+               sha256: str | None = None, sync: bool = True) -> None:
         """Make ``offset`` bytes durable and record them (and renew the expiry).
 
-        The data is synced before the record says so: never the other way round.
+        The data is synced before the record says so: never the other way round. Only the
+        record of a completed upload, whose data is the application's from then on, is
+        written without (``sync=False``).
         """
         assert self.fd is not None
-        os.fdatasync(self.fd)
+        if sync:
+            os.fdatasync(self.fd)
         record = self.record
         record.offset, record.hash_state, record.complete = offset, hash_state, complete or record.complete
         if length is not None:

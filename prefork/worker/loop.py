@@ -131,7 +131,7 @@ class Worker:
             try:
                 if self.worker_settings.resumable.prefix:
                     self.resumable = ResumableUploads(self.worker_settings.resumable, self.write_behind,
-                                                      self.settings.min_free_disk)
+                                                      self.settings.min_free_disk, self.settings.checksum)
                 self.app = self._load_app()
             except BaseException as exc:
                 error_log.error("worker %d failed to load the application %r: %s",

@@ -9,7 +9,7 @@ from typing import Any
 
 __version__ = "0.1.0"
 
-__all__ = ["App", "HTTPError", "Request", "Response", "__version__"]
+__all__ = ["App", "ClientDisconnected", "HTTPError", "Request", "Response", "__version__"]
 
 
 def __getattr__(name: str) -> Any:
@@ -18,4 +18,8 @@ def __getattr__(name: str) -> Any:
         from prefork.apps import app
 
         return getattr(app, name)
+    if name == "ClientDisconnected":  # what a streamed body's reader raises when its client went away
+        from prefork.staging.body_stream import ClientDisconnected
+
+        return ClientDisconnected
     raise AttributeError(f"module 'prefork' has no attribute {name!r}")

@@ -48,7 +48,7 @@ LIMITS_KEYS = (
     "max_trailer_bytes, max_parts, max_part_header_bytes, max_field_size, max_fields_total, "
     "header_timeout, body_min_rate, body_rate_window, keepalive_timeout, send_timeout"
 )
-ALL_SECTIONS = "server, limits, staging, uploads, websocket, process, logging, status, tls, proxy, resumable"
+ALL_SECTIONS = "server, limits, staging, uploads, websocket, process, logging, status, tls, proxy, resumable, streaming"
 
 
 def write(tmp_path: Path, text: str) -> str:

@@ -223,7 +223,7 @@ def test_cli_status_prints_table_and_json(server: Server) -> None:
     assert table.returncode == 0, table.stderr
     lines = table.stdout.splitlines()
     assert lines[0].startswith("requests ")
-    assert lines[1].split() == ["PID", "STATE", "GEN", "BEAT", "REQS", "HTTP", "WS", "BUSY", "RAM", "DISK"]
+    assert lines[1].split() == ["PID", "STATE", "GEN", "BEAT", "REQS", "HTTP", "WS", "BUSY", "STREAMS", "RAM", "DISK"]
     pids = {p.pid for p in server.workers()}
     rows = [line.split() for line in lines[2:] if line.split() and line.split()[0].isdigit()]
     assert {int(r[0]) for r in rows} == pids

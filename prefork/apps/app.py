@@ -51,6 +51,7 @@ class Route:
     handler: Any
     converters: tuple[tuple[str, str], ...]
     template: str
+    stream: bool = False
 
 
 def _compile(template: str) -> tuple[re.Pattern[str], tuple[tuple[str, str], ...]]:
@@ -101,17 +102,21 @@ class App:
             for channel, callback in self._observers:
                 runtime.subscribers.observe(channel, callback)
 
-    def route(self, path: str, methods: Iterable[str] = ("GET",)) -> Callable[[Handler], Handler]:
+    def route(self, path: str, methods: Iterable[str] = ("GET",), *, stream: bool = False
+              ) -> Callable[[Handler], Handler]:
         """Register an HTTP handler for ``path`` (``<name>``, ``<int:n>``, ``<path:p>`` capture).
 
-        A route that allows GET also answers HEAD (the body is not sent).
+        A route that allows GET also answers HEAD (the body is not sent). With ``stream``
+        the handler is called as soon as the request head is in, and reads the body as it
+        arrives from ``request.stream`` (``[streaming]`` in the README); every other route
+        is called once the body is staged.
         """
         def register(handler: Handler) -> Handler:
             pattern, converters = _compile(path)
             allowed = frozenset(m.upper() for m in methods)
             if "GET" in allowed:
                 allowed |= {"HEAD"}
-            self.routes.append(Route(pattern, allowed, handler, converters, path))
+            self.routes.append(Route(pattern, allowed, handler, converters, path, stream))
             return handler
         return register
 
@@ -229,6 +234,11 @@ class NativeApplication:
             return False
         route, _, _ = self.app.match(decode_path(head.path), head.method.decode("latin-1"))
         return route is not None
+
+    def wants_stream(self, head: RequestHead) -> bool:
+        """Whether this request's route reads its body while it arrives (``stream=True``)."""
+        route, _, _ = self.app.match(decode_path(head.path), head.method.decode("latin-1"))
+        return route is not None and route.stream
 
     def websocket_handler(self, path: bytes) -> tuple[type | None, dict[str, Any]]:
         """The WebSocket handler class for a request path."""

@@ -216,8 +216,16 @@ class WebSocketApp(Protocol):
         ...
 
 
-class NativeAdapter(Application, FormAware, WebSocketApp, Protocol):
-    """A native application's adapter: the call, forms and WebSocket routes."""
+class StreamAware(Protocol):
+    """An application with routes that read their bodies while they arrive (``stream=True``)."""
+
+    def wants_stream(self, head: Request) -> bool:
+        """Whether this request's handler is called at its head and reads the body as it comes."""
+        ...
+
+
+class NativeAdapter(Application, FormAware, WebSocketApp, StreamAware, Protocol):
+    """A native application's adapter: the call, forms, WebSocket and streaming routes."""
 
 
 @runtime_checkable
@@ -269,12 +277,15 @@ class LoadedApp:
         forms: decides which multipart bodies are parsed while they arrive; None: none are.
         websockets: routes upgrade requests to handler classes; None: no WebSocket routes.
         on_loop: answer some requests on the loop thread before the application is asked.
+        streams: decides which routes read their bodies while they arrive; None: none do
+            (WSGI apps stream through ``[streaming] paths``, which the worker checks).
     """
 
     call: Application
     forms: FormAware | None = None
     websockets: WebSocketApp | None = None
     on_loop: tuple[LoopAnswer, ...] = ()
+    streams: StreamAware | None = None
 
     def __call__(self, request: CompleteRequest) -> ResponseStream:
         """Run the application (in a handler thread)."""
@@ -284,6 +295,10 @@ class LoadedApp:
         """Whether this request's multipart body is parsed while it arrives (for WSGI:
         only in an application that declared ``TakesStagedForms``)."""
         return self.forms is not None and self.forms.wants_form(head)
+
+    def wants_stream(self, head: Request) -> bool:
+        """Whether this request's handler reads its body while it arrives (native ``stream=True``)."""
+        return self.streams is not None and self.streams.wants_stream(head)
 
     @property
     def serves_websockets(self) -> bool:

@@ -119,7 +119,7 @@ def _load(spec: str, threads: int, runtime: Runtime) -> LoadedApp:
     obj = import_object(spec or DEFAULT_APP)
     if isinstance(obj, ServesNatively):
         native = obj.prefork_application(runtime)
-        return LoadedApp(native, forms=native, websockets=native)
+        return LoadedApp(native, forms=native, websockets=native, streams=native)
     if not callable(obj):
         raise AppLoadError(f"application {spec!r} is a {type(obj).__name__}, not a callable")
     wsgi = WsgiApplication(obj, multithread=threads > 1, runtime=runtime)

@@ -21,6 +21,7 @@ from http.cookies import CookieError, SimpleCookie
 from typing import IO, Any
 from urllib.parse import parse_qsl, quote, unquote
 
+from prefork.staging.body_stream import BodyStream
 from prefork.staging.forms import FormData, MultiDict, UploadedFile
 from prefork.apps.handlers import CompleteRequest, FileBody, ResponseStream
 from prefork.protocol.mediatype import essence, is_form_data
@@ -92,6 +93,9 @@ class Request:
         #: A completed resumable upload (``prefork.apps.resumable``): the whole file as an
         #: ``UploadedFile``, also ``files["file"]``; None for any other request.
         self.upload: UploadedFile | None = complete.completed_upload
+        #: A streamed body (``@app.route(..., stream=True)``): a blocking reader of the body as
+        #: it arrives (``read``, ``readinto``, ``readline``, ``chunks()``); None otherwise.
+        self.stream: BodyStream | None = complete.body if isinstance(complete.body, BodyStream) else None
         self._urlencoded: MultiDict[str] | None = None
         self.error: BaseException | None = None
 

@@ -300,7 +300,7 @@ def build_environ(request: CompleteRequest, *, multithread: bool = True) -> dict
         "SERVER_SOFTWARE": "prefork",
         "REMOTE_ADDR": request.peer[0],
         "REMOTE_PORT": str(request.peer[1]),
-        "CONTENT_LENGTH": str(request.body_size),
+        "CONTENT_LENGTH": str(request.body_size) if request.body_size >= 0 else "",  # a chunked stream: unknown
         "wsgi.version": (1, 0),
         "wsgi.url_scheme": request.url_scheme,
         "wsgi.input": request.body if request.form is None or request.completed_upload else ParsedFormInput(),

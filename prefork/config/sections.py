@@ -268,6 +268,15 @@ class ResumableConfig:
 
 
 @dataclass(frozen=True)
+class StreamingConfig:
+    """``[streaming]``: request bodies read by the application while they arrive."""
+
+    paths: tuple[str, ...] = _setting(list_value(parse_url_path), ())
+    max_streams: int = _setting(int_value(1), 2)
+    buffer: int = _setting(size_value(64 * 1024), 1 * MiB)
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole configuration; ``source`` is the file it came from (not compared)."""
 
@@ -282,6 +291,7 @@ class Config:
     tls: TlsConfig = field(default_factory=TlsConfig)
     proxy: ProxyConfig = field(default_factory=ProxyConfig)
     resumable: ResumableConfig = field(default_factory=ResumableConfig)
+    streaming: StreamingConfig = field(default_factory=StreamingConfig)
     source: str | None = field(default=None, compare=False)
 
 
@@ -297,6 +307,7 @@ SECTIONS: dict[str, type[Any]] = {
     "tls": TlsConfig,
     "proxy": ProxyConfig,
     "resumable": ResumableConfig,
+    "streaming": StreamingConfig,
 }
 
 

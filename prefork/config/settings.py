@@ -63,6 +63,7 @@ class ConnectionSettings:
             listeners redirect every request to (308); None: they serve as usual.
         max_file_size: largest uploaded file (None: only ``max_body_size``).
         checksum: SHA-256 of file parts while they arrive.
+        stream_buffer: bytes of a streamed body held unread before its socket is not read.
     """
 
     http_limits: HttpLimits
@@ -81,3 +82,4 @@ class ConnectionSettings:
     forwarded_headers: HeaderSource
     max_file_size: int | None
     checksum: bool
+    stream_buffer: int

@@ -23,8 +23,9 @@ from dataclasses import dataclass
 
 # Slot header: pid, state, generation, heartbeat (monotonic), started (wall),
 # requests, http connections, ws connections, bytes received, staged RAM, staged disk,
-# uploads in flight, handler threads, threads running a handler, connections shed at max_connections.
-_HEAD = struct.Struct("<qiiddQIIQQQIHHQ")
+# uploads in flight, handler threads, threads running a handler, connections shed at max_connections,
+# streamed request bodies in progress.
+_HEAD = struct.Struct("<qiiddQIIQQQIHHQH")
 MAX_UPLOADS = 8
 _PATH_BYTES = 120
 # One upload: path, bytes so far, declared length (-1 unknown), start (wall clock).
@@ -80,6 +81,7 @@ class SlotView:
     threads: int = 0
     busy_threads: int = 0
     shed: int = 0
+    streams: int = 0
 
 
 class Scoreboard:
@@ -120,7 +122,7 @@ class Scoreboard:
             if self._read_head(index)[0] == 0:
                 self._mem[index * SLOT_SIZE:(index + 1) * SLOT_SIZE] = bytes(SLOT_SIZE)
                 _HEAD.pack_into(self._mem, index * SLOT_SIZE, pid, WorkerState.BOOTING, generation,
-                                time.monotonic(), time.time(), 0, 0, 0, 0, 0, 0, 0, 0, 0, 0)
+                                time.monotonic(), time.time(), 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0)
                 return index
         raise RuntimeError(f"scoreboard full: all {self.slots} slots are in use")
 
@@ -203,7 +205,7 @@ class Scoreboard:
                                   None if declared < 0 else declared, started))
         return SlotView(index, head[0], WorkerState(head[1]), head[2], head[3], head[4], head[5],
                         head[6], head[7], head[8], head[9], head[10], tuple(uploads), head[12], head[13],
-                        head[14])
+                        head[14], head[15])
 
     def views(self) -> list[SlotView]:
         """Snapshots of every occupied slot."""
@@ -250,6 +252,10 @@ class WorkerSlot:
     def count_request(self) -> None:
         """One more request served."""
         self._add("requests", 1)
+
+    def add_streams(self, delta: int) -> None:
+        """A streamed request body began (+1) or ended (-1)."""
+        self._add("streams", delta)
 
     def count_shed(self, count: int) -> None:
         """Connections closed to make room at max_connections."""
@@ -322,8 +328,8 @@ class WorkerSlot:
 def _offsets() -> tuple[dict[str, int], dict[str, str]]:
     names = ["pid", "state", "generation", "heartbeat", "started", "requests", "connections",
              "ws_connections", "bytes_received", "staged_ram", "staged_disk", "uploads", "threads",
-             "busy_threads", "shed"]
-    codes = "qiiddQIIQQQIHHQ"
+             "busy_threads", "shed", "streams"]
+    codes = "qiiddQIIQQQIHHQH"
     offsets, formats, position = {}, {}, 0
     for name, code in zip(names, codes):
         size = struct.calcsize("<" + code)

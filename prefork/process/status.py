@@ -76,7 +76,7 @@ def snapshot(board: Scoreboard, master_pid: int, now: float | None = None) -> di
             "connections": view.connections, "websockets": view.ws_connections,
             "bytes_received": view.bytes_received, "staged_ram": view.staged_ram,
             "staged_disk": view.staged_disk, "threads": view.threads, "busy_threads": view.busy_threads,
-            "shed": view.shed,
+            "shed": view.shed, "streams": view.streams,
             "uploads": uploads,
         })
     return {
@@ -132,6 +132,9 @@ def render_prometheus(snap: dict[str, Any]) -> bytes:
         "# HELP prefork_uploads_in_progress Request bodies being received.",
         "# TYPE prefork_uploads_in_progress gauge",
         f"prefork_uploads_in_progress {sum(len(w['uploads']) for w in workers)}",
+        "# HELP prefork_streams_in_progress Streamed request bodies being read by their handlers.",
+        "# TYPE prefork_streams_in_progress gauge",
+        f"prefork_streams_in_progress {sum(w['streams'] for w in workers)}",
         "# HELP prefork_handler_threads Handler threads, and how many of them run a handler now.",
         "# TYPE prefork_handler_threads gauge",
         f'prefork_handler_threads{{state="busy"}} {sum(w["busy_threads"] for w in workers)}',
@@ -169,11 +172,11 @@ def render_text(snap: dict[str, Any]) -> str:
            f"staged RAM {_size(snap['staged_ram'])} / {_size(snap['memory_budget'])}  "
            f"staged disk {_size(snap['staged_disk'])}  shed {snap['shed_total']}",
            f"{'PID':>8} {'STATE':<9} {'GEN':>3} {'BEAT':>6} {'REQS':>8} {'HTTP':>5} {'WS':>5} "
-           f"{'BUSY':>7} {'RAM':>10} {'DISK':>10}"]
+           f"{'BUSY':>7} {'STREAMS':>7} {'RAM':>10} {'DISK':>10}"]
     for w in snap["workers"]:
         out.append(f"{w['pid']:>8} {w['state']:<9} {w['generation']:>3} {w['heartbeat_age']:>5.1f}s "
                    f"{w['requests']:>8} {w['connections']:>5} {w['websockets']:>5} "
-                   f"{_threads(w):>7} {_size(w['staged_ram']):>10} {_size(w['staged_disk']):>10}")
+                   f"{_threads(w):>7} {w['streams']:>7} {_size(w['staged_ram']):>10} {_size(w['staged_disk']):>10}")
         for u in w["uploads"]:
             done = f"{100 * u['received'] / u['declared']:.0f}%" if u["declared"] else _size(u["received"])
             out.append(f"{'':>10} upload {u['path']}  {done}  {_size(u['rate'])}/s  ETA {_duration(u['eta'])}")
@@ -194,7 +197,7 @@ def render_html(snap: dict[str, Any], refresh: float = 2.0) -> bytes:
         rows.append(
             f"<tr><td>{w['pid']}</td><td class='l {w['state']}'>{w['state']}</td><td>{w['generation']}</td>"
             f"<td>{w['heartbeat_age']:.1f} s</td><td>{w['requests']}</td><td>{w['connections']}</td>"
-            f"<td>{w['websockets']}</td><td>{_threads(w)}</td><td>{_size(w['staged_ram'])}</td>"
+            f"<td>{w['websockets']}</td><td>{_threads(w)}</td><td>{w['streams']}</td><td>{_size(w['staged_ram'])}</td>"
             f"<td>{_size(w['staged_disk'])}</td></tr>")
         for u in w["uploads"]:
             pct = 100 * u["received"] / u["declared"] if u["declared"] else 0
@@ -214,7 +217,7 @@ def render_html(snap: dict[str, Any], refresh: float = 2.0) -> bytes:
 staged in RAM {_size(snap['staged_ram'])} of {_size(snap['memory_budget'])}; on disk {_size(snap['staged_disk'])};
 {snap['shed_total']} idle connections shed at max_connections.</p>
 <h2>Workers</h2><table><tr><th>pid</th><th class='l'>state</th><th>gen</th><th>heartbeat</th>
-<th>requests</th><th>http</th><th>ws</th><th>busy threads</th><th>RAM staged</th><th>disk staged</th></tr>{''.join(rows)}</table>
+<th>requests</th><th>http</th><th>ws</th><th>busy threads</th><th>streams</th><th>RAM staged</th><th>disk staged</th></tr>{''.join(rows)}</table>
 <h2>Uploads in progress</h2>{upload_table}
 <p><a href="?format=json">JSON</a> · <a href="?format=prometheus">Prometheus</a></p></body></html>"""
     return page.encode("utf-8")

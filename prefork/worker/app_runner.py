@@ -19,6 +19,7 @@ from collections.abc import Callable
 from prefork.worker.connection import Connection
 from prefork.apps.handlers import Application, CompleteRequest, ResponseStream
 from prefork.config.logs import error_log
+from prefork.staging.body_stream import BodyStream
 from prefork.worker.pool import HandlerPool, Job, StreamProducer, Wakeup
 
 # What a handler job returns when its thread went on to stream the body itself.
@@ -50,7 +51,10 @@ class AppRunner:
                 result = exc
             conn.on_response(result)
             return
-        on_timeout = functools.partial(self._answer_timeout, conn) if self.handler_timeout else None
+        # A streaming handler reads its body for as long as it lasts: the body rate rules bound it, not
+        # handler_timeout.
+        timed = self.handler_timeout and not isinstance(request.body, BodyStream)
+        on_timeout = functools.partial(self._answer_timeout, conn) if timed else None
         self.pool.submit(functools.partial(self._handle, request, conn), functools.partial(self._handled, conn),
                          label=request.head, on_timeout=on_timeout)
 

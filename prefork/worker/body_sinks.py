@@ -23,6 +23,7 @@ from prefork.protocol.http.events import Request
 from prefork.config.logs import error_log
 from prefork.process.scoreboard import WorkerSlot
 from prefork.config.settings import ConnectionSettings
+from prefork.staging.body_stream import BodyStream
 from prefork.staging.partial_sink import PartialUploadSink
 from prefork.staging.spool import BodySpool
 from prefork.staging.writebehind import WriteBehindHelper
@@ -58,6 +59,23 @@ def open_sink(head: Request, settings: ConnectionSettings, slot: WorkerSlot | No
                      min_free_disk=settings.min_free_disk)
 
 
+class StreamSink:
+    """The sink of a streamed body: its bytes go to the application's ``BodyStream``."""
+
+    def __init__(self, stream: BodyStream) -> None:
+        self.stream = stream
+
+    def write(self, data: bytes | memoryview) -> None:
+        self.stream.feed(data)
+
+    def seal(self) -> None:
+        self.stream.end()
+
+    def close(self) -> None:
+        """The request is over: a reader still waiting for more learns that none will come."""
+        self.stream.abort(f"the connection closed after {self.stream.received} body bytes")
+
+
 def staging_failed(exc: OSError) -> ProtocolError:
     """Log a failure to stage a body (missing directory, EMFILE, EIO, ...) and give its answer."""
     error_log.error("staging a request body failed: %s", exc)
@@ -87,19 +105,20 @@ class RequestBody:
         self._slot = slot
         self._parse_form = parse_form
         self._write_behind = write_behind
-        self.sink: BodySpool | FormSink | PartialUploadSink | None = None
+        self.sink: BodySpool | FormSink | PartialUploadSink | StreamSink | None = None
         self.received = 0
         self._uploading = False
         self._window_start = 0.0
         self._window_bytes = 0
 
-    def start(self, head: Request, now: float, sink: PartialUploadSink | None = None) -> None:
+    def start(self, head: Request, now: float, sink: PartialUploadSink | StreamSink | None = None) -> None:
         """A request head arrived: open a sink when it announces a body.
 
         Args:
             head: the request.
             now: when the head arrived (the first rate window starts then).
-            sink: the sink already chosen for it (an append to a resumable upload), if any.
+            sink: the sink already chosen for it (an append to a resumable upload, a
+                streamed body), if any.
 
         Raises:
             ProtocolError: 507, too little free disk for the declared body.
@@ -148,6 +167,10 @@ class RequestBody:
                                  f"below the minimum of {min_rate} bytes/s")
         self._window_start, self._window_bytes = now, 0
 
+    def restart_window(self, now: float) -> None:
+        """Start the next rate window without checking this one (the server was not reading)."""
+        self._window_start, self._window_bytes = now, 0
+
     def seal(self) -> tuple[IO[bytes], Any]:
         """The body is complete: the seekable body and the parsed form (or None) for the handler."""
         self.end_upload()
@@ -156,7 +179,7 @@ class RequestBody:
             return io.BytesIO(), sink.seal()
         if sink is None:
             return io.BytesIO(), None
-        if isinstance(sink, PartialUploadSink):  # the content is the upload's, not the request's
+        if isinstance(sink, (PartialUploadSink, StreamSink)):  # the upload's content, or the app has it
             sink.seal()
             return io.BytesIO(), None
         sink.seal()

@@ -11,7 +11,9 @@ client through a ``Channel``; bodies go into a ``RequestBody``
 (``prefork.worker.sender``, framing by the sans-IO ``ResponseWriter``). What stays
 here is the cycle's policy: when to read, keep-alive, timeouts, errors, linger,
 close. A request that switches protocols, if the loop takes it, ends the HTTP
-life as an ``Upgrade`` outcome: the new protocol gets the channel.
+life as an ``Upgrade`` outcome: the new protocol gets the channel. Bodies that
+are not staged whole before the application runs (streamed bodies, resumable
+uploads) are its base class's (``prefork.worker.connection_intake``).
 """
 
 from __future__ import annotations
@@ -20,7 +22,8 @@ import time
 
 from prefork.worker.body_sinks import RequestBody, staging_failed
 from prefork.worker.channel import Channel
-from prefork.worker.connection_timeouts import DRAIN_LINGER, ConnectionTimeouts
+from prefork.worker.connection_intake import ConnectionIntake
+from prefork.worker.connection_timeouts import DRAIN_LINGER
 from prefork.worker.stage import Stage
 from prefork.protocol.errors import IncompleteBody, ProtocolError
 from prefork.apps.handlers import CompleteRequest, ResponseStream
@@ -33,7 +36,8 @@ from prefork.config.logs import access_log_enabled, error_log, log_access
 from prefork.worker.loop_services import LoopServices, Upgrade
 from prefork.worker.request_origin import direct_origin, request_origin
 from prefork.worker.sender import ResponseSender
-from prefork.protocol.resumable import Dialect, ResumableError, error_response
+from prefork.protocol.resumable import ResumableError
+from prefork.staging.body_stream import BodyStream
 from prefork.staging.partial_intake import ResumableExchange
 
 # Unread input a connection holds outside a body (pipelined requests waiting their
@@ -51,7 +55,7 @@ CLIENT_CLOSED_REQUEST = 499  # nginx's access-log status for a client that left 
 _EMPTY_HEADERS = Headers([])
 
 
-class Connection(ConnectionTimeouts):
+class Connection(ConnectionIntake):
     """One client connection, from accept to close.
 
     Args:
@@ -85,6 +89,7 @@ class Connection(ConnectionTimeouts):
         self.deadline = now + self.settings.header_timeout
         self.timeout_is_keepalive = False
         self.drain_responses = 0
+        self.stream: BodyStream | None = None  # a body the application reads while it arrives
         self._reset_request(now)
         if loop.slot is not None:
             loop.slot.add_connections(http=1)
@@ -93,6 +98,7 @@ class Connection(ConnectionTimeouts):
     def _reset_request(self, now: float) -> None:
         self.request: Request | None = None
         self.exchange: ResumableExchange | None = None  # a request to the resumable URL space
+        self._end_stream()
         self.origin = self._direct  # who sent the request, once its head says (trusted proxies)
         self.started = now
         self.status = 0
@@ -101,11 +107,12 @@ class Connection(ConnectionTimeouts):
     # --- reading ------------------------------------------------------------
     def on_readable(self) -> None:
         """Receive what the socket has and advance the request cycle."""
-        if self.stage is Stage.BODY and self.parser.direct_body_remaining():
+        in_body = self._in_body()
+        if in_body and self.parser.direct_body_remaining():
             self._receive_body_directly()
             return
         room = len(self._buffer)
-        if self.stage is not Stage.BODY and self.stage is not Stage.LINGER:
+        if not in_body and self.stage is not Stage.LINGER:
             room = min(room, self._input_bound - self.parser.buffered)
             if room <= 0:
                 self.channel.set_reading(False)
@@ -131,7 +138,7 @@ class Connection(ConnectionTimeouts):
             self._peer_closed()
         else:
             self.parser.feed(self._buffer[:n])
-        if self.stage in (Stage.HEAD, Stage.BODY):
+        if self.stage is Stage.HEAD or self._in_body():
             self.process()
         if self.parser.buffered >= self._input_bound:
             self.channel.set_reading(False)
@@ -146,10 +153,16 @@ class Connection(ConnectionTimeouts):
         buffer = self._buffer
         for _ in range(DIRECT_READS_PER_WAKEUP):
             remaining = self.parser.direct_body_remaining()
-            if not remaining or self.stage is not Stage.BODY:
+            if not remaining or not self._in_body():
                 break
+            want = min(remaining, len(buffer))
+            if self.stream is not None:  # never more than the stream has room for
+                want = min(want, self.stream.room())
+                if not want:
+                    self.channel.set_reading(False)  # until the application reads (stream_room)
+                    return
             try:
-                n = self.channel.recv_into(buffer, min(remaining, len(buffer)))
+                n = self.channel.recv_into(buffer, want)
             except OSError:
                 self._connection_lost()
                 return
@@ -166,7 +179,7 @@ class Connection(ConnectionTimeouts):
             except ProtocolError as exc:
                 self.fail(exc)
                 return
-            if n < len(buffer):
+            if n < want:
                 break  # the socket is drained for now
         self.process()
 
@@ -179,10 +192,13 @@ class Connection(ConnectionTimeouts):
     def process(self) -> None:
         """Turn buffered bytes into request events until the parser needs more or pauses."""
         try:
-            while self.stage in (Stage.HEAD, Stage.BODY):
+            while self.stage is Stage.HEAD or self._in_body():
                 event = self.parser.next_event()
                 if isinstance(event, Data):
                     self.body.write(event.data)
+                    if self.stream is not None and not self.stream.room():
+                        self.channel.set_reading(False)  # the application is behind: until stream_room
+                        return
                 elif isinstance(event, Request):
                     self._on_head(event)
                 elif isinstance(event, EndOfMessage):
@@ -204,7 +220,7 @@ class Connection(ConnectionTimeouts):
 
     def _connection_lost(self) -> None:
         """The socket failed (reset): an upload in progress was aborted by its client."""
-        if self.stage is Stage.BODY:
+        if self._in_body():
             self._client_aborted("reset the connection")
         else:
             self.close()
@@ -218,7 +234,7 @@ class Connection(ConnectionTimeouts):
         head = self.request
         assert head is not None
         declared = "?" if head.content_length is None else str(head.content_length)
-        fate = "kept for resumption" if self.exchange is not None and self.exchange.sink else "upload discarded"
+        fate = self.body_fate()
         error_log.info("%s:%s %s: the client %s after %d of %s body bytes; %s",
                        self.peer[0], self.peer[1], head, how, self.body.received, declared, fate)
         self.status = CLIENT_CLOSED_REQUEST
@@ -242,16 +258,13 @@ class Connection(ConnectionTimeouts):
         if head.upgrade is not None and self.loop.wants_upgrade(head):
             self._upgrade(head)
             return
+        if self.loop.wants_stream(head):
+            self._start_stream(head)
+            return
         resumable = self.loop.resumable
         if resumable is not None and resumable.matches(head):
-            exchange = self.exchange = resumable.begin(head, self.origin.client[0])
-            if exchange.error is not None and (head.chunked or head.content_length):
-                self.fail(exchange.error)  # refused before its content: answered unread
+            if not self._begin_resumable(head, resumable):
                 return
-            if exchange.interim is not None:  # the client learns the upload's URL before it sends the content
-                self.channel.queue(exchange.interim)
-                self.flush()
-            self.body.start(head, self.started, exchange.sink)
         else:
             self.body.start(head, self.started)
         if head.expects_continue and head.http_version == b"1.1" and self.body.sink is not None:
@@ -282,6 +295,12 @@ class Connection(ConnectionTimeouts):
         assert self.request is not None
         if self.parser.state is ParserState.UPGRADED:
             self.parser.decline_upgrade()  # nobody took the upgrade: answer it as plain HTTP
+        if self.stream is not None:  # the application has it already: it reads the end now
+            self.body.seal()
+            if self.stage is Stage.BODY:
+                self.stage = Stage.HANDLING
+                self.deadline = float("inf")
+            return
         body, form = self.body.seal()
         self.stage = Stage.HANDLING
         self.deadline = float("inf")
@@ -294,7 +313,7 @@ class Connection(ConnectionTimeouts):
     # --- responding -----------------------------------------------------------
     def on_response(self, result: ResponseStream | BaseException) -> None:
         """The application finished: queue the response head and start the body."""
-        if self.stage is Stage.CLOSED:
+        if self.stage is Stage.CLOSED or self.stage is Stage.LINGER:  # answered already (a streamed body failed)
             if isinstance(result, ResponseStream):
                 result.close()
             self.body.discard()
@@ -315,6 +334,8 @@ class Connection(ConnectionTimeouts):
         self.status = result.status
         # A client that half-closed after pipelining still reads: answer what it already sent.
         keep_alive = not (self.eof and not self.parser.buffered)
+        if self.stream is not None and not self.stream.ended:
+            keep_alive = False  # answered before its body ended: the rest is not read, the connection goes
         if self.loop.draining:
             # Requests the client pipelined are already here: answer them too, then close.
             self.drain_responses += 1
@@ -379,25 +400,12 @@ class Connection(ConnectionTimeouts):
         """Answer a protocol error with its status (or ``response``), log it, and close."""
         error_log.info("%s:%s %s -> %d: %s", self.peer[0], self.peer[1], self.request or "-", exc.status, exc)
         if response is None and isinstance(exc, ResumableError):
-            exchange = self.exchange
-            response = error_response(exc, exchange.dialect if exchange else Dialect.DRAFT,
-                                      exchange.request.interop_version if exchange and exchange.request else None,
-                                      close=True)
+            response = self.resumable_error_response(exc)
         self.body.discard()
         if self.stage in (Stage.RESPONDING, Stage.CLOSED, Stage.LINGER):
             self.close()
             return
         self._answer_and_close(exc.status, response or simple_error_response(exc.status, str(exc)))
-
-    def superseded(self) -> None:
-        """A newer request for the resumable upload this one appends to asked it to let go
-        (draft §4.6: the client has given up on this one): what arrived is kept, and the
-        connection closes."""
-        error_log.info("%s:%s %s: a newer request for this upload took over after %d body bytes; closing",
-                       self.peer[0], self.peer[1], self.request, self.body.received)
-        self.status = 409
-        self.log_request()
-        self.close()
 
     def _answer_and_close(self, status: int, response: bytes) -> None:
         """Send ``response`` instead of whatever was queued, then linger and close."""
@@ -461,6 +469,7 @@ class Connection(ConnectionTimeouts):
         if not was_handling:
             self.body.discard()
         self.sender.stop()  # closes the response, unless its pull job will
+        self._end_stream()
         self.channel.close()
         self.loop.forget(self)
         if self.loop.slot is not None:

@@ -70,6 +70,10 @@ class ConnectionTimeouts:
                 self.fail(RequestTimeout(
                     f"request head not complete within {self.settings.header_timeout:g} s"))
         elif self.stage is Stage.BODY:
+            if self.body_paused():  # the application is behind, not the client: its time does not count
+                self.body.restart_window(now)
+                self.deadline = now + self.settings.body_rate_window
+                return
             try:
                 self.body.check_rate(now)
             except RequestTimeout as exc:
@@ -85,6 +89,10 @@ class ConnectionTimeouts:
             error_log.info("%s:%s: no response bytes accepted for %g s; closing",
                            self.peer[0], self.peer[1], self.settings.send_timeout)
             self.close()
+
+    def body_paused(self) -> bool:
+        """Whether the body is not being read because the application is behind (streamed bodies)."""
+        return False
 
     def _close_idle(self) -> None:
         """Close a connection with no request in progress, unless one has just arrived.

@@ -40,6 +40,7 @@ from prefork.apps.handlers import CompleteRequest, LoadedApp, ResponseStream
 from prefork.apps.loader import AppWrapper
 from prefork.apps.resumable import ResumableEndpoint
 from prefork.staging.partial_intake import ResumableUploads
+from prefork.protocol.errors import ProtocolError, ServiceUnavailable
 from prefork.protocol.http.events import Request
 from prefork.worker.app_runner import AppRunner
 from prefork.process.exit_codes import EXIT_BOOT
@@ -114,6 +115,7 @@ class Worker:
         self.requests = 0
         self._orphan_deadline = 0.0
         self.resumable: ResumableUploads | None = None
+        self.streams = 0  # streamed request bodies in progress (admit_stream)
         self._next_resumable_sweep = 0.0
 
     # --- start-up -------------------------------------------------------------
@@ -384,6 +386,31 @@ class Worker:
         """Whether the application wants this request's multipart body parsed as it arrives."""
         assert self.app is not None
         return self.app.wants_form(head)
+
+    def wants_stream(self, head: Request) -> bool:
+        """Whether the request's handler reads its body while it arrives: a ``[streaming] paths``
+        prefix, or a native route declared ``stream=True``."""
+        assert self.app is not None
+        path = head.path
+        return any(path.startswith(prefix) for prefix in self.worker_settings.streaming_paths) or \
+            self.app.wants_stream(head)
+
+    def admit_stream(self) -> ProtocolError | None:
+        """Count a streamed body in, or say why not (503)."""
+        if self.pool is None:
+            return ServiceUnavailable("streaming request bodies need handler threads ([server] threads = 0)")
+        if self.streams >= self.worker_settings.max_streams:
+            return ServiceUnavailable(f"{self.streams} streams in progress in this worker, the most "
+                                      "[streaming] max_streams allows")
+        self.streams += 1
+        if self.slot is not None:
+            self.slot.add_streams(1)
+        return None
+
+    def stream_done(self) -> None:
+        self.streams -= 1
+        if self.slot is not None:
+            self.slot.add_streams(-1)
 
     def wants_upgrade(self, head: Request) -> bool:
         """Whether a request that asks to switch protocols is taken (``WebSocketSide.wants``)."""

@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from prefork.process.scoreboard import WorkerSlot
     from prefork.staging.writebehind import WriteBehindHelper
     from prefork.staging.partial_intake import ResumableUploads
+    from prefork.protocol.errors import ProtocolError
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,6 +63,15 @@ class LoopServices(Protocol):
 
     def wants_form(self, head: Request) -> bool:
         """Whether the application wants this body parsed as a form while it arrives."""
+
+    def wants_stream(self, head: Request) -> bool:
+        """Whether the request's handler reads its body while it arrives (streaming routes)."""
+
+    def admit_stream(self) -> ProtocolError | None:
+        """Count a new streamed body in, or refuse it (503): the worker's streams are bounded."""
+
+    def stream_done(self) -> None:
+        """A streamed body's request is over."""
 
     def wants_upgrade(self, head: Request) -> bool:
         """Whether a request that asks to switch protocols is taken (else it is plain HTTP)."""

@@ -41,6 +41,8 @@ class WorkerSettings:
     status_path: bytes
     status_allow: tuple[str, ...]
     resumable: ResumableSettings
+    streaming_paths: tuple[bytes, ...]  # [streaming] paths: WSGI routes whose bodies are read as they arrive
+    max_streams: int
     reload: bool  # --reload: see prefork.apps.reloader
 
 
@@ -130,6 +132,7 @@ def connection_settings(cfg: Config) -> ConnectionSettings:
         forwarded_headers=HeaderSource(cfg.proxy.headers),
         max_file_size=cfg.uploads.max_file_size or None,
         checksum=cfg.uploads.checksum == "sha256",
+        stream_buffer=cfg.streaming.buffer,
     )
 
 
@@ -198,5 +201,7 @@ def worker_settings(cfg: Config) -> WorkerSettings:
         status_path=cfg.status.path.encode("latin-1"),
         status_allow=cfg.status.allow,
         resumable=resumable_settings(cfg),
+        streaming_paths=tuple(path.encode("latin-1") for path in cfg.streaming.paths),
+        max_streams=cfg.streaming.max_streams,
         reload=server.reload,
     )

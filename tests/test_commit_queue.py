@@ -144,3 +144,19 @@ def test_without_checksum_the_sink_writes_inline_and_the_digest_is_read_back(sto
     assert spool.sha256 == hashlib.sha256(data).hexdigest()  # read back on first use
     spool.close()
     assert not os.path.exists(upload.data_path)  # not saved: the data file goes with the spool
+
+
+def test_checkpoint_interval_spaces_the_commits(store: PartialUploadStore) -> None:
+    data = os.urandom(4 * MIN_CHUNK)
+    spaced = PartialUploadSink(new_upload(store), limit=None, too_long=too_long, write_behind=None,
+                               checkpoint=MIN_CHUNK, checkpoint_interval=3600.0)
+    every = PartialUploadSink(new_upload(store), limit=None, too_long=too_long, write_behind=None,
+                              checkpoint=MIN_CHUNK, checkpoint_interval=0.0)
+    for position in range(0, len(data), MIN_CHUNK):
+        spaced.write(data[position:position + MIN_CHUNK])
+        every.write(data[position:position + MIN_CHUNK])
+    assert store.read(spaced.upload.id).offset == 0  # type: ignore[union-attr]  # an hour has not passed
+    assert store.read(every.upload.id).offset == len(data)  # type: ignore[union-attr]
+    spaced.close()  # the request's end commits whatever the interval held back
+    assert store.read(spaced.upload.id).offset == len(data)  # type: ignore[union-attr]
+    every.close()

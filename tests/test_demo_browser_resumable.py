@@ -4,7 +4,7 @@ The browser's upload bandwidth is throttled (Chrome DevTools network emulation),
 that the server can be killed, all of it, at SIGKILL, while an upload is under way,
 and started again on the same port and directories; the page (the demo's own draft
 client) and tus-js-client must then resume from the offset the new server reports
-and the file must arrive whole. ``[resumable] checkpoint = 1MiB`` bounds what the
+and the file must arrive whole. ``[resumable] checkpoint = 1MiB`` (with no interval) bounds what the
 kill may lose. tus-js-client's browser bundle comes from the npm registry, fetched
 by ``.ci/run`` into ``tests/vendor/`` (never by the tests); without it that test is
 skipped, which on CI fails the run, as for a missing chromium.
@@ -33,7 +33,7 @@ from selenium.webdriver.common.by import By
 pytestmark = needs_chromium
 
 TUS_BUNDLE = REPO / "tests" / "vendor" / "tus-js-client" / "package" / "dist" / "tus.min.js"
-RESUMABLE = {"resumable": "checkpoint = 1MiB"}
+RESUMABLE = {"resumable": "checkpoint = 1MiB\ncheckpoint_interval = 0"}
 UPLOAD_RATE = 3 * 1024 * 1024  # bytes per second the browser may send
 
 

@@ -28,7 +28,7 @@ from tests.test_resumable_server import (MiB, TUS, WAIT, _gallery_entry, _head_b
 
 GiB = 1024 * MiB
 SEED = 16
-CONFIG = {"resumable": "checkpoint = 8MiB"}
+CONFIG = {"resumable": "checkpoint = 8MiB\ncheckpoint_interval = 0"}
 BLOCK = 4 * MiB
 
 

@@ -155,7 +155,7 @@ def _tus_client(server: Server) -> client.TusClient:
 @pytest.fixture(scope="module")
 def demo(start_module_server: Callable[..., Server]) -> Server:
     """One demo server for the tests that need nothing special (1 MiB checkpoints)."""
-    return start_module_server(app="", config={"resumable": "checkpoint = 1MiB"})
+    return start_module_server(app="", config={"resumable": "checkpoint = 1MiB\ncheckpoint_interval = 0"})
 
 
 # --- 1. tuspy, whole file ------------------------------------------------------------------------
@@ -211,7 +211,7 @@ def test_tuspy_small_chunks_across_two_workers(start_server: Callable[..., Serve
 
 # --- 3. the worker SIGKILLed mid-append ---------------------------------------------------------
 def test_worker_killed_mid_append_keeps_a_durable_prefix(start_server: Callable[..., Server], tmp_path: Path) -> None:
-    server = start_server(app="", config={"resumable": "checkpoint = 1MiB"})
+    server = start_server(app="", config={"resumable": "checkpoint = 1MiB\ncheckpoint_interval = 0"})
     path, data = _file(tmp_path, 6 * MiB, "killed")
     upload_path = _tus_create(server, len(data))
     sent = 3 * MiB + MiB // 2
@@ -247,14 +247,14 @@ def test_upload_resumes_across_a_server_restart(start_server: Callable[..., Serv
     files = tmp_path / "client"
     files.mkdir()
     path, data = _file(files, 4 * MiB + 777, "restart")
-    before = start_server(app="", config={"resumable": "checkpoint = 1MiB"})
+    before = start_server(app="", config={"resumable": "checkpoint = 1MiB\ncheckpoint_interval = 0"})
     uploader = _tus_client(before).uploader(str(path), chunk_size=MiB)
     uploader.upload(stop_at=2 * MiB)
     assert uploader.offset == 2 * MiB
     upload_path = "/" + uploader.url.split("/", 3)[3]
     before.stop()
     assert before.wait() == 0
-    after = start_server(app="", config={"resumable": "checkpoint = 1MiB"})
+    after = start_server(app="", config={"resumable": "checkpoint = 1MiB\ncheckpoint_interval = 0"})
     assert after.uploads == before.uploads
     resumed = client.Uploader(str(path), url=after.url + upload_path, chunk_size=MiB)
     assert resumed.offset == 2 * MiB
@@ -546,7 +546,7 @@ def test_wsgi_app_gets_the_completed_tus_upload(start_server: Callable[..., Serv
     saved = tmp_path / "saved"
     saved.mkdir()
     server = start_server(app=WSGI_APP, env={"PREFORK_TEST_UPLOADS": str(saved)},
-                          config={"resumable": "checkpoint = 1MiB"})
+                          config={"resumable": "checkpoint = 1MiB\ncheckpoint_interval = 0"})
     path, data = _file(tmp_path, 3 * MiB + 5, "wsgi")
     uploader = _tus_client(server).uploader(str(path), chunk_size=MiB,
                                             metadata={"filename": "w.bin", "filetype": "application/x-test"})

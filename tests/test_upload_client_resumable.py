@@ -28,7 +28,7 @@ MiB = 1 << 20
 
 @pytest.fixture
 def server(start_server: Any) -> Server:
-    return start_server(app="", workers=2, config={"resumable": "checkpoint = 1MiB"})  # type: ignore[no-any-return]
+    return start_server(app="", workers=2, config={"resumable": "checkpoint = 1MiB\ncheckpoint_interval = 0"})  # type: ignore[no-any-return]
 
 
 def durable_offsets(server: Server) -> list[int]:

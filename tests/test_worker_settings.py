@@ -100,6 +100,7 @@ REACHES: list[tuple[str, str, str, dict[str, object]]] = [
     ("resumable", "max_uploads_per_client", "3", {"resumable.max_uploads_per_client": 3}),
     ("resumable", "expire_after", "2h", {"resumable.expire_after": 7200.0}),
     ("resumable", "checkpoint", "8MiB", {"resumable.checkpoint": 8 * MiB}),
+    ("resumable", "checkpoint_interval", "0", {"resumable.checkpoint_interval": 0.0}),
     ("streaming", "paths", "/ingest, /live/", {"streaming_paths": (b"/ingest", b"/live/")}),
     ("streaming", "max_streams", "5", {"max_streams": 5}),
     ("streaming", "buffer", "256KiB", {"connection.stream_buffer": 256 * KiB}),

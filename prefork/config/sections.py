@@ -265,6 +265,7 @@ class ResumableConfig:
     max_uploads_per_client: int = _setting(int_value(1), 16)
     expire_after: float = _setting(duration_value(), 24 * 3600.0)
     checkpoint: int = _setting(size_value(1 * MiB), 64 * MiB)
+    checkpoint_interval: float = _setting(duration_value(allow_zero=True), 1.0)
 
 
 @dataclass(frozen=True)

@@ -29,6 +29,7 @@ class ResumableSettings:
         max_uploads_per_client: partial uploads one client address may have open.
         expire_after: seconds a partial upload lives after its creation or last append.
         checkpoint: bytes of a long append between two durable commits.
+        checkpoint_interval: seconds at least between two of those commits.
     """
 
     prefix: str
@@ -38,6 +39,7 @@ class ResumableSettings:
     max_uploads_per_client: int
     expire_after: float
     checkpoint: int
+    checkpoint_interval: float
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,13 +12,19 @@ the loop), and the loop reads on. A client that goes away before the end makes
 the reader raise ``ClientDisconnected``; the end of the body reads as ``b""``.
 
 Only two threads touch a stream, the loop (``feed``, ``end``, ``abort``) and
-the handler (the reads); one lock and one condition guard the buffer, a
-``bytearray`` consumed from its front through an offset, compacted when the
-offset passes half of it, so no read copies more than what it returns.
+the handler (the reads); one lock and one condition guard the buffer, a queue
+of the pieces fed (each one copy), read from the front through an offset into
+the first: no read copies more than it returns. What a stream holds is its
+unread bytes (below ``bound`` plus the piece that filled it) and the read part of
+the first piece, so less than ``bound`` plus twice the largest piece fed, which is
+one receive of the loop (1 MiB): 3 MiB per stream with the defaults. A stream
+that has ended keeps its bytes for the reader even if the connection goes
+afterwards (``abort``).
 """
 
 from __future__ import annotations
 
+import collections
 import io
 import threading
 from collections.abc import Callable, Iterator
@@ -48,8 +54,10 @@ class BodyStream(io.RawIOBase):
         self.bound = bound
         self.length = length
         self._on_room = on_room
-        self._buffer = bytearray()
-        self._start = 0  # bytes of _buffer already read
+        self._pieces: collections.deque[bytes] = collections.deque()
+        self._offset = 0  # bytes of the first piece already read
+        self._unread = 0
+        self._held = 0  # bytes of the pieces, read part of the first included
         self._cond = threading.Condition()
         self._ended = False
         self._error: str | None = None
@@ -60,7 +68,13 @@ class BodyStream(io.RawIOBase):
     # --- the loop's side ------------------------------------------------------------------
     @property
     def unread(self) -> int:
-        return len(self._buffer) - self._start
+        """Bytes fed and not read yet."""
+        return self._unread
+
+    @property
+    def held(self) -> int:
+        """Bytes the stream holds in memory: the unread ones, and the read part of a piece."""
+        return self._held
 
     def room(self) -> int:
         """Bytes the loop may feed before the stream is full."""
@@ -71,9 +85,12 @@ class BodyStream(io.RawIOBase):
         """Append body bytes (copied); False when the stream is now full: stop reading
         until ``on_room`` is called."""
         with self._cond:
-            if self._error is None:  # after an abort, bytes are dropped: nobody will read them
-                self._buffer += data
-                self.received += len(data)
+            if self._error is None and len(data):  # after an abort, bytes are dropped: nobody reads them
+                piece = bytes(data)
+                self._pieces.append(piece)
+                self._unread += len(piece)
+                self._held += len(piece)
+                self.received += len(piece)
                 self._cond.notify_all()
             full = self.unread >= self.bound
             self._paused = full
@@ -86,12 +103,15 @@ class BodyStream(io.RawIOBase):
             self._cond.notify_all()
 
     def abort(self, reason: str) -> None:
-        """The client went away or the request failed: the reader raises ``ClientDisconnected``."""
+        """The client went away or the request failed: the reader raises ``ClientDisconnected``.
+
+        A stream whose body had ended is left alone: its reader gets the whole body."""
         with self._cond:
-            if not self._ended and self._error is None:
-                self._error = reason
-            self._buffer.clear()
-            self._start = 0
+            if self._ended or self._error is not None:
+                return
+            self._error = reason
+            self._pieces.clear()
+            self._offset = self._unread = self._held = 0
             self._cond.notify_all()
 
     @property
@@ -117,13 +137,7 @@ class BodyStream(io.RawIOBase):
                 self._cond.wait()
             if self._error is not None:
                 raise ClientDisconnected(self._error)
-            n = min(len(view), self.unread)
-            view[:n] = self._buffer[self._start:self._start + n]
-            self._start += n
-            self.consumed += n
-            if self._start > len(self._buffer) // 2:
-                del self._buffer[:self._start]
-                self._start = 0
+            n = self._take(view)
             if self._paused and self.unread <= self.bound // 2:
                 self._paused = False
                 room = self._on_room
@@ -131,11 +145,34 @@ class BodyStream(io.RawIOBase):
             room()
         return n
 
+    def _take(self, view: memoryview) -> int:
+        """Copy up to ``len(view)`` unread bytes into ``view`` (lock held)."""
+        copied = 0
+        while copied < len(view) and self._pieces:
+            piece = self._pieces[0]
+            take = min(len(view) - copied, len(piece) - self._offset)
+            view[copied:copied + take] = memoryview(piece)[self._offset:self._offset + take]
+            copied += take
+            self._offset += take
+            if self._offset == len(piece):
+                self._pieces.popleft()
+                self._held -= len(piece)
+                self._offset = 0
+        self._unread -= copied
+        self.consumed += copied
+        return copied
+
     def read(self, size: int | None = -1) -> bytes:
         """Up to ``size`` bytes, waiting for at least one; with no size, the rest of the body."""
         if size is None or size < 0:
             return self.readall()
-        chunk = bytearray(size)
+        if size == 0:
+            return b""
+        with self._cond:  # no larger block than there is to read (read(1 << 30) allocates nothing big)
+            while not self.unread and not self._ended and self._error is None:
+                self._cond.wait()
+            available = self.unread
+        chunk = bytearray(min(size, max(available, 1)))
         return bytes(chunk[:self.readinto(chunk)])
 
     def readall(self) -> bytes:
@@ -156,14 +193,24 @@ class BodyStream(io.RawIOBase):
                     raise ClientDisconnected(self._error)
                 if not self.unread:
                     break
-                newline = self._buffer.find(b"\n", self._start)
-                end = len(self._buffer) if newline < 0 else newline + 1
-            want = end - self._start if limit < 0 else min(end - self._start, limit - len(line))
+                through = self._through_newline()
+            want = through if limit < 0 else min(through, limit - len(line))
             piece = self.read(want)
             line += piece
             if piece.endswith(b"\n"):
                 break
         return bytes(line)
+
+    def _through_newline(self) -> int:
+        """Unread bytes up to and including the first newline (all of them without one; lock held)."""
+        seen, offset = 0, self._offset
+        for piece in self._pieces:
+            newline = piece.find(b"\n", offset)
+            if newline >= 0:
+                return seen + newline + 1 - offset
+            seen += len(piece) - offset
+            offset = 0
+        return seen
 
     def chunks(self, size: int = 65536) -> Iterator[bytes]:
         """The body in pieces of at most ``size`` bytes as they arrive (iterating the

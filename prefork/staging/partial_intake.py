@@ -207,6 +207,7 @@ class ResumableUploads:
         limit = length if length is not None else max_size
         return PartialUploadSink(upload, limit=limit, too_long=too_long, write_behind=self._write_behind,
                                  checkpoint=self.settings.checkpoint, min_free_disk=self._min_free_disk,
+                                 checkpoint_interval=self.settings.checkpoint_interval,
                                  commits=self._commits, checksum=self._checksum)
 
     def sweep(self) -> int:

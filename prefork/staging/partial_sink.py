@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -69,6 +70,7 @@ class PartialUploadSink:
             largest upload allowed), and ``too_long``: what passing it raises.
         write_behind: the worker's helper; None writes and commits inline (tests).
         checkpoint: bytes between two commits while the content arrives.
+        checkpoint_interval: seconds at least between two of those commits.
         on_disk_bytes: staging-bytes accounting, as for a spool.
         min_free_disk: bytes that must stay free on the upload's filesystem (507).
         commits: the worker's commit thread; None commits inline (tests).
@@ -79,7 +81,8 @@ class PartialUploadSink:
     def __init__(self, upload: PartialUpload, *, limit: int | None, too_long: Callable[[int], Exception],
                  write_behind: WriteBehindHelper | None, checkpoint: int = DEFAULT_CHECKPOINT,
                  on_disk_bytes: Callable[[int], None] | None = None, min_free_disk: int = 0,
-                 commits: CommitQueue | None = None, checksum: bool = True) -> None:
+                 commits: CommitQueue | None = None, checksum: bool = True,
+                 checkpoint_interval: float = 0.0) -> None:
         assert upload.fd is not None
         self.upload = upload
         self.start = upload.record.offset
@@ -88,6 +91,8 @@ class PartialUploadSink:
         self._too_long = too_long
         self._checkpoint = checkpoint
         self._next_checkpoint = checkpoint
+        self._interval = checkpoint_interval
+        self._last_checkpoint = time.monotonic()
         self._on_disk = on_disk_bytes
         self._guard = FreeSpaceGuard(upload.store.dir, min_free_disk) if min_free_disk else None
         self.digest = running_sha256(upload) if checksum else None
@@ -134,8 +139,11 @@ class PartialUploadSink:
         if self._on_disk is not None:
             self._on_disk(n)
         if self.received >= self._next_checkpoint:
-            self._next_checkpoint = self.received + self._checkpoint
-            self._behind.then(self._queue_checkpoint)
+            now = time.monotonic()
+            if now - self._last_checkpoint >= self._interval:
+                self._last_checkpoint = now
+                self._next_checkpoint = self.received + self._checkpoint
+                self._behind.then(self._queue_checkpoint)
         return n
 
     def preempted(self) -> bool:

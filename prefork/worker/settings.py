@@ -173,6 +173,7 @@ def resumable_settings(cfg: Config) -> ResumableSettings:
         max_uploads_per_client=section.max_uploads_per_client,
         expire_after=section.expire_after,
         checkpoint=section.checkpoint,
+        checkpoint_interval=section.checkpoint_interval,
     )
 
 

@@ -31,6 +31,7 @@ from prefork.staging.partial_uploads import PartialUpload, PartialUploadStore, U
 from prefork.staging.sha256_state import ResumableSha256, hash_prefix
 from prefork.staging.stagingfile import write_all
 from prefork.staging.writebehind import MIN_CHUNK, WriteBehind, WriteBehindHelper
+from tests.server import wait_for
 
 needs_libcrypto = pytest.mark.skipif(not ResumableSha256.available, reason="libcrypto's SHA256 is not available")
 
@@ -45,15 +46,8 @@ def sha(data: bytes) -> str:
 
 
 def poll(predicate: Callable[[], Any], timeout: float = 2.0, what: str = "condition") -> Any:
-    """Poll ``predicate`` until it returns something truthy; fail after ``timeout`` s."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} not met within {timeout} s")
-        time.sleep(0.002)
+    """``tests.server.wait_for`` with a short interval: these waits are for threads of this process."""
+    return wait_for(predicate, timeout, interval=0.002, what=what)
 
 
 def open_when_free(store: PartialUploadStore, upload_id: str, timeout: float = 2.0) -> PartialUpload:
@@ -744,7 +738,7 @@ def head(method: bytes, target: bytes, *headers: tuple[bytes, bytes], content_le
 def settings(tmp_path: Path, **overrides: Any) -> ResumableSettings:
     values: dict[str, Any] = dict(prefix=PREFIX, dir=str(tmp_path / "resumable"), max_size=None,
                                   max_partial_bytes=None, max_uploads_per_client=10, expire_after=3600.0,
-                                  checkpoint=1 << 20)
+                                  checkpoint=1 << 20, checkpoint_interval=0.0)
     values.update(overrides)
     return ResumableSettings(**values)
 

@@ -1653,6 +1653,13 @@ def scenario_resumable(args: argparse.Namespace, ws: Workspace) -> list[SummaryR
     return run(args, ws)
 
 
+def scenario_streaming(args: argparse.Namespace, ws: Workspace) -> list[SummaryRow]:
+    """A never-ending chunked POST read while it arrives, worker RSS: bench_streaming.py."""
+    from bench_streaming import scenario_streaming as run
+
+    return run(args, ws)
+
+
 def scenario_tls(args: argparse.Namespace, ws: Workspace) -> list[SummaryRow]:
     """HTTPS hello vs granian and gunicorn, a large upload over TLS vs plain and a TLS ceiling: bench_tls.py."""
     from bench_tls import scenario_tls as run
@@ -1675,6 +1682,7 @@ SCENARIOS: dict[str, Callable[[argparse.Namespace, Workspace], list[SummaryRow]]
     "ws-hostile": scenario_ws_hostile,
     "tls": scenario_tls,
     "resumable": scenario_resumable,
+    "streaming": scenario_streaming,
 }
 
 
@@ -1718,6 +1726,8 @@ def build_parser() -> argparse.ArgumentParser:
                                     "upload over TLS vs plain TCP and a TLS ceiling, worker RSS"),
                             ("resumable", "resumable upload (one request; resumed once; tuspy) vs a plain "
                                           "upload of the same size on the same server"),
+                            ("streaming", "a never-ending chunked POST read while it arrives for 60 s: "
+                                          "worker RSS growth"),
                             ("all", "every scenario, then the summary table with targets"),
                             ("perf", "the same as all")]:
         sub.add_parser(name, parents=[common], help=help_text)

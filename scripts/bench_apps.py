@@ -262,6 +262,13 @@ def _make_native_app() -> Any:
     def upload_resumable(request: Any) -> Any:  # a completed resumable upload (bench_resumable)
         return answer(_saved_size(request.upload.save))
 
+    @app.route("/ingest", methods=["POST"], stream=True)
+    def ingest(request: Any) -> Any:  # a streamed body, read as it arrives (bench_streaming)
+        total = 0
+        for piece in request.stream.chunks(1 << 20):
+            total += len(piece)
+        return answer(total)
+
     return app
 
 

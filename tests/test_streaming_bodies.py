@@ -205,3 +205,11 @@ def test_wsgi_streaming_paths_give_a_streaming_wsgi_input(start_server: Callable
     assert declared == {"bytes": len(data), "sha256": digest, "content_length": str(len(data)), "seekable": False}
     staged = requests.post(server.url + "/other", data=wsgi_pieces(data), timeout=WAIT).json()
     assert staged == {"bytes": len(data), "sha256": digest, "content_length": str(len(data)), "seekable": True}
+
+
+def test_a_flask_app_unchanged_reads_request_stream_while_it_arrives(start_server: Callable[..., Server]) -> None:
+    server = start_server(app="tests.apps.stream_flask:app", config={"streaming": "paths = /ingest"})
+    data = os.urandom(3 * MiB + 1)
+    expected = {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+    assert requests.post(server.url + "/ingest", data=wsgi_pieces(data), timeout=WAIT).json() == expected
+    assert requests.post(server.url + "/ingest", data=data, timeout=WAIT).json() == expected

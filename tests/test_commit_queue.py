@@ -101,6 +101,9 @@ def test_a_checkpoint_made_redundant_by_the_end_of_the_request_is_skipped(
     ender.join(5.0)
     blocker.wait()
     assert finished == [hashlib.sha256(data).hexdigest()]
+    record = store.read(sink.upload.id)
+    assert record is not None and not record.complete  # complete only once the application has the file
+    sink.record_complete(len(data), finished[0])
     assert syncs == []  # the checkpoint was skipped, and a completed upload's data is not synced
     record = store.read(sink.upload.id)
     assert record is not None and (record.offset, record.complete) == (len(data), True)

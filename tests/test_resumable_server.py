@@ -580,3 +580,15 @@ def test_flask_app_gets_a_draft_upload_completed_in_one_request(start_server: Ca
     assert report["content_type"] == "text/csv"
     assert report["upload_size"] == report["input_size"] == report["saved_size"] == len(data)
     assert report["upload_sha256"] == report["input_sha256"] == report["saved_sha256"] == _sha(data)
+
+
+def test_a_chunked_tus_append_that_reaches_the_length_completes_the_upload(demo: Server) -> None:
+    data = _content(3 * MiB + 11, "chunked-tus")
+    upload_path = _tus_create(demo, len(data))
+    fields = {**TUS, "Upload-Offset": "0", "Content-Type": "application/offset+octet-stream",
+              "Transfer-Encoding": "chunked"}
+    body = b"".join(b"%x\r\n%s\r\n" % (len(data[i:i + MiB]), data[i:i + MiB]) for i in range(0, len(data), MiB))
+    resp = request(demo, _head_bytes("PATCH", upload_path, fields) + body + b"0\r\n\r\n")
+    assert resp.status == 204, (resp.raw_head, resp.body)
+    assert _offset(resp) == len(data)
+    _assert_in_gallery(demo, data)  # completed on the bytes that arrived, not on a Content-Length

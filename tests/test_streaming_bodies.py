@@ -213,3 +213,20 @@ def test_a_flask_app_unchanged_reads_request_stream_while_it_arrives(start_serve
     expected = {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
     assert requests.post(server.url + "/ingest", data=wsgi_pieces(data), timeout=WAIT).json() == expected
     assert requests.post(server.url + "/ingest", data=data, timeout=WAIT).json() == expected
+
+
+def test_an_answer_before_the_body_ends_is_read_whole_not_reset(native: Server) -> None:
+    with RawClient(native.connect()) as client:
+        client.send(streaming_head("/early", "Content-Length: 67108864\r\n") + b"e" * (4 * MiB))
+        response = client.read_response()  # the server drains what it will not read, then closes
+        assert response.status == 202 and json.loads(response.body) == {"read": 0}
+        assert response.header("Connection") == "close"
+
+
+def test_a_request_without_a_body_on_a_streaming_path_is_served_and_not_counted(
+        start_server: Callable[..., Server]) -> None:
+    server = start_server(app="tests.apps.stream_wsgi:app", config={"streaming": "paths = /live/\nmax_streams = 1"})
+    answers = [requests.get(server.url + "/live/feed", timeout=WAIT).json() for _ in range(3)]
+    assert answers == [{"bytes": 0, "sha256": hashlib.sha256(b"").hexdigest(), "content_length": "0",
+                        "seekable": True}] * 3
+    assert streams_in_progress(server) == 0

@@ -14,13 +14,12 @@ import re
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.server import REPO, Server
+from tests.server import REPO, Server, wait_for
 
 SCRIPT = REPO / "scripts" / "upload.py"
 MiB = 1 << 20
@@ -36,25 +35,21 @@ def durable_offsets(server: Server) -> list[int]:
     return [r["offset"] for r in records if not r["complete"]]
 
 
-def wait_for(predicate: Any, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.01)
-
-
 def test_interrupted_upload_resumes_where_the_server_says(server: Server, tmp_path: Path) -> None:
-    data = os.urandom(64 * MiB + 5)
+    data = os.urandom(256 * MiB + 5)
     path = tmp_path / "big file.bin"
     path.write_bytes(data)
     env = dict(os.environ, XDG_CACHE_HOME=str(tmp_path / "cache"))
     command = [sys.executable, str(SCRIPT), server.url + "/resumable/", str(path), "--resumable", "--quiet"]
-    # Stopped as soon as any of it is durable: 64 MiB take far longer than one 1 MiB checkpoint.
+    # Frozen (SIGSTOP) the moment any of it is durable, then ^C and let go: the interrupt is
+    # taken at the next block it sends, long before the end of 256 MiB.
     first = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        wait_for(lambda: any(durable_offsets(server)) or first.poll() is not None, 30, "part of the file stored")
+        wait_for(lambda: any(durable_offsets(server)) or first.poll() is not None, 30, interval=0.002,
+                 what="part of the file stored")
+        first.send_signal(signal.SIGSTOP)
         first.send_signal(signal.SIGINT)
+        first.send_signal(signal.SIGCONT)
         _, err = first.communicate(timeout=30)
     finally:
         if first.poll() is None:

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import email.utils
+import re
 import time
 from http import HTTPStatus
 from collections.abc import Callable
@@ -47,12 +48,15 @@ from prefork.protocol.resumable import (
 )
 from prefork.staging.forms import FormData, MultiDict, UploadedFile
 from prefork.staging.partial_intake import ResumableExchange, ResumableUploads
+from prefork.staging.partial_sink import PartialUploadSink
 from prefork.staging.partial_uploads import PartialUpload, UploadBusy, UploadRecord
 from prefork.staging.spool import BodySpool
 from prefork.staging.stagingfile import DISK_FULL
 
 __all__ = ["ResumableEndpoint", "UPLOAD_FIELD"]
 
+# A header field value prefork will put in the head it builds: visible Latin-1 and spaces.
+_FIELD_VALUE = re.compile(r"[\x20-\x7e\xa0-\xff]{1,200}")
 #: The name a completed upload has in ``request.files``.
 UPLOAD_FIELD = "file"
 # How long an offset retrieval or a cancellation waits for an append in flight to let go.
@@ -133,10 +137,12 @@ class ResumableEndpoint:
     def _offset(self, exchange: ResumableExchange) -> ResponseStream:
         asked = exchange.request
         assert asked is not None and asked.upload_id is not None
-        upload = self._wait_open(asked.upload_id)
-        record = upload.record if upload is not None else self.store.read(asked.upload_id)
-        if upload is not None:
-            upload.close()
+        record = self.store.read(asked.upload_id)
+        if record is None or not record.complete:  # a complete upload's record changes no more
+            upload = self._wait_open(asked.upload_id)
+            record = upload.record if upload is not None else self.store.read(asked.upload_id)
+            if upload is not None:
+                upload.close()
         if record is None:
             raise ResumableError(404, "no such upload (it may have expired or been cancelled)")
         remaining = int(record.expires - time.time())
@@ -158,23 +164,32 @@ class ResumableEndpoint:
     def _content_in(self, request: CompleteRequest, exchange: ResumableExchange) -> ResponseStream:
         asked, sink = exchange.request, exchange.sink
         assert asked is not None and sink is not None
-        length = exchange.length if exchange.length is not None else (sink.size if exchange.completes else None)
+        # Decided on the bytes that arrived, not on the head: a chunked append may reach the length.
+        if asked.dialect is Dialect.TUS:
+            completes = exchange.length is not None and sink.size == exchange.length
+        else:
+            completes = exchange.completes and exchange.length in (None, sink.size)
+        short = asked.dialect is Dialect.DRAFT and exchange.completes and not completes
+        length = exchange.length if exchange.length is not None else (sink.size if completes else None)
         try:
-            sha256 = sink.finish(complete=exchange.completes, length=length)
+            sha256 = sink.finish(complete=completes, length=length)
         except OSError as exc:  # the sync or the record failed: the upload stays at its last durable offset
             error_log.error("committing resumable upload %s failed: %s", sink.upload.id, exc)
             raise ResumableError(507 if exc.errno in DISK_FULL else 500,
                                  f"the upload could not be stored: {exc.strerror or exc}") from exc
         record = sink.upload.record
         expires = _http_date(record.expires)
-        if not exchange.completes:
+        if short:
+            raise ResumableError(400, f"Upload-Complete: ?1, but the content ends at {sink.size} of "
+                                      f"{exchange.length} bytes", problem="inconsistent-upload-length")
+        if not completes:
             if asked.action is Action.CREATE:
                 headers = creation_headers(asked, exchange.location, record.state, self.limits, expires,
                                            int(record.expires - time.time()))
                 return _response(201, headers)
             return _response(204, append_headers(asked, record.state, expires))
-        error_log.info("resumable upload %s complete: %d bytes", record.id, record.offset)
-        response = self._hand_to_app(request, sink.upload, sha256)
+        error_log.info("resumable upload %s complete: %d bytes", record.id, sink.size)
+        response = self._hand_to_app(request, sink, sha256)
         if asked.dialect is Dialect.DRAFT:
             response.headers += [("Upload-Complete", "?1"), *self._dialect(exchange)]
             return response
@@ -187,11 +202,15 @@ class ResumableEndpoint:
                                                             expires, int(record.expires - time.time())))
         return _response(204, append_headers(asked, record.state, expires))
 
-    def _hand_to_app(self, request: CompleteRequest, upload: PartialUpload, sha256: str | None) -> ResponseStream:
-        """Call the application with the completed upload as if it had arrived in one request."""
+    def _hand_to_app(self, request: CompleteRequest, sink: PartialUploadSink, sha256: str | None) -> ResponseStream:
+        """Call the application with the completed upload as if it had arrived in one request.
+
+        The record says complete only once the application has answered: if it raised, the
+        upload's data went with its ``UploadedFile`` and a client that asks starts over."""
+        upload, size = sink.upload, sink.size
         record = upload.record
         assert upload.fd is not None and self._app is not None
-        spool = BodySpool.adopt(upload.fd, upload.data_path, record.offset, sha256)
+        spool = BodySpool.adopt(upload.fd, upload.data_path, size, sha256)
         upload.forget_data()  # the spool owns the data file (and its lock) now
         content_type, filename = _representation(record)
         part = PartStart(UPLOAD_FIELD, filename, content_type,
@@ -203,15 +222,19 @@ class ResumableEndpoint:
         files: MultiDict[UploadedFile] = MultiDict()
         files.add(UPLOAD_FIELD, file)
         form = FormData(fields, files)
-        head = _completed_head(request.head, record, content_type)
-        completed = dataclasses.replace(request, head=head, body=cast(IO[bytes], spool), body_size=record.offset, form=form,
-                                        resumable=None, completed_upload=file)
         try:
+            head = _completed_head(request.head, record, content_type, size)
+            completed = dataclasses.replace(request, head=head, body=cast(IO[bytes], spool), body_size=size,
+                                            form=form, resumable=None, completed_upload=file)
             response = self._app(completed)
         except BaseException:
             form.close()
             raise
         _close_after(response, form.close)
+        try:
+            sink.record_complete(size, sha256)
+        except OSError as exc:  # the app has the file; a client that asks again starts over
+            error_log.error("recording resumable upload %s as complete failed: %s", record.id, exc)
         return response
 
 
@@ -238,12 +261,14 @@ def _representation(record: UploadRecord) -> tuple[str | None, str | None]:
         filename = params.get("filename")
     if record.dialect == Dialect.TUS.value:
         meta = record.metadata
-        return (meta.get("filetype") or meta.get("type") or None,
-                meta.get("filename") or meta.get("name") or filename)
+        content_type = meta.get("filetype") or meta.get("type") or None
+        if content_type is not None and not _FIELD_VALUE.fullmatch(content_type):
+            content_type = None  # not something a header field can carry: the app sees none
+        return content_type, meta.get("filename") or meta.get("name") or filename
     return record.content_type, filename
 
 
-def _completed_head(final: Request, record: UploadRecord, content_type: str | None) -> Request:
+def _completed_head(final: Request, record: UploadRecord, content_type: str | None, size: int) -> Request:
     """The head the application sees: POST to the creation target, the client's own fields
     (cookies, authorization) without the upload protocol's, the file's type and length."""
     fields = [(name, value) for name, value in final.headers.raw if name.lower() not in _PROTOCOL_FIELDS]
@@ -251,9 +276,9 @@ def _completed_head(final: Request, record: UploadRecord, content_type: str | No
         fields.append((b"content-type", content_type.encode("latin-1")))
     if record.content_disposition:
         fields.append((b"content-disposition", record.content_disposition.encode("latin-1")))
-    fields.append((b"content-length", str(record.offset).encode()))
+    fields.append((b"content-length", str(size).encode()))
     return dataclasses.replace(final, method=b"POST", target=record.target.encode("latin-1"), headers=Headers(fields),
-                               content_length=record.offset, chunked=False, expects_continue=False, upgrade=None)
+                               content_length=size, chunked=False, expects_continue=False, upgrade=None)
 
 
 def _http_date(when: float) -> str:

@@ -39,15 +39,17 @@ class Commit:
         finally:
             self._done.set()
 
-    def wait(self) -> None:
-        """Block until the job ran.
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until the job ran (or ``timeout`` s passed: then False).
 
         Raises:
             Whatever the job raised.
         """
-        self._done.wait()
+        if not self._done.wait(timeout):
+            return False
         if self._error is not None:
             raise self._error
+        return True
 
     @property
     def error(self) -> BaseException | None:

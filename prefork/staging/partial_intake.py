@@ -20,6 +20,7 @@ it free.
 from __future__ import annotations
 
 import errno
+import time
 from dataclasses import dataclass
 
 from prefork.config.settings import ResumableSettings
@@ -172,6 +173,9 @@ class ResumableUploads:
                 check_append(request, record.state, self.limits)  # raises: already completed
             raise ResumableError(404, "no such upload (it may have expired or been cancelled)")
         try:
+            budget = self.settings.max_partial_bytes
+            if budget is not None and self.store.usage("")[1] + (request.content_length or 0) > budget:
+                raise ResumableError(507, "the partial-upload store is full")
             length = check_append(request, upload.record.state, self.limits)
             if request.dialect.value != upload.record.dialect and request.dialect is Dialect.TUS:
                 raise ResumableError(400, "this upload was created with the resumable-upload draft, not tus")
@@ -209,6 +213,16 @@ class ResumableUploads:
                                  checkpoint=self.settings.checkpoint, min_free_disk=self._min_free_disk,
                                  checkpoint_interval=self.settings.checkpoint_interval,
                                  commits=self._commits, checksum=self._checksum)
+
+    def flush(self, timeout: float) -> bool:
+        """Wait (at most ``timeout`` s) until the writes and commits queued so far are done: a
+        worker that exits must not take its uploads' last commits with it. False on timeout."""
+        deadline = time.monotonic() + timeout
+        if self._write_behind is not None and not self._write_behind.wait_idle(timeout):
+            return False
+        if self._commits is None:
+            return True
+        return self._commits.submit(lambda: None).wait(max(0.0, deadline - time.monotonic()))
 
     def sweep(self) -> int:
         """Remove expired partial uploads (the worker's periodic sweep); the number removed.

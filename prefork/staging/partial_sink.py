@@ -170,8 +170,10 @@ class PartialUploadSink:
         self.sealed = True
 
     def finish(self, *, complete: bool, length: int | None) -> str | None:
-        """On a handler thread, after ``seal``: commit the request's content (and the
-        upload's completion). Returns the upload's SHA-256 hex once it is complete.
+        """On a handler thread, after ``seal``: commit the request's content, or, when it
+        completes the upload, wait until no commit of it is left to run (its record is
+        written by ``record_complete`` once the application has taken the file). Returns
+        the upload's SHA-256 hex once it is complete.
 
         An upload that is not complete is let go of at once, before the answer goes out:
         the client's next request may reach another worker before this one is done.
@@ -182,13 +184,22 @@ class PartialUploadSink:
         offset, state = self.size, _state_of(self.digest)
 
         def commit() -> None:
-            self.upload.commit(offset, hash_state=state, complete=complete, length=length, sha256=sha256,
-                               sync=not complete)
             if not complete:
+                self.upload.commit(offset, hash_state=state, length=length)
                 self.upload.close()
 
         self._submit(commit).wait()
         return sha256
+
+    def record_complete(self, length: int, sha256: str | None) -> None:
+        """The application has taken the completed upload: say so in its record (not synced:
+        from now on the file is the application's, and a record lost in a crash only makes
+        a client that asks start over)."""
+        record = self.upload.record
+        record.offset, record.length, record.complete, record.sha256 = self.size, length, True, sha256
+        record.hash_state = ""
+        record.expires = time.time() + self.upload.store.max_age
+        self.upload.write_record(sync=False)
 
     def close(self) -> None:
         """The request is over: commit what arrived unless ``finish`` did, then let go of the

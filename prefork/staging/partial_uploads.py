@@ -189,7 +189,7 @@ class PartialUploadStore:
         record = dataclasses.replace(record, id=upload_id, created=now, expires=now + self.max_age, offset=0)
         upload = PartialUpload(self, fd, record)
         try:
-            upload.write_record()
+            upload.write_record(sync=False)  # on the loop thread: no sync; the first commit makes it durable
         except BaseException:
             upload.delete()
             raise
@@ -353,10 +353,13 @@ class PartialUpload:
         if sha256 is not None:
             record.sha256 = sha256
         record.expires = time.time() + self.store.max_age
-        self.write_record()
+        self.write_record(sync=sync)
 
-    def write_record(self) -> None:
-        """Replace the record whole: temporary name, fsync, rename, directory fsync."""
+    def write_record(self, *, sync: bool = True) -> None:
+        """Replace the record whole: temporary name, (fsync,) rename, (directory fsync).
+
+        Unsynced (``sync=False``) only where losing the record costs a client a restart,
+        never a wrong offset: a new upload's first record, a completed upload's last."""
         final = self.store._path(self.record.id, _RECORD)
         temporary = f"{final}.tmp-{os.getpid()}"
         fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
@@ -365,11 +368,13 @@ class PartialUpload:
             written = os.write(fd, data)
             if written != len(data):
                 raise OSError(errno.EIO, "short write of an upload record", temporary)
-            os.fsync(fd)
+            if sync:
+                os.fsync(fd)
         finally:
             os.close(fd)
         os.replace(temporary, final)
-        _fsync_dir(self.store.dir)
+        if sync:
+            _fsync_dir(self.store.dir)
 
     def forget_data(self) -> None:
         """The data file was handed on (a completed upload): only the record stays, until it expires."""
@@ -380,6 +385,7 @@ class PartialUpload:
         for suffix in (_DATA, _RECORD, _PREEMPT):
             _unlink_quietly(self.store._path(self.record.id, suffix))
         self.close()
+        _fsync_dir(self.store.dir)  # a cancelled upload must not come back after a power loss
 
     def close(self) -> None:
         """Let go of the lock (closing the descriptor releases it)."""

@@ -34,6 +34,7 @@ import mmap
 import os
 import queue
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -67,6 +68,7 @@ class WriteBehindHelper:
         self._queue: queue.SimpleQueue[Job] = queue.SimpleQueue()
         self.cond = threading.Condition()
         self.queued = 0  # ring bytes in use: queued pieces plus skipped ends; guarded by cond
+        self._actions = 0  # actions queued and not run yet; guarded by cond
         self._ring: mmap.mmap | None = None
         self._head = 0  # where the next piece goes
 
@@ -78,6 +80,7 @@ class WriteBehindHelper:
                 self._queue = queue.SimpleQueue()
                 self.cond = threading.Condition()
                 self.queued = 0
+                self._actions = 0
                 self._ring, self._head = None, 0  # the parent's ring holds the parent's bytes
                 threading.Thread(target=self._run, args=(self._queue,), name="write-behind",
                                  daemon=True).start()
@@ -106,6 +109,7 @@ class WriteBehindHelper:
         self._ensure_started()
         with self.cond:
             stream.pending += 1
+            self._actions += 1
         self._queue.put((stream, action, 0))
 
     def _ring_in_use(self) -> mmap.mmap:
@@ -134,12 +138,13 @@ class WriteBehindHelper:
             stream, piece, charge = jobs.get()
             if isinstance(piece, memoryview):
                 stream._apply(piece)
-                size = len(piece)
+                size, actions = len(piece), 0
                 piece.release()
             else:
                 stream._run_action(piece)
-                size = 1
+                size, actions = 1, 1
             with self.cond:
+                self._actions -= actions
                 self.queued -= charge
                 stream.pending -= size
                 self.cond.notify_all()
@@ -154,6 +159,17 @@ class WriteBehindHelper:
         if self._ring is not None:
             self._ring.close()  # nothing queued, so no piece's view is left
             self._ring, self._head = None, 0
+
+    def wait_idle(self, timeout: float) -> bool:
+        """Block until nothing is queued (at most ``timeout`` s; then False)."""
+        deadline = time.monotonic() + timeout
+        with self.cond:
+            while self.queued or self._actions:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self.cond.wait(left)
+        return True
 
     def wait_for(self, stream: WriteBehind) -> None:
         """Block until every piece queued for ``stream`` is done."""

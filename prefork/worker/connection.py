@@ -269,7 +269,8 @@ class Connection(ConnectionIntake):
             self.body.start(head, self.started)
         if head.expects_continue and head.http_version == b"1.1" and self.body.sink is not None:
             self.channel.queue(CONTINUE)
-            self.flush()
+            if not self.flush() and self.stage is Stage.CLOSED:
+                return  # the client is gone already
         self.stage = Stage.BODY
         self.deadline = self.started + self.settings.body_rate_window
 
@@ -355,7 +356,15 @@ class Connection(ConnectionIntake):
             close: the connection closes after this response (the writer said so).
         """
         self.log_request()
+        body_unread = self._in_body()
         self.body.discard()
+        if close and body_unread:  # answered before its streamed body ended: drain it, do not reset
+            self.stage = Stage.LINGER
+            self.deadline = time.monotonic() + LINGER_SECONDS
+            self.channel.set_reading(not self.eof)
+            if self.flush():
+                self._linger()
+            return
         if close:
             if self.flush():
                 self.close()
@@ -401,7 +410,8 @@ class Connection(ConnectionIntake):
         error_log.info("%s:%s %s -> %d: %s", self.peer[0], self.peer[1], self.request or "-", exc.status, exc)
         if response is None and isinstance(exc, ResumableError):
             response = self.resumable_error_response(exc)
-        self.body.discard()
+        if self.stage is not Stage.HANDLING:  # a handler still has the body: its end releases it
+            self.body.discard()
         if self.stage in (Stage.RESPONDING, Stage.CLOSED, Stage.LINGER):
             self.close()
             return
@@ -466,6 +476,8 @@ class Connection(ConnectionIntake):
         was_handling = self.stage is Stage.HANDLING or self.sender.pulling
         self.stage = Stage.CLOSED
         self.body.end_upload()
+        if self.stream is not None:  # a reader waiting for more (maybe the response's own producer) learns
+            self.stream.abort(f"the connection closed after {self.stream.received} body bytes")
         if not was_handling:
             self.body.discard()
         self.sender.stop()  # closes the response, unless its pull job will

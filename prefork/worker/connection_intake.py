@@ -76,7 +76,8 @@ class ConnectionIntake(ConnectionTimeouts):
         self.body.start(head, self.started, StreamSink(stream))
         if head.expects_continue and head.http_version == b"1.1":
             self.channel.queue(CONTINUE)
-            self.flush()
+            if not self.flush() and self.stage is Stage.CLOSED:
+                return  # the client is gone already (the close counted the stream out)
         self.stage = Stage.BODY
         self.deadline = self.started + self.settings.body_rate_window
         origin = self.origin
@@ -85,6 +86,10 @@ class ConnectionIntake(ConnectionTimeouts):
         connection = cast("Connection", self)  # this base class is only ever a Connection's
         self.loop.dispatch(connection, CompleteRequest(head, body, size, _NO_TRAILERS, origin.client, origin.server,
                                                        origin.scheme, None, self.channel.tls_info()))
+
+    def body_streaming(self) -> bool:
+        """A streamed body still arriving while its response goes out (full duplex)."""
+        return self.stream is not None and not self.stream.ended
 
     def body_paused(self) -> bool:
         """A full stream: the socket is not read until the application reads (``stream_room``)."""
@@ -117,10 +122,11 @@ class ConnectionIntake(ConnectionTimeouts):
         if exchange.error is not None and (head.chunked or head.content_length):
             self.fail(exchange.error)  # refused before its content: answered unread
             return False
+        self.body.start(head, self.started, exchange.sink)  # first: a close from here on releases the upload
         if exchange.interim is not None:  # the client learns the upload's URL before it sends the content
             self.channel.queue(exchange.interim)
-            self.flush()
-        self.body.start(head, self.started, exchange.sink)
+            if not self.flush() and self.stage is Stage.CLOSED:
+                return False
         return True
 
     def resumable_error_response(self, error: ResumableError) -> bytes:

@@ -83,6 +83,12 @@ class ConnectionTimeouts:
         elif self.stage is Stage.LINGER:
             self.close()
         elif self.stage is Stage.RESPONDING:
+            if self.body_streaming() and not self.body_paused():  # full duplex: the body's rate rule goes on
+                try:
+                    self.body.check_rate(now)
+                except RequestTimeout as exc:
+                    self.fail(exc)
+                    return
             if not self.channel.queued:  # waiting for the application, not for the client
                 self.deadline = now + self.settings.send_timeout
                 return
@@ -92,6 +98,10 @@ class ConnectionTimeouts:
 
     def body_paused(self) -> bool:
         """Whether the body is not being read because the application is behind (streamed bodies)."""
+        return False
+
+    def body_streaming(self) -> bool:
+        """Whether a streamed body still arrives while the response goes out."""
         return False
 
     def _close_idle(self) -> None:

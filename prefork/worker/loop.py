@@ -40,7 +40,8 @@ from prefork.apps.handlers import CompleteRequest, LoadedApp, ResponseStream
 from prefork.apps.loader import AppWrapper
 from prefork.apps.resumable import ResumableEndpoint
 from prefork.staging.partial_intake import ResumableUploads
-from prefork.protocol.errors import ProtocolError, ServiceUnavailable
+from prefork.protocol.errors import ProtocolError
+from prefork.worker.stream_slots import StreamSlots
 from prefork.protocol.http.events import Request
 from prefork.worker.app_runner import AppRunner
 from prefork.process.exit_codes import EXIT_BOOT
@@ -115,7 +116,7 @@ class Worker:
         self.requests = 0
         self._orphan_deadline = 0.0
         self.resumable: ResumableUploads | None = None
-        self.streams = 0  # streamed request bodies in progress (admit_stream)
+        self.streams = StreamSlots(settings.max_streams, bool(settings.threads), slot)
         self._next_resumable_sweep = 0.0
 
     # --- start-up -------------------------------------------------------------
@@ -131,7 +132,10 @@ class Worker:
         self._transport = self._broadcast_transport()
         if self.app is None:
             try:
-                if self.worker_settings.resumable.prefix:
+                if self.worker_settings.resumable.prefix and not self.worker_settings.threads:
+                    error_log.warning("worker %d: resumable uploads are off: they wait for the disk and for "
+                                      "each other, which needs handler threads ([server] threads = 0)", os.getpid())
+                elif self.worker_settings.resumable.prefix:
                     self.resumable = ResumableUploads(self.worker_settings.resumable, self.write_behind,
                                                       self.settings.min_free_disk, self.settings.checksum)
                 self.app = self._load_app()
@@ -161,6 +165,8 @@ class Worker:
             self.slot.set_state(WorkerState.READY)
         error_log.debug("worker %d ready", os.getpid())
         self._loop()
+        if self.resumable is not None:  # the last commits of uploads cut off by the stop, before exit
+            self.resumable.flush(timeout=self.worker_settings.graceful_timeout)
         return 0
 
     def _load_app(self) -> LoadedApp:
@@ -391,26 +397,18 @@ class Worker:
         """Whether the request's handler reads its body while it arrives: a ``[streaming] paths``
         prefix, or a native route declared ``stream=True``."""
         assert self.app is not None
+        if not (head.chunked or head.content_length):  # nothing to stream: served like any request
+            return False
         path = head.path
         return any(path.startswith(prefix) for prefix in self.worker_settings.streaming_paths) or \
             self.app.wants_stream(head)
 
     def admit_stream(self) -> ProtocolError | None:
         """Count a streamed body in, or say why not (503)."""
-        if self.pool is None:
-            return ServiceUnavailable("streaming request bodies need handler threads ([server] threads = 0)")
-        if self.streams >= self.worker_settings.max_streams:
-            return ServiceUnavailable(f"{self.streams} streams in progress in this worker, the most "
-                                      "[streaming] max_streams allows")
-        self.streams += 1
-        if self.slot is not None:
-            self.slot.add_streams(1)
-        return None
+        return self.streams.admit()
 
     def stream_done(self) -> None:
-        self.streams -= 1
-        if self.slot is not None:
-            self.slot.add_streams(-1)
+        self.streams.done()
 
     def wants_upgrade(self, head: Request) -> bool:
         """Whether a request that asks to switch protocols is taken (``WebSocketSide.wants``)."""

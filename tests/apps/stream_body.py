@@ -7,6 +7,7 @@
 - ``POST /vanish``: reads until the client goes away and writes what it saw, the exception's
   type and message, to ``$STREAM_REPORT``.
 - ``POST /staged``: an ordinary route (the body is staged first), for comparison.
+- ``POST /early``: answers 202 at once without reading the body.
 """
 
 from __future__ import annotations
@@ -74,3 +75,9 @@ def vanish(request: Request) -> Response:
 @app.route("/staged", methods=["POST"])
 def staged(request: Request) -> Response:
     return Response.json({"bytes": len(request.body.read()), "stream": request.stream is not None})
+
+
+@app.route("/early", methods=["POST"], stream=True)
+def early(request: Request) -> Response:
+    """Answers at once, without reading the body (a refusal, say)."""
+    return Response.json({"read": 0}, 202)

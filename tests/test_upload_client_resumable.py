@@ -1,8 +1,9 @@
 """scripts/upload.py --resumable against the real server: ^C, then the same command resumes.
 
-The interruption is a real SIGINT to the script's process, sent once the server holds
-part of the file durably (its partial-upload record says so); the second run of the
-same command must report where it resumes and finish with the file whole.
+The interruption is a real SIGINT to the script's process, sent once the server has
+received part of the file (its partial upload's data file is not empty), with the process
+frozen for the moment so that it cannot finish first; the second run of the same command
+must report where it resumes and finish with the file whole.
 """
 
 from __future__ import annotations
@@ -30,9 +31,9 @@ def server(start_server: Any) -> Server:
     return start_server(app="", workers=2, config={"resumable": "checkpoint = 1MiB\ncheckpoint_interval = 0"})  # type: ignore[no-any-return]
 
 
-def durable_offsets(server: Server) -> list[int]:
-    records = (json.loads(p.read_text()) for p in (server.uploads / ".partial").glob("*.json"))
-    return [r["offset"] for r in records if not r["complete"]]
+def received_bytes(server: Server) -> list[int]:
+    """Sizes of the partial uploads' data files: what the server has received so far."""
+    return [p.stat().st_size for p in (server.uploads / ".partial").glob("*.data")]
 
 
 def test_interrupted_upload_resumes_where_the_server_says(server: Server, tmp_path: Path) -> None:
@@ -41,12 +42,13 @@ def test_interrupted_upload_resumes_where_the_server_says(server: Server, tmp_pa
     path.write_bytes(data)
     env = dict(os.environ, XDG_CACHE_HOME=str(tmp_path / "cache"))
     command = [sys.executable, str(SCRIPT), server.url + "/resumable/", str(path), "--resumable", "--quiet"]
-    # Frozen (SIGSTOP) the moment any of it is durable, then ^C and let go: the interrupt is
-    # taken at the next block it sends, long before the end of 256 MiB.
+    # Frozen (SIGSTOP) the moment the server has some of it, then ^C and let go: the interrupt
+    # is taken at the next block it sends, long before the end of 256 MiB. Going away commits
+    # what the server received, so the next run resumes past 0.
     first = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        wait_for(lambda: any(durable_offsets(server)) or first.poll() is not None, 30, interval=0.002,
-                 what="part of the file stored")
+        wait_for(lambda: any(received_bytes(server)) or first.poll() is not None, 30, interval=0.002,
+                 what="part of the file received")
         first.send_signal(signal.SIGSTOP)
         first.send_signal(signal.SIGINT)
         first.send_signal(signal.SIGCONT)

@@ -56,7 +56,9 @@ class ResumableExchange:
         sink: where its content goes (creations and appends).
         location: the upload resource's path (creations; appends: the resource's own).
         interim: the ``104`` to send before reading the content, or None.
-        completes: the request's content completes the upload (its length is then known).
+        completes: the head says its content completes the upload (draft ``Upload-Complete:
+            ?1``; tus: Content-Length reaches Upload-Length); the endpoint decides on the
+            bytes that arrived (``prefork.apps.resumable``).
         length: the upload's length as far as known after this request.
     """
 

@@ -23,6 +23,13 @@ import pytest
 from tests.server import REPO, Server, wait_for
 
 SCRIPT = REPO / "scripts" / "upload.py"
+# Runs the script as a terminal would: a shell that starts jobs in the background (CI under
+# nohup, say) leaves SIGINT ignored, and Python then installs no KeyboardInterrupt handler.
+CTRL_C_ENABLED = ("import os, runpy, signal, sys\n"
+                  "signal.signal(signal.SIGINT, signal.default_int_handler)\n"
+                  "sys.argv = sys.argv[1:]\n"
+                  "sys.path[0] = os.path.dirname(sys.argv[0])  # as `python script.py` has it\n"
+                  "runpy.run_path(sys.argv[0], run_name='__main__')\n")
 MiB = 1 << 20
 
 
@@ -41,7 +48,8 @@ def test_interrupted_upload_resumes_where_the_server_says(server: Server, tmp_pa
     path = tmp_path / "big file.bin"
     path.write_bytes(data)
     env = dict(os.environ, XDG_CACHE_HOME=str(tmp_path / "cache"))
-    command = [sys.executable, str(SCRIPT), server.url + "/resumable/", str(path), "--resumable", "--quiet"]
+    command = [sys.executable, "-c", CTRL_C_ENABLED, str(SCRIPT), server.url + "/resumable/", str(path),
+               "--resumable", "--quiet"]
     # Frozen (SIGSTOP) the moment the server has some of it, then ^C and let go: the interrupt
     # is taken at the next block it sends, long before the end of 256 MiB. Going away commits
     # what the server received, so the next run resumes past 0.

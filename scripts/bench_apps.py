@@ -114,6 +114,15 @@ def upload_move(environ: dict[str, Any], start_response: StartResponse) -> Itera
     return _answer(start_response, _saved_size(stream.move_to))
 
 
+def stream_ingest(environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+    """Read ``wsgi.input`` to its end in 1 MiB pieces, counting (``bench_streaming``; prefork
+    streams it under ``[streaming] paths``, gunicorn always does)."""
+    stream, total = environ["wsgi.input"], 0
+    while piece := stream.read(1 << 20):
+        total += len(piece)
+    return _answer(start_response, total)
+
+
 def download(environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
     """The file named by ``$BENCH_DOWNLOAD_FILE`` at ``/download``, else the hello body."""
     if environ.get("PATH_INFO") != "/download":

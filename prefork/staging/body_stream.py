@@ -131,19 +131,56 @@ class BodyStream(io.RawIOBase):
         view = memoryview(b).cast("B")
         if not len(view):
             return 0
-        room = None
         with self._cond:
-            while not self.unread and not self._ended and self._error is None:
-                self._cond.wait()
-            if self._error is not None:
-                raise ClientDisconnected(self._error)
+            self._wait_for_bytes()
             n = self._take(view)
-            if self._paused and self.unread <= self.bound // 2:
-                self._paused = False
-                room = self._on_room
+            room = self._room_again()
         if room is not None:
             room()
         return n
+
+    def read(self, size: int | None = -1) -> bytes:
+        """Up to ``size`` bytes, waiting for at least one; with no size, the rest of the body.
+
+        A piece as it was fed that is all there is to return is returned as it is, without a
+        copy (reading in pieces of the loop's size costs no copy of the handler's own)."""
+        if size is None or size < 0:
+            return self.readall()
+        if size == 0:
+            return b""
+        with self._cond:
+            self._wait_for_bytes()
+            first = self._pieces[0] if self._pieces and not self._offset else b""
+            if first and (len(first) == size or (len(first) < size and len(self._pieces) == 1)):
+                piece = self._pieces.popleft()
+                self._held -= len(piece)
+                self._unread -= len(piece)
+                self.consumed += len(piece)
+            else:  # no larger block than there is to read (read(1 << 30) allocates nothing big)
+                chunk = bytearray(min(size, max(self.unread, 1)))
+                piece = bytes(chunk[:self._take(memoryview(chunk))])
+            room = self._room_again()
+        if room is not None:
+            room()
+        return piece
+
+    def _wait_for_bytes(self) -> None:
+        """Wait (lock held) until there is something to read, the end, or an abort.
+
+        Raises:
+            ClientDisconnected: the client went away before the end.
+        """
+        while not self.unread and not self._ended and self._error is None:
+            self._cond.wait()
+        if self._error is not None:
+            raise ClientDisconnected(self._error)
+
+    def _room_again(self) -> Callable[[], None] | None:
+        """The ``on_room`` to call (outside the lock) when a paused stream was read down."""
+        if self._paused and self.unread <= self.bound // 2:
+            self._paused = False
+            return self._on_room
+        return None
 
     def _take(self, view: memoryview) -> int:
         """Copy up to ``len(view)`` unread bytes into ``view`` (lock held)."""
@@ -162,19 +199,6 @@ class BodyStream(io.RawIOBase):
         self.consumed += copied
         return copied
 
-    def read(self, size: int | None = -1) -> bytes:
-        """Up to ``size`` bytes, waiting for at least one; with no size, the rest of the body."""
-        if size is None or size < 0:
-            return self.readall()
-        if size == 0:
-            return b""
-        with self._cond:  # no larger block than there is to read (read(1 << 30) allocates nothing big)
-            while not self.unread and not self._ended and self._error is None:
-                self._cond.wait()
-            available = self.unread
-        chunk = bytearray(min(size, max(available, 1)))
-        return bytes(chunk[:self.readinto(chunk)])
-
     def readall(self) -> bytes:
         parts = []
         while piece := self.read(max(self.bound, 65536)):
@@ -187,10 +211,7 @@ class BodyStream(io.RawIOBase):
         limit = -1 if size is None else size
         while limit < 0 or len(line) < limit:
             with self._cond:
-                while not self.unread and not self._ended and self._error is None:
-                    self._cond.wait()
-                if self._error is not None:
-                    raise ClientDisconnected(self._error)
+                self._wait_for_bytes()
                 if not self.unread:
                     break
                 through = self._through_newline()

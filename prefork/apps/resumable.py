@@ -43,6 +43,7 @@ from prefork.protocol.resumable import (
     ResumableError,
     append_headers,
     creation_headers,
+    dialect_headers,
     offset_headers,
     options_headers,
 )
@@ -110,10 +111,7 @@ class ResumableEndpoint:
     @staticmethod
     def _dialect(exchange: ResumableExchange) -> list[tuple[str, str]]:
         request = exchange.request
-        if request is None or request.dialect is Dialect.DRAFT:
-            interop = request.interop_version if request is not None else None
-            return [] if interop is None else [("Upload-Draft-Interop-Version", str(interop))]
-        return [("Tus-Resumable", "1.0.0")]
+        return dialect_headers(exchange.dialect, request.interop_version if request is not None else None)
 
     def _answer(self, request: CompleteRequest, exchange: ResumableExchange) -> ResponseStream:
         asked = exchange.request

@@ -42,7 +42,7 @@ __all__ = [
     "Action", "Dialect", "PARTIAL_UPLOAD", "ResumableError", "ResumableRequest", "TUS_OFFSET_STREAM",
     "TUS_VERSION", "UploadLimits", "UploadState", "append_headers", "check_append", "check_size", "classify",
     "creation_headers",
-    "error_response", "interim_response", "offset_headers", "wants_interim", "options_headers", "parse_sf_boolean", "parse_sf_integer",
+    "dialect_headers", "error_response", "interim_response", "offset_headers", "wants_interim", "options_headers", "parse_sf_boolean", "parse_sf_integer",
     "parse_tus_metadata",
 ]
 
@@ -353,7 +353,8 @@ def check_size(length: int | None, reach: int, limits: UploadLimits) -> None:
 
 
 # --- answers ----------------------------------------------------------------------------------
-def _dialect_headers(dialect: Dialect, interop: int | None) -> list[tuple[str, str]]:
+def dialect_headers(dialect: Dialect, interop: int | None) -> list[tuple[str, str]]:
+    """The fields every answer of a dialect carries: tus's version, or the draft's interop version echoed."""
     if dialect is Dialect.TUS:
         return [("Tus-Resumable", TUS_VERSION)]
     return [] if interop is None else [("Upload-Draft-Interop-Version", str(interop))]
@@ -363,7 +364,7 @@ def error_response(error: ResumableError, dialect: Dialect, interop: int | None,
     """A whole response for ``error``: its fields, the dialect's, and its body."""
     content_type, body = error.body()
     headers: list[HeaderItem] = [(b"Content-Type", content_type), (b"Content-Length", str(len(body))),
-                                 (b"Date", http_date()), *error.headers, *_dialect_headers(dialect, interop)]
+                                 (b"Date", http_date()), *error.headers, *dialect_headers(dialect, interop)]
     if close:
         headers.append((b"Connection", b"close"))
     return status_line_and_headers(error.status, headers) + body
@@ -378,14 +379,14 @@ def interim_response(location: str, limits: UploadLimits, interop: int | None) -
     """The ``104 (Upload Resumption Supported)`` interim response announcing a new resource (§5)."""
     lines = [b"HTTP/1.1 104 Upload Resumption Supported", b"Location: " + location.encode("latin-1"),
              b"Upload-Limit: " + limits.field_value().encode()]
-    lines += [f"{name}: {value}".encode() for name, value in _dialect_headers(Dialect.DRAFT, interop)]
+    lines += [f"{name}: {value}".encode() for name, value in dialect_headers(Dialect.DRAFT, interop)]
     return b"\r\n".join(lines) + b"\r\n\r\n"
 
 
 def creation_headers(request: ResumableRequest, location: str, state: UploadState, limits: UploadLimits,
                      expires: str, remaining: int) -> list[tuple[str, str]]:
     """The fields of a ``201 (Created)`` for an upload that is not complete yet (§4.2.2, tus creation)."""
-    headers = [("Location", location)] + _dialect_headers(request.dialect, request.interop_version)
+    headers = [("Location", location)] + dialect_headers(request.dialect, request.interop_version)
     if request.dialect is Dialect.TUS:
         return headers + [("Upload-Offset", str(state.offset)), ("Upload-Expires", expires)]
     return headers + [("Upload-Complete", "?0"), ("Upload-Offset", str(state.offset)),
@@ -394,7 +395,7 @@ def creation_headers(request: ResumableRequest, location: str, state: UploadStat
 
 def append_headers(request: ResumableRequest, state: UploadState, expires: str) -> list[tuple[str, str]]:
     """The fields of a ``204`` acknowledging an append that left the upload incomplete (§4.4.2)."""
-    headers = _dialect_headers(request.dialect, request.interop_version) + [("Upload-Offset", str(state.offset))]
+    headers = dialect_headers(request.dialect, request.interop_version) + [("Upload-Offset", str(state.offset))]
     if request.dialect is Dialect.TUS:
         return headers + [("Upload-Expires", expires)]
     return headers + [("Upload-Complete", "?1" if state.complete else "?0")]
@@ -403,7 +404,7 @@ def append_headers(request: ResumableRequest, state: UploadState, expires: str) 
 def offset_headers(request: ResumableRequest, state: UploadState, limits: UploadLimits, expires: str,
                    remaining: int, raw_metadata: str | None) -> list[tuple[str, str]]:
     """The fields of a successful offset retrieval (§4.3.2; tus HEAD)."""
-    headers = _dialect_headers(request.dialect, request.interop_version)
+    headers = dialect_headers(request.dialect, request.interop_version)
     headers += [("Upload-Offset", str(state.offset)), ("Cache-Control", "no-store")]
     if request.dialect is Dialect.TUS:
         headers.append(("Upload-Length", str(state.length)) if state.length is not None

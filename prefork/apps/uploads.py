@@ -34,6 +34,7 @@ from dataclasses import asdict, dataclass
 from typing import IO, Any
 
 from prefork.staging.forms import UploadedFile
+from prefork.staging.stagingfile import unlink_if_present
 
 __all__ = ["DEFAULT_EXTENSIONS", "IMAGE_TYPES", "StoredFile", "UploadStore", "display_name"]
 
@@ -234,7 +235,7 @@ class UploadStore:
         try:
             self._write_sidecar(stored)
         except BaseException:
-            _unlink(dest)
+            unlink_if_present(dest)
             raise
         return stored
 
@@ -245,7 +246,7 @@ class UploadStore:
                 json.dump(stored.to_dict(), handle)
             os.link(tmp, os.path.join(self.meta_dir, stored.name + ".json"))  # never overwrites
         finally:
-            _unlink(tmp)
+            unlink_if_present(tmp)
 
     def _copy_into_place(self, body: IO[bytes], dest: str) -> None:
         tmp = os.path.join(self.directory, f".incoming-{secrets.token_hex(8)}")
@@ -256,7 +257,7 @@ class UploadStore:
                     out.write(chunk)
             os.link(tmp, dest)
         finally:
-            _unlink(tmp)
+            unlink_if_present(tmp)
 
     # --- reading ------------------------------------------------------------------
     def get(self, name: str) -> StoredFile | None:
@@ -291,8 +292,8 @@ class UploadStore:
         """Remove entry ``name`` (uncommit first, then the data); False if unknown."""
         if self.get(name) is None:
             return False
-        _unlink(os.path.join(self.meta_dir, name + ".json"))
-        _unlink(os.path.join(self.directory, name))
+        unlink_if_present(os.path.join(self.meta_dir, name + ".json"))
+        unlink_if_present(os.path.join(self.directory, name))
         return True
 
     def remove_orphans(self, min_age: float = 3600.0) -> int:
@@ -307,13 +308,6 @@ class UploadStore:
                 _NAME.fullmatch(entry.name) is not None
                 and not os.path.exists(os.path.join(self.meta_dir, entry.name + ".json")))
             if stale and entry.is_file(follow_symlinks=False) and entry.stat().st_mtime < cutoff:
-                _unlink(entry.path)
+                unlink_if_present(entry.path)
                 removed += 1
         return removed
-
-
-def _unlink(path: str) -> None:
-    try:
-        os.unlink(path)
-    except FileNotFoundError:
-        pass

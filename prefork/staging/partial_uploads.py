@@ -39,6 +39,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from prefork.protocol.resumable import UploadState
+from prefork.staging.stagingfile import unlink_if_present
 
 __all__ = ["PartialUpload", "PartialUploadStore", "UploadBusy", "UploadRecord"]
 
@@ -253,7 +254,7 @@ class PartialUploadStore:
         return os.path.exists(self._path(upload_id, _PREEMPT))
 
     def clear_preempt(self, upload_id: str) -> None:
-        _unlink_quietly(self._path(upload_id, _PREEMPT))
+        unlink_if_present(self._path(upload_id, _PREEMPT))
 
     # --- sweeping ---------------------------------------------------------------------------
     def sweep(self, now: float | None = None) -> int:
@@ -272,10 +273,10 @@ class PartialUploadStore:
             elif suffix == _DATA and not os.path.exists(self._path(upload_id, _RECORD)):
                 removed += self._sweep_orphan(path, now)
             elif ".json.tmp-" in name and _older_than(path, now, _ORPHAN_GRACE):
-                _unlink_quietly(path)
+                unlink_if_present(path)
             elif (suffix == _PREEMPT and not os.path.exists(self._path(upload_id, _RECORD))
                   and _older_than(path, now, _ORPHAN_GRACE)):
-                _unlink_quietly(path)  # a preemption that came after its upload was gone
+                unlink_if_present(path)  # a preemption that came after its upload was gone
         return removed
 
     def _sweep_record(self, upload_id: str, now: float) -> int:
@@ -287,7 +288,7 @@ class PartialUploadStore:
         except UploadBusy:
             return 0
         if upload is None:  # no data file: a completed upload's record, kept until it expires
-            _unlink_quietly(self._path(upload_id, _RECORD))
+            unlink_if_present(self._path(upload_id, _RECORD))
             self.clear_preempt(upload_id)
             return 1
         with upload:
@@ -309,7 +310,7 @@ class PartialUploadStore:
         except BlockingIOError:
             os.close(fd)
             return 0
-        _unlink_quietly(path)
+        unlink_if_present(path)
         os.close(fd)
         return 1
 
@@ -383,7 +384,7 @@ class PartialUpload:
     def delete(self) -> None:
         """Remove the upload: data, record and marker (cancellation, expiry)."""
         for suffix in (_DATA, _RECORD, _PREEMPT):
-            _unlink_quietly(self.store._path(self.record.id, suffix))
+            unlink_if_present(self.store._path(self.record.id, suffix))
         self.close()
         _fsync_dir(self.store.dir)  # a cancelled upload must not come back after a power loss
 
@@ -428,13 +429,6 @@ def _older_than(path: str, now: float, seconds: float) -> bool:
         return os.stat(path).st_mtime < now - seconds
     except FileNotFoundError:
         return False
-
-
-def _unlink_quietly(path: str) -> None:
-    try:
-        os.unlink(path)
-    except FileNotFoundError:
-        pass
 
 
 def _close_quietly(fd: int) -> None:

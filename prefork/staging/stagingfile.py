@@ -29,7 +29,7 @@ from prefork.protocol.errors import InsufficientStorage
 from prefork.staging.diskspace import staging_name
 
 __all__ = ["DISK_FULL", "copy_into_place", "link_empty_path", "link_fd", "open_named", "open_staging_file",
-           "write_all"]
+           "unlink_if_present", "write_all"]
 
 #: errno values that mean "the disk is full" -> 507 (DESIGN §6).
 DISK_FULL = frozenset({errno.ENOSPC, errno.EDQUOT})
@@ -40,6 +40,14 @@ DISK_FULL = frozenset({errno.ENOSPC, errno.EDQUOT})
 _NO_TMPFILE = frozenset({errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL})
 _AT_FDCWD = -100
 _AT_EMPTY_PATH = 0x1000
+
+
+def unlink_if_present(path: str) -> None:
+    """Remove ``path``; one that is already gone is not an error."""
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
 
 
 def write_all(fd: int, data: bytes | bytearray | memoryview) -> None:

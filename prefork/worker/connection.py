@@ -31,7 +31,7 @@ from prefork.protocol.http.events import ConnectionClosed, Data, EndOfMessage, R
 from prefork.protocol.http.headers import Headers
 from prefork.protocol.http.parser import ParserState, RequestParser
 from prefork.protocol.http.https_redirect import redirect_location, redirect_response
-from prefork.protocol.http.response import CONTINUE, simple_error_response
+from prefork.protocol.http.response import simple_error_response
 from prefork.config.logs import access_log_enabled, error_log, log_access
 from prefork.worker.loop_services import LoopServices, Upgrade
 from prefork.worker.request_origin import direct_origin, request_origin
@@ -267,12 +267,7 @@ class Connection(ConnectionIntake):
                 return
         else:
             self.body.start(head, self.started)
-        if head.expects_continue and head.http_version == b"1.1" and self.body.sink is not None:
-            self.channel.queue(CONTINUE)
-            if not self.flush() and self.stage is Stage.CLOSED:
-                return  # the client is gone already
-        self.stage = Stage.BODY
-        self.deadline = self.started + self.settings.body_rate_window
+        self._enter_body(head)
 
     def _upgrade(self, head: Request) -> None:
         """Hand the request to the protocol it switches to, as an ``Upgrade`` outcome."""

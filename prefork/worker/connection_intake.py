@@ -65,6 +65,17 @@ class ConnectionIntake(ConnectionTimeouts):
             return True
         return self.stream is not None and not self.stream.ended and self.stage is Stage.RESPONDING
 
+    def _enter_body(self, head: Request) -> bool:
+        """The body's sink is chosen: answer ``Expect: 100-continue`` when there is a body to
+        ask for, and wait for it under the body rate rule. False when the client is gone."""
+        if head.expects_continue and head.http_version == b"1.1" and self.body.sink is not None:
+            self.channel.queue(CONTINUE)
+            if not self.flush() and self.stage is Stage.CLOSED:
+                return False
+        self.stage = Stage.BODY
+        self.deadline = self.started + self.settings.body_rate_window
+        return True
+
     def _start_stream(self, head: Request) -> None:
         """A streaming route: the application is called now and reads the body as it arrives."""
         refusal = self.loop.admit_stream()
@@ -74,12 +85,8 @@ class ConnectionIntake(ConnectionTimeouts):
         stream = self.stream = BodyStream(self.settings.stream_buffer, length=head.content_length,
                                           on_room=lambda: self.loop.defer(self.stream_room))
         self.body.start(head, self.started, StreamSink(stream))
-        if head.expects_continue and head.http_version == b"1.1":
-            self.channel.queue(CONTINUE)
-            if not self.flush() and self.stage is Stage.CLOSED:
-                return  # the client is gone already (the close counted the stream out)
-        self.stage = Stage.BODY
-        self.deadline = self.started + self.settings.body_rate_window
+        if not self._enter_body(head):
+            return  # the client is gone already (the close counted the stream out)
         origin = self.origin
         size = head.content_length if head.content_length is not None else -1
         body = cast(IO[bytes], stream)  # a RawIOBase with IO[bytes]'s reading API

@@ -11,6 +11,7 @@ import os
 import pytest
 from hypothesis import settings
 
+from tests.redis_helpers import RedisServer
 from tests.server import Server
 
 # Hypothesis: on CI (CI=true) the examples are derived from each test itself, the same on
@@ -53,6 +54,16 @@ def start_module_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Ca
 
     yield start
     for server in started:
+        server.stop()
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    """A real redis-server on a free loopback port, stopped by PID at teardown."""
+    server = RedisServer(tmp_path)
+    try:
+        yield server
+    finally:
         server.stop()
 
 

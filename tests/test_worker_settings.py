@@ -17,7 +17,7 @@ from pathlib import Path
 from prefork.config.config import Config, LimitsConfig, WebSocketConfig, load_config
 from prefork.protocol.forwarded import HeaderSource, TrustedProxies
 from prefork.protocol.limits import GiB, KiB, MiB, FormLimits, HttpLimits, WsLimits
-from prefork.config.settings import ConnectionSettings, ResumableSettings
+from prefork.config.settings import BroadcastSettings, ConnectionSettings, ResumableSettings
 from prefork.worker.settings import (
     WorkerSettings,
     form_limits,
@@ -28,13 +28,13 @@ from prefork.worker.settings import (
 from prefork.worker.wsconn import UpgradeSettings, WsSettings
 
 SETTINGS_CLASSES = {WorkerSettings, ConnectionSettings, HttpLimits, FormLimits, UpgradeSettings, WsSettings,
-                    WsLimits, TrustedProxies, ResumableSettings}
+                    WsLimits, TrustedProxies, ResumableSettings, BroadcastSettings}
 
 # Keys the master, the CLI or the logging setup read, not the worker's settings.
 NOT_WORKER_SETTINGS = {
     ("server", "bind"), ("server", "workers"), ("server", "backlog"), ("server", "user"), ("server", "group"),
     ("server", "pidfile"), ("server", "umask"), ("server", "socket_mode"), ("server", "socket_owner"),
-    ("staging", "memory_budget"), ("websocket", "broadcast"), ("process", "timeout"),
+    ("staging", "memory_budget"), ("process", "timeout"),
     ("logging", "access_log"), ("logging", "error_log"), ("logging", "level"),
     # The master builds the TLS context from these; workers inherit the context, not the keys.
     ("tls", "certfile"), ("tls", "keyfile"), ("tls", "password_file"), ("tls", "ca_certs"),
@@ -101,6 +101,13 @@ REACHES: list[tuple[str, str, str, dict[str, object]]] = [
     ("resumable", "expire_after", "2h", {"resumable.expire_after": 7200.0}),
     ("resumable", "checkpoint", "8MiB", {"resumable.checkpoint": 8 * MiB}),
     ("resumable", "checkpoint_interval", "0", {"resumable.checkpoint_interval": 0.0}),
+    ("resumable", "instance", "app7", {"resumable.instance": "app7"}),
+    ("websocket", "broadcast", "redis", {"broadcast.backend": "redis"}),
+    ("websocket", "redis_url", "unix:///run/redis.sock", {"broadcast.redis_url": "unix:///run/redis.sock"}),
+    ("websocket", "redis_password_file", "/etc/prefork/redis.pw", {"broadcast.redis_password_file": "/etc/prefork/redis.pw"}),
+    ("websocket", "redis_prefix", "shop", {"broadcast.redis_prefix": "shop"}),
+    ("websocket", "redis_queue", "1MiB", {"broadcast.redis_queue": MiB}),
+    ("websocket", "redis_timeout", "5s", {"broadcast.redis_timeout": 5.0}),
     ("streaming", "paths", "/ingest, /live/", {"streaming_paths": (b"/ingest", b"/live/")}),
     ("streaming", "max_streams", "5", {"max_streams": 5}),
     ("streaming", "buffer", "256KiB", {"connection.stream_buffer": 256 * KiB}),

@@ -23,8 +23,10 @@ from prefork.config.values import (
     list_value,
     parse_app,
     parse_bind,
+    parse_instance_name,
     parse_network,
     parse_origin,
+    parse_redis_url,
     parse_url_path,
     size_value,
     text_value,
@@ -197,7 +199,13 @@ class WebSocketConfig:
     compression: bool = _setting(bool_value(), True)
     send_buffer: int = _setting(size_value(1), 16 * MiB)
     allowed_origins: tuple[str, ...] = _setting(list_value(parse_origin), ())
-    broadcast: str = _setting(choice_value("local"), "local")
+    broadcast: str = _setting(choice_value("local", "redis"), "local")
+    redis_url: str = _setting(checked_value(parse_redis_url), "redis://127.0.0.1:6379/0")
+    redis_password_file: str = _setting(text_value(), "")
+    redis_prefix: str = _setting(checked_value(lambda text: nonempty(text, "expected a key prefix such as prefork")),
+                                 "prefork")
+    redis_queue: int = _setting(size_value(64 * 1024), 8 * MiB)
+    redis_timeout: float = _setting(duration_value(), 2.0)
 
 
 @dataclass(frozen=True)
@@ -259,6 +267,7 @@ class ResumableConfig:
     """``[resumable]``: resumable uploads (the IETF draft and tus 1.0) under one URL prefix."""
 
     path: str = _setting(checked_value(parse_url_path), "/resumable/")
+    instance: str = _setting(checked_value(parse_instance_name), "")
     dir: str = _setting(text_value(), "")
     max_size: int = _setting(size_value(), 10 * GiB)
     max_partial_bytes: int = _setting(size_value(), 0)

@@ -30,6 +30,8 @@ class ResumableSettings:
         expire_after: seconds a partial upload lives after its creation or last append.
         checkpoint: bytes of a long append between two durable commits.
         checkpoint_interval: seconds at least between two of those commits.
+        instance: this server's name, put in front of its upload ids (so a load
+            balancer can send an upload's follow-up requests back here); "" none.
     """
 
     prefix: str
@@ -40,6 +42,28 @@ class ResumableSettings:
     expire_after: float
     checkpoint: int
     checkpoint_interval: float
+    instance: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class BroadcastSettings:
+    """How ``app.broadcast`` reaches every worker (``[websocket] broadcast`` and ``redis_*``).
+
+    Attributes:
+        backend: "local" (the master's hub) or "redis".
+        redis_url: the Redis server (redis://, rediss:// or unix://).
+        redis_password_file: a file whose first line is the password; "" none.
+        redis_prefix: names this deployment's channel and keys in Redis.
+        redis_queue: bytes of messages a worker holds for Redis before dropping the oldest.
+        redis_timeout: seconds a Redis command may take before Redis counts as lost.
+    """
+
+    backend: str = "local"
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    redis_password_file: str = ""
+    redis_prefix: str = "prefork"
+    redis_queue: int = 8 * 1024 * 1024
+    redis_timeout: float = 2.0
 
 
 @dataclass(frozen=True, slots=True)

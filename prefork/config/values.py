@@ -386,6 +386,33 @@ def parse_url_path(text: str) -> str:
     return entry
 
 
+def parse_instance_name(text: str) -> str:
+    """Validate a short name for this server among several (empty is allowed).
+
+    Raises:
+        ValueError: anything but 1 to 16 letters and digits.
+    """
+    entry = text.strip()
+    if entry and not re.fullmatch(r"[A-Za-z0-9]{1,16}", entry):
+        raise ValueError("expected 1 to 16 letters and digits (e.g. app1), or empty")
+    return entry
+
+
+def parse_redis_url(text: str) -> str:
+    """Validate a Redis URL: ``redis://host:port/db``, ``rediss://`` (TLS) or ``unix:///path``.
+
+    Raises:
+        ValueError: another scheme, or no host (no path for ``unix://``).
+    """
+    entry = text.strip()
+    scheme, _, rest = entry.partition("://")
+    if scheme not in ("redis", "rediss", "unix") or not rest or rest.startswith("?"):
+        raise ValueError("expected redis://host:port/db, rediss://host:port/db (TLS) or unix:///path/to/socket")
+    if scheme == "unix" and not rest.startswith("/"):
+        raise ValueError("expected unix:///absolute/path/to/redis.sock")
+    return entry
+
+
 def text_value() -> ValueType[str]:
     """Free text (paths, user names); stored stripped."""
     return ValueType(str.strip, str)

@@ -20,7 +20,7 @@ from prefork.config.config import Config, LimitsConfig, WebSocketConfig, listene
 from prefork.process.sockets import parse_bind
 from prefork.protocol.forwarded import HeaderSource, TrustedProxies
 from prefork.protocol.limits import FormLimits, HttpLimits, WsLimits
-from prefork.config.settings import ConnectionSettings, ResumableSettings
+from prefork.config.settings import BroadcastSettings, ConnectionSettings, ResumableSettings
 from prefork.worker.wsconn import UpgradeSettings, WsSettings
 
 @dataclass(frozen=True, slots=True)
@@ -44,6 +44,7 @@ class WorkerSettings:
     streaming_paths: tuple[bytes, ...]  # [streaming] paths: WSGI routes whose bodies are read as they arrive
     max_streams: int
     reload: bool  # --reload: see prefork.apps.reloader
+    broadcast: BroadcastSettings
 
 
 def http_limits(limits: LimitsConfig) -> HttpLimits:
@@ -174,7 +175,16 @@ def resumable_settings(cfg: Config) -> ResumableSettings:
         expire_after=section.expire_after,
         checkpoint=section.checkpoint,
         checkpoint_interval=section.checkpoint_interval,
+        instance=section.instance,
     )
+
+
+def broadcast_settings(cfg: Config) -> BroadcastSettings:
+    """Derive how broadcasts travel (``[websocket] broadcast`` and its ``redis_*`` keys)."""
+    ws = cfg.websocket
+    return BroadcastSettings(backend=ws.broadcast, redis_url=ws.redis_url,
+                             redis_password_file=ws.redis_password_file, redis_prefix=ws.redis_prefix,
+                             redis_queue=ws.redis_queue, redis_timeout=ws.redis_timeout)
 
 
 def worker_settings(cfg: Config) -> WorkerSettings:
@@ -205,4 +215,5 @@ def worker_settings(cfg: Config) -> WorkerSettings:
         streaming_paths=tuple(path.encode("latin-1") for path in cfg.streaming.paths),
         max_streams=cfg.streaming.max_streams,
         reload=server.reload,
+        broadcast=broadcast_settings(cfg),
     )

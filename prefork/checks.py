@@ -28,6 +28,8 @@ from prefork.process.privileges import drop_privileges, resolve
 from prefork.process.tls_context import build_server_context, certificate_warnings
 from prefork.protocol.errors import ConfigError
 from prefork.apps.runtime import Runtime
+from prefork.apps.broadcast_redis import startup_problem
+from prefork.worker.settings import broadcast_settings
 
 __all__ = ["check_config", "unwritable"]
 
@@ -47,7 +49,7 @@ def check_config(cfg: Config) -> int:
         application failed to import).
     """
     accounts = account_problems(cfg)
-    files = file_problems(cfg) + tls_problems(cfg)
+    files = file_problems(cfg) + tls_problems(cfg) + broadcast_problems(cfg)
     for problem in accounts + files:
         _report(problem)
     if accounts:
@@ -103,6 +105,14 @@ def tls_problems(cfg: Config) -> list[str]:
     for message in certificate_warnings(cfg.tls):
         print(f"prefork-serve: warning: {message}", file=sys.stderr)
     return []
+
+
+def broadcast_problems(cfg: Config) -> list[str]:
+    """``broadcast = redis`` without the redis client, or with an unreadable password file."""
+    if cfg.websocket.broadcast != "redis":
+        return []
+    problem = startup_problem(broadcast_settings(cfg))
+    return [f"{cfg.source or 'command line'}: {problem}"] if problem else []
 
 
 def file_problems(cfg: Config) -> list[str]:

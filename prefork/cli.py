@@ -24,7 +24,9 @@ from collections.abc import Sequence
 from prefork import __version__, cli_flags
 from prefork.apps import reloader
 from prefork.process import systemd
-from prefork.checks import check_config
+from prefork.checks import broadcast_problems, check_config
+from prefork.apps.broadcast_redis import probe, redacted
+from prefork.worker.settings import broadcast_settings
 from prefork.config.config import COMMAND_LINE, Config, describe_config, listener_is_tls, load_config
 from prefork.config.sections import parse_listen
 from prefork.config.values import format_size
@@ -212,6 +214,8 @@ def serve(cfg: Config, flags: dict[str, dict[str, object]]) -> int:
     except (ConfigError, ValueError) as exc:
         print(f"prefork-serve: {cfg.source or COMMAND_LINE}: {exc}", file=sys.stderr)
         return EXIT_CONFIG
+    if cfg.websocket.broadcast == "redis" and not _redis_usable(cfg):
+        return EXIT_CONFIG
     reloader.set_config_file(cfg.source)  # workers inherit it; used only under --reload
     _warn_if_disk_too_small(cfg)
     if cfg.server.reload:
@@ -242,6 +246,21 @@ def serve(cfg: Config, flags: dict[str, dict[str, object]]) -> int:
         return EXIT_CONFIG
     return Master(cfg, listeners, owns_unix_paths=not activated, overrides=flags, tls=tls,
                   proxy_protocol=proxy_protocol_listeners(cfg, listeners, None if activated else cfg.server.bind)).run()
+
+
+def _redis_usable(cfg: Config) -> bool:
+    """Refuse ``broadcast = redis`` without its client; only warn when Redis is down."""
+    problems = broadcast_problems(cfg)
+    if problems:
+        error_log.error("%s", problems[0])
+        return False
+    settings = broadcast_settings(cfg)
+    unreachable = probe(settings)
+    if unreachable:
+        error_log.warning("[websocket] broadcast = redis: Redis at %s does not answer (%s); starting anyway: "
+                          "broadcasts reach this server's workers only until it does", redacted(settings.redis_url),
+                          unreachable)
+    return True
 
 
 def _warn_if_disk_too_small(cfg: Config) -> None:

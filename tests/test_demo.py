@@ -40,11 +40,9 @@ def bus() -> Iterator[list[tuple[str, Any]]]:
         published.append((channel, json.loads(message)))
         subscribers.deliver(channel, message)
 
-    demo._history.clear()
     demo.app.bind(Runtime(transport=broadcast.LocalTransport(deliver), subscribers=subscribers))
     yield published
     demo.app.bind(Runtime())
-    demo._history.clear()
 
 
 def test_message_is_sanitised_and_broadcast(bus: list[tuple[str, Any]]) -> None:

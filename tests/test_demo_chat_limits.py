@@ -23,12 +23,10 @@ from tests.test_server_websocket import CLOSE, TEXT, close_frame, frame, raw_ws
 def bus() -> Iterator[list[tuple[str, Any]]]:
     """What the chat broadcasts (a local transport, as in tests/test_demo.py)."""
     published: list[tuple[str, Any]] = []
-    demo._history.clear()
     transport = broadcast.LocalTransport(lambda channel, message: published.append((channel, message)))
     demo.app.bind(Runtime(transport=transport))
     yield published
     demo.app.bind(Runtime())
-    demo._history.clear()
 
 
 class ClosingWs(FakeWs):

@@ -85,6 +85,7 @@ class App:
         self.error_handlers: dict[int, Handler] = {}
         self._runtime = Runtime()
         self._observers: list[tuple[str, Deliver]] = []
+        self._retained: dict[str, int] = {}
 
     # --- the server it runs in ----------------------------------------------------
     @property
@@ -101,6 +102,8 @@ class App:
         if runtime.subscribers is not None:
             for channel, callback in self._observers:
                 runtime.subscribers.observe(channel, callback)
+        for channel, count in self._retained.items():
+            self._retain(channel, count)
 
     def route(self, path: str, methods: Iterable[str] = ("GET",), *, stream: bool = False
               ) -> Callable[[Handler], Handler]:
@@ -179,6 +182,38 @@ class App:
         if self._runtime.subscribers is not None:
             self._runtime.subscribers.observe(channel, callback)
         return callback
+
+    def keep_history(self, channel: str, count: int) -> None:
+        """Keep the last ``count`` messages broadcast on ``channel`` for ``history``.
+
+        With ``[websocket] broadcast = redis`` they are kept in Redis, the same for every
+        worker of every server; with the local hub each worker keeps what reached it
+        since it started. May be called at import time: it takes effect when bound.
+        """
+        if count < 1:
+            raise ValueError("keep_history needs a count of at least 1")
+        self._retained[channel] = count
+        self._retain(channel, count)
+
+    def _retain(self, channel: str, count: int) -> None:
+        if self._runtime.subscribers is not None:
+            self._runtime.subscribers.retain(channel, count)
+        if self._runtime.transport is not None:
+            self._runtime.transport.retain(channel, count)
+
+    def history(self, channel: str) -> list[str | bytes]:
+        """The last messages of a ``keep_history`` channel, oldest first.
+
+        May wait for a round trip to Redis: call it from a handler, never from a
+        ``call_soon`` callback. While Redis is away it answers with what this worker
+        recorded itself.
+        """
+        transport = self._runtime.transport
+        kept = transport.history(channel) if transport is not None else None
+        if kept is not None:
+            return kept
+        subscribers = self._runtime.subscribers
+        return subscribers.recent(channel) if subscribers is not None else []
 
     # --- dispatch ---------------------------------------------------------------
     def match(self, path: str, method: str) -> tuple[Route | None, dict[str, Any], list[str]]:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import socket
 import struct
+import threading
 from collections import deque
 from collections.abc import Callable
 from typing import Protocol
@@ -40,6 +41,22 @@ def encode(channel: str, message: str | bytes) -> bytes:
     else:
         kind, payload = 1, bytes(message)
     return _HEAD.pack(1 + 2 + len(name) + len(payload), kind, len(name)) + name + payload
+
+
+def decode(frame: bytes) -> tuple[str, str | bytes]:
+    """The (channel, message) of one whole frame.
+
+    Raises:
+        ValueError: not exactly one well-formed frame.
+    """
+    if len(frame) < _HEAD.size:
+        raise ValueError("broadcast frame shorter than its head")
+    length, kind, name_len = _HEAD.unpack_from(frame, 0)
+    if length + 4 != len(frame) or _HEAD.size + name_len > len(frame) or kind not in (0, 1):
+        raise ValueError("malformed broadcast frame")
+    channel = frame[_HEAD.size:_HEAD.size + name_len].decode("utf-8")
+    payload = frame[_HEAD.size + name_len:]
+    return channel, (payload.decode("utf-8") if kind == 0 else bytes(payload))
 
 
 class FrameReader:
@@ -74,6 +91,13 @@ class Transport(Protocol):
 
     def publish(self, channel: str, message: str | bytes) -> None:
         """Send a message to all workers (this one included); thread-safe."""
+
+    def retain(self, channel: str, count: int) -> None:
+        """Keep the last ``count`` messages of ``channel`` where every worker can read them."""
+
+    def history(self, channel: str) -> list[str | bytes] | None:
+        """The kept messages of ``channel``, oldest first; None: this transport keeps none
+        (each worker's ``Subscribers`` record is the history)."""
 
 
 class _Link:
@@ -207,6 +231,13 @@ class WorkerLink:
         """Thread-safe: the frame is written by the loop thread."""
         self.defer(self._send, encode(channel, message))
 
+    def retain(self, channel: str, count: int) -> None:
+        """The hub keeps no history: each worker records what reaches it."""
+
+    def history(self, channel: str) -> list[str | bytes] | None:
+        """None: see ``Subscribers.recent``."""
+        return None
+
     def _send(self, frame: bytes) -> None:
         self.link.queue(frame)
         self.on_blocked(not self.link.flush())
@@ -234,6 +265,13 @@ class LocalTransport:
     def publish(self, channel: str, message: str | bytes) -> None:
         """Deliver at once."""
         self.deliver(channel, message)
+
+    def retain(self, channel: str, count: int) -> None:
+        """Nothing beyond this process: ``Subscribers`` records the history."""
+
+    def history(self, channel: str) -> list[str | bytes] | None:
+        """None: see ``Subscribers.recent``."""
+        return None
 
 
 class Subscriber(Protocol):
@@ -263,6 +301,19 @@ class Subscribers:
     def __init__(self) -> None:
         self._members: dict[str, set[Subscriber]] = {}
         self._observers: dict[str, list[Deliver]] = {}
+        self._recent: dict[str, deque[str | bytes]] = {}
+        self._recent_lock = threading.Lock()  # ``recent`` is read from handler threads
+
+    def retain(self, channel: str, count: int) -> None:
+        """Record the last ``count`` messages of ``channel`` that reach this worker."""
+        with self._recent_lock:
+            old = self._recent.get(channel, ())
+            self._recent[channel] = deque(old, maxlen=count)
+
+    def recent(self, channel: str) -> list[str | bytes]:
+        """What ``retain`` recorded of ``channel``, oldest first (any thread)."""
+        with self._recent_lock:
+            return list(self._recent.get(channel, ()))
 
     def subscribe(self, session: Subscriber, channel: str) -> None:
         """Add ``session`` to ``channel``; a session that has ended is not added."""
@@ -300,6 +351,10 @@ class Subscribers:
         An observer that raises is logged and does not keep the message from the
         others or from the sessions.
         """
+        recent = self._recent.get(channel)
+        if recent is not None:
+            with self._recent_lock:
+                recent.append(message)
         for observer in self._observers.get(channel, ()):
             try:
                 observer(channel, message)

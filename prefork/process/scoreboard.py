@@ -24,13 +24,15 @@ from dataclasses import dataclass
 # Slot header: pid, state, generation, heartbeat (monotonic), started (wall),
 # requests, http connections, ws connections, bytes received, staged RAM, staged disk,
 # uploads in flight, handler threads, threads running a handler, connections shed at max_connections,
-# streamed request bodies in progress.
-_HEAD = struct.Struct("<qiiddQIIQQQIHHQH")
+# streamed request bodies in progress; the Redis broadcast transport's state (0 none, 1 connected,
+# 2 away) and its messages published, received, kept local (Redis away) and dropped.
+_HEAD = struct.Struct("<qiiddQIIQQQIHHQHHQQQQ")
 MAX_UPLOADS = 8
 _PATH_BYTES = 120
 # One upload: path, bytes so far, declared length (-1 unknown), start (wall clock).
 _UPLOAD = struct.Struct(f"<{_PATH_BYTES}sQqd")
 SLOT_SIZE = _HEAD.size + MAX_UPLOADS * _UPLOAD.size
+_RETIRED_BROADCAST = 32  # after the four retired totals: the retired broadcast counts
 
 
 class WorkerState(enum.IntEnum):
@@ -59,6 +61,7 @@ class Retired:
     requests: int
     bytes_received: int
     shed: int
+    broadcast: tuple[int, ...] = (0, 0, 0, 0)  # published, received, local only, dropped
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,6 +85,8 @@ class SlotView:
     busy_threads: int = 0
     shed: int = 0
     streams: int = 0
+    broadcast_state: int = 0  # 0: no Redis transport, 1: connected to Redis, 2: Redis away
+    broadcast: tuple[int, ...] = (0, 0, 0, 0)  # published, received, local only, dropped
 
 
 class Scoreboard:
@@ -97,8 +102,8 @@ class Scoreboard:
         self.memory_budget = memory_budget
         # After the slots: retired requests, retired bytes, a sequence number that is odd
         # while the master moves a dead worker's counters into the retired totals, and
-        # retired connections shed.
-        self._mem = mmap.mmap(-1, SLOT_SIZE * slots + 32)
+        # retired connections shed, then the retired broadcast counts (4 x Q).
+        self._mem = mmap.mmap(-1, SLOT_SIZE * slots + _RETIRED_BROADCAST + 32)
         # A POSIX record lock on an unlinked file: shared by the forked workers, and
         # released by the kernel if its holder dies (a semaphore would stay taken).
         # lockf locks belong to the process, so a thread lock orders threads within one.
@@ -122,7 +127,7 @@ class Scoreboard:
             if self._read_head(index)[0] == 0:
                 self._mem[index * SLOT_SIZE:(index + 1) * SLOT_SIZE] = bytes(SLOT_SIZE)
                 _HEAD.pack_into(self._mem, index * SLOT_SIZE, pid, WorkerState.BOOTING, generation,
-                                time.monotonic(), time.time(), 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0)
+                                time.monotonic(), time.time(), *([0] * (len(_FIELD_OFFSETS) - 5)))
                 return index
         raise RuntimeError(f"scoreboard full: all {self.slots} slots are in use")
 
@@ -146,7 +151,7 @@ class Scoreboard:
             struct.pack_into("<Q", self._mem, seq_offset, seq + 1)
             try:
                 head = self._read_head(index)
-                self.add_retired(head[5], head[8], head[14])
+                self.add_retired(head[5], head[8], head[14], head[17:21])
                 self._mem[index * SLOT_SIZE:(index + 1) * SLOT_SIZE] = bytes(SLOT_SIZE)
             finally:
                 struct.pack_into("<Q", self._mem, seq_offset, seq + 2)
@@ -162,13 +167,22 @@ class Scoreboard:
             before = struct.unpack_from("<Q", self._mem, seq_offset)[0]
             if before % 2 == 0:
                 views = self.views()
-                retired = Retired(self.retired_requests, self.retired_bytes_received, self.retired_shed)
+                retired = Retired(self.retired_requests, self.retired_bytes_received, self.retired_shed,
+                                  _BROADCAST_COUNTS.unpack_from(self._mem, self._retired_broadcast_offset))
                 if struct.unpack_from("<Q", self._mem, seq_offset)[0] == before:
                     return retired, views
             time.sleep(0.0001)
 
-    def add_retired(self, requests: int, bytes_received: int = 0, shed: int = 0) -> None:
+    @property
+    def _retired_broadcast_offset(self) -> int:
+        return SLOT_SIZE * self.slots + _RETIRED_BROADCAST
+
+    def add_retired(self, requests: int, bytes_received: int = 0, shed: int = 0,
+                    broadcast: tuple[int, ...] = (0, 0, 0, 0)) -> None:
         """Add a dead worker's counters to the totals kept across respawns."""
+        kept = _BROADCAST_COUNTS.unpack_from(self._mem, self._retired_broadcast_offset)
+        _BROADCAST_COUNTS.pack_into(self._mem, self._retired_broadcast_offset,
+                                    *(a + b for a, b in zip(kept, broadcast)))
         offset = SLOT_SIZE * self.slots
         total, received = struct.unpack_from("<QQ", self._mem, offset)
         struct.pack_into("<QQ", self._mem, offset, total + requests, received + bytes_received)
@@ -205,7 +219,7 @@ class Scoreboard:
                                   None if declared < 0 else declared, started))
         return SlotView(index, head[0], WorkerState(head[1]), head[2], head[3], head[4], head[5],
                         head[6], head[7], head[8], head[9], head[10], tuple(uploads), head[12], head[13],
-                        head[14], head[15])
+                        head[14], head[15], head[16], head[17:21])
 
     def views(self) -> list[SlotView]:
         """Snapshots of every occupied slot."""
@@ -256,6 +270,12 @@ class WorkerSlot:
     def add_streams(self, delta: int) -> None:
         """A streamed request body began (+1) or ended (-1)."""
         self._add("streams", delta)
+
+    def set_broadcast(self, connected: bool, published: int, received: int, local_only: int,
+                      dropped: int) -> None:
+        """The Redis transport's state and counts (absolute: one writer, its own lock)."""
+        _BROADCAST_FIELDS.pack_into(self.board._mem, self._base + _FIELD_OFFSETS["broadcast_state"],
+                                    1 if connected else 2, published, received, local_only, dropped)
 
     def count_shed(self, count: int) -> None:
         """Connections closed to make room at max_connections."""
@@ -328,8 +348,9 @@ class WorkerSlot:
 def _offsets() -> tuple[dict[str, int], dict[str, str]]:
     names = ["pid", "state", "generation", "heartbeat", "started", "requests", "connections",
              "ws_connections", "bytes_received", "staged_ram", "staged_disk", "uploads", "threads",
-             "busy_threads", "shed", "streams"]
-    codes = "qiiddQIIQQQIHHQH"
+             "busy_threads", "shed", "streams", "broadcast_state", "broadcast_published",
+             "broadcast_received", "broadcast_local_only", "broadcast_dropped"]
+    codes = "qiiddQIIQQQIHHQHHQQQQ"
     offsets, formats, position = {}, {}, 0
     for name, code in zip(names, codes):
         size = struct.calcsize("<" + code)
@@ -341,3 +362,5 @@ def _offsets() -> tuple[dict[str, int], dict[str, str]]:
 _FIELD_OFFSETS, _FIELD_FORMATS = _offsets()
 # Counters change several times per request: compiled once, not looked up by format each time.
 _FIELD_STRUCTS = {name: struct.Struct(fmt) for name, fmt in _FIELD_FORMATS.items()}
+_BROADCAST_FIELDS = struct.Struct("<HQQQQ")
+_BROADCAST_COUNTS = struct.Struct("<QQQQ")

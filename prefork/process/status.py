@@ -77,6 +77,8 @@ def snapshot(board: Scoreboard, master_pid: int, now: float | None = None) -> di
             "bytes_received": view.bytes_received, "staged_ram": view.staged_ram,
             "staged_disk": view.staged_disk, "threads": view.threads, "busy_threads": view.busy_threads,
             "shed": view.shed, "streams": view.streams,
+            "broadcast": {"redis": _REDIS_STATES[view.broadcast_state],
+                          **dict(zip(BROADCAST_OUTCOMES, view.broadcast))},
             "uploads": uploads,
         })
     return {
@@ -85,11 +87,20 @@ def snapshot(board: Scoreboard, master_pid: int, now: float | None = None) -> di
         "requests_total": retired.requests + sum(w["requests"] for w in workers),
         "bytes_received_total": retired.bytes_received + sum(w["bytes_received"] for w in workers),
         "shed_total": retired.shed + sum(w["shed"] for w in workers),
+        "broadcast": {outcome: retired.broadcast[n] + sum(w["broadcast"][outcome] for w in workers)
+                      for n, outcome in enumerate(BROADCAST_OUTCOMES)},
+        "redis_connected": sum(w["broadcast"]["redis"] == "connected" for w in workers),
         "staged_ram": sum(w["staged_ram"] for w in workers),
         "staged_disk": sum(w["staged_disk"] for w in workers),
         "memory_budget": board.memory_budget,
         "workers": workers,
     }
+
+
+# Broadcast counts (Redis transport): published to Redis, received from it, kept to this
+# server's workers while Redis was away, lost (queue overflow, a failed send).
+BROADCAST_OUTCOMES = ("published", "received", "local_only", "dropped")
+_REDIS_STATES = {0: "none", 1: "connected", 2: "away"}
 
 
 def render_json(snap: dict[str, Any]) -> bytes:
@@ -135,6 +146,14 @@ def render_prometheus(snap: dict[str, Any]) -> bytes:
         "# HELP prefork_streams_in_progress Streamed request bodies being read by their handlers.",
         "# TYPE prefork_streams_in_progress gauge",
         f"prefork_streams_in_progress {sum(w['streams'] for w in workers)}",
+        "# HELP prefork_broadcast_messages_total Broadcast messages through Redis, by outcome "
+        "(local_only: Redis was away, only this server's workers got it).",
+        "# TYPE prefork_broadcast_messages_total counter",
+        *(f'prefork_broadcast_messages_total{{outcome="{outcome}"}} {count}'
+          for outcome, count in snap["broadcast"].items()),
+        "# HELP prefork_broadcast_redis_connected Workers whose Redis broadcast transport is connected.",
+        "# TYPE prefork_broadcast_redis_connected gauge",
+        f"prefork_broadcast_redis_connected {snap['redis_connected']}",
         "# HELP prefork_handler_threads Handler threads, and how many of them run a handler now.",
         "# TYPE prefork_handler_threads gauge",
         f'prefork_handler_threads{{state="busy"}} {sum(w["busy_threads"] for w in workers)}',
@@ -166,11 +185,21 @@ def _threads(worker: dict[str, Any]) -> str:
     return f"{worker['busy_threads']}/{worker['threads']}" if worker["threads"] else "-"
 
 
+def _broadcast_summary(snap: dict[str, Any]) -> str:
+    """"  broadcast via Redis: ..." when any worker has the Redis transport, else ""."""
+    if not any(w["broadcast"]["redis"] != "none" for w in snap["workers"]):
+        return ""
+    counts = snap["broadcast"]
+    return (f"  broadcast via Redis: {snap['redis_connected']}/{len(snap['workers'])} workers connected, "
+            f"{counts['published']} published, {counts['received']} received, "
+            f"{counts['local_only']} local only, {counts['dropped']} dropped")
+
+
 def render_text(snap: dict[str, Any]) -> str:
     """The snapshot as a terminal table (``prefork-serve status``)."""
     out = [f"requests {snap['requests_total']}  received {_size(snap['bytes_received_total'])}  "
            f"staged RAM {_size(snap['staged_ram'])} / {_size(snap['memory_budget'])}  "
-           f"staged disk {_size(snap['staged_disk'])}  shed {snap['shed_total']}",
+           f"staged disk {_size(snap['staged_disk'])}  shed {snap['shed_total']}" + _broadcast_summary(snap),
            f"{'PID':>8} {'STATE':<9} {'GEN':>3} {'BEAT':>6} {'REQS':>8} {'HTTP':>5} {'WS':>5} "
            f"{'BUSY':>7} {'STREAMS':>7} {'RAM':>10} {'DISK':>10}"]
     for w in snap["workers"]:
@@ -215,7 +244,7 @@ def render_html(snap: dict[str, Any], refresh: float = 2.0) -> bytes:
 <body><h1>prefork status</h1>
 <p>{snap['requests_total']} requests served; {_size(snap['bytes_received_total'])} received;
 staged in RAM {_size(snap['staged_ram'])} of {_size(snap['memory_budget'])}; on disk {_size(snap['staged_disk'])};
-{snap['shed_total']} idle connections shed at max_connections.</p>
+{snap['shed_total']} idle connections shed at max_connections.{html.escape(_broadcast_summary(snap))}</p>
 <h2>Workers</h2><table><tr><th>pid</th><th class='l'>state</th><th>gen</th><th>heartbeat</th>
 <th>requests</th><th>http</th><th>ws</th><th>busy threads</th><th>streams</th><th>RAM staged</th><th>disk staged</th></tr>{''.join(rows)}</table>
 <h2>Uploads in progress</h2>{upload_table}

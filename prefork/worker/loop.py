@@ -26,12 +26,12 @@ from typing import Any
 
 import psutil
 
-from prefork.apps import broadcast
 
 from prefork.staging import memory
 
 from prefork.staging import writebehind
 from prefork.apps.broadcast import Subscribers
+from prefork.worker.broadcast_wiring import BroadcastWiring
 from prefork.worker.channel import Channel
 from prefork.worker.proxy_gate import ProxyHeaderGate
 from prefork.worker.tls_channel import TlsChannel
@@ -129,7 +129,9 @@ class Worker:
         self.write_behind = writebehind.WriteBehindHelper()
         # what uploads used goes back to the OS once they are over: the ring, then malloc's free memory
         self._trimmer = memory.IdleTrimmer(hooks=[self.write_behind.release_idle])
-        self._transport = self._broadcast_transport()
+        self._broadcast = BroadcastWiring(self.worker_settings.broadcast, self._link_socket, self.subscribers,
+                                          self.wakeup.defer, self.slot)
+        self._transport = self._broadcast.transport
         if self.app is None:
             try:
                 if self.worker_settings.resumable.prefix and not self.worker_settings.threads:
@@ -159,12 +161,13 @@ class Worker:
         self._shedder = IdleShedder(self.worker_settings.max_connections)
         self._upgrades = WebSocketSide(self.app, self.worker_settings.websocket, self, self.pool,
                                        self._recv_buffer, self.subscribers)
-        self._setup_broadcast()
+        self._broadcast.start(self.selector, self.begin_drain, lambda: self.draining)
         self._set_accepting(True)
         if self.slot is not None:
             self.slot.set_state(WorkerState.READY)
         error_log.debug("worker %d ready", os.getpid())
         self._loop()
+        self._broadcast.stop()
         if self.resumable is not None:  # the last commits of uploads cut off by the stop, before exit
             self.resumable.flush(timeout=self.worker_settings.graceful_timeout)
         return 0
@@ -425,33 +428,6 @@ class Worker:
         self.connections.discard(target)
         if not self._accepting and not self.draining:
             self._set_accepting(True)
-
-    # --- broadcast --------------------------------------------------------------------
-    def _broadcast_transport(self) -> broadcast.Transport:
-        """How this worker's app reaches every worker: the master's hub, or only itself."""
-        deliver = self.subscribers.deliver
-        if self._link_socket is None:
-            return broadcast.LocalTransport(lambda channel, message: self.wakeup.defer(deliver, channel, message))
-        return broadcast.WorkerLink(self._link_socket, deliver, self.wakeup.defer)
-
-    def _setup_broadcast(self) -> None:
-        link = self._transport
-        if not isinstance(link, broadcast.WorkerLink):
-            return
-        self.selector.register(link, selectors.EVENT_READ, link)
-
-        def blocked(on: bool) -> None:
-            self.selector.modify(link, selectors.EVENT_READ | (selectors.EVENT_WRITE if on else 0), link)
-
-        def master_gone() -> None:
-            self.selector.unregister(link)
-            link.on_blocked = lambda on: None
-            if not self.draining:
-                error_log.warning("worker %d: the master closed the broadcast link; stopping", os.getpid())
-                self.begin_drain()
-
-        link.on_blocked = blocked
-        link.on_eof = master_gone
 
     def defer(self, fn: Callable[..., None], *args: Any) -> None:
         """Run ``fn(*args)`` on the loop thread."""

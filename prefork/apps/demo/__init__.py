@@ -7,9 +7,10 @@ uploads (images inline, other files as downloads) and a chat over
 ``/ws/chat``. Uploads are parsed while they stream in and committed by
 ``UploadStore`` (a link, not a copy); every file served comes from the store
 by its generated name, never by a client-chosen path. Chat messages go out
-with ``app.broadcast`` so clients on every worker see them; each worker keeps
-the last ``HISTORY`` messages through ``app.observe`` and sends them to a
-client that joins. The uploads directory is read from ``app.runtime`` when a
+with ``app.broadcast`` so clients on every worker see them (on every server,
+with ``[websocket] broadcast = redis``); ``app.keep_history`` keeps the last
+``HISTORY`` of them (in Redis, the same for every worker and server; with the
+local hub, what each worker saw) and a client that joins is sent them. The uploads directory is read from ``app.runtime`` when a
 request needs it, never at import (the app is bound to its worker's
 ``Runtime`` after it is imported). User text is only ever inserted into the page with
 ``textContent`` (and escaped in the server-rendered gallery), under a strict
@@ -25,7 +26,6 @@ import secrets
 import threading
 import time
 import unicodedata
-from collections import deque
 from functools import lru_cache
 from importlib import resources
 from typing import Any
@@ -55,8 +55,6 @@ PAGE_CSP = ("default-src 'self'; img-src 'self'; style-src 'self'; script-src 's
 FILE_CSP = "default-src 'none'; img-src 'self'; style-src 'unsafe-inline'; sandbox"
 
 app = App()
-_history: deque[dict[str, Any]] = deque(maxlen=HISTORY)
-_history_lock = threading.Lock()
 _pruned = threading.Event()
 
 
@@ -224,33 +222,34 @@ def _refusal(message: str | bytes) -> tuple[int, str] | None:
     return None
 
 
-def _remember(channel: str, message: str | bytes) -> None:
-    """Keep the chat history of this worker (runs on the loop thread for every message)."""
-    try:
-        data = json.loads(message)
-    except ValueError:
-        return
-    if isinstance(data, dict) and data.get("type") == "message":
-        with _history_lock:
-            _history.append(data)
+app.keep_history(CHAT, HISTORY)
 
 
-app.observe(CHAT, _remember)
+def _history() -> list[dict[str, Any]]:
+    """The chat's kept messages, oldest first (may ask Redis: handler threads only)."""
+    messages = []
+    for message in app.history(CHAT):
+        try:
+            data = json.loads(message)
+        except ValueError:
+            continue
+        if isinstance(data, dict) and data.get("type") == "message":
+            messages.append(data)
+    return messages
 
 
-def _history_snapshot() -> list[dict[str, Any]]:
-    with _history_lock:
-        return list(_history)
+def _after_subscribing(ws: Any) -> None:
+    """Wait until the subscriptions ``ws`` asked for are in effect on the loop.
 
-
-def _on_loop(ws: Any, fn: Any) -> None:
-    """Run ``fn`` on the worker's loop thread, after the calls ``ws`` already queued there.
-
-    ``ws.subscribe`` takes effect on the loop thread; a history snapshot taken there
-    after it can miss no message (one delivered in between is in both, and the page
-    drops the duplicate by id).
+    Then a history read afterwards can miss no message: one delivered in between is in
+    both, and the page drops the duplicate by id. Handlers that run on the loop itself
+    (``[server] threads = 0``) cannot wait for it and read at once.
     """
-    ws.call_soon(fn)
+    if threading.current_thread() is threading.main_thread():
+        return
+    subscribed = threading.Event()
+    ws.call_soon(subscribed.set)
+    subscribed.wait(5.0)
 
 
 def _clean(text: str, limit: int, keep: str = "") -> str:
@@ -266,7 +265,8 @@ class Chat:
         """Subscribe, then send the history (after the subscription is in effect)."""
         ws.subscribe(CHAT)
         ws.subscribe(GALLERY)
-        _on_loop(ws, lambda: ws.send(json.dumps({"type": "history", "messages": _history_snapshot()})))
+        _after_subscribing(ws)
+        ws.send(json.dumps({"type": "history", "messages": _history()}))
 
     def on_message(self, ws: Any, message: str | bytes) -> None:
         """Validate a message from the page and broadcast it."""

@@ -1,0 +1,85 @@
+"""How a worker's ``app.broadcast`` travels: the master's hub, Redis, or this process only.
+
+Strategy: the worker builds its transport before it loads the application (the app
+is bound to it through ``Runtime``), and wires it into the loop once the selector
+exists: the hub link is a socket the loop watches; the Redis transport runs threads
+of its own and falls back to the hub link while Redis is away, and its counts go to
+this worker's scoreboard slot for the status page.
+"""
+
+from __future__ import annotations
+
+import os
+import selectors
+import socket
+from collections.abc import Callable
+
+from prefork.apps import broadcast
+from prefork.apps.broadcast import Subscribers
+from prefork.apps.broadcast_redis import BroadcastCounts, RedisTransport
+from prefork.config.logs import error_log
+from prefork.config.settings import BroadcastSettings
+from prefork.process.scoreboard import WorkerSlot
+
+
+class BroadcastWiring:
+    """The worker's broadcast transport and what the loop must do for it.
+
+    Args:
+        settings: ``[websocket] broadcast`` and its Redis keys.
+        link_socket: this worker's end of the master's hub, or None (no master: tests).
+        subscribers: the worker's registry, where every arriving message is delivered.
+        defer: runs a callable on the loop thread.
+        slot: this worker's scoreboard slot (counts), or None.
+    """
+
+    def __init__(self, settings: BroadcastSettings, link_socket: socket.socket | None,
+                 subscribers: Subscribers, defer: Callable[..., None], slot: WorkerSlot | None) -> None:
+        deliver = subscribers.deliver
+        self.link: broadcast.WorkerLink | None = None
+        local: broadcast.Transport
+        if link_socket is None:
+            local = broadcast.LocalTransport(lambda channel, message: defer(deliver, channel, message))
+        else:
+            self.link = broadcast.WorkerLink(link_socket, deliver, defer)
+            local = self.link
+        self.redis: RedisTransport | None = None
+        self.transport: broadcast.Transport = local
+        if settings.backend == "redis":
+            def deliver_batch(batch: list[tuple[str, str | bytes]]) -> None:
+                for channel, message in batch:
+                    deliver(channel, message)
+
+            def counts(now: BroadcastCounts) -> None:
+                if slot is not None:
+                    slot.set_broadcast(now.connected, now.published, now.received, now.local_only, now.dropped)
+
+            self.redis = RedisTransport(settings, local, deliver_batch, defer, counts)
+            self.transport = self.redis
+
+    def start(self, selector: selectors.BaseSelector, begin_drain: Callable[[], None],
+              draining: Callable[[], bool]) -> None:
+        """Watch the hub link and start the Redis threads (the loop is about to run)."""
+        link = self.link
+        if link is not None:
+            selector.register(link, selectors.EVENT_READ, link)
+
+            def blocked(on: bool) -> None:
+                selector.modify(link, selectors.EVENT_READ | (selectors.EVENT_WRITE if on else 0), link)
+
+            def master_gone() -> None:
+                selector.unregister(link)
+                link.on_blocked = lambda on: None
+                if not draining():
+                    error_log.warning("worker %d: the master closed the broadcast link; stopping", os.getpid())
+                    begin_drain()
+
+            link.on_blocked = blocked
+            link.on_eof = master_gone
+        if self.redis is not None:
+            self.redis.start()
+
+    def stop(self) -> None:
+        """Stop the Redis threads (the loop has ended)."""
+        if self.redis is not None:
+            self.redis.stop()

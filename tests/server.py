@@ -74,7 +74,7 @@ class Server:
         args += extra_args or []
         if app:
             args.append(app)
-        env = dict(os.environ, PYTHONPATH=str(REPO), **(env or {}))
+        env = {**os.environ, "PYTHONPATH": str(REPO), **(env or {})}
         # A file, not a pipe: nobody reads a pipe while the server runs, and a full one would
         # block every process of the server on its next write to stderr.
         self.stdout_path = tmp / f"stdout-{self.port}.log"

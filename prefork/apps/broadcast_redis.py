@@ -17,8 +17,8 @@ failing, or silence past ``redis_timeout`` after a PING), both threads reconnect
 capped exponential backoff and ``publish`` goes to the fallback transport, the
 master's hub, so that this server's own clients still get every message; those
 messages are counted as ``local_only``, the ones lost outright (queue overflow, a
-batch whose send failed) as ``dropped``. Nothing published during a gap is replayed
-to the other servers afterwards.
+batch whose send failed, with what queued behind it) as ``dropped``. Nothing
+published during a gap is replayed to the other servers afterwards.
 
 Frames in Redis are ``prefork.apps.broadcast.encode`` frames (channel, kind, payload).
 """
@@ -316,7 +316,11 @@ class RedisTransport:
                 self._send(client, batch)
             except Exception as exc:  # the batch may or may not have arrived: at most once, so drop it
                 with self._lock:
-                    self._count(dropped=len(batch))
+                    # and what queued behind it: sent after the reconnection, it would arrive
+                    # after messages that the gap kept local although published later
+                    self._count(dropped=len(batch) + len(self._queue))
+                    self._queue.clear()
+                    self._queued_bytes = 0
                 self._set_state(publisher_ok=False, reason=exc)
                 _close(client)
                 client = None

@@ -71,8 +71,10 @@ def shipped_nginx(upstream: int, port: int) -> str:
     """conf/nginx.conf with its example upstreams replaced by one prefork on loopback."""
     text = (REPO / "conf" / "nginx.conf").read_text()
     text, servers = re.subn(r"(?m)^\s*server 10\.0\.0\.1[12]:8000[^;]*;\n", "", text)
-    assert servers == 2, "conf/nginx.conf changed: update this test's rewrite"
-    text = text.replace("least_conn;", f"least_conn;\n    server 127.0.0.1:{upstream};")
+    assert servers == 6, "conf/nginx.conf changed: update this test's rewrite"
+    # the balanced upstream and each machine's own (resumable uploads): all this one prefork
+    text, upstreams = re.subn(r"(?m)^(upstream \w+ \{\n)", rf"\1    server 127.0.0.1:{upstream};\n", text)
+    assert upstreams == 3, "conf/nginx.conf changed: update this test's rewrite"
     text, listens = re.subn(r"listen 80;", f"listen 127.0.0.1:{port};", text)
     assert listens == 1
     return text
@@ -83,6 +85,9 @@ def shipped_haproxy(upstream: int, port: int, server_options: str = "") -> str:
     text = (REPO / "conf" / "haproxy.cfg").read_text()
     text, servers = re.subn(r"(?m)^\s*server app\d 10\.0\.0\.1[12]:8000 check\n?", "", text)
     assert servers == 2, "conf/haproxy.cfg changed: update this test's rewrite"
+    # app2 is gone, and so must its routing rule be (haproxy refuses a rule naming no server)
+    text, rules = re.subn(r"(?m)^\s*use-server app2 .*\n", "", text)
+    assert rules == 1, "conf/haproxy.cfg changed: update this test's rewrite"
     text = text.rstrip("\n") + f"\n    server app1 127.0.0.1:{upstream} check {server_options}\n"
     text, binds = re.subn(r"bind :80", f"bind 127.0.0.1:{port}", text)
     assert binds == 1

@@ -24,6 +24,7 @@ from prefork.config.settings import ResumableSettings
 from prefork.protocol.errors import BodyTooLarge
 from prefork.protocol.http.events import Request
 from prefork.protocol.http.headers import Headers
+from prefork.protocol.resumable import Action, classify
 from prefork.staging import partial_uploads
 from prefork.staging.partial_intake import ResumableExchange, ResumableUploads
 from prefork.staging.partial_sink import PartialUploadSink, running_sha256
@@ -1005,3 +1006,18 @@ def test_then_keeps_the_first_error(fd: int) -> None:
     stream.then(raising(first))
     stream.then(raising(second))
     assert stream.error is first
+
+
+# --- [resumable] instance: the server's name in its upload ids ---------------------------------------
+def test_instance_name_goes_in_front_of_new_ids_and_they_stay_valid_urls(tmp_path: Path) -> None:
+    uploads = ResumableUploads(settings(tmp_path, instance="app1"), write_behind=None)
+    upload_id = created(draft_create(uploads))
+    assert re.fullmatch(r"app1-[A-Za-z0-9_-]{24}", upload_id), upload_id
+    assert uploads.store.read(upload_id) is not None
+    longest = PartialUploadStore(str(tmp_path / "long"), max_age=60, instance="A" * 16)
+    with new_upload(longest) as upload:
+        assert len(upload.id) == 41  # 16 + "-" + 24: within the protocol's 16 to 64
+        request = classify(b"HEAD", upload.id, Headers([]), None)
+        assert request.action is Action.OFFSET and request.upload_id == upload.id
+    with new_upload(PartialUploadStore(str(tmp_path / "plain"), max_age=60)) as upload:
+        assert _ID.fullmatch(upload.id)  # no instance: ids as before

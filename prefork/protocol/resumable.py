@@ -57,7 +57,8 @@ TUS_OFFSET_STREAM = "application/offset+octet-stream"
 PROBLEM_BASE = "https://iana.org/assignments/http-problem-types#"
 #: RFC 9651 §3.3.1: at most 15 digits.
 _SF_INTEGER = re.compile(rb"-?[0-9]{1,15}")
-# An upload resource's id: what ``partial_uploads`` makes (URL-safe base64 of random bytes).
+# An upload resource's id: what ``partial_uploads`` makes (URL-safe base64 of random bytes,
+# after the server's ``[resumable] instance`` name and a dash when it has one).
 _UPLOAD_ID = re.compile(r"[A-Za-z0-9_-]{16,64}")
 _MAX_METADATA = 4096  # bytes of an Upload-Metadata field value
 

@@ -89,7 +89,7 @@ class ResumableUploads:
                  min_free_disk: int = 0, checksum: bool = True) -> None:
         self.settings = settings
         self.prefix = settings.prefix.encode("latin-1")
-        self.store = PartialUploadStore(settings.dir, settings.expire_after)
+        self.store = PartialUploadStore(settings.dir, settings.expire_after, settings.instance)
         self.limits = UploadLimits(settings.max_size, int(settings.expire_after))
         self._write_behind = write_behind
         self._min_free_disk = min_free_disk

@@ -22,7 +22,12 @@ upload; and an opener checks, once locked, that its descriptor is still the
 file at that name (the sweeper may have unlinked it in between).
 
 Upload ids are 24 URL-safe characters from 18 random bytes: the URL is the
-capability, and nobody can guess another client's.
+capability, and nobody can guess another client's. A server that is one of
+several (``[resumable] instance``) puts its name in front, ``app1-<24>``: the
+upload's files live on this server only, and a load balancer routes on that
+prefix to send the follow-up requests back here (conf/haproxy.cfg,
+conf/nginx.conf). With the longest name (16) the id has 41 characters, within
+the 16 to 64 that ``prefork.protocol.resumable`` accepts.
 """
 
 from __future__ import annotations
@@ -131,11 +136,14 @@ class PartialUploadStore:
             on the filesystem of ``[uploads] dir``, so a completed upload's ``save()``
             is a link.
         max_age: seconds an upload lives after its creation or last append.
+        instance: this server's name (``[resumable] instance``), put in front of
+            new ids as ``<instance>-``; "" none.
     """
 
-    def __init__(self, dir: str, max_age: float) -> None:
+    def __init__(self, dir: str, max_age: float, instance: str = "") -> None:
         self.dir = dir
         self.max_age = max_age
+        self._id_prefix = f"{instance}-" if instance else ""
         os.makedirs(dir, mode=0o700, exist_ok=True)
 
     def _path(self, upload_id: str, suffix: str) -> str:
@@ -179,7 +187,7 @@ class PartialUploadStore:
     def create(self, record: UploadRecord) -> PartialUpload:
         """Make a new upload resource from ``record`` (its id is chosen here), held locked."""
         while True:
-            upload_id = secrets.token_urlsafe(18)
+            upload_id = self._id_prefix + secrets.token_urlsafe(18)
             try:
                 fd = os.open(self._path(upload_id, _DATA), os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
             except FileExistsError:

@@ -178,3 +178,22 @@ def test_missing_log_directory_without_a_user(tmp_path: Path) -> None:
     assert result.stderr == (f"prefork-serve: [logging] error_log = '{tmp_path}/nope/error.log': {who} "
                              f"cannot write it: directory {tmp_path}/nope does not exist\n")
     assert pwd.getpwuid(uid)  # the uid is a real account
+
+
+# --- broadcast through Redis --------------------------------------------------------------------
+
+
+def test_an_unreadable_redis_password_file_is_named(tmp_path: Path) -> None:
+    missing = tmp_path / "no-such-password"
+    config = _ini(tmp_path, f"[websocket]\nbroadcast = redis\nredis_password_file = {missing}\n")
+    result = _check(config, APP)
+    assert result.returncode == 2
+    assert f"{config}: [websocket] redis_password_file = '{missing}': No such file or directory" in result.stderr
+
+
+def test_a_readable_redis_password_file_passes_even_with_redis_down(tmp_path: Path) -> None:
+    (tmp_path / "pw").write_text("secret\n")
+    result = _check(_ini(tmp_path, f"[websocket]\nbroadcast = redis\nredis_url = redis://127.0.0.1:1/0\n"
+                                   f"redis_password_file = {tmp_path / 'pw'}\n"), APP)
+    assert result.returncode == 0, result.stderr  # Redis down is a warning at start-up, not a refusal
+    assert "secret" not in result.stdout + result.stderr

@@ -16,6 +16,7 @@ Usage (from the repo root)::
     python scripts/bench.py reload --runs 1        # requests lost to HUP/TTIN/TTOU + max_requests
     python scripts/bench.py ws-hostile --runs 1    # worker RSS: ping flood, unfinished deflate (bench_ws_hostile.py)
     python scripts/bench.py tls --runs 3           # HTTPS hello vs granian/gunicorn, upload over TLS (bench_tls.py)
+    python scripts/bench.py broadcast --runs 3     # WebSocket fan-out to 2,000 + throughput, local vs Redis (bench_broadcast.py)
 
 The main peer is granian (``granian_server``: ``--interface wsgi --workers 2
 --http 1``, its defaults otherwise), the issue-14 targets are ratios to it;
@@ -1660,6 +1661,13 @@ def scenario_streaming(args: argparse.Namespace, ws: Workspace) -> list[SummaryR
     return run(args, ws)
 
 
+def scenario_broadcast(args: argparse.Namespace, ws: Workspace) -> list[SummaryRow]:
+    """WebSocket broadcast fan-out latency and throughput, local hub vs Redis: bench_broadcast.py."""
+    from bench_broadcast import scenario_broadcast as run
+
+    return run(args, ws)
+
+
 def scenario_tls(args: argparse.Namespace, ws: Workspace) -> list[SummaryRow]:
     """HTTPS hello vs granian and gunicorn, a large upload over TLS vs plain and a TLS ceiling: bench_tls.py."""
     from bench_tls import scenario_tls as run
@@ -1683,6 +1691,7 @@ SCENARIOS: dict[str, Callable[[argparse.Namespace, Workspace], list[SummaryRow]]
     "tls": scenario_tls,
     "resumable": scenario_resumable,
     "streaming": scenario_streaming,
+    "broadcast": scenario_broadcast,
 }
 
 
@@ -1728,6 +1737,8 @@ def build_parser() -> argparse.ArgumentParser:
                                           "upload of the same size on the same server"),
                             ("streaming", "a never-ending chunked POST read while it arrives for 60 s: "
                                           "worker RSS growth"),
+                            ("broadcast", "WebSocket broadcast: one message to 2,000 clients (2 instances x 2 "
+                                          "workers), throughput to 100 subscribers; local vs Redis"),
                             ("all", "every scenario, then the summary table with targets"),
                             ("perf", "the same as all")]:
         sub.add_parser(name, parents=[common], help=help_text)

@@ -282,3 +282,47 @@ def _make_native_app() -> Any:
 
 
 native_app = _make_native_app()
+
+
+def _make_broadcast_app() -> Any:
+    """``broadcast_app`` (``bench_broadcast``): a ``prefork.App`` that measures the broadcast
+    transport, not an application. ``GET /`` hello (the readiness probe); ``/ws/fan``
+    subscribes to channel ``fan`` on open and broadcasts every message it receives to
+    ``fan`` verbatim; ``/ws/pub`` does the same without subscribing (a sender that is not
+    itself a receiver). No JSON, no history, no validation."""
+    try:
+        from prefork import App, Response as NativeResponse
+    except ImportError:
+        return None
+    app = App()
+
+    @app.route("/")
+    def index(request: Any) -> Any:
+        return NativeResponse(HELLO_BODY, content_type="text/plain")
+
+    @app.websocket("/ws/fan")
+    class Fan:
+        def on_open(self, ws: Any) -> None:
+            ws.subscribe("fan")
+
+        def on_message(self, ws: Any, message: Any) -> None:
+            app.broadcast("fan", message)
+
+        def on_close(self, ws: Any, code: int, reason: str) -> None:
+            pass
+
+    @app.websocket("/ws/pub")
+    class Pub:
+        def on_open(self, ws: Any) -> None:
+            pass
+
+        def on_message(self, ws: Any, message: Any) -> None:
+            app.broadcast("fan", message)
+
+        def on_close(self, ws: Any, code: int, reason: str) -> None:
+            pass
+
+    return app
+
+
+broadcast_app = _make_broadcast_app()

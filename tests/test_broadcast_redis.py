@@ -271,3 +271,24 @@ def test_logs_never_show_the_password() -> None:
     assert redacted("redis://:hunter2@10.0.0.5:6379/0") == "redis://:***@10.0.0.5:6379/0"
     assert redacted("rediss://app:hunter2@h:6380/1") == "rediss://app:***@h:6380/1"
     assert redacted("redis://127.0.0.1:6379/0") == "redis://127.0.0.1:6379/0"
+
+
+def test_a_loop_that_falls_behind_makes_redis_hold_the_backlog(redis_server: RedisServer,
+                                                              nodes: list[Node]) -> None:
+    from prefork.apps.broadcast_redis import DELIVERY_BACKLOG
+
+    settings = settings_for(redis_server.url)
+    publisher, slow = start(nodes, settings), start(nodes, settings)
+    message = "m" * (64 * 1024)
+    total = 3 * DELIVERY_BACKLOG // 2 // len(message)  # 6 MiB: within redis_queue (8 MiB)
+    for _ in range(total):
+        publisher.transport.publish("big", message)
+    wait_for(lambda: publisher.has(total), WAIT)  # the publisher's own loop keeps up
+    # the slow node's loop runs nothing: what it was handed stops at the bound...
+    wait_for(lambda: slow.transport._backlog >= DELIVERY_BACKLOG, WAIT)
+    handed = slow.transport.counts.received
+    assert handed < total
+    assert slow.transport._backlog <= DELIVERY_BACKLOG + DELIVERY_BACKLOG // 4 + len(message)  # a batch past it
+    # ...and the rest waits in Redis until the loop catches up: nothing is lost
+    wait_for(lambda: slow.has(total), WAIT)
+    assert len(slow.received) == total and slow.transport._backlog == 0

@@ -45,6 +45,10 @@ BACKOFF_CAP = 5.0
 DELIVERY_BATCH = 512
 # Messages one publishing round trip carries at most.
 PUBLISH_BATCH = 256
+# Bytes handed to the loop and not yet delivered there; past it the subscriber stops
+# reading, so that a loop slower than Redis makes Redis hold the backlog (and apply its
+# client-output-buffer-limit), never this worker's memory.
+DELIVERY_BACKLOG = 4 * 1024 * 1024
 
 
 class RedisExtraMissing(RuntimeError):
@@ -182,6 +186,8 @@ class RedisTransport:
         self._stopped = threading.Event()
         self.counts = BroadcastCounts()
         self._threads: list[threading.Thread] = []
+        self._backlog = 0  # bytes handed to the loop, not delivered yet
+        self._delivered = threading.Condition(threading.Lock())
         self._history_client: Any = None
 
     # --- the application's side (any thread) -------------------------------------------
@@ -383,6 +389,7 @@ class RedisTransport:
                 continue
             heard, pinged = now, 0.0
             batch: list[tuple[str, str | bytes]] = []
+            batch_bytes = 0
             while message is not None:
                 kind = message.get("type")
                 if kind == "subscribe":
@@ -390,14 +397,33 @@ class RedisTransport:
                     self._set_state(subscribed=True)
                 elif kind == "message":
                     batch.extend(_decoded([message["data"]]))
-                if len(batch) >= DELIVERY_BATCH:
+                    batch_bytes += len(message["data"])
+                if len(batch) >= DELIVERY_BATCH or batch_bytes >= DELIVERY_BACKLOG // 4:
                     break
                 message = pubsub.get_message(timeout=0)
             if batch:
                 with self._lock:
                     self._count(received=len(batch))
-                self._defer(self._deliver, batch)
+                self._hand_to_loop(batch)
+                heard = time.monotonic()  # a wait for the loop is no silence of Redis
         _close(pubsub)
+
+    def _hand_to_loop(self, batch: list[tuple[str, str | bytes]]) -> None:
+        """Defer ``batch`` to the loop, first waiting while the loop is DELIVERY_BACKLOG behind."""
+        size = sum(len(message) for _channel, message in batch)
+        with self._delivered:
+            while self._backlog >= DELIVERY_BACKLOG and not self._stopped.is_set():
+                self._delivered.wait(0.5)
+            self._backlog += size
+        self._defer(self._deliver_on_loop, batch, size)
+
+    def _deliver_on_loop(self, batch: list[tuple[str, str | bytes]], size: int) -> None:
+        try:
+            self._deliver(batch)
+        finally:
+            with self._delivered:
+                self._backlog -= size
+                self._delivered.notify()
 
 
 def _decoded(frames: Iterable[bytes]) -> list[tuple[str, str | bytes]]:

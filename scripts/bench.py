@@ -17,6 +17,7 @@ Usage (from the repo root)::
     python scripts/bench.py ws-hostile --runs 1    # worker RSS: ping flood, unfinished deflate (bench_ws_hostile.py)
     python scripts/bench.py tls --runs 3           # HTTPS hello vs granian/gunicorn, upload over TLS (bench_tls.py)
     python scripts/bench.py broadcast --runs 3     # WebSocket fan-out to 2,000 + throughput, local vs Redis (bench_broadcast.py)
+    python scripts/bench.py redis-costs --runs 3   # Redis CPU per subscriber connection; hiredis (bench_redis_costs.py)
 
 The main peer is granian (``granian_server``: ``--interface wsgi --workers 2
 --http 1``, its defaults otherwise), the issue-14 targets are ratios to it;
@@ -1661,6 +1662,13 @@ def scenario_streaming(args: argparse.Namespace, ws: Workspace) -> list[SummaryR
     return run(args, ws)
 
 
+def scenario_redis_costs(args: argparse.Namespace, ws: Workspace) -> list[SummaryRow]:
+    """Redis CPU per subscriber connection, and redis-py's intake with and without hiredis: bench_redis_costs.py."""
+    from bench_redis_costs import scenario_redis_costs as run
+
+    return run(args, ws)
+
+
 def scenario_broadcast(args: argparse.Namespace, ws: Workspace) -> list[SummaryRow]:
     """WebSocket broadcast fan-out latency and throughput, local hub vs Redis: bench_broadcast.py."""
     from bench_broadcast import scenario_broadcast as run
@@ -1692,6 +1700,7 @@ SCENARIOS: dict[str, Callable[[argparse.Namespace, Workspace], list[SummaryRow]]
     "resumable": scenario_resumable,
     "streaming": scenario_streaming,
     "broadcast": scenario_broadcast,
+    "redis-costs": scenario_redis_costs,
 }
 
 
@@ -1739,6 +1748,8 @@ def build_parser() -> argparse.ArgumentParser:
                                           "worker RSS growth"),
                             ("broadcast", "WebSocket broadcast: one message to 2,000 clients (2 instances x 2 "
                                           "workers), throughput to 100 subscribers; local vs Redis"),
+                            ("redis-costs", "Redis CPU per message by subscriber connections; redis-py intake "
+                                            "with hiredis vs pure Python"),
                             ("all", "every scenario, then the summary table with targets"),
                             ("perf", "the same as all")]:
         sub.add_parser(name, parents=[common], help=help_text)

@@ -391,18 +391,10 @@ def measure_fanout(contender: Contender, servers: list[RunningServer], clients: 
 
 def ws_connect_raw(port: int, path: str) -> socket.socket:
     """A raw WebSocket connection (no extensions), blocking, handshake done."""
-    sock = socket.create_connection((HOST, port), timeout=30)
+    from bench_ws_hostile import ws_open
+
+    sock = ws_open(port, path=path)
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    sock.sendall(f"GET {path} HTTP/1.1\r\nHost: {HOST}:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-                 "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n".encode())
-    head = b""
-    while b"\r\n\r\n" not in head:
-        data = sock.recv(1)  # byte by byte: nothing past the head is taken from the stream
-        if not data:
-            raise ConnectionError(f"closed during the handshake: {head!r}")
-        head += data
-    if not head.startswith(b"HTTP/1.1 101"):
-        raise ConnectionError(f"handshake failed: {head[:300]!r}")
     return sock
 
 

@@ -77,7 +77,7 @@ def frame(opcode: int, payload: bytes, *, fin: bool = True, rsv1: bool = False) 
     return bytes([b0]) + bench.ws_frame(payload)[1:]
 
 
-def ws_open(port: int, *, extensions: str = "", rcvbuf: int = 0) -> socket.socket:
+def ws_open(port: int, *, extensions: str = "", rcvbuf: int = 0, path: str = "/") -> socket.socket:
     """A raw client after the handshake (``rcvbuf`` set before connecting: a small window)."""
     sock = socket.socket()
     if rcvbuf:
@@ -85,7 +85,7 @@ def ws_open(port: int, *, extensions: str = "", rcvbuf: int = 0) -> socket.socke
     sock.settimeout(20)
     sock.connect((HOST, port))
     ext = f"Sec-WebSocket-Extensions: {extensions}\r\n" if extensions else ""
-    sock.sendall(f"GET / HTTP/1.1\r\nHost: {HOST}:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+    sock.sendall(f"GET {path} HTTP/1.1\r\nHost: {HOST}:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
                  f"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n{ext}\r\n".encode())
     head = b""
     while b"\r\n\r\n" not in head:

@@ -102,6 +102,11 @@ def start_nginx(tmp: Path, upstream: int, tls: tuple[Path, Path] | None = None) 
     if tls is not None:  # nginx terminating TLS in front, as many deployments do
         site = site.replace(f"listen 127.0.0.1:{port};", f"listen 127.0.0.1:{port} ssl;\n"
                             f"    ssl_certificate {tls[0]};\n    ssl_certificate_key {tls[1]};")
+    return run_nginx(tmp, site, port)
+
+
+def run_nginx(tmp: Path, site: str, port: int) -> Proxy:
+    """nginx in the foreground serving ``site`` (which listens on ``port``), everything under ``tmp``."""
     (tmp / "site.conf").write_text(site)
     temp = "".join(f"    {kind}_temp_path {tmp}/{kind};\n" for kind in ("client_body", "proxy", "fastcgi",
                                                                         "uwsgi", "scgi"))

@@ -25,7 +25,7 @@ import pytest
 from tusclient import client
 
 from tests.server import REPO, RawClient, Response, Server, free_port, process_gone, wait_for
-from tests.test_behind_proxies import Proxy, _need
+from tests.test_behind_proxies import Proxy, _need, run_nginx
 from tests.test_resumable_server import (MiB, PREFIX, TUS, WAIT, _content, _gallery_entry, _head_bytes, _offset,
                                          _partial_dir, _uploads_in_flight)
 
@@ -79,15 +79,7 @@ def start_haproxy(tmp: Path, instances: dict[str, Server]) -> Proxy:
 
 def start_nginx(tmp: Path, instances: dict[str, Server]) -> Proxy:
     port = free_port()
-    (tmp / "site.conf").write_text(two_server_nginx({name: server.port for name, server in instances.items()}, port))
-    temp = "".join(f"    {kind}_temp_path {tmp}/{kind};\n" for kind in ("client_body", "proxy", "fastcgi",
-                                                                        "uwsgi", "scgi"))
-    user = "user root;\n" if os.geteuid() == 0 else ""  # workers keep our rights to the temp dirs
-    (tmp / "nginx.conf").write_text(
-        f"{user}daemon off;\nworker_processes 1;\npid {tmp}/nginx.pid;\nerror_log {tmp}/nginx-error.log info;\n"
-        f"events {{ worker_connections 1024; }}\nhttp {{\n    access_log {tmp}/nginx-access.log;\n{temp}"
-        f"    include {tmp}/site.conf;\n}}\n")
-    return Proxy([_need("nginx"), "-p", str(tmp), "-c", str(tmp / "nginx.conf")], port, tmp / "nginx.out")
+    return run_nginx(tmp, two_server_nginx({name: server.port for name, server in instances.items()}, port), port)
 
 
 @pytest.fixture(scope="module")

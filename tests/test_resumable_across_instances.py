@@ -89,16 +89,15 @@ def instances(start_module_server: Start) -> dict[str, Server]:
 
 @pytest.fixture(scope="module")
 def haproxy(instances: dict[str, Server], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Proxy]:
-    proxy = start_haproxy(tmp_path_factory.mktemp("haproxy"), instances)
-    try:
-        yield proxy
-    finally:
-        proxy.stop()
+    yield from _stopped_after(start_haproxy(tmp_path_factory.mktemp("haproxy"), instances))
 
 
 @pytest.fixture(scope="module")
 def nginx(instances: dict[str, Server], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Proxy]:
-    proxy = start_nginx(tmp_path_factory.mktemp("nginx"), instances)
+    yield from _stopped_after(start_nginx(tmp_path_factory.mktemp("nginx"), instances))
+
+
+def _stopped_after(proxy: Proxy) -> Iterator[Proxy]:
     try:
         yield proxy
     finally:

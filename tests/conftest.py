@@ -11,7 +11,7 @@ import os
 import pytest
 from hypothesis import settings
 
-from tests.redis_helpers import RedisServer
+from tests.redis_helpers import Node, RedisServer
 from tests.server import Server
 
 # Hypothesis: on CI (CI=true) the examples are derived from each test itself, the same on
@@ -65,6 +65,16 @@ def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture
+def nodes() -> Iterator[list[Node]]:
+    """Redis transports a test starts (tests.redis_helpers.Node); every one is stopped at teardown."""
+    made: list[Node] = []
+    yield made
+    for node in made:
+        node.transport.stop()
+
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:

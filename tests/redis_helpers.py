@@ -1,23 +1,30 @@
-"""A real redis-server on a loopback port for tests (Debian's, installed by .ci/run).
+"""A real redis-server on a loopback port for tests (Debian's, installed by .ci/run), and a
+``Node``: one worker's Redis broadcast transport, driven by the test instead of a loop.
 
-Started with no persistence and stopped by its PID; ``pause``/``resume`` freeze it with
-SIGSTOP/SIGCONT to play a slow or hung Redis, ``stop``/``start`` play an outage on the same
-port.
+The server is started with no persistence and stopped by its PID; ``pause``/``resume``
+freeze it with SIGSTOP/SIGCONT to play a slow or hung Redis, ``stop``/``start`` play an
+outage on the same port.
 """
 
 from __future__ import annotations
 
+import queue
 import shutil
 import signal
 import socket
 import subprocess
+import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from prefork.apps.broadcast_redis import BroadcastCounts, RedisTransport
+from prefork.config.settings import BroadcastSettings
 from tests.server import free_port, wait_for
 
 STOP_TIMEOUT = 10.0
+WAIT = 20.0
 
 
 def redis_server_path() -> str:
@@ -80,3 +87,66 @@ class RedisServer:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(timeout=STOP_TIMEOUT)
+
+
+class Node:
+    """One worker's transport; ``received`` is what its loop was handed, in order."""
+
+    def __init__(self, settings: BroadcastSettings) -> None:
+        self.loop: queue.Queue[Any] = queue.Queue()
+        self.received: list[tuple[str, str | bytes]] = []
+        self.local: list[tuple[str, str | bytes]] = []
+        self.reported: list[BroadcastCounts] = []
+
+        class Fallback:
+            def publish(inner, channel: str, message: str | bytes) -> None:
+                self.local.append((channel, message))
+
+            def retain(inner, channel: str, count: int) -> None:
+                pass
+
+            def history(inner, channel: str) -> list[str | bytes] | None:
+                return None
+
+        def defer(fn: Any, *args: Any) -> None:
+            self.loop.put((fn, args))
+
+        self.transport = RedisTransport(settings, Fallback(), self.received.extend, defer, self.reported.append)
+
+    def run_loop(self) -> None:
+        """Run what the transport handed to the loop so far."""
+        while True:
+            try:
+                fn, args = self.loop.get_nowait()
+            except queue.Empty:
+                return
+            fn(*args)
+
+    def has(self, count: int) -> bool:
+        self.run_loop()
+        return len(self.received) >= count
+
+
+def from_handler(fn: Any, *args: Any) -> Any:
+    """``fn(*args)`` on another thread, as a handler thread calls it (``start`` ran on this one: the loop)."""
+    result: list[Any] = []
+    thread = threading.Thread(target=lambda: result.append(fn(*args)))
+    thread.start()
+    thread.join(WAIT)
+    return result[0]
+
+
+def settings_for(url: str, **overrides: Any) -> BroadcastSettings:
+    values: dict[str, Any] = dict(backend="redis", redis_url=url, redis_prefix=f"t{free_port()}",
+                                  redis_timeout=1.0)
+    values.update(overrides)
+    return BroadcastSettings(**values)
+
+
+def start(made: list[Node], settings: BroadcastSettings, *, connected: bool = True) -> Node:
+    node = Node(settings)
+    made.append(node)
+    node.transport.start()
+    if connected:
+        wait_for(lambda: node.transport.connected, WAIT)
+    return node

@@ -114,8 +114,9 @@ REACHES: list[tuple[str, str, str, dict[str, object]]] = [
     # A redirect needs an HTTPS listener: with a certfile, the default bind 127.0.0.1:8000 is one.
     ("tls", "redirect_http", "on\ncertfile = /nonexistent/cert.pem", {"connection.https_redirect_port": 8000}),
 ]
-# Fields no key sets: constants of the translation (none today).
-CONSTANT_FIELDS: dict[str, object] = {}
+# Fields no key sets: constants of the translation, and what the master fills in later
+# (the Redis password, which it reads from redis_password_file itself: tests/test_broadcast_instances.py).
+CONSTANT_FIELDS: dict[str, object] = {"broadcast.redis_password": None}
 
 
 def _objects(obj: object, path: str = "") -> Iterator[tuple[str, object]]:

@@ -32,11 +32,11 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 from prefork.apps.broadcast import Transport, decode, encode
 from prefork.config.logs import error_log
 from prefork.config.settings import BroadcastSettings
+from prefork.config.values import redact_url
 
 DeliverBatch = Callable[[list[tuple[str, "str | bytes"]]], None]
 BACKOFF_FIRST = 0.1
@@ -67,12 +67,7 @@ def import_redis() -> Any:
 
 def redacted(url: str) -> str:
     """``url`` without its password, for logs."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    host = parts.netloc.rpartition("@")[2]
-    user = f"{parts.username}:***@" if parts.username else ":***@"
-    return urlunsplit(parts._replace(netloc=user + host))
+    return redact_url(url)
 
 
 def read_password(path: str) -> str | None:
@@ -92,7 +87,9 @@ def make_client(settings: BroadcastSettings) -> Any:
     options: dict[str, Any] = dict(socket_timeout=settings.redis_timeout,
                                    socket_connect_timeout=settings.redis_timeout,
                                    retry=Retry(NoBackoff(), 0), retry_on_timeout=False)
-    password = read_password(settings.redis_password_file)
+    password = settings.redis_password
+    if password is None:
+        password = read_password(settings.redis_password_file)
     if password is not None:
         options["password"] = password
     return redis.Redis.from_url(settings.redis_url, **options)
@@ -182,6 +179,10 @@ class RedisTransport:
         self._publisher_ok = False
         self._ever_connected = False
         self._was_connected = False
+        self._told_oversized = False
+        self._told_unreached = False
+        self._loop_thread: int | None = None
+        self._response_errors: set[str] = set()
         self._local_at_loss = 0
         self._stopped = threading.Event()
         self.counts = BroadcastCounts()
@@ -202,27 +203,33 @@ class RedisTransport:
     def publish(self, channel: str, message: str | bytes) -> None:
         """Queue ``message`` for Redis; while Redis is away, deliver it on this server only."""
         frame = encode(channel, message)
+        oversized = False
         with self._lock:
             if not (self._subscribed and self._publisher_ok):
                 self._count(local_only=1)
                 local = True
+            elif len(frame) > self.settings.redis_queue:
+                # bigger than the whole queue: dropped by itself, evicting nothing else
+                local = False
+                self._count(dropped=1)
+                oversized = not self._told_oversized
+                self._told_oversized = True
             else:
                 local = False
-                limit = self.settings.redis_queue
                 dropped = 0
-                while self._queue and self._queued_bytes + len(frame) > limit:
+                while self._queued_bytes + len(frame) > self.settings.redis_queue:
                     self._queued_bytes -= len(self._queue.popleft()[1])
                     dropped += 1
-                if len(frame) > limit:
-                    dropped += 1
-                else:
-                    self._queue.append((channel, frame))
-                    self._queued_bytes += len(frame)
-                    self._ready.notify()
+                self._queue.append((channel, frame))
+                self._queued_bytes += len(frame)
+                self._ready.notify()
                 if dropped:
                     self._count(dropped=dropped)
         if local:
             self._fallback.publish(channel, message)
+        if oversized:
+            error_log.warning("broadcast: a %d-byte message on %r is larger than [websocket] redis_queue (%d): "
+                              "dropped (logged once per worker)", len(frame), channel, self.settings.redis_queue)
 
     def history(self, channel: str) -> list[str | bytes] | None:
         """``channel``'s kept messages, oldest first; None when Redis cannot be asked.
@@ -230,8 +237,8 @@ class RedisTransport:
         Blocks for a round trip to Redis: call it from a handler thread, not the loop.
         """
         count = self._retained.get(channel)
-        if count is None or not self.connected:
-            return None
+        if count is None or not self.connected or threading.get_ident() == self._loop_thread:
+            return None  # on the loop (handlers without threads): never wait for Redis there
         try:
             if self._history_client is None:
                 self._history_client = self._client_factory()
@@ -248,7 +255,8 @@ class RedisTransport:
 
     # --- running --------------------------------------------------------------------------
     def start(self) -> None:
-        """Start the publisher and subscriber threads (in the worker, after the fork)."""
+        """Start the publisher and subscriber threads (in the worker, after the fork, on its loop thread)."""
+        self._loop_thread = threading.get_ident()
         for target, name in ((self._publish_loop, "redis-publish"), (self._subscribe_loop, "redis-subscribe")):
             thread = threading.Thread(target=target, name=name, daemon=True)
             thread.start()
@@ -293,12 +301,18 @@ class RedisTransport:
             local_since = self.counts.local_only - self._local_at_loss
             if changed and not connected:
                 self._local_at_loss = self.counts.local_only
+            unreached = (not connected and not self._ever_connected and reason is not None
+                         and not self._told_unreached)
+            self._told_unreached = self._told_unreached or unreached
+        if unreached:
+            error_log.warning("broadcast: cannot reach Redis at %s (%s); messages reach this server's workers "
+                              "only until it answers", self.url, _reason(reason))
         if changed and connected:
             error_log.info("broadcast: connected to Redis at %s%s", self.url,
                            "" if first else f"; {local_since} messages reached this server only meanwhile")
         elif changed:
             error_log.warning("broadcast: lost Redis at %s (%s); messages reach this server's workers only "
-                              "until it is back", self.url, reason)
+                              "until it is back", self.url, _reason(reason))
 
     # --- the publisher thread ---------------------------------------------------------
     def _publish_loop(self) -> None:
@@ -319,7 +333,7 @@ class RedisTransport:
             if not batch:
                 continue
             try:
-                self._send(client, batch)
+                published = self._send(client, batch)
             except Exception as exc:  # the batch may or may not have arrived: at most once, so drop it
                 with self._lock:
                     # and what queued behind it: sent after the reconnection, it would arrive
@@ -332,7 +346,7 @@ class RedisTransport:
                 client = None
                 continue
             with self._lock:
-                self._count(published=len(batch))
+                self._count(published=published, dropped=len(batch) - published)
         _close(client)
 
     def _next_batch(self) -> list[tuple[str, bytes]]:
@@ -346,16 +360,40 @@ class RedisTransport:
                 batch.append(item)
             return batch
 
-    def _send(self, client: Any, batch: list[tuple[str, bytes]]) -> None:
+    def _send(self, client: Any, batch: list[tuple[str, bytes]]) -> int:
+        """Publish ``batch`` in one transaction; returns how many PUBLISH commands Redis took.
+
+        An error reply (a history key of another type, OOM, a read-only replica) is Redis
+        refusing commands, not a lost connection: logged once per kind, the connection
+        and the queue kept. Raises when the connection fails.
+        """
+        redis = import_redis()
         pipe = client.pipeline(transaction=True)
+        publishes = []
         for channel, frame in batch:
+            publishes.append(len(pipe))
             pipe.publish(self._channel, frame)
             keep = self._retained.get(channel)
             if keep:
                 key = self.history_key(channel)
                 pipe.lpush(key, frame)
                 pipe.ltrim(key, 0, keep - 1)
-        pipe.execute()
+        try:
+            replies = pipe.execute(raise_on_error=False)
+        except redis.exceptions.ResponseError as exc:  # the whole transaction refused (EXECABORT)
+            self._refused(exc)
+            return 0
+        for reply in replies:
+            if isinstance(reply, Exception):
+                self._refused(reply)
+        return sum(1 for index in publishes if not isinstance(replies[index], Exception))
+
+    def _refused(self, error: Exception) -> None:
+        kind = _reason(error).split(" ", 1)[0]
+        if kind not in self._response_errors:  # publisher thread only
+            self._response_errors.add(kind)
+            error_log.warning("broadcast: Redis at %s refused a command: %s (logged once per kind of error)",
+                              self.url, _reason(error))
 
     # --- the subscriber thread --------------------------------------------------------
     def _subscribe_loop(self) -> None:
@@ -435,6 +473,12 @@ def _decoded(frames: Iterable[bytes]) -> list[tuple[str, str | bytes]]:
         except (ValueError, TypeError) as exc:
             error_log.warning("broadcast: skipping a message from Redis that is not a prefork frame: %s", exc)
     return decoded
+
+
+def _reason(error: object) -> str:
+    """An error for the log: redis-py quotes the failed command, a message included; keep Redis's words only."""
+    text = str(error)
+    return text.rpartition(" caused error: ")[2] if " caused error: " in text else text
 
 
 def _close(resource: Any) -> None:

@@ -26,7 +26,7 @@ from prefork.config.values import (
     parse_instance_name,
     parse_network,
     parse_origin,
-    parse_redis_url,
+    redis_url_value,
     parse_url_path,
     size_value,
     text_value,
@@ -200,11 +200,11 @@ class WebSocketConfig:
     send_buffer: int = _setting(size_value(1), 16 * MiB)
     allowed_origins: tuple[str, ...] = _setting(list_value(parse_origin), ())
     broadcast: str = _setting(choice_value("local", "redis"), "local")
-    redis_url: str = _setting(checked_value(parse_redis_url), "redis://127.0.0.1:6379/0")
+    redis_url: str = _setting(redis_url_value(), "redis://127.0.0.1:6379/0")
     redis_password_file: str = _setting(text_value(), "")
     redis_prefix: str = _setting(checked_value(lambda text: nonempty(text, "expected a key prefix such as prefork")),
                                  "prefork")
-    redis_queue: int = _setting(size_value(64 * 1024), 8 * MiB)
+    redis_queue: int = _setting(size_value(64 * 1024), 32 * MiB)
     redis_timeout: float = _setting(duration_value(), 2.0)
 
 

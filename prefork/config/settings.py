@@ -10,7 +10,7 @@ defaults; a second set here could only drift from it.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from prefork.protocol.forwarded import HeaderSource, TrustedProxies
 from prefork.protocol.limits import FormLimits, HttpLimits
@@ -56,14 +56,17 @@ class BroadcastSettings:
         redis_prefix: names this deployment's channel and keys in Redis.
         redis_queue: bytes of messages a worker holds for Redis before dropping the oldest.
         redis_timeout: seconds a Redis command may take before Redis counts as lost.
+        redis_password: the password the master read from ``redis_password_file``
+            (so that the file may be readable by root only); None: not read.
     """
 
     backend: str = "local"
     redis_url: str = "redis://127.0.0.1:6379/0"
     redis_password_file: str = ""
     redis_prefix: str = "prefork"
-    redis_queue: int = 8 * 1024 * 1024
+    redis_queue: int = 32 * 1024 * 1024
     redis_timeout: float = 2.0
+    redis_password: str | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True, slots=True)

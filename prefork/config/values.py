@@ -19,6 +19,7 @@ import difflib
 import ipaddress
 import os
 import re
+from urllib.parse import urlsplit, urlunsplit
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Generic, TypeVar
@@ -411,6 +412,23 @@ def parse_redis_url(text: str) -> str:
     if scheme == "unix" and not rest.startswith("/"):
         raise ValueError("expected unix:///absolute/path/to/redis.sock")
     return entry
+
+
+def redact_url(url: str) -> str:
+    """``url`` with any password (``user:password@`` or ``?password=``) shown as ``***``."""
+    parts = urlsplit(url)
+    netloc = parts.netloc
+    if parts.password is not None:
+        host = netloc.rpartition("@")[2]
+        netloc = (f"{parts.username}:***@" if parts.username else ":***@") + host
+    query = "&".join("password=***" if pair.split("=", 1)[0].lower() == "password" else pair
+                     for pair in parts.query.split("&")) if parts.query else ""
+    return urlunsplit(parts._replace(netloc=netloc, query=query))
+
+
+def redis_url_value() -> ValueType[str]:
+    """A Redis URL (``parse_redis_url``), shown with its password redacted."""
+    return ValueType(parse_redis_url, redact_url)
 
 
 def text_value() -> ValueType[str]:

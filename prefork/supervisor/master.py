@@ -32,6 +32,7 @@ from prefork.process.privileges import drop_privileges, give_directories, servic
 from prefork.process.scoreboard import Scoreboard, WorkerState
 from prefork.process.sockets import describe_listener
 from prefork.staging.spool import remove_stale_files
+from prefork.worker.broadcast_wiring import refuse_unusable_redis, with_redis_password
 from prefork.worker.loop import WORKER_BOOT_ERROR, Worker
 from prefork.worker.settings import WorkerSettings, worker_settings
 
@@ -164,7 +165,7 @@ class Master:
                 return
 
     def _spawn(self) -> None:
-        settings = worker_settings(self.cfg)
+        settings = with_redis_password(worker_settings(self.cfg))
         index = self.board.claim(0, self.generation)
         master_end, worker_end = self.hub.pair()
         pid = os.fork()
@@ -410,6 +411,7 @@ class Master:
             give_directories(new_cfg.server.user, new_cfg.server.group, [new_cfg.staging.dir, new_cfg.uploads.dir])
         except OSError as exc:
             raise ConfigError(f"cannot prepare the staging and uploads directories: {exc}") from None
+        refuse_unusable_redis(new_cfg)
         new_tls = reloaded_contexts(self.tls, new_cfg)  # certificates read again: new connections get them
         setup_logging(new_cfg.logging.error_log, new_cfg.logging.access_log, new_cfg.logging.level, owner)
         return new_cfg, new_tls

@@ -9,6 +9,7 @@ this worker's scoreboard slot for the status page.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import selectors
 import socket
@@ -16,10 +17,13 @@ from collections.abc import Callable
 
 from prefork.apps import broadcast
 from prefork.apps.broadcast import Subscribers
-from prefork.apps.broadcast_redis import BroadcastCounts, RedisTransport
+from prefork.apps.broadcast_redis import BroadcastCounts, RedisTransport, read_password, startup_problem
+from prefork.config.config import Config
 from prefork.config.logs import error_log
 from prefork.config.settings import BroadcastSettings
 from prefork.process.scoreboard import WorkerSlot
+from prefork.protocol.errors import ConfigError
+from prefork.worker.settings import WorkerSettings, broadcast_settings
 
 
 class BroadcastWiring:
@@ -83,3 +87,32 @@ class BroadcastWiring:
         """Stop the Redis threads (the loop has ended)."""
         if self.redis is not None:
             self.redis.stop()
+
+
+def with_redis_password(settings: WorkerSettings) -> WorkerSettings:
+    """``settings`` with the Redis password read here, by the master: the file may be root's only.
+
+    A file that cannot be read now is logged and the worker tries it itself; a spawn never fails on it.
+    """
+    broadcast = settings.broadcast
+    if broadcast.backend != "redis" or not broadcast.redis_password_file:
+        return settings
+    try:
+        password = read_password(broadcast.redis_password_file)
+    except OSError as exc:
+        error_log.error("[websocket] redis_password_file = %r: %s", broadcast.redis_password_file,
+                        exc.strerror or exc)
+        return settings
+    return dataclasses.replace(settings, broadcast=dataclasses.replace(broadcast, redis_password=password))
+
+
+def refuse_unusable_redis(cfg: Config) -> None:
+    """On reload: ``broadcast = redis`` without its client or password file is refused like at start-up.
+
+    Raises:
+        ConfigError: what is missing.
+    """
+    if cfg.websocket.broadcast == "redis":
+        problem = startup_problem(broadcast_settings(cfg))
+        if problem:
+            raise ConfigError(problem)

@@ -207,22 +207,25 @@ def test_logs_never_show_the_password() -> None:
     assert redacted("redis://127.0.0.1:6379/0") == "redis://127.0.0.1:6379/0"
 
 
-def test_a_loop_that_falls_behind_makes_redis_hold_the_backlog(redis_server: RedisServer,
-                                                              nodes: list[Node]) -> None:
-    from prefork.apps.broadcast_redis import DELIVERY_BACKLOG
+@pytest.mark.parametrize("size, count", [(64 * 1024, 96), (64, 3000)], ids=["large", "small"])
+def test_a_loop_that_falls_behind_makes_redis_hold_the_backlog(redis_server: RedisServer, nodes: list[Node],
+                                                              size: int, count: int) -> None:
+    """What the subscriber hands a loop that does not run stops at BATCHES_IN_FLIGHT batches of
+    at most DELIVERY_BATCH messages or a quarter of DELIVERY_BACKLOG bytes; the rest waits in Redis."""
+    from prefork.apps.broadcast_redis import BATCHES_IN_FLIGHT, DELIVERY_BACKLOG, DELIVERY_BATCH
 
     settings = settings_for(redis_server.url)
     publisher, slow = start(nodes, settings), start(nodes, settings)
-    message = "m" * (64 * 1024)
-    total = 3 * DELIVERY_BACKLOG // 2 // len(message)  # 6 MiB: within redis_queue (32 MiB)
-    for _ in range(total):
+    message = "m" * size  # 6 MiB or 3,000 messages in all: within redis_queue (32 MiB)
+    for _ in range(count):
         publisher.transport.publish("big", message)
-    wait_for(lambda: publisher.has(total), WAIT)  # the publisher's own loop keeps up
-    # the slow node's loop runs nothing: what it was handed stops at the bound...
-    wait_for(lambda: slow.transport._backlog >= DELIVERY_BACKLOG, WAIT)
-    handed = slow.transport.counts.received
-    assert handed < total
-    assert slow.transport._backlog <= DELIVERY_BACKLOG + DELIVERY_BACKLOG // 4 + len(message)  # a batch past it
+    wait_for(lambda: publisher.has(count), WAIT)  # the publisher's own loop keeps up
+    # the slow node's loop runs nothing: what it was handed stops at the bounds...
+    wait_for(lambda: slow.transport._in_flight == BATCHES_IN_FLIGHT, WAIT)
+    handed = slow.transport.counts.received  # the batches in flight, and the one waiting to go
+    assert handed <= (BATCHES_IN_FLIGHT + 1) * DELIVERY_BATCH and handed < count
+    assert slow.transport._backlog <= BATCHES_IN_FLIGHT * (DELIVERY_BACKLOG // 4 + size) <= DELIVERY_BACKLOG + 2 * size
+    assert sum(len(batch) for _fn, (batch, _size) in list(slow.loop.queue)) <= BATCHES_IN_FLIGHT * DELIVERY_BATCH
     # ...and the rest waits in Redis until the loop catches up: nothing is lost
-    wait_for(lambda: slow.has(total), WAIT)
-    assert len(slow.received) == total and slow.transport._backlog == 0
+    wait_for(lambda: slow.has(count), WAIT)
+    assert len(slow.received) == count and slow.transport._backlog == 0 and slow.transport._in_flight == 0

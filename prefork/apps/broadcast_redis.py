@@ -10,7 +10,9 @@ more hop through the master's hub. ``publish`` only appends to a bounded queue
 publisher thread empties in pipelined batches, one ``MULTI``/``EXEC`` per batch, so
 one connection keeps each worker's messages in order and a channel's history (a
 capped Redis list, ``<prefix>:history:<channel>``) lists them in the order they were
-delivered. The subscriber hands what arrives to the loop in batches.
+delivered. The subscriber hands what arrives to the loop in small batches, at most
+``BATCHES_IN_FLIGHT`` at a time: a loop that falls behind leaves the backlog in Redis,
+and gets back to writing to its sockets between two batches.
 
 Delivery is at most once. While Redis is away (at start-up, or lost: a command
 failing, or silence past ``redis_timeout`` after a PING), both threads reconnect with
@@ -42,7 +44,11 @@ DeliverBatch = Callable[[list[tuple[str, "str | bytes"]]], None]
 BACKOFF_FIRST = 0.1
 BACKOFF_CAP = 5.0
 # Messages the subscriber hands to the loop at once: one wake-up for a burst, not one each.
-DELIVERY_BATCH = 512
+DELIVERY_BATCH = 256
+# Batches handed to the loop and not yet delivered: the loop runs every callable handed
+# to it before it writes to its sockets again, so what it is handed at once must stay
+# small, or clients see nothing until all of it is done.
+BATCHES_IN_FLIGHT = 2
 # Messages one publishing round trip carries at most.
 PUBLISH_BATCH = 256
 # Bytes handed to the loop and not yet delivered there; past it the subscriber stops
@@ -188,6 +194,7 @@ class RedisTransport:
         self.counts = BroadcastCounts()
         self._threads: list[threading.Thread] = []
         self._backlog = 0  # bytes handed to the loop, not delivered yet
+        self._in_flight = 0  # batches handed to the loop, not delivered yet
         self._delivered = threading.Condition(threading.Lock())
         self._history_client: Any = None
 
@@ -447,12 +454,15 @@ class RedisTransport:
         _close(pubsub)
 
     def _hand_to_loop(self, batch: list[tuple[str, str | bytes]]) -> None:
-        """Defer ``batch`` to the loop, first waiting while the loop is DELIVERY_BACKLOG behind."""
+        """Defer ``batch`` to the loop, first waiting while the loop is DELIVERY_BACKLOG or
+        BATCHES_IN_FLIGHT behind."""
         size = sum(len(message) for _channel, message in batch)
         with self._delivered:
-            while self._backlog >= DELIVERY_BACKLOG and not self._stopped.is_set():
+            while ((self._backlog >= DELIVERY_BACKLOG or self._in_flight >= BATCHES_IN_FLIGHT)
+                   and not self._stopped.is_set()):
                 self._delivered.wait(0.5)
             self._backlog += size
+            self._in_flight += 1
         self._defer(self._deliver_on_loop, batch, size)
 
     def _deliver_on_loop(self, batch: list[tuple[str, str | bytes]], size: int) -> None:
@@ -461,6 +471,7 @@ class RedisTransport:
         finally:
             with self._delivered:
                 self._backlog -= size
+                self._in_flight -= 1
                 self._delivered.notify()
 
 

@@ -28,8 +28,7 @@ from prefork.process.privileges import drop_privileges, resolve
 from prefork.process.tls_context import build_server_context, certificate_warnings
 from prefork.protocol.errors import ConfigError
 from prefork.apps.runtime import Runtime
-from prefork.apps.broadcast_redis import startup_problem
-from prefork.worker.settings import broadcast_settings
+from prefork.worker.broadcast_wiring import redis_problem
 
 __all__ = ["check_config", "unwritable"]
 
@@ -109,9 +108,7 @@ def tls_problems(cfg: Config) -> list[str]:
 
 def broadcast_problems(cfg: Config) -> list[str]:
     """``broadcast = redis`` without the redis client, or with an unreadable password file."""
-    if cfg.websocket.broadcast != "redis":
-        return []
-    problem = startup_problem(broadcast_settings(cfg))
+    problem = redis_problem(cfg)
     return [f"{cfg.source or 'command line'}: {problem}"] if problem else []
 
 

@@ -184,7 +184,6 @@ class RedisTransport:
         self._subscribed = False
         self._publisher_ok = False
         self._ever_connected = False
-        self._was_connected = False
         self._told_oversized = False
         self._told_unreached = False
         self._loop_thread: int | None = None
@@ -295,14 +294,14 @@ class RedisTransport:
                    reason: object = None) -> None:
         """Record a connection's state; log when the transport as a whole connects or is lost."""
         with self._lock:
+            was = self.counts.connected  # every _count() leaves it current
             if subscribed is not None:
                 self._subscribed = subscribed
             if publisher_ok is not None:
                 self._publisher_ok = publisher_ok
             self._count()
             connected = self.counts.connected
-            changed = connected != self._was_connected
-            self._was_connected = connected
+            changed = connected != was
             first = connected and not self._ever_connected
             self._ever_connected = self._ever_connected or connected
             local_since = self.counts.local_only - self._local_at_loss

@@ -94,16 +94,20 @@ def with_redis_password(settings: WorkerSettings) -> WorkerSettings:
 
     A file that cannot be read now is logged and the worker tries it itself; a spawn never fails on it.
     """
-    broadcast = settings.broadcast
-    if broadcast.backend != "redis" or not broadcast.redis_password_file:
+    wanted = settings.broadcast
+    if wanted.backend != "redis" or not wanted.redis_password_file:
         return settings
     try:
-        password = read_password(broadcast.redis_password_file)
+        password = read_password(wanted.redis_password_file)
     except OSError as exc:
-        error_log.error("[websocket] redis_password_file = %r: %s", broadcast.redis_password_file,
-                        exc.strerror or exc)
+        error_log.error("[websocket] redis_password_file = %r: %s", wanted.redis_password_file, exc.strerror or exc)
         return settings
-    return dataclasses.replace(settings, broadcast=dataclasses.replace(broadcast, redis_password=password))
+    return dataclasses.replace(settings, broadcast=dataclasses.replace(wanted, redis_password=password))
+
+
+def redis_problem(cfg: Config) -> str | None:
+    """What makes ``broadcast = redis`` in ``cfg`` unusable (no client, no password file), or None."""
+    return startup_problem(broadcast_settings(cfg)) if cfg.websocket.broadcast == "redis" else None
 
 
 def refuse_unusable_redis(cfg: Config) -> None:
@@ -112,7 +116,6 @@ def refuse_unusable_redis(cfg: Config) -> None:
     Raises:
         ConfigError: what is missing.
     """
-    if cfg.websocket.broadcast == "redis":
-        problem = startup_problem(broadcast_settings(cfg))
-        if problem:
-            raise ConfigError(problem)
+    problem = redis_problem(cfg)
+    if problem:
+        raise ConfigError(problem)

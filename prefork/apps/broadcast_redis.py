@@ -38,7 +38,7 @@ from typing import Any
 from prefork.apps.broadcast import Transport, decode, encode
 from prefork.config.logs import error_log
 from prefork.config.settings import BroadcastSettings
-from prefork.config.values import redact_url
+from prefork.config.deployment_values import redact_url
 
 DeliverBatch = Callable[[list[tuple[str, "str | bytes"]]], None]
 BACKOFF_FIRST = 0.1

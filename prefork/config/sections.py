@@ -23,16 +23,15 @@ from prefork.config.values import (
     list_value,
     parse_app,
     parse_bind,
-    parse_instance_name,
     parse_network,
     parse_origin,
-    redis_url_value,
     parse_url_path,
     size_value,
     text_value,
     mode_value,
     umask_value,
 )
+from prefork.config.deployment_values import parse_instance_name, redis_url_value
 from prefork.protocol.forwarded import TrustedProxies
 from prefork.protocol.limits import GiB, FormLimits, HttpLimits, MiB, WsLimits
 

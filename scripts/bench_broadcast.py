@@ -285,19 +285,7 @@ class FanClients:
 
     def next_event(self, index: int, kind: str, timeout: float) -> Any:
         """The next message of ``kind`` from client process ``index``, or None after ``timeout``."""
-        deadline = time.monotonic() + timeout
-        pipe, pending = self.pipes[index], self.pending[index]
-        while True:
-            for i, event in enumerate(pending):
-                if event[0] == kind:
-                    return pending.pop(i)
-            left = deadline - time.monotonic()
-            if left <= 0 or not pipe.poll(left):
-                return None
-            event = pipe.recv()
-            if event[0] == "error":
-                raise RuntimeError(f"fan-out client process {index} failed: {event[1]}")
-            pending.append(event)
+        return _recv_event(self.pipes[index], kind, timeout, f"fan-out client process {index}", self.pending[index])
 
     def wait_all(self, seq: int, timeout: float) -> bool:
         """Until every process has reported message ``seq`` at all of its clients."""
@@ -514,17 +502,28 @@ def _tp_receiver(ports: list[int], subscribers: int, frame: bytes, pipe: Any) ->
             sock.close()
 
 
-def _recv_event(pipe: Any, kind: str, timeout: float) -> Any:
+def _recv_event(pipe: Any, kind: str, timeout: float, who: str = "throughput subscriber process",
+                pending: list[Any] | None = None) -> Any:
+    """The next event of ``kind`` from a client process within ``timeout`` (None past it).
+
+    Events of other kinds are kept in ``pending`` for a later call, or dropped without it;
+    an "error" event raises.
+    """
     deadline = time.monotonic() + timeout
     while True:
+        for i, event in enumerate(pending or ()):
+            if event[0] == kind:
+                return pending.pop(i)  # type: ignore[union-attr]
         left = deadline - time.monotonic()
         if left <= 0 or not pipe.poll(left):
             return None
         event = pipe.recv()
         if event[0] == "error":
-            raise RuntimeError(f"throughput subscriber process failed: {event[1]}")
+            raise RuntimeError(f"{who} failed: {event[1]}")
         if event[0] == kind:
             return event
+        if pending is not None:
+            pending.append(event)
 
 
 def measure_throughput(contender: Contender, servers: list[RunningServer], messages: int) -> Metrics:
